@@ -1,0 +1,47 @@
+"""Writes the final value of every logged metric to ``metrics.json`` in the run directory."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import lightning as L
+from lightning.pytorch.callbacks import Callback
+
+
+class MetricsJson(Callback):
+    """After fit, validate and test, merges ``trainer.callback_metrics`` into ``<log_dir>/metrics.json``.
+
+    Keys are the logged names (``val/auroc``, ``test/test_v1/f1``...), values plain floats; a later stage in the
+    same run directory adds its keys to the file. The file is written to a temporary name and then renamed,
+    so a crash mid-write never leaves a truncated file behind.
+    """
+
+    def __init__(self, filename: str = "metrics.json"):
+        self.filename = filename
+
+    def _write(self, trainer: L.Trainer) -> None:
+        if not trainer.is_global_zero or trainer.log_dir is None or trainer.sanity_checking:
+            return
+        path = Path(trainer.log_dir) / self.filename
+        values = json.loads(path.read_text()) if path.is_file() else {}
+        for name, v in trainer.callback_metrics.items():
+            if v.numel() == 1:
+                f = float(v)
+                values[name] = f if math.isfinite(f) else None  # JSON has no NaN
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(dict(sorted(values.items())), indent=2))
+        os.replace(tmp, path)
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        self._write(trainer)
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if trainer.state.fn == "validate":
+            self._write(trainer)
+
+    def on_test_end(self, trainer, pl_module) -> None:
+        self._write(trainer)

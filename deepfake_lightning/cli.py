@@ -1,0 +1,100 @@
+"""The ``deepfake`` command: LightningCLI's ``fit|validate|test|predict`` over the package's classes.
+
+Every ``__init__`` argument of ``DeepfakeClassifier``, ``DeepfakeDataModule`` and ``Trainer`` is a config key
+(``--model.backbone``, ``--data.root``, ``--trainer.max_epochs``...); ``--config`` files merge in order, and
+``--print_config`` shows the result. Settings shared by every config live here and in those signatures.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import torch
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.utilities import rank_zero_warn
+
+from deepfake_lightning.callbacks import MetricsJson
+from deepfake_lightning.data import DeepfakeDataModule
+from deepfake_lightning.models import DeepfakeClassifier
+
+
+def resolve_precision(precision: str | int | None, accelerator: str | None, cuda_available: bool) -> str:
+    """The training precision to use.
+
+    ``None`` (not set) means ``16-mixed`` on CUDA and ``32-true`` elsewhere. CPUs have no float16 autocast,
+    so an explicit ``16-mixed`` on CPU falls back to ``32-true`` with a warning; ``bf16-mixed`` is kept.
+    """
+    accelerator = "auto" if accelerator is None else str(accelerator).lower()
+    on_cuda = accelerator in ("cuda", "gpu") or (accelerator == "auto" and cuda_available)
+    if precision is None:
+        return "16-mixed" if on_cuda else "32-true"
+    precision = str(precision)
+    if precision in ("16-mixed", "16") and not on_cuda and accelerator != "mps":
+        rank_zero_warn(
+            f"trainer.precision={precision} needs a CUDA GPU (CPUs have no float16 autocast); "
+            "training in 32-true instead. Use --trainer.precision bf16-mixed for bfloat16 autocast on CPU."
+        )
+        return "32-true"
+    return precision
+
+
+class DeepfakeCLI(LightningCLI):
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        # Always-on callbacks, configurable as --checkpoint.* and --metrics_json.*.
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults(
+            {
+                "checkpoint.monitor": "val/auroc",
+                "checkpoint.mode": "max",
+                "checkpoint.save_last": True,
+                "checkpoint.filename": "best-epoch={epoch:02d}-auroc={val/auroc:.4f}",
+                "checkpoint.auto_insert_metric_name": False,
+            }
+        )
+        parser.add_lightning_class_args(MetricsJson, "metrics_json")
+        parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
+        # Normalization follows the backbone's own timm data config.
+        parser.link_arguments("model.data_config", "data.mean", compute_fn=lambda c: tuple(c["mean"]), apply_on="instantiate")
+        parser.link_arguments("model.data_config", "data.std", compute_fn=lambda c: tuple(c["std"]), apply_on="instantiate")
+
+    def before_instantiate_classes(self) -> None:
+        cfg = self.config[self.subcommand] if self.subcommand else self.config
+        trainer = cfg.trainer
+        trainer.precision = resolve_precision(trainer.precision, trainer.accelerator, torch.cuda.is_available())
+        if trainer.logger in (None, True):
+            trainer.logger = {
+                "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+                "init_args": {
+                    "save_dir": trainer.default_root_dir or ".",
+                    "name": "lightning_logs",
+                    "default_hp_metric": False,
+                },
+            }
+        if self.subcommand in ("validate", "test", "predict") and cfg.get("ckpt_path"):
+            # The checkpoint supplies the weights: do not fetch ImageNet weights only to overwrite them.
+            cfg.model.pretrained = False
+            cfg.model.weights = None
+        if torch.cuda.is_available():
+            torch.set_float32_matmul_precision("high")
+
+
+def cli_main(args: list[str] | None = None, run: bool = True) -> DeepfakeCLI:
+    """Runs the CLI on ``args`` (default: ``sys.argv[1:]``); tests call this directly."""
+    return DeepfakeCLI(
+        DeepfakeClassifier,
+        DeepfakeDataModule,
+        seed_everything_default=42,
+        save_config_kwargs={"overwrite": True},
+        auto_configure_optimizers=False,
+        args=args,
+        run=run,
+    )
+
+
+def main() -> None:
+    cli_main()
+
+
+if __name__ == "__main__":
+    main()

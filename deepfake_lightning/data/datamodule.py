@@ -1,0 +1,263 @@
+"""``DeepfakeDataModule``: the Kaggle "AI vs. Human-Generated Images" splits as a LightningDataModule."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+import lightning as L
+import pandas as pd
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from sklearn.model_selection import StratifiedGroupKFold, train_test_split
+from torch.utils.data import DataLoader
+
+from deepfake_lightning.data.dataset import BadImageError, BadImagePolicy, ImageDataset, collate_skip_bad, load_image
+from deepfake_lightning.data.demo import DemoSpec, build_demo_dataset
+from deepfake_lightning.data.index import UNLABELED, DataError, read_index
+from deepfake_lightning.data.transforms import IMAGENET_MEAN, IMAGENET_STD, TransformMode, create_transform
+
+KAGGLE_DATASET = "alessandrasala79/ai-vs-human-generated-dataset"
+SPLIT_FILE = "split.csv"
+TEST_SPLITS = ("test_v1", "test_v2")
+
+
+class DeepfakeDataModule(L.LightningDataModule):
+    """Train / val / test_v1 / test_v2 / predict loaders over a Kaggle-layout data root.
+
+    ``ROOT/train.csv`` (unnamed index column, ``file_name``, ``label``) is split into train and val,
+    stratified by label and seeded; with ``group_column`` set, a group (a photo and its AI counterpart)
+    never straddles the two. The split is written to ``split.csv`` in the run directory; pass that file as
+    ``split_file`` to reuse it exactly. Test CSVs list images in an ``id`` column and may carry ``label``.
+
+    Args:
+        root: Data root holding the CSVs and image folders.
+        demo: Build the offline demo dataset into ``root`` on first use (see ``data/demo.py``).
+        demo_seed: Seed of the demo build.
+        train_csv: Training CSV, relative to ``root``.
+        test_v1_csv: CSV of the earlier test set (distributed separately from the Kaggle download), or None.
+        test_v2_csv: CSV of the newer test set; Kaggle's ``test.csv``.
+        group_column: Column of ``train_csv`` pairing related images, for a group-aware split.
+        val_fraction: Share of training rows held out for validation. With ``group_column`` the split uses
+            ``round(1 / val_fraction)`` stratified group folds, so the share is approximate.
+        split_seed: Seed of the train/val split.
+        split_file: A ``split.csv`` from an earlier run, to reuse its train/val split.
+        predict_split: Split served by ``predict_dataloader``: ``val``, ``test_v1``, ``test_v2`` or ``train``.
+        img_size: Side of the square network input.
+        mode: ``resize`` (whole image scaled) or ``crop`` (native-resolution crops); see ``create_transform``.
+        aug_strength: Training augmentation strength in [0, 1].
+        mean: Normalization mean; linked from the backbone's timm data config by the CLI.
+        std: Normalization std; likewise.
+        batch_size: Images per batch (per device).
+        num_workers: Loader worker processes; None picks ``min(8, cpus - 1)``.
+        pin_memory: Pin host memory (helps only with a GPU); None pins when CUDA is available.
+        persistent_workers: Keep workers alive between epochs.
+        bad_images: ``fail`` on the first unreadable image, or ``skip`` it with a warning and a count.
+        check_images: Decode every image once in ``setup`` and report all unreadable ones together
+            (``fail``) or drop them from the index up front (``skip``).
+    """
+
+    def __init__(
+        self,
+        root: str = "data/ai-vs-human-generated-dataset",
+        demo: bool = False,
+        demo_seed: int = 0,
+        train_csv: str = "train.csv",
+        test_v1_csv: str | None = None,
+        test_v2_csv: str | None = "test.csv",
+        group_column: str | None = None,
+        val_fraction: float = 0.1,
+        split_seed: int = 42,
+        split_file: str | None = None,
+        predict_split: str = "test_v2",
+        img_size: int = 224,
+        mode: TransformMode = "resize",
+        aug_strength: float = 0.0,
+        mean: tuple[float, float, float] = IMAGENET_MEAN,
+        std: tuple[float, float, float] = IMAGENET_STD,
+        batch_size: int = 64,
+        num_workers: int | None = None,
+        pin_memory: bool | None = None,
+        persistent_workers: bool = True,
+        bad_images: BadImagePolicy = "fail",
+        check_images: bool = False,
+    ):
+        super().__init__()
+        if not 0.0 < val_fraction < 1.0:
+            raise ValueError(f"data.val_fraction must be in (0, 1), got {val_fraction}")
+        if not 0.0 <= aug_strength <= 1.0:
+            raise ValueError(f"data.aug_strength must be in [0, 1], got {aug_strength}")
+        if predict_split not in ("train", "val", *TEST_SPLITS):
+            raise ValueError(f"data.predict_split must be train, val, test_v1 or test_v2, got {predict_split!r}")
+        self.save_hyperparameters()
+        self.root = Path(root)
+        self.indexes: dict[str, pd.DataFrame] = {}
+
+    @property
+    def num_workers(self) -> int:
+        if self.hparams.num_workers is not None:
+            return self.hparams.num_workers
+        return max(0, min(8, (os.cpu_count() or 1) - 1))
+
+    # ---------------------------------------------------------------- setup
+    def prepare_data(self) -> None:
+        # Runs once per node before setup: the only place that writes into the data root.
+        if self.hparams.demo:
+            rank_zero_info(f"Preparing the demo dataset in {self.root} (built once, then reused)")
+            build_demo_dataset(self.root, DemoSpec(seed=self.hparams.demo_seed))
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.indexes:
+            return
+        self._check_root()
+        hp = self.hparams
+        train_all = read_index(self.root / hp.train_csv, self.root, "file_name", "label", hp.group_column)
+        self.indexes.update(self._split_train_val(train_all))
+        for split, csv in (("test_v1", hp.test_v1_csv), ("test_v2", hp.test_v2_csv)):
+            if csv is not None:
+                self.indexes[split] = read_index(self.root / csv, self.root, "id", "label", require_labels=False)
+        if hp.check_images:
+            self._check_images()
+        self._save_split()
+
+    def _check_root(self) -> None:
+        if self.root.is_dir() and (self.root / self.hparams.train_csv).is_file():
+            return
+        what = "does not exist" if not self.root.exists() else f"has no {self.hparams.train_csv}"
+        raise FileNotFoundError(
+            f"Data root '{self.root}' {what}.\n"
+            f"  To use the Kaggle data: download the dataset '{KAGGLE_DATASET}'\n"
+            f"    (kaggle datasets download -d {KAGGLE_DATASET} && unzip ai-vs-human-generated-dataset.zip -d {self.root})\n"
+            f"    so that {self.root}/train.csv, {self.root}/train_data/ and {self.root}/test_data_v2/ exist,\n"
+            f"    or pass --data.root PATH to where it already is.\n"
+            f"  To try everything offline instead: deepfake fit --config configs/demo.yaml"
+        )
+
+    def _split_train_val(self, df: pd.DataFrame) -> dict[str, pd.DataFrame]:
+        hp = self.hparams
+        if hp.split_file is not None:
+            return self._load_split(df, Path(hp.split_file))
+        counts = df["label"].value_counts()
+        if len(counts) < 2 or counts.min() < 2:
+            raise DataError(
+                f"{self.root / hp.train_csv}: need at least 2 images of each class for a stratified split, "
+                f"got {counts.to_dict()}"
+            )
+        idx = range(len(df))
+        if hp.group_column is None:
+            train_idx, val_idx = train_test_split(
+                list(idx), test_size=hp.val_fraction, stratify=df["label"], random_state=hp.split_seed
+            )
+        else:
+            n_folds = max(2, round(1 / hp.val_fraction))
+            folds = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=hp.split_seed)
+            train_idx, val_idx = next(folds.split(list(idx), df["label"], groups=df["group"]))
+        return {
+            "train": df.iloc[sorted(train_idx)].reset_index(drop=True),
+            "val": df.iloc[sorted(val_idx)].reset_index(drop=True),
+        }
+
+    def _load_split(self, df: pd.DataFrame, split_file: Path) -> dict[str, pd.DataFrame]:
+        saved = pd.read_csv(split_file, dtype={"path": str})
+        if not {"path", "split"} <= set(saved.columns):
+            raise DataError(f"{split_file}: a split file needs columns 'path' and 'split', found {list(saved.columns)}")
+        where = dict(zip(saved["path"], saved["split"]))
+        missing = df.loc[~df["path"].isin(where.keys()), "path"]
+        if len(missing):
+            raise DataError(
+                f"{split_file} does not match {self.root / self.hparams.train_csv}: {len(missing)} training "
+                f"image(s) have no split, e.g. {missing.iloc[0]!r}"
+            )
+        split = df["path"].map(where)
+        return {s: df[split == s].reset_index(drop=True) for s in ("train", "val")}
+
+    def _save_split(self) -> None:
+        trainer = self.trainer
+        if trainer is None or trainer.log_dir is None or not trainer.is_global_zero:
+            return
+        out = Path(trainer.log_dir) / SPLIT_FILE
+        out.parent.mkdir(parents=True, exist_ok=True)
+        parts = [self.indexes[s].assign(split=s) for s in ("train", "val")]
+        pd.concat(parts, ignore_index=True).to_csv(out, index=False)
+
+    def _check_images(self) -> None:
+        bad: list[tuple[str, str, str]] = []  # (split, path, reason)
+        for split, df in self.indexes.items():
+            for p in df["path"]:
+                try:
+                    load_image(self.root / p)
+                except BadImageError as e:
+                    bad.append((split, p, str(e.__cause__ or e)))
+        if not bad:
+            return
+        listing = "\n  ".join(f"{split}: {p}: {reason}" for split, p, reason in bad)
+        if self.hparams.bad_images == "fail":
+            raise DataError(f"{len(bad)} unreadable image(s) under {self.root}:\n  {listing}")
+        rank_zero_warn(f"Skipping {len(bad)} unreadable image(s) under {self.root}:\n  {listing}")
+        for split in {b[0] for b in bad}:
+            drop = {p for s, p, _ in bad if s == split}
+            df = self.indexes[split]
+            self.indexes[split] = df[~df["path"].isin(drop)].reset_index(drop=True)
+
+    # ---------------------------------------------------------------- loaders
+    def labeled_test_splits(self) -> list[str]:
+        """Test splits that are configured and carry labels, in order."""
+        return [s for s in TEST_SPLITS if s in self.indexes and (self.indexes[s]["label"] != UNLABELED).all()]
+
+    def dataset(self, split: str, train: bool = False) -> ImageDataset:
+        """The dataset of one split, with the training or the evaluation transform."""
+        if split not in self.indexes:
+            configured = ", ".join(self.indexes) or "none (call setup() first)"
+            raise KeyError(f"split {split!r} is not configured; configured splits: {configured}")
+        hp = self.hparams
+        transform = create_transform(
+            hp.img_size, train=train, mode=hp.mode, aug_strength=hp.aug_strength, mean=hp.mean, std=hp.std
+        )
+        df = self.indexes[split]
+        return ImageDataset(self.root, df["path"], df["label"], transform, bad_images=hp.bad_images)
+
+    def _loader(self, split: str, train: bool = False) -> DataLoader:
+        import torch
+
+        hp = self.hparams
+        workers = self.num_workers
+        pin = torch.cuda.is_available() if hp.pin_memory is None else hp.pin_memory
+        return DataLoader(
+            self.dataset(split, train=train),
+            batch_size=hp.batch_size,
+            shuffle=train,
+            drop_last=train and len(self.indexes[split]) > hp.batch_size,
+            num_workers=workers,
+            pin_memory=pin,
+            persistent_workers=hp.persistent_workers and workers > 0,
+            collate_fn=collate_skip_bad,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val")
+
+    def test_dataloader(self) -> list[DataLoader]:
+        splits = self.labeled_test_splits()
+        if not splits:
+            raise DataError(
+                "no labeled test split: configure data.test_v1_csv / data.test_v2_csv with a 'label' column, "
+                "or use `deepfake predict` for unlabeled splits"
+            )
+        return [self._loader(s) for s in splits]
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader(self.hparams.predict_split)
+
+    def on_before_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
+        # Runs in the main process, so the count of skipped images is exact even with workers.
+        skipped = batch.pop("skipped", [])
+        if skipped:
+            self.skipped_images = getattr(self, "skipped_images", 0) + len(skipped)
+            rank_zero_warn(
+                f"Skipped {len(skipped)} unreadable image(s) ({self.skipped_images} so far): {skipped} "
+                "(data.bad_images=skip)"
+            )
+        return batch

@@ -1,0 +1,100 @@
+"""Image decoding and the map-style dataset used for every split."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Callable, Sequence
+from typing import Literal
+
+import torch
+from PIL import Image, ImageOps
+from torch.utils.data import Dataset, default_collate
+
+BadImagePolicy = Literal["fail", "skip"]
+
+
+class BadImageError(OSError):
+    """An image file that cannot be decoded; the message names the file."""
+
+
+def load_image(path: str | os.PathLike) -> Image.Image:
+    """Opens any image PIL can read as 8-bit RGB, honouring EXIF orientation.
+
+    Grayscale, palette, CMYK, 16-bit, PNG and WebP inputs all come back as RGB. Transparent images
+    are composited onto white, so the hidden colour under transparent pixels is no cue.
+
+    Raises:
+        BadImageError: For a missing, empty, truncated or undecodable file, or a decompression bomb.
+    """
+    try:
+        with warnings.catch_warnings():
+            # A DecompressionBombWarning means a suspiciously huge image: treat it as bad.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                im = ImageOps.exif_transpose(im)  # also forces a full decode (truncation surfaces here)
+                im.load()
+                return _to_rgb(im)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise BadImageError(f"cannot read image {os.fspath(path)!r}: {e}") from e
+
+
+def _to_rgb(im: Image.Image) -> Image.Image:
+    if im.mode == "P":
+        im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+    if im.mode in ("RGBA", "LA", "PA"):
+        rgba = im.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+        # 16/32-bit grayscale: scale to 8 bit instead of clipping.
+        im = im.point(lambda v: v / 256).convert("L")
+    return im.convert("RGB") if im.mode != "RGB" else im
+
+
+class ImageDataset(Dataset):
+    """Images listed by path with 0/1 labels (-1 when unknown).
+
+    Each item is a dict ``{"image": Tensor, "label": float Tensor, "index": int}``. Under the ``skip``
+    policy an unreadable image yields ``None`` (dropped by :func:`collate_skip_bad`, which records the
+    path so the data module can warn and count); under ``fail`` it raises :class:`BadImageError`.
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        paths: Sequence[str],
+        labels: Sequence[int],
+        transform: Callable[[Image.Image], torch.Tensor],
+        bad_images: BadImagePolicy = "fail",
+    ):
+        if len(paths) != len(labels):
+            raise ValueError(f"{len(paths)} paths but {len(labels)} labels")
+        self.root = os.fspath(root)
+        # Plain lists of str/int: cheap to pickle into workers, no per-worker copy-on-read growth of objects.
+        self.paths = list(paths)
+        self.labels = [int(v) for v in labels]
+        self.transform = transform
+        self.bad_images = bad_images
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> dict | tuple[None, str]:
+        path = os.path.join(self.root, self.paths[i])
+        try:
+            image = load_image(path)
+        except BadImageError:
+            if self.bad_images == "skip":
+                return (None, self.paths[i])
+            raise
+        return {"image": self.transform(image), "label": torch.tensor(float(self.labels[i])), "index": i}
+
+
+def collate_skip_bad(items: list) -> dict:
+    """Collates good samples; bad ones (``(None, path)``) go to ``batch["skipped"]``."""
+    good = [x for x in items if isinstance(x, dict)]
+    skipped = [x[1] for x in items if not isinstance(x, dict)]
+    batch = default_collate(good) if good else {}
+    batch["skipped"] = skipped
+    return batch

@@ -1,0 +1,127 @@
+"""Reading and validating the Kaggle CSV files into an index DataFrame.
+
+An index has one row per image: ``path`` (relative to the data root, exactly as in the CSV),
+``label`` (1 = AI-generated, 0 = human, -1 = unknown) and, when configured, ``group``.
+Every check names the CSV file and the offending rows; nothing is dropped silently.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pandas as pd
+
+UNLABELED = -1
+_MAX_LISTED = 20  # rows listed in an error message before "... and N more"
+
+
+class DataError(ValueError):
+    """Bad dataset input: a CSV, a path or an image that cannot be used as it is."""
+
+
+def _rows(df: pd.DataFrame, mask) -> str:
+    """Human-readable list of CSV line numbers (header = line 1) and paths for the masked rows."""
+    bad = df[mask]
+    lines = [f"line {i + 2}: {p!r}" for i, p in zip(bad.index, bad["path"].astype(str))]
+    more = f"\n  ... and {len(lines) - _MAX_LISTED} more" if len(lines) > _MAX_LISTED else ""
+    return "\n  " + "\n  ".join(lines[:_MAX_LISTED]) + more
+
+
+def read_index(
+    csv_path: str | os.PathLike,
+    root: str | os.PathLike,
+    path_column: str,
+    label_column: str | None = "label",
+    group_column: str | None = None,
+    require_labels: bool = True,
+    check_files: bool = True,
+) -> pd.DataFrame:
+    """Reads one Kaggle-style CSV into a validated index.
+
+    Args:
+        csv_path: The CSV file. Kaggle's ``train.csv`` starts with an unnamed index column, which is dropped.
+        root: Data root; image paths in the CSV are relative to it.
+        path_column: Column holding the image path (``file_name`` in train.csv, ``id`` in test.csv).
+        label_column: Column holding 0/1 labels. If it is absent and ``require_labels`` is False,
+            the split is unlabeled (label -1).
+        group_column: Optional column pairing related images (a photo and its AI counterpart).
+        require_labels: Fail when the label column is missing.
+        check_files: Fail when a row's image file does not exist.
+
+    Returns:
+        DataFrame with columns ``path``, ``label`` (int) and ``group`` if configured, in CSV order.
+
+    Raises:
+        DataError: Naming the CSV and the rows at fault.
+        FileNotFoundError: If the CSV itself is missing.
+    """
+    csv_path = Path(csv_path)
+    if not csv_path.is_file():
+        raise FileNotFoundError(f"CSV file not found: {csv_path}")
+    try:
+        # utf-8-sig strips a byte-order mark; pandas handles \r\n line endings itself.
+        df = pd.read_csv(csv_path, encoding="utf-8-sig", dtype={path_column: str}, keep_default_na=True)
+    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as e:
+        raise DataError(f"{csv_path}: cannot be parsed as CSV ({e})") from e
+    df = df.loc[:, [c for c in df.columns if not str(c).startswith("Unnamed:")]]
+
+    required = [path_column] + ([label_column] if require_labels and label_column else []) + (
+        [group_column] if group_column else []
+    )
+    missing = [c for c in required if c not in df.columns]
+    if missing:
+        raise DataError(
+            f"{csv_path}: missing required column(s) {missing}; found columns {list(df.columns)}"
+        )
+
+    out = pd.DataFrame({"path": df[path_column]})
+    if out["path"].isna().any():
+        raise DataError(f"{csv_path}: empty '{path_column}' in rows:{_rows(out, out['path'].isna())}")
+
+    if label_column and label_column in df.columns:
+        raw = pd.to_numeric(df[label_column], errors="coerce")
+        bad = ~raw.isin([0, 1])
+        if bad.any():
+            shown = out.assign(path=out["path"] + " (label=" + df[label_column].astype(str) + ")")
+            raise DataError(
+                f"{csv_path}: column '{label_column}' must be 0 (human) or 1 (AI-generated); bad rows:"
+                f"{_rows(shown, bad)}"
+            )
+        out["label"] = raw.astype("int64")
+    else:
+        out["label"] = UNLABELED
+
+    if group_column:
+        if df[group_column].isna().any():
+            raise DataError(f"{csv_path}: empty '{group_column}' in rows:{_rows(out, df[group_column].isna())}")
+        out["group"] = df[group_column].astype(str)
+
+    dup = out["path"].duplicated(keep=False)
+    if dup.any():
+        raise DataError(f"{csv_path}: duplicate '{path_column}' entries:{_rows(out, dup)}")
+
+    unsafe = ~out["path"].map(_is_safe_relative)
+    if unsafe.any():
+        raise DataError(
+            f"{csv_path}: paths must be relative and stay inside the data root {str(root)!r}; bad rows:"
+            f"{_rows(out, unsafe)}"
+        )
+
+    if check_files:
+        root_s = os.fspath(root)
+        exists = out["path"].map(lambda p: os.path.isfile(os.path.join(root_s, p)))
+        if not exists.all():
+            raise DataError(
+                f"{csv_path}: {int((~exists).sum())} image file(s) listed but not found under {root_s!r}:"
+                f"{_rows(out, ~exists)}"
+            )
+    return out
+
+
+def _is_safe_relative(path: str) -> bool:
+    """True for a relative path that does not climb out of its root (``a/../b`` is fine, ``../b`` is not)."""
+    if os.path.isabs(path) or path.startswith(("/", "\\")) or (len(path) > 1 and path[1] == ":"):
+        return False
+    norm = os.path.normpath(path.replace("\\", "/"))
+    return norm != ".." and not norm.startswith("../") and norm != "."

@@ -1,0 +1,49 @@
+"""timm backbones with a one-logit head, and their preprocessing."""
+
+from __future__ import annotations
+
+import os
+
+import timm
+import torch.nn as nn
+
+
+class PretrainedWeightsUnavailable(RuntimeError):
+    """ImageNet weights could not be fetched (no internet, no cache) and no local file was given."""
+
+
+def create_backbone(
+    name: str,
+    pretrained: bool = False,
+    weights: str | None = None,
+    **kwargs,
+) -> nn.Module:
+    """Creates a timm model with a single output logit (``num_classes=1``).
+
+    Args:
+        name: Any timm model name, e.g. ``convnext_tiny``, ``resnet50``, ``efficientnet_b0``, ``test_convnext``.
+        pretrained: Load timm's ImageNet weights (downloaded through the Hugging Face hub, or its cache).
+        weights: Path to a local weights file (``.safetensors``, ``.pth``, ``.bin``) in timm's format for
+            this architecture; loaded instead of downloading. The ImageNet classifier is dropped and a new
+            one-logit head initialised, as timm does for any ``num_classes``.
+        **kwargs: Passed to ``timm.create_model`` (e.g. ``drop_rate``, ``drop_path_rate``).
+    """
+    if not timm.is_model(name):
+        raise ValueError(f"unknown timm model {name!r}; see timm.list_models() for the names")
+    if weights is not None:
+        if not os.path.isfile(weights):
+            raise FileNotFoundError(f"model.weights: no such file {weights!r}")
+        return timm.create_model(
+            name, pretrained=True, pretrained_cfg_overlay={"file": os.fspath(weights)}, num_classes=1, **kwargs
+        )
+    if not pretrained:
+        return timm.create_model(name, pretrained=False, num_classes=1, **kwargs)
+    try:
+        return timm.create_model(name, pretrained=True, num_classes=1, **kwargs)
+    except Exception as e:  # network, hub and cache errors come in many types; all mean "no weights"
+        raise PretrainedWeightsUnavailable(
+            f"Could not load ImageNet weights for '{name}' ({type(e).__name__}: {e}).\n"
+            "  Either train from scratch: --model.pretrained false\n"
+            "  or use a local weights file for this architecture: --model.weights PATH "
+            "(e.g. timm's model.safetensors copied from a machine with internet access)."
+        ) from e

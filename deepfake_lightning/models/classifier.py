@@ -1,0 +1,226 @@
+"""``DeepfakeClassifier``: a timm backbone with one logit (1 = AI-generated), trained with BCE."""
+
+from __future__ import annotations
+
+import math
+
+import lightning as L
+import timm
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.callbacks import BaseFinetuning
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import nn
+from torchmetrics import MetricCollection
+from torchmetrics.classification import (
+    BinaryAccuracy,
+    BinaryAUROC,
+    BinaryAveragePrecision,
+    BinaryConfusionMatrix,
+    BinaryF1Score,
+    BinaryPrecision,
+    BinaryRecall,
+    BinarySpecificity,
+)
+
+from deepfake_lightning.models.backbones import create_backbone
+
+
+def make_metrics() -> MetricCollection:
+    """Per-stage metrics at the 0.5 probability threshold. ``acc_human`` is the accuracy on human images
+    (specificity), ``acc_ai`` the accuracy on AI images (recall); ``tn/fp/fn/tp`` come from ``confmat``."""
+    return MetricCollection(
+        {
+            "acc": BinaryAccuracy(),
+            "precision": BinaryPrecision(),
+            "recall": BinaryRecall(),
+            "f1": BinaryF1Score(),
+            "auroc": BinaryAUROC(),
+            "ap": BinaryAveragePrecision(),
+            "acc_human": BinarySpecificity(),
+            "acc_ai": BinaryRecall(),
+            "confmat": BinaryConfusionMatrix(),
+        },
+        compute_groups=False,
+    )
+
+
+def flatten_metrics(values: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """Names metric values ``<prefix>/<name>`` and splits the confusion matrix into four counts."""
+    out = {}
+    for name, v in values.items():
+        if name == "confmat":
+            (tn, fp), (fn, tp) = v.float()
+            out.update({f"{prefix}/tn": tn, f"{prefix}/fp": fp, f"{prefix}/fn": fn, f"{prefix}/tp": tp})
+        else:
+            out[f"{prefix}/{name}"] = v.float()
+    return out
+
+
+class DeepfakeClassifier(L.LightningModule):
+    """Binary AI-generated-image detector on any timm backbone.
+
+    Args:
+        backbone: timm model name (``convnext_tiny``, ``resnet50``, ``efficientnet_b0``, ``test_convnext``...).
+        pretrained: Start from timm's ImageNet weights (needs the Hugging Face hub or its local cache).
+        weights: Local timm weights file to start from instead of downloading.
+        drop_rate: Dropout before the classifier.
+        drop_path_rate: Stochastic depth, for backbones that support it.
+        optimizer: Optimizer factory; configure as ``class_path``/``init_args`` in YAML.
+        scheduler: LR scheduler factory, stepped each epoch. None selects linear warmup then cosine
+            decay to zero, stepped each optimizer step.
+        warmup_epochs: Warmup length of the default schedule, in epochs (may be fractional).
+        freeze_backbone_epochs: Train only the classifier head for this many epochs first (transfer learning).
+        channels_last: Use the channels-last memory format (faster convolutions on GPU with mixed precision).
+    """
+
+    def __init__(
+        self,
+        backbone: str = "convnext_tiny",
+        pretrained: bool = True,
+        weights: str | None = None,
+        drop_rate: float = 0.0,
+        drop_path_rate: float | None = None,
+        optimizer: OptimizerCallable = torch.optim.AdamW,
+        scheduler: LRSchedulerCallable | None = None,
+        warmup_epochs: float = 1.0,
+        freeze_backbone_epochs: int = 0,
+        channels_last: bool = True,
+    ):
+        super().__init__()
+        self.save_hyperparameters(ignore=["optimizer", "scheduler"])
+        extra = {} if drop_path_rate is None else {"drop_path_rate": drop_path_rate}
+        self.net = create_backbone(backbone, pretrained=pretrained, weights=weights, drop_rate=drop_rate, **extra)
+        if channels_last:
+            self.net = self.net.to(memory_format=torch.channels_last)
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.train_metrics = MetricCollection({"acc": BinaryAccuracy()})
+        self.val_metrics = make_metrics()
+        self.test_metrics = nn.ModuleDict()  # one collection per labeled test split, made in on_test_start
+        self.test_splits: list[str] = []
+
+    @property
+    def data_config(self) -> dict:
+        """timm's preprocessing for this backbone: ``mean``, ``std``, ``input_size``, ``interpolation``..."""
+        return timm.data.resolve_model_data_config(self.net)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Returns the AI-generated logit, shape (batch,)."""
+        if self.hparams.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.net(x).squeeze(-1)
+
+    def model_step(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        logits = self(batch["image"])
+        labels = batch["label"].float()
+        loss = F.binary_cross_entropy_with_logits(logits.float(), labels)
+        return loss, logits.detach().float(), labels.long()
+
+    # ------------------------------------------------------------------ train
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor | None:
+        if "image" not in batch:  # every image of the batch was unreadable and skipped
+            return None
+        loss, logits, labels = self.model_step(batch)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"non-finite training loss ({loss.item()}) at global step {self.global_step}: "
+                "lower model.optimizer.init_args.lr, or train in 32-true precision"
+            )
+        self.train_metrics.update(logits.sigmoid(), labels)
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(labels))
+        return loss
+
+    def on_train_epoch_end(self) -> None:
+        self.log_dict({f"train/{k}": v for k, v in self.train_metrics.compute().items()})
+        self.train_metrics.reset()
+
+    # ------------------------------------------------------------------ validate
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        if "image" not in batch:
+            return
+        loss, logits, labels = self.model_step(batch)
+        self.val_metrics.update(logits.sigmoid(), labels)
+        self.log("val/loss", loss, on_epoch=True, prog_bar=True, batch_size=len(labels), sync_dist=True)
+
+    def on_validation_epoch_end(self) -> None:
+        if self.val_metrics["acc"].update_count == 0:  # sanity check with every image skipped
+            return
+        values = flatten_metrics(self.val_metrics.compute(), "val")
+        self.log("val/auroc", values.pop("val/auroc"), prog_bar=True)
+        self.log_dict(values)
+        self.val_metrics.reset()
+
+    # ------------------------------------------------------------------ test
+    def on_test_start(self) -> None:
+        dm = self.trainer.datamodule
+        self.test_splits = dm.labeled_test_splits() if hasattr(dm, "labeled_test_splits") else ["test"]
+        self.test_metrics = nn.ModuleDict({s: make_metrics() for s in self.test_splits}).to(self.device)
+
+    def test_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
+        if "image" not in batch:
+            return
+        split = self.test_splits[dataloader_idx]
+        loss, logits, labels = self.model_step(batch)
+        self.test_metrics[split].update(logits.sigmoid(), labels)
+        self.log(f"test/{split}/loss", loss, on_epoch=True, batch_size=len(labels), add_dataloader_idx=False,
+                 sync_dist=True)
+
+    def on_test_epoch_end(self) -> None:
+        for split, metrics in self.test_metrics.items():
+            self.log_dict(flatten_metrics(metrics.compute(), f"test/{split}"), add_dataloader_idx=False)
+            metrics.reset()
+
+    # ------------------------------------------------------------------ predict
+    def predict_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> dict:
+        if "image" not in batch:
+            return {"index": torch.empty(0, dtype=torch.long), "prob_ai": torch.empty(0)}
+        logits = self(batch["image"]).float()
+        return {"index": batch["index"], "logit": logits, "prob_ai": logits.sigmoid()}
+
+    # ------------------------------------------------------------------ optimisation
+    def configure_optimizers(self):
+        # All parameters, frozen ones included: they have no gradient while frozen, so the optimizer skips them.
+        optimizer = self.optimizer_factory(self.parameters())
+        if self.scheduler_factory is not None:
+            return {"optimizer": optimizer, "lr_scheduler": self.scheduler_factory(optimizer)}
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        epochs = self.trainer.max_epochs if self.trainer.max_epochs and self.trainer.max_epochs > 0 else 1
+        warmup = min(total - 1, round(self.hparams.warmup_epochs * total / epochs))
+
+        def cosine_with_warmup(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / (warmup + 1)
+            return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_with_warmup)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def configure_callbacks(self) -> list:
+        if self.hparams.freeze_backbone_epochs > 0:
+            return [FreezeBackbone(self.hparams.freeze_backbone_epochs)]
+        return []
+
+
+class FreezeBackbone(BaseFinetuning):
+    """Trains only the classifier head for the first ``epochs`` epochs, then the whole network.
+
+    Frozen parameters stay in the optimizer with no gradient, which AdamW and SGD skip; unfreezing
+    therefore needs no new parameter group and keeps the learning-rate schedule intact.
+    """
+
+    def __init__(self, epochs: int):
+        super().__init__()
+        self.epochs = epochs
+
+    @staticmethod
+    def _body(pl_module: DeepfakeClassifier) -> list[nn.Module]:
+        head = pl_module.net.get_classifier()
+        return [m for m in pl_module.net.children() if m is not head and head not in list(m.modules())]
+
+    def freeze_before_training(self, pl_module: DeepfakeClassifier) -> None:
+        self.freeze(self._body(pl_module), train_bn=False)
+
+    def finetune_function(self, pl_module: DeepfakeClassifier, epoch: int, optimizer) -> None:
+        if epoch == self.epochs:
+            self.make_trainable(self._body(pl_module))
