@@ -7,6 +7,7 @@ Every ``__init__`` argument of ``DeepfakeClassifier``, ``DeepfakeDataModule`` an
 
 from __future__ import annotations
 
+import os
 import sys
 
 import torch
@@ -16,7 +17,9 @@ from lightning.pytorch.utilities import rank_zero_warn
 
 from deepfake_lightning.callbacks import MetricsJson
 from deepfake_lightning.data import DeepfakeDataModule
-from deepfake_lightning.models import DeepfakeClassifier
+from deepfake_lightning.data import BadImageError, DataError
+from deepfake_lightning.data.datamodule import check_data_root
+from deepfake_lightning.models import DeepfakeClassifier, PretrainedWeightsUnavailable
 
 
 def resolve_precision(precision: str | int | None, accelerator: str | None, cuda_available: bool) -> str:
@@ -60,6 +63,9 @@ class DeepfakeCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         cfg = self.config[self.subcommand] if self.subcommand else self.config
+        if not cfg.data.demo:
+            # Fail before the model is built (and ImageNet weights fetched) when the data is not there.
+            check_data_root(cfg.data.root, cfg.data.train_csv)
         trainer = cfg.trainer
         trainer.precision = resolve_precision(trainer.precision, trainer.accelerator, torch.cuda.is_available())
         if trainer.logger in (None, True):
@@ -85,6 +91,7 @@ def cli_main(args: list[str] | None = None, run: bool = True) -> DeepfakeCLI:
         DeepfakeClassifier,
         DeepfakeDataModule,
         seed_everything_default=42,
+        trainer_defaults={"max_epochs": 10},
         save_config_kwargs={"overwrite": True},
         auto_configure_optimizers=False,
         args=args,
@@ -93,7 +100,15 @@ def cli_main(args: list[str] | None = None, run: bool = True) -> DeepfakeCLI:
 
 
 def main() -> None:
-    cli_main()
+    """Console entry point. Input errors (missing data, bad CSVs or images, unavailable weights) print one
+    clear message and exit with status 2; set DEEPFAKE_TRACEBACK=1 to see the full traceback instead."""
+    try:
+        cli_main()
+    except (DataError, BadImageError, PretrainedWeightsUnavailable, FileNotFoundError, FileExistsError) as e:
+        if os.environ.get("DEEPFAKE_TRACEBACK"):
+            raise
+        print(f"deepfake: error: {e}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

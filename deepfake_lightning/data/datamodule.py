@@ -22,6 +22,22 @@ SPLIT_FILE = "split.csv"
 TEST_SPLITS = ("test_v1", "test_v2")
 
 
+def check_data_root(root: str | os.PathLike, train_csv: str = "train.csv") -> None:
+    """Raises a FileNotFoundError that says how to get the Kaggle data, or how to run the demo instead."""
+    root = Path(root)
+    if root.is_dir() and (root / train_csv).is_file():
+        return
+    what = "does not exist" if not root.exists() else f"has no {train_csv}"
+    raise FileNotFoundError(
+        f"Data root '{root}' {what}.\n"
+        f"  To use the Kaggle data: download the dataset '{KAGGLE_DATASET}'\n"
+        f"    (kaggle datasets download -d {KAGGLE_DATASET} && unzip ai-vs-human-generated-dataset.zip -d {root})\n"
+        f"    so that {root}/train.csv, {root}/train_data/ and {root}/test_data_v2/ exist,\n"
+        f"    or pass --data.root PATH to where it already is.\n"
+        f"  To try everything offline instead: deepfake fit --config configs/demo.yaml"
+    )
+
+
 class DeepfakeDataModule(L.LightningDataModule):
     """Train / val / test_v1 / test_v2 / predict loaders over a Kaggle-layout data root.
 
@@ -109,7 +125,7 @@ class DeepfakeDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.indexes:
             return
-        self._check_root()
+        check_data_root(self.root, self.hparams.train_csv)
         hp = self.hparams
         train_all = read_index(self.root / hp.train_csv, self.root, "file_name", "label", hp.group_column)
         self.indexes.update(self._split_train_val(train_all))
@@ -119,19 +135,6 @@ class DeepfakeDataModule(L.LightningDataModule):
         if hp.check_images:
             self._check_images()
         self._save_split()
-
-    def _check_root(self) -> None:
-        if self.root.is_dir() and (self.root / self.hparams.train_csv).is_file():
-            return
-        what = "does not exist" if not self.root.exists() else f"has no {self.hparams.train_csv}"
-        raise FileNotFoundError(
-            f"Data root '{self.root}' {what}.\n"
-            f"  To use the Kaggle data: download the dataset '{KAGGLE_DATASET}'\n"
-            f"    (kaggle datasets download -d {KAGGLE_DATASET} && unzip ai-vs-human-generated-dataset.zip -d {self.root})\n"
-            f"    so that {self.root}/train.csv, {self.root}/train_data/ and {self.root}/test_data_v2/ exist,\n"
-            f"    or pass --data.root PATH to where it already is.\n"
-            f"  To try everything offline instead: deepfake fit --config configs/demo.yaml"
-        )
 
     def _split_train_val(self, df: pd.DataFrame) -> dict[str, pd.DataFrame]:
         hp = self.hparams

@@ -20,10 +20,13 @@ class DataError(ValueError):
     """Bad dataset input: a CSV, a path or an image that cannot be used as it is."""
 
 
-def _rows(df: pd.DataFrame, mask) -> str:
-    """Human-readable list of CSV line numbers (header = line 1) and paths for the masked rows."""
+def _rows(df: pd.DataFrame, mask, values: pd.Series | None = None) -> str:
+    """Human-readable list of CSV line numbers (header = line 1) and paths for the masked rows,
+    with the offending ``values`` when given."""
     bad = df[mask]
-    lines = [f"line {i + 2}: {p!r}" for i, p in zip(bad.index, bad["path"].astype(str))]
+    lines = [f"line {i + 2}: {p!r}" for i, p in zip(bad.index, bad["path"].tolist())]
+    if values is not None:
+        lines = [f"{line} ({v!r})" for line, v in zip(lines, values[mask].tolist())]
     more = f"\n  ... and {len(lines) - _MAX_LISTED} more" if len(lines) > _MAX_LISTED else ""
     return "\n  " + "\n  ".join(lines[:_MAX_LISTED]) + more
 
@@ -83,10 +86,9 @@ def read_index(
         raw = pd.to_numeric(df[label_column], errors="coerce")
         bad = ~raw.isin([0, 1])
         if bad.any():
-            shown = out.assign(path=out["path"] + " (label=" + df[label_column].astype(str) + ")")
             raise DataError(
                 f"{csv_path}: column '{label_column}' must be 0 (human) or 1 (AI-generated); bad rows:"
-                f"{_rows(shown, bad)}"
+                f"{_rows(out, bad, df[label_column])}"
             )
         out["label"] = raw.astype("int64")
     else:

@@ -1,0 +1,69 @@
+"""Shared fixtures: small Kaggle-layout datasets generated on the fly; CPU only, no network."""
+
+import os
+
+# Before anything imports huggingface_hub: never try the network (an offline lookup retries for ~45 s).
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("PYTHONHASHSEED", "0")
+
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from deepfake_lightning.data.demo import DemoSpec, build_demo_dataset  # noqa: E402
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def write_image(path: Path, rng: np.random.Generator, size: tuple[int, int] = (40, 48), smooth: bool = False) -> None:
+    """A random RGB JPEG; ``smooth`` images are low-frequency, so a model can tell the two kinds apart."""
+    h, w = size
+    if smooth:
+        small = rng.integers(0, 256, (h // 8 + 1, w // 8 + 1, 3), dtype=np.uint8)
+        im = Image.fromarray(small).resize((w, h), Image.Resampling.BILINEAR)
+    else:
+        im = Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    im.save(path, "JPEG", quality=90)
+
+
+def make_kaggle_root(root: Path, n_train: int = 40, n_test: int = 12, seed: int = 0, groups: bool = True) -> Path:
+    """Writes a dataset exactly in the Kaggle layout: train.csv (unnamed index, file_name, label[, group]),
+    train_data/, test.csv (id) for test_v2, plus test_v1.csv (id, label) and test_data_v1/."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n_train):
+        label = i % 2
+        f = f"train_data/{i:032x}.jpg"
+        write_image(root / f, rng, smooth=bool(label))
+        rows.append((f, label, f"g{i // 2}"))
+    train = pd.DataFrame(rows, columns=["file_name", "label", "group"])
+    if not groups:
+        train = train.drop(columns="group")
+    train.to_csv(root / "train.csv")
+    for split, folder, csv, labeled in (("v2", "test_data_v2", "test.csv", True), ("v1", "test_data_v1", "test_v1.csv", True)):
+        ids, labels = [], []
+        for i in range(n_test):
+            f = f"{folder}/{split}{i:030x}.jpg"
+            write_image(root / f, rng, smooth=bool(i % 3 == 0))
+            ids.append(f)
+            labels.append(int(i % 3 == 0))
+        df = pd.DataFrame({"id": ids, "label": labels}) if labeled else pd.DataFrame({"id": ids})
+        df.to_csv(root / csv, index=False)
+    return root
+
+
+@pytest.fixture(scope="session")
+def kaggle_root(tmp_path_factory) -> Path:
+    """A small labelled Kaggle-layout dataset, shared read-only by the session's tests."""
+    return make_kaggle_root(tmp_path_factory.mktemp("kaggle"))
+
+
+@pytest.fixture(scope="session")
+def demo_root(tmp_path_factory) -> Path:
+    """The real demo dataset (default spec, as configs/demo.yaml builds it), built once per session."""
+    root = tmp_path_factory.mktemp("demo") / "demo"
+    return build_demo_dataset(root, DemoSpec())
