@@ -53,7 +53,7 @@ def create_transform(
     if mode == "resize":
         ops.append(v2.Resize((img_size, img_size), antialias=True))
     elif train:
-        ops.append(v2.RandomCrop(img_size, pad_if_needed=True)  # zero padding, as CenterCrop pads)
+        ops.append(v2.RandomCrop(img_size, pad_if_needed=True))  # zero padding, as CenterCrop pads
     else:
         ops.append(v2.CenterCrop(img_size))
     if train and aug_strength > 0:
