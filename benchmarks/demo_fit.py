@@ -1,0 +1,82 @@
+"""Benchmark: `deepfake fit --config configs/demo.yaml` from scratch, as a new user runs it.
+
+Measures wall time including the demo-data build (fresh data root), then evaluates the best checkpoint with
+`deepfake test` and reports val/test_v1/test_v2 AUROC. With --aug, repeats the fit for several
+`data.aug_strength` values to show what augmentation does on the shifted test_v2.
+
+    python benchmarks/demo_fit.py [--aug 0 0.5 1] [--out benchmarks/results/demo_fit.csv]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run(args: list[str], cwd: Path) -> float:
+    start = time.perf_counter()
+    subprocess.run(
+        ["deepfake", *args, "--trainer.enable_progress_bar=false"], cwd=cwd, check=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    return time.perf_counter() - start
+
+
+def one_fit(aug: float | None, work: Path, shared_data: Path | None) -> dict:
+    data = shared_data or work / "data" / "demo"
+    extra = [f"--data.root={data}"] + ([f"--data.aug_strength={aug}"] if aug is not None else [])
+    fit_s = run(["fit", "--config", str(REPO / "configs" / "demo.yaml"), *extra], work)
+    runs = sorted((work / "lightning_logs").glob("version_*"), key=lambda p: int(p.name.split("_")[1]))
+    fit_dir = runs[-1]
+    best = next((fit_dir / "checkpoints").glob("best-*.ckpt"))
+    val = json.loads((fit_dir / "metrics.json").read_text())
+    run(["test", "--config", str(REPO / "configs" / "demo.yaml"), *extra, f"--ckpt_path={best}",
+         f"--data.split_file={fit_dir / 'split.csv'}"], work)
+    test = json.loads((sorted(work.glob("lightning_logs/version_*"), key=lambda p: int(p.name.split("_")[1]))[-1]
+                       / "metrics.json").read_text())
+    return {
+        "aug_strength": aug if aug is not None else "config",
+        "fit_wall_s": round(fit_s, 1),
+        "best_ckpt": best.name,
+        "val_auroc_last": round(val["val/auroc"], 4),
+        "test_v1_auroc": round(test["test/test_v1/auroc"], 4),
+        "test_v2_auroc": round(test["test/test_v2/auroc"], 4),
+        "test_v2_acc_ai": round(test["test/test_v2/acc_ai"], 4),
+        "test_v2_acc_human": round(test["test/test_v2/acc_human"], 4),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--aug", type=float, nargs="*", help="aug_strength values to compare (default: the config's)")
+    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "demo_fit.csv")
+    args = parser.parse_args()
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        rows.append(one_fit(None, work, None))  # first run builds the demo data: its time includes the build
+        rows[0]["includes_data_build"] = True
+        for aug in args.aug or []:
+            rows.append(one_fit(aug, work, work / "data" / "demo") | {"includes_data_build": False})
+    table = pd.DataFrame(rows)
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, python {sys.version.split()[0]}")
+    print(table.to_string(index=False))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    table.to_csv(args.out, index=False)
+    print(f"written to {args.out}")
+
+
+if __name__ == "__main__":
+    main()
