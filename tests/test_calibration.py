@@ -1,0 +1,170 @@
+"""Calibration math against independent peers: netcal, torchmetrics and scikit-learn."""
+
+import numpy as np
+import pytest
+import torch
+from netcal.metrics import ECE
+from netcal.scaling import TemperatureScaling
+from sklearn.metrics import precision_recall_curve, roc_curve
+from torchmetrics.functional.classification import binary_calibration_error
+
+from deepfake_lightning.calibration import (
+    Calibrator,
+    adapt_threshold,
+    bbse_prior,
+    calibration_metrics,
+    choose_threshold,
+    em_prior,
+    fit_temperature,
+    plot_reliability,
+    sigmoid,
+)
+
+
+@pytest.fixture(scope="module")
+def overconfident():
+    rng = np.random.default_rng(0)
+    z_true = rng.normal(0, 2, 20000)
+    y = (rng.random(20000) < sigmoid(z_true)).astype(int)
+    return 2.5 * z_true, y
+
+
+def test_temperature_recovers_the_scale_and_matches_netcal(overconfident):
+    z, y = overconfident
+    t = fit_temperature(z, y)
+    assert t == pytest.approx(2.5, rel=0.05)
+    netcal = TemperatureScaling()
+    netcal.fit(sigmoid(z), y)
+    assert t == pytest.approx(1.0 / float(netcal.weights[0]), rel=1e-3)
+    # the optimum: the NLL gradient in w = 1/T vanishes
+    assert abs(np.dot(sigmoid(z / t) - y, z) / len(z)) < 1e-8
+    before, after = calibration_metrics(sigmoid(z), y)["ece"], calibration_metrics(sigmoid(z / t), y)["ece"]
+    assert before >= 0.11 and after <= 0.015
+
+
+def test_temperature_refuses_anti_correlated_logits(overconfident):
+    z, y = overconfident
+    with pytest.raises(ValueError, match="<= 0"):
+        fit_temperature(-z, y)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_ece_equals_torchmetrics_and_netcal(seed):
+    rng = np.random.default_rng(seed)
+    p = rng.random(3000)
+    p[:10] = [0.0, 1.0, 1 / 15, 2 / 15, 0.5, 14 / 15, 1e-9, 1 - 1e-9, 0.2, 0.4]  # bin edges and extremes
+    y = (rng.random(3000) < p**1.5).astype(int)
+    ours = calibration_metrics(p, y)["ece"]
+    assert ours == pytest.approx(binary_calibration_error(torch.tensor(p), torch.tensor(y), n_bins=15).item(), abs=1e-6)
+    assert ours == pytest.approx(ECE(bins=15).measure(p, y), abs=1e-6)
+
+
+def test_platt_and_isotonic_reduce_nll(overconfident):
+    z, y = overconfident
+    raw = calibration_metrics(sigmoid(z), y)["nll"]
+    for method in ("platt", "isotonic", "temperature"):
+        cal = Calibrator.fit(z, y, method)
+        assert calibration_metrics(cal(z), y)["nll"] < raw - 0.1
+        again = Calibrator.from_state_dict(cal.state_dict())
+        assert np.array_equal(again(z[:100]), cal(z[:100]))
+    a, _ = Calibrator.fit(z, y, "platt").platt
+    assert a == pytest.approx(0.4, rel=0.05)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_f1_and_youden_thresholds_equal_sklearn_argmax(seed):
+    rng = np.random.default_rng(seed)
+    y = (rng.random(2000) < 0.3).astype(int)
+    p = np.clip(rng.normal(0.35 + 0.3 * y, 0.2), 0, 1).round(3)  # rounded: many ties
+    precision, recall, thr = precision_recall_curve(y, p)
+    f1 = 2 * precision * recall / np.maximum(precision + recall, 1e-300)
+    assert choose_threshold(p, y, "f1") == thr[np.argmax(f1[:-1])]
+    fpr, tpr, thr = roc_curve(y, p)
+    assert choose_threshold(p, y, "youden") == thr[np.argmax(tpr - fpr)]
+    # brute force: no threshold among the scores beats the chosen one
+    best_f1 = max(_f1(y, p >= t) for t in np.unique(p))
+    assert _f1(y, p >= choose_threshold(p, y, "f1")) == pytest.approx(best_f1)
+
+
+def _f1(y, pred):
+    tp = np.sum(pred & (y == 1))
+    return 2 * tp / (np.sum(pred) + np.sum(y == 1))
+
+
+def test_eer_target_fpr_and_fixed():
+    rng = np.random.default_rng(3)
+    y = (rng.random(5000) < 0.5).astype(int)
+    p = sigmoid(rng.normal(2 * y - 1, 1.0))
+    t = choose_threshold(p, y, "eer")
+    fpr, fnr = np.mean(p[y == 0] >= t), np.mean(p[y == 1] < t)
+    assert abs(fpr - fnr) < 0.01
+    t5 = choose_threshold(p, y, "target_fpr=0.05")
+    assert np.mean(p[y == 0] >= t5) <= 0.05
+    next_lower = p[p < t5].max()
+    assert np.mean(p[y == 0] >= next_lower) > 0.05  # the loosest such threshold
+    assert choose_threshold(p, y, "fixed=0.7") == 0.7
+    with pytest.raises(ValueError, match="unknown threshold criterion"):
+        choose_threshold(p, y, "accuracy")
+
+
+def _scores(n, share, rng):
+    """Calibrated probabilities for x|y ~ N(+-1.5, 1.5^2) at a given AI share."""
+    y = np.zeros(n, dtype=int)
+    y[: round(n * share)] = 1  # exactly this share
+    rng.shuffle(y)
+    x = rng.normal(np.where(y == 1, 1.5, -1.5), 1.5)
+    llr = 2 * 1.5 * x / 1.5**2  # log N(x; 1.5) - log N(x; -1.5)
+    return sigmoid(llr), y  # the Bayes posterior at a 50 % prior: calibrated for the validation set
+
+
+@pytest.mark.parametrize("share", [0.05, 0.2, 0.5, 0.8])
+def test_em_prior_estimates_the_ai_share(share):
+    rng = np.random.default_rng(int(share * 100))
+    p_val, y_val = _scores(5000, 0.5, rng)
+    p_test, _ = _scores(5000, share, rng)
+    est = em_prior(p_test, source_prior=p_val.mean())
+    assert est.converged and est.iterations <= 100
+    assert abs(est.share - share) <= 0.03
+
+
+def test_em_on_the_validation_set_itself_gives_no_shift():
+    p_val, _ = _scores(5000, 0.5, np.random.default_rng(7))
+    est = em_prior(p_val, source_prior=p_val.mean())
+    assert abs(est.share - p_val.mean()) <= 1e-6
+    assert adapt_threshold(0.5, p_val.mean(), est.share) == pytest.approx(0.5, abs=1e-6)
+
+
+@pytest.mark.parametrize("share,min_gain,max_change", [(0.2, 0.03, None), (0.5, None, 0.005)])
+def test_adapted_threshold_accuracy(share, min_gain, max_change):
+    rng = np.random.default_rng(11)
+    p_val, _ = _scores(5000, 0.5, rng)
+    p_test, y_test = _scores(5000, share, rng)
+    prior = p_val.mean()
+    t = adapt_threshold(0.5, prior, em_prior(p_test, prior).share)
+    plain, adapted = np.mean((p_test >= 0.5) == y_test), np.mean((p_test >= t) == y_test)
+    if min_gain is not None:
+        assert adapted - plain >= min_gain
+    if max_change is not None:
+        assert abs(adapted - plain) <= max_change
+
+
+def test_bbse_agrees_under_label_shift_and_not_under_a_generator_change():
+    rng = np.random.default_rng(5)
+    p_val, y_val = _scores(5000, 0.5, rng)
+    p_test, y_test = _scores(5000, 0.2, rng)
+    val_pred = p_val >= 0.5
+    assert abs(bbse_prior(val_pred, y_val, p_test >= 0.5) - 0.2) <= 0.03
+    # a new generator: AI images look more human, the share is unchanged
+    x = rng.normal(np.where(y_test == 1, 0.3, -1.5), 1.5)
+    p_shifted = sigmoid(2 * x / 1.5)
+    em = em_prior(p_shifted, p_val.mean()).share
+    bbse = bbse_prior(val_pred, y_val, p_shifted >= 0.5)
+    assert abs(em - bbse) > 0.02 or abs(em - 0.2) > 0.05
+
+
+def test_reliability_plot_has_a_curve_per_input(overconfident):
+    z, y = overconfident
+    fig = plot_reliability({"before": (sigmoid(z), y), "after": (sigmoid(z / 2.5), y)})
+    labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert labels[0] == "perfect calibration" and labels[1].startswith("before (ECE 0.11")
+    assert labels[2].startswith("after (ECE 0.00")
