@@ -231,20 +231,61 @@ def em_prior(probs: np.ndarray, source_prior: float, max_iter: int = 100, tol: f
     return PriorEstimate(pi, max_iter, False)
 
 
-def bbse_prior(val_pred: np.ndarray, val_labels: np.ndarray, target_pred: np.ndarray) -> float:
+def joint_confusion(pred: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """``C[i, j] = P(pred = i, y = j)`` on labelled data, the matrix BBSE inverts."""
+    yp, y = np.asarray(pred, dtype=int), np.asarray(labels, dtype=int)
+    return np.array([[np.mean((yp == i) & (y == j)) for j in (0, 1)] for i in (0, 1)])
+
+
+def bbse_prior(val_confusion: np.ndarray, target_pred: np.ndarray) -> float:
     """Black-box shift estimate of the AI share (Lipton et al. 2018) from hard predictions.
 
-    Solves ``C w = mu`` where ``C[i, j] = P_val(pred = i, y = j)`` and ``mu[i] = P_target(pred = i)``; the share
-    is ``w[1] * P_val(y = 1)``, clipped to [0, 1].
+    Solves ``C w = mu`` with ``C`` the validation :func:`joint_confusion` and ``mu[i] = P_target(pred = i)``;
+    the share is ``w[1] * P_val(y = 1)``, clipped to [0, 1].
     """
-    yp, y = np.asarray(val_pred, dtype=int), np.asarray(val_labels, dtype=int)
-    c = np.array([[np.mean((yp == i) & (y == j)) for j in (0, 1)] for i in (0, 1)])
+    c = np.asarray(val_confusion, dtype=np.float64)
     mu = np.array([np.mean(np.asarray(target_pred, dtype=int) == i) for i in (0, 1)])
     try:
         w = np.linalg.solve(c, mu)
     except np.linalg.LinAlgError:
         w = np.linalg.lstsq(c, mu, rcond=None)[0]
-    return float(np.clip(w[1] * np.mean(y == 1), 0.0, 1.0))
+    return float(np.clip(w[1] * c[:, 1].sum(), 0.0, 1.0))
+
+
+def label_shift_report(
+    val_probs: np.ndarray,
+    val_labels: np.ndarray,
+    target_probs: np.ndarray,
+    threshold: float,
+    tolerance: float = 0.1,
+) -> dict:
+    """Estimates the AI share of an unlabeled split and checks that a change of share explains it.
+
+    The share comes from EM on calibrated probabilities, with the mean calibrated validation probability as the
+    source prior. BBSE is computed at the decision threshold and at the validation quartiles: under pure label
+    shift every estimate agrees with EM up to sampling noise; when one of them differs by more than
+    ``tolerance``, the images themselves changed (e.g. a new generator) and prior correction cannot help.
+
+    Returns:
+        ``ai_share_em``, ``em_iterations``, ``ai_share_bbse`` (at ``threshold``), ``disagreement`` (the largest
+        |BBSE - EM|), ``images_changed`` (disagreement > tolerance), ``source_prior`` and ``adapted_threshold``.
+    """
+    val_probs, val_labels = np.asarray(val_probs, dtype=np.float64), np.asarray(val_labels)
+    target_probs = np.asarray(target_probs, dtype=np.float64)
+    source_prior = float(val_probs.mean())
+    em = em_prior(target_probs, source_prior)
+    cuts = [threshold, *np.quantile(val_probs, [0.25, 0.5, 0.75])]
+    bbse = [bbse_prior(joint_confusion(val_probs >= t, val_labels), target_probs >= t) for t in cuts]
+    disagreement = max(abs(b - em.share) for b in bbse)
+    return {
+        "ai_share_em": em.share,
+        "em_iterations": em.iterations,
+        "ai_share_bbse": bbse[0],
+        "disagreement": disagreement,
+        "images_changed": bool(disagreement > tolerance),
+        "source_prior": source_prior,
+        "adapted_threshold": adapt_threshold(threshold, source_prior, em.share),
+    }
 
 
 def adapt_threshold(threshold: float, source_prior: float, target_prior: float) -> float:

@@ -15,6 +15,8 @@ from deepfake_lightning.calibration import (
     calibration_metrics,
     choose_threshold,
     em_prior,
+    joint_confusion,
+    label_shift_report,
     fit_temperature,
     plot_reliability,
     sigmoid,
@@ -148,18 +150,31 @@ def test_adapted_threshold_accuracy(share, min_gain, max_change):
         assert abs(adapted - plain) <= max_change
 
 
-def test_bbse_agrees_under_label_shift_and_not_under_a_generator_change():
+def test_bbse_agrees_with_em_under_label_shift():
     rng = np.random.default_rng(5)
     p_val, y_val = _scores(5000, 0.5, rng)
-    p_test, y_test = _scores(5000, 0.2, rng)
-    val_pred = p_val >= 0.5
-    assert abs(bbse_prior(val_pred, y_val, p_test >= 0.5) - 0.2) <= 0.03
-    # a new generator: AI images look more human, the share is unchanged
-    x = rng.normal(np.where(y_test == 1, 0.3, -1.5), 1.5)
-    p_shifted = sigmoid(2 * x / 1.5)
-    em = em_prior(p_shifted, p_val.mean()).share
-    bbse = bbse_prior(val_pred, y_val, p_shifted >= 0.5)
-    assert abs(em - bbse) > 0.02 or abs(em - 0.2) > 0.05
+    p_test, _ = _scores(5000, 0.2, rng)
+    c = joint_confusion(p_val >= 0.5, y_val)
+    assert c.sum() == pytest.approx(1.0) and c[:, 1].sum() == pytest.approx(0.5)
+    assert abs(bbse_prior(c, p_test >= 0.5) - 0.2) <= 0.03
+
+
+@pytest.mark.parametrize("share", [0.05, 0.2, 0.5, 0.8])
+def test_pure_label_shift_raises_no_warning(share):
+    rng = np.random.default_rng(21)
+    p_val, y_val = _scores(5000, 0.5, rng)
+    p_test, _ = _scores(5000, share, rng)
+    report = label_shift_report(p_val, y_val, p_test, threshold=0.5)
+    assert not report["images_changed"] and abs(report["ai_share_em"] - share) <= 0.03
+
+
+def test_generator_change_is_flagged():
+    rng = np.random.default_rng(22)
+    p_val, y_val = _scores(5000, 0.5, rng)
+    y = (np.arange(5000) < 2500).astype(int)  # share unchanged: 50 %
+    x = rng.normal(np.where(y == 1, 0.0, -1.5), 1.5)  # AI images now look much more human
+    report = label_shift_report(p_val, y_val, sigmoid(2 * x / 1.5), threshold=0.5)
+    assert report["images_changed"] and report["disagreement"] > 0.1
 
 
 def test_reliability_plot_has_a_curve_per_input(overconfident):
