@@ -257,32 +257,54 @@ def label_shift_report(
     val_labels: np.ndarray,
     target_probs: np.ndarray,
     threshold: float,
-    tolerance: float = 0.1,
+    tolerance: float = 0.05,
+    n_bootstrap: int = 200,
+    alpha: float = 0.01,
+    seed: int = 0,
 ) -> dict:
     """Estimates the AI share of an unlabeled split and checks that a change of share explains it.
 
     The share comes from EM on calibrated probabilities, with the mean calibrated validation probability as the
     source prior. BBSE is computed at the decision threshold and at the validation quartiles: under pure label
-    shift every estimate agrees with EM up to sampling noise; when one of them differs by more than
-    ``tolerance``, the images themselves changed (e.g. a new generator) and prior correction cannot help.
+    shift every estimate agrees with EM up to sampling noise. The largest |BBSE - EM| gap is compared with its
+    distribution under pure label shift, simulated by a bootstrap that draws validation and target sets from
+    the validation images at the estimated share; the images are declared changed (e.g. a new generator) when
+    the gap exceeds ``tolerance`` and its bootstrap p-value is below ``alpha``. Small validation sets make BBSE
+    noisy; the bootstrap keeps that noise from raising false alarms.
 
     Returns:
-        ``ai_share_em``, ``em_iterations``, ``ai_share_bbse`` (at ``threshold``), ``disagreement`` (the largest
-        |BBSE - EM|), ``images_changed`` (disagreement > tolerance), ``source_prior`` and ``adapted_threshold``.
+        ``ai_share_em``, ``em_iterations``, ``ai_share_bbse`` (at ``threshold``), ``disagreement``, ``p_value``,
+        ``images_changed``, ``source_prior`` and ``adapted_threshold``.
     """
-    val_probs, val_labels = np.asarray(val_probs, dtype=np.float64), np.asarray(val_labels)
+    val_probs = np.asarray(val_probs, dtype=np.float64)
+    val_labels = np.asarray(val_labels).astype(int)
     target_probs = np.asarray(target_probs, dtype=np.float64)
-    source_prior = float(val_probs.mean())
-    em = em_prior(target_probs, source_prior)
     cuts = [threshold, *np.quantile(val_probs, [0.25, 0.5, 0.75])]
-    bbse = [bbse_prior(joint_confusion(val_probs >= t, val_labels), target_probs >= t) for t in cuts]
-    disagreement = max(abs(b - em.share) for b in bbse)
+
+    def statistic(vp, vy, tp):
+        em = em_prior(tp, float(vp.mean()))
+        bbse = [bbse_prior(joint_confusion(vp >= t, vy), tp >= t) for t in cuts]
+        return em, bbse, max(abs(b - em.share) for b in bbse)
+
+    em, bbse, gap = statistic(val_probs, val_labels, target_probs)
+    rng = np.random.default_rng(seed)
+    pos, neg = val_probs[val_labels == 1], val_probs[val_labels == 0]
+    n_val, n_target = len(val_probs), len(target_probs)
+    null = []
+    for _ in range(n_bootstrap):
+        idx = rng.integers(0, n_val, n_val)
+        n_pos = rng.binomial(n_target, em.share)
+        sim_target = np.concatenate([rng.choice(pos, n_pos), rng.choice(neg, n_target - n_pos)])
+        null.append(statistic(val_probs[idx], val_labels[idx], sim_target)[2])
+    p_value = (1 + sum(g >= gap for g in null)) / (1 + n_bootstrap)
+    source_prior = float(val_probs.mean())
     return {
         "ai_share_em": em.share,
         "em_iterations": em.iterations,
         "ai_share_bbse": bbse[0],
-        "disagreement": disagreement,
-        "images_changed": bool(disagreement > tolerance),
+        "disagreement": gap,
+        "p_value": p_value,
+        "images_changed": bool(gap > tolerance and p_value < alpha),
         "source_prior": source_prior,
         "adapted_threshold": adapt_threshold(threshold, source_prior, em.share),
     }

@@ -15,7 +15,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_warn
 
-from deepfake_lightning.callbacks import MetricsJson
+from deepfake_lightning.callbacks import Calibration, MetricsJson
 from deepfake_lightning.data import DeepfakeDataModule
 from deepfake_lightning.data import BadImageError, DataError
 from deepfake_lightning.data.datamodule import check_data_root
@@ -55,6 +55,8 @@ class DeepfakeCLI(LightningCLI):
                 "checkpoint.auto_insert_metric_name": False,
             }
         )
+        # Calibration before metrics_json, so that metrics.json holds the calibrated validation figures.
+        parser.add_lightning_class_args(Calibration, "calibration")
         parser.add_lightning_class_args(MetricsJson, "metrics_json")
         parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
         # Normalization follows the backbone's own timm data config.
@@ -94,15 +96,55 @@ def cli_main(args: list[str] | None = None, run: bool = True) -> DeepfakeCLI:
         trainer_defaults={"max_epochs": 10},
         save_config_kwargs={"overwrite": True},
         auto_configure_optimizers=False,
+        parser_kwargs={"description": "Train, evaluate and predict with deepfake-lightning detectors. "
+                       "More commands: `deepfake calibrate --help`."},
         args=args,
         run=run,
     )
+
+
+def calibrate_main(args: list[str]) -> dict:
+    """``deepfake calibrate --config C --ckpt_path P [--out P2] [--calibration.method ...] [--data.split_file ...]``:
+    fits the calibrator and threshold of an existing checkpoint on the config's validation split and writes
+    them into the checkpoint (or a copy at ``--out``). Returns the calibration state."""
+    import argparse
+
+    from deepfake_lightning.callbacks.calibration import collect_logits, fit_calibration, summary, write_calibration
+
+    parser = argparse.ArgumentParser(
+        prog="deepfake calibrate",
+        description="Calibrate an existing checkpoint on the validation split of --config. Any other "
+        "--section.key options (e.g. --calibration.method platt, --calibration.threshold youden, "
+        "--data.split_file RUN/split.csv) are read as in `deepfake fit`.",
+    )
+    parser.add_argument("--ckpt_path", required=True, help="checkpoint to calibrate")
+    parser.add_argument("--out", default=None, help="write a calibrated copy here instead of updating the checkpoint")
+    known, rest = parser.parse_known_args(args)
+    if not os.path.isfile(known.ckpt_path):
+        raise FileNotFoundError(f"--ckpt_path: no such file {known.ckpt_path!r}")
+    cli = cli_main([*rest, "--model.pretrained=false"], run=False)
+    callback = next(c for c in cli.trainer.callbacks if isinstance(c, Calibration))
+    model = DeepfakeClassifier.load_from_checkpoint(known.ckpt_path, map_location="cpu")
+    cli.datamodule.setup("validate")
+    logits, labels = collect_logits(model, cli.datamodule.val_dataloader())
+    state = fit_calibration(logits, labels, callback.method, callback.threshold)
+    out = write_calibration(known.ckpt_path, state, known.out)
+    info = summary(state)
+    print(
+        f"Calibrated {out} ({info['method']}): val ECE {info['val/ece_before']:.4f} -> {info['val/ece']:.4f}, "
+        f"NLL {info['val/nll_before']:.4f} -> {info['val/nll']:.4f}; threshold ({info['criterion']}) {info['threshold']:.4f}"
+        + (f"; temperature {info['temperature']:.4f}" if "temperature" in info else "")
+    )
+    return state
 
 
 def main() -> None:
     """Console entry point. Input errors (missing data, bad CSVs or images, unavailable weights) print one
     clear message and exit with status 2; set DEEPFAKE_TRACEBACK=1 to see the full traceback instead."""
     try:
+        if sys.argv[1:2] == ["calibrate"]:
+            calibrate_main(sys.argv[2:])
+            return
         cli_main()
     except (DataError, BadImageError, PretrainedWeightsUnavailable, FileNotFoundError, FileExistsError) as e:
         if os.environ.get("DEEPFAKE_TRACEBACK"):

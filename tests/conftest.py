@@ -67,3 +67,16 @@ def demo_root(tmp_path_factory) -> Path:
     """The real demo dataset (default spec, as configs/demo.yaml builds it), built once per session."""
     root = tmp_path_factory.mktemp("demo") / "demo"
     return build_demo_dataset(root, DemoSpec())
+
+
+@pytest.fixture(scope="session")
+def demo_run(demo_root, tmp_path_factory) -> Path:
+    """One full `deepfake fit --config configs/demo.yaml` (about 30 s), shared by the tests that need a trained,
+    calibrated checkpoint. Returns the run directory (``.../lightning_logs/version_0``)."""
+    from deepfake_lightning.cli import cli_main
+
+    out = tmp_path_factory.mktemp("demo_run")
+    cli_main(["fit", "--config", str(CONFIGS / "demo.yaml"), f"--data.root={demo_root}",
+              f"--trainer.default_root_dir={out}", "--data.num_workers=0", "--trainer.enable_progress_bar=false",
+              "--trainer.enable_model_summary=false"])
+    return out / "lightning_logs" / "version_0"

@@ -1,3 +1,4 @@
+from deepfake_lightning.callbacks.calibration import Calibration, collect_logits, fit_calibration, write_calibration
 from deepfake_lightning.callbacks.metrics_json import MetricsJson
 
-__all__ = ["MetricsJson"]
+__all__ = ["Calibration", "MetricsJson", "collect_logits", "fit_calibration", "write_calibration"]

@@ -203,6 +203,10 @@ class DeepfakeDataModule(L.LightningDataModule):
             self.indexes[split] = df[~df["path"].isin(drop)].reset_index(drop=True)
 
     # ---------------------------------------------------------------- loaders
+    def test_splits(self) -> list[str]:
+        """Configured test splits, in order; ``deepfake test`` serves all of them (unlabeled ones for share estimation)."""
+        return [s for s in TEST_SPLITS if s in self.indexes]
+
     def labeled_test_splits(self) -> list[str]:
         """Test splits that are configured and carry labels, in order."""
         return [s for s in TEST_SPLITS if s in self.indexes and (self.indexes[s]["label"] != UNLABELED).all()]
@@ -243,12 +247,9 @@ class DeepfakeDataModule(L.LightningDataModule):
         return self._loader("val")
 
     def test_dataloader(self) -> list[DataLoader]:
-        splits = self.labeled_test_splits()
+        splits = self.test_splits()
         if not splits:
-            raise DataError(
-                "no labeled test split: configure data.test_v1_csv / data.test_v2_csv with a 'label' column, "
-                "or use `deepfake predict` for unlabeled splits"
-            )
+            raise DataError("no test split configured: set data.test_v1_csv and/or data.test_v2_csv")
         return [self._loader(s) for s in splits]
 
     def predict_dataloader(self) -> DataLoader:

@@ -23,23 +23,26 @@ from torchmetrics.classification import (
     BinarySpecificity,
 )
 
+from deepfake_lightning.calibration import Calibrator
 from deepfake_lightning.models.backbones import create_backbone
 
 
-def make_metrics() -> MetricCollection:
-    """Per-stage metrics at the 0.5 probability threshold. ``acc_human`` is the accuracy on human images
-    (specificity), ``acc_ai`` the accuracy on AI images (recall); ``tn/fp/fn/tp`` come from ``confmat``."""
+def make_metrics(threshold: float = 0.5) -> MetricCollection:
+    """Per-stage metrics; thresholded ones predict AI when the probability is >= ``threshold``.
+    ``acc_human`` is the accuracy on human images (specificity), ``acc_ai`` the accuracy on AI images
+    (recall); ``tn/fp/fn/tp`` come from ``confmat``."""
+    t = float(threshold)
     return MetricCollection(
         {
-            "acc": BinaryAccuracy(),
-            "precision": BinaryPrecision(),
-            "recall": BinaryRecall(),
-            "f1": BinaryF1Score(),
+            "acc": BinaryAccuracy(threshold=t),
+            "precision": BinaryPrecision(threshold=t),
+            "recall": BinaryRecall(threshold=t),
+            "f1": BinaryF1Score(threshold=t),
             "auroc": BinaryAUROC(),
             "ap": BinaryAveragePrecision(),
-            "acc_human": BinarySpecificity(),
-            "acc_ai": BinaryRecall(),
-            "confmat": BinaryConfusionMatrix(),
+            "acc_human": BinarySpecificity(threshold=t),
+            "acc_ai": BinaryRecall(threshold=t),
+            "confmat": BinaryConfusionMatrix(threshold=t),
         },
         compute_groups=False,
     )
@@ -97,8 +100,32 @@ class DeepfakeClassifier(L.LightningModule):
         self.scheduler_factory = scheduler
         self.train_metrics = MetricCollection({"acc": BinaryAccuracy()})
         self.val_metrics = make_metrics()
-        self.test_metrics = nn.ModuleDict()  # one collection per labeled test split, made in on_test_start
+        self.test_metrics = nn.ModuleDict()  # per labeled test split, at 0.5 and at the tuned threshold
         self.test_splits: list[str] = []
+        self.test_outputs: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+        # Set by the Calibration callback or `deepfake calibrate`; saved in and restored from checkpoints.
+        self.calibration: dict | None = None
+
+    # ------------------------------------------------------------------ calibration state
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        if self.calibration is not None:
+            checkpoint["calibration"] = self.calibration
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.calibration = checkpoint.get("calibration")
+
+    @property
+    def calibrator(self) -> Calibrator:
+        """Maps logits to calibrated AI probabilities (plain sigmoid when the model is not calibrated)."""
+        return Calibrator.from_state_dict(self.calibration["calibrator"]) if self.calibration else Calibrator()
+
+    @property
+    def threshold(self) -> float:
+        """Decision threshold on calibrated probabilities, chosen on validation data (0.5 if uncalibrated)."""
+        return float(self.calibration["threshold"]) if self.calibration else 0.5
+
+    def calibrated_probs(self, logits: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(self.calibrator(logits.detach().float().cpu().numpy())).float().to(logits.device)
 
     @property
     def data_config(self) -> dict:
@@ -154,29 +181,52 @@ class DeepfakeClassifier(L.LightningModule):
     # ------------------------------------------------------------------ test
     def on_test_start(self) -> None:
         dm = self.trainer.datamodule
-        self.test_splits = dm.labeled_test_splits() if hasattr(dm, "labeled_test_splits") else ["test"]
-        self.test_metrics = nn.ModuleDict({s: make_metrics() for s in self.test_splits}).to(self.device)
+        self.test_splits = dm.test_splits() if hasattr(dm, "test_splits") else ["test"]
+        labeled = dm.labeled_test_splits() if hasattr(dm, "labeled_test_splits") else self.test_splits
+        metrics = {s: make_metrics(0.5) for s in labeled} | {f"{s}/tuned": make_metrics(self.threshold) for s in labeled}
+        self.test_metrics = nn.ModuleDict(metrics).to(self.device)
+        self.test_outputs = {s: [] for s in self.test_splits}
 
     def test_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
         if "image" not in batch:
             return
         split = self.test_splits[dataloader_idx]
-        loss, logits, labels = self.model_step(batch)
-        self.test_metrics[split].update(logits.sigmoid(), labels)
+        logits = self(batch["image"]).float()
+        self.test_outputs[split].append((logits, batch["label"].long()))
+        if split not in self.test_metrics:  # unlabeled split: logits only (for share estimation)
+            return
+        labels = batch["label"].long()
+        probs = self.calibrated_probs(logits)
+        self.test_metrics[split].update(probs, labels)
+        self.test_metrics[f"{split}/tuned"].update(probs, labels)
+        loss = F.binary_cross_entropy_with_logits(logits, labels.float())
         self.log(f"test/{split}/loss", loss, on_epoch=True, batch_size=len(labels), add_dataloader_idx=False,
                  sync_dist=True)
 
     def on_test_epoch_end(self) -> None:
-        for split, metrics in self.test_metrics.items():
-            self.log_dict(flatten_metrics(metrics.compute(), f"test/{split}"), add_dataloader_idx=False)
+        for name, metrics in self.test_metrics.items():
+            self.log_dict(flatten_metrics(metrics.compute(), f"test/{name}"), add_dataloader_idx=False)
             metrics.reset()
+
+    def gathered_test_outputs(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """Every rank's test logits and labels per split (labels -1 where unknown), on the CPU."""
+        out = {}
+        for split, parts in self.test_outputs.items():
+            if not parts:
+                continue
+            logits = torch.cat([p[0] for p in parts])
+            labels = torch.cat([p[1] for p in parts])
+            if self.trainer.world_size > 1:
+                logits, labels = self.all_gather(logits).flatten(), self.all_gather(labels).flatten()
+            out[split] = (logits.cpu(), labels.cpu())
+        return out
 
     # ------------------------------------------------------------------ predict
     def predict_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> dict:
         if "image" not in batch:
-            return {"index": torch.empty(0, dtype=torch.long), "prob_ai": torch.empty(0)}
+            return {"index": torch.empty(0, dtype=torch.long), "logit": torch.empty(0), "prob_ai": torch.empty(0)}
         logits = self(batch["image"]).float()
-        return {"index": batch["index"], "logit": logits, "prob_ai": logits.sigmoid()}
+        return {"index": batch["index"], "logit": logits, "prob_ai": self.calibrated_probs(logits)}
 
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self):

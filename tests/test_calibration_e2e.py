@@ -1,0 +1,83 @@
+"""Calibration through training, checkpoints and the CLI, on the demo data."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from deepfake_lightning import DeepfakeClassifier
+from deepfake_lightning.cli import calibrate_main, cli_main
+from tests.conftest import CONFIGS
+
+
+def _best(run):
+    return next((run / "checkpoints").glob("best-*.ckpt"))
+
+
+def test_fit_stores_temperature_and_threshold_in_the_checkpoints(demo_run):
+    for path in (_best(demo_run), demo_run / "checkpoints" / "last.ckpt"):
+        state = torch.load(path, map_location="cpu", weights_only=False)["calibration"]
+        assert state["calibrator"]["method"] == "temperature" and state["calibrator"]["temperature"] > 0
+        assert 0.0 < state["threshold"] < 1.0 and state["criterion"] == "f1"
+        assert state["val_after"]["nll"] <= state["val_before"]["nll"]
+        assert state["val_after"]["ece"] < state["val_before"]["ece"]
+    info = json.loads((demo_run / "calibration" / "calibration.json").read_text())
+    metrics = json.loads((demo_run / "metrics.json").read_text())
+    assert metrics["val/ece"] == pytest.approx(info["val/ece"]) and metrics["val/ece"] < metrics["val/ece_before"]
+    assert metrics["calibration/temperature"] == pytest.approx(info["temperature"])
+    assert (demo_run / "calibration" / "reliability_val.png").stat().st_size > 10_000
+
+
+def test_loaded_model_predicts_calibrated_probabilities(demo_run):
+    model = DeepfakeClassifier.load_from_checkpoint(_best(demo_run), map_location="cpu")
+    t = model.calibration["calibrator"]["temperature"]
+    logits = torch.tensor([-3.0, 0.0, 0.4, 2.0])
+    expected = torch.sigmoid(logits / t)
+    assert torch.allclose(model.calibrated_probs(logits), expected, atol=1e-6)
+    assert model.threshold == pytest.approx(model.calibration["threshold"])
+
+
+def test_deepfake_test_reports_calibration_and_thresholds(demo_run, demo_root, tmp_path):
+    cli = cli_main(["test", "--config", str(CONFIGS / "demo.yaml"), f"--data.root={demo_root}",
+                    f"--trainer.default_root_dir={tmp_path}", "--data.num_workers=0",
+                    "--trainer.enable_progress_bar=false", f"--data.split_file={demo_run / 'split.csv'}",
+                    "--calibration.adapt_splits=[test_v2]", f"--ckpt_path={_best(demo_run)}"])
+    run = tmp_path / "lightning_logs" / "version_0"
+    m = json.loads((run / "metrics.json").read_text())
+    for split in ("test_v1", "test_v2"):
+        for k in ("ece", "nll", "brier", "mce"):
+            assert 0 <= m[f"test/{split}/{k}"] and 0 <= m[f"test/{split}/{k}_before"]
+        assert {f"test/{split}/f1", f"test/{split}/tuned/f1", f"test/{split}/ai_share_em"} <= m.keys()
+        assert (run / "calibration" / f"reliability_{split}.png").is_file()
+    # test_v1 shares the training generators and a 50 % AI share: EM recovers it
+    assert m["test/test_v1/ai_share_em"] == pytest.approx(0.5, abs=0.08)
+    # the tuned threshold differs from 0.5, so the tuned confusion counts follow it (same images)
+    assert m["test/test_v2/tuned/tp"] + m["test/test_v2/tuned/fn"] == m["test/test_v2/tp"] + m["test/test_v2/fn"] == 120
+    adapted = m["test/test_v2/adapted_threshold"]
+    assert cli.model.calibration["adapted_thresholds"]["test_v2"] == pytest.approx(adapted)
+    state = cli.model.calibration
+    prior, share = float(state["val_probs"].mean()), m["test/test_v2/ai_share_em"]
+    logit = lambda p: math.log(p / (1 - p))  # noqa: E731
+    expected = logit(state["threshold"]) - (math.log(share / prior) - math.log((1 - share) / (1 - prior)))
+    assert logit(adapted) == pytest.approx(expected, abs=1e-6)
+
+
+def test_calibrate_command_writes_a_calibrated_copy(demo_run, demo_root, tmp_path, capsys):
+    src = demo_run / "checkpoints" / "last.ckpt"
+    before = src.read_bytes()
+    out = tmp_path / "platt.ckpt"
+    state = calibrate_main(["--config", str(CONFIGS / "demo.yaml"), f"--data.root={demo_root}",
+                            "--data.num_workers=0", f"--data.split_file={demo_run / 'split.csv'}",
+                            f"--ckpt_path={src}", f"--out={out}", "--calibration.method=platt",
+                            "--calibration.threshold=youden"])
+    assert src.read_bytes() == before  # the original is untouched
+    saved = torch.load(out, map_location="cpu", weights_only=False)["calibration"]
+    assert saved["calibrator"]["method"] == "platt" and saved["criterion"] == "youden"
+    assert saved["threshold"] == pytest.approx(state["threshold"])
+    assert "Calibrated" in capsys.readouterr().out
+    model = DeepfakeClassifier.load_from_checkpoint(out, map_location="cpu")
+    a, b = saved["calibrator"]["platt"]
+    z = torch.tensor([0.5])
+    assert model.calibrated_probs(z).item() == pytest.approx(1 / (1 + np.exp(-(a * 0.5 + b))), abs=1e-6)
