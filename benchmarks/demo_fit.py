@@ -54,6 +54,15 @@ def one_fit(aug: float | None, work: Path, shared_data: Path | None) -> dict:
         "test_v2_auroc": round(test["test/test_v2/auroc"], 4),
         "test_v2_acc_ai": round(test["test/test_v2/acc_ai"], 4),
         "test_v2_acc_human": round(test["test/test_v2/acc_human"], 4),
+        "temperature": round(val["calibration/temperature"], 4),
+        "threshold_f1": round(val["calibration/threshold"], 4),
+        "val_ece_before": round(val["val/ece_before"], 4),
+        "val_ece_after": round(val["val/ece"], 4),
+        "test_v1_ece_before": round(test["test/test_v1/ece_before"], 4),
+        "test_v1_ece_after": round(test["test/test_v1/ece"], 4),
+        "test_v2_ece_before": round(test["test/test_v2/ece_before"], 4),
+        "test_v2_ece_after": round(test["test/test_v2/ece"], 4),
+        "test_v2_ai_share_em": round(test["test/test_v2/ai_share_em"], 4),
     }
 
 
@@ -72,7 +81,7 @@ def main() -> None:
             rows.append(one_fit(aug, work, work / "data" / "demo") | {"includes_data_build": False})
     table = pd.DataFrame(rows)
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, python {sys.version.split()[0]}")
-    print(table.to_string(index=False))
+    print(table.T.to_string(header=False))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(args.out, index=False)
     print(f"written to {args.out}")

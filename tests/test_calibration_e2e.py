@@ -81,3 +81,20 @@ def test_calibrate_command_writes_a_calibrated_copy(demo_run, demo_root, tmp_pat
     a, b = saved["calibrator"]["platt"]
     z = torch.tensor([0.5])
     assert model.calibrated_probs(z).item() == pytest.approx(1 / (1 + np.exp(-(a * 0.5 + b))), abs=1e-6)
+
+
+def test_failed_calibration_warns_and_keeps_the_trained_checkpoint(kaggle_root, tmp_path, monkeypatch):
+    import deepfake_lightning.callbacks.calibration as cal
+
+    def fail(*args, **kwargs):
+        raise ValueError("need both classes among the labels")
+
+    monkeypatch.setattr(cal, "fit_calibration", fail)
+    with pytest.warns(UserWarning, match="Calibration failed.*left uncalibrated"):
+        cli = cli_main(["fit", "--config", str(CONFIGS / "demo.yaml"), f"--data.root={kaggle_root}",
+                        "--data.demo=false", "--data.group_column=null", "--data.test_v1_csv=test_v1.csv",
+                        f"--trainer.default_root_dir={tmp_path}", "--trainer.max_epochs=1", "--data.num_workers=0",
+                        "--data.img_size=32", "--trainer.enable_progress_bar=false"])
+    assert cli.model.calibration is None and cli.model.threshold == 0.5
+    last = tmp_path / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
+    assert "calibration" not in torch.load(last, map_location="cpu", weights_only=False)

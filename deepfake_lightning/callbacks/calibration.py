@@ -140,6 +140,9 @@ class Calibration(Callback):
     def on_fit_end(self, trainer: L.Trainer, pl_module) -> None:
         if trainer.datamodule is None or trainer.interrupted:
             return
+        if trainer.fast_dev_run:
+            rank_zero_info("Calibration skipped under fast_dev_run (one batch says nothing about calibration).")
+            return
         loader = trainer.datamodule.val_dataloader()
         ckpt = trainer.checkpoint_callback
         paths = [p for p in (getattr(ckpt, "last_model_path", ""), getattr(ckpt, "best_model_path", "")) if p]
@@ -150,11 +153,20 @@ class Calibration(Callback):
                 weights = torch.load(path, map_location=pl_module.device, weights_only=False)["state_dict"]
                 pl_module.load_state_dict(weights)
             z, y = collect_logits(pl_module, loader, trainer)
-            state = fit_calibration(z, y, self.method, self.threshold)
+            try:
+                state = fit_calibration(z, y, self.method, self.threshold)
+            except ValueError as e:
+                # Training finished; do not throw the run away. The checkpoint stays uncalibrated, loudly.
+                rank_zero_warn(f"Calibration failed for {path or 'the final weights'}: {e}. The checkpoint is left "
+                               "uncalibrated (threshold 0.5); `deepfake calibrate` can retry with another method.")
+                state = None
+                continue
             if path is not None and trainer.is_global_zero:
                 write_calibration(path, state)
             trainer.strategy.barrier()
         pl_module.calibration = state
+        if state is None:
+            return
         scalars = {k: v for k, v in summary(state).items() if isinstance(v, float)}
         scalars = {k if "/" in k else f"calibration/{k}": v for k, v in scalars.items()}
         trainer.callback_metrics.update({k: torch.tensor(v) for k, v in scalars.items()})
