@@ -97,7 +97,7 @@ def cli_main(args: list[str] | None = None, run: bool = True) -> DeepfakeCLI:
         save_config_kwargs={"overwrite": True},
         auto_configure_optimizers=False,
         parser_kwargs={"description": "Train, evaluate and predict with deepfake-lightning detectors. "
-                       "More commands: `deepfake calibrate --help`."},
+                       "More commands: `deepfake calibrate --help`, `deepfake explain --help`."},
         args=args,
         run=run,
     )
@@ -138,12 +138,46 @@ def calibrate_main(args: list[str]) -> dict:
     return state
 
 
+def explain_main(args: list[str]):
+    """``deepfake explain IMAGE_OR_DIR... --ckpt_path CKPT --out DIR [--method] [--layers] [--n_layers] [--target]``."""
+    import argparse
+
+    from deepfake_lightning.api import load_detector
+    from deepfake_lightning.explain import CAM_METHODS, expand_inputs, explain_files
+
+    parser = argparse.ArgumentParser(
+        prog="deepfake explain",
+        description="Grad-CAM overlays for images or folders of images, with the checkpoint's own preprocessing "
+        "and calibration. Writes one PNG per image and explanations.csv (file, prob_ai, label, error) to --out.",
+    )
+    parser.add_argument("inputs", nargs="+", help="image files and/or directories (searched recursively)")
+    parser.add_argument("--ckpt_path", required=True)
+    parser.add_argument("--out", required=True, help="output directory")
+    parser.add_argument("--method", default="gradcam", choices=sorted(CAM_METHODS))
+    parser.add_argument("--layers", nargs="+", default=None, help="module names to explain (default: by backbone)")
+    parser.add_argument("--n_layers", type=int, default=1, help="multi-layer mode: explain this many stages")
+    parser.add_argument("--target", default="ai", choices=["ai", "human"])
+    parser.add_argument("--batch_size", type=int, default=16)
+    a = parser.parse_args(args)
+    detector = load_detector(a.ckpt_path)
+    table = explain_files(detector, expand_inputs(a.inputs), a.out, batch_size=a.batch_size, method=a.method,
+                          layers=a.layers, n_layers=a.n_layers, target=a.target)
+    bad = table[table["error"] != ""]
+    for _, row in bad.iterrows():
+        print(f"deepfake explain: skipped {row['file']}: {row['error']}", file=sys.stderr)
+    print(f"Explained {len(table) - len(bad)} image(s), skipped {len(bad)}; wrote {a.out}/explanations.csv and PNGs")
+    return table
+
+
 def main() -> None:
     """Console entry point. Input errors (missing data, bad CSVs or images, unavailable weights) print one
     clear message and exit with status 2; set DEEPFAKE_TRACEBACK=1 to see the full traceback instead."""
     try:
         if sys.argv[1:2] == ["calibrate"]:
             calibrate_main(sys.argv[2:])
+            return
+        if sys.argv[1:2] == ["explain"]:
+            explain_main(sys.argv[2:])
             return
         cli_main()
     except (DataError, BadImageError, PretrainedWeightsUnavailable, FileNotFoundError, FileExistsError) as e:

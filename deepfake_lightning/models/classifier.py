@@ -163,12 +163,13 @@ class DeepfakeClassifier(L.LightningModule):
         self.train_metrics.reset()
 
     # ------------------------------------------------------------------ validate
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
+    def validation_step(self, batch: dict, batch_idx: int) -> dict | None:
         if "image" not in batch:
-            return
+            return None
         loss, logits, labels = self.model_step(batch)
         self.val_metrics.update(logits.sigmoid(), labels)
         self.log("val/loss", loss, on_epoch=True, prog_bar=True, batch_size=len(labels), sync_dist=True)
+        return {"logits": logits}  # for callbacks (e.g. GradCamExport's most confident mistakes)
 
     def on_validation_epoch_end(self) -> None:
         if self.val_metrics["acc"].update_count == 0:  # sanity check with every image skipped
@@ -187,14 +188,14 @@ class DeepfakeClassifier(L.LightningModule):
         self.test_metrics = nn.ModuleDict(metrics).to(self.device)
         self.test_outputs = {s: [] for s in self.test_splits}
 
-    def test_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
+    def test_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> dict | None:
         if "image" not in batch:
-            return
+            return None
         split = self.test_splits[dataloader_idx]
         logits = self(batch["image"]).float()
         self.test_outputs[split].append((logits, batch["label"].long()))
         if split not in self.test_metrics:  # unlabeled split: logits only (for share estimation)
-            return
+            return {"logits": logits}
         labels = batch["label"].long()
         probs = self.calibrated_probs(logits)
         self.test_metrics[split].update(probs, labels)
@@ -202,6 +203,7 @@ class DeepfakeClassifier(L.LightningModule):
         loss = F.binary_cross_entropy_with_logits(logits, labels.float())
         self.log(f"test/{split}/loss", loss, on_epoch=True, batch_size=len(labels), add_dataloader_idx=False,
                  sync_dist=True)
+        return {"logits": logits}
 
     def on_test_epoch_end(self) -> None:
         for name, metrics in self.test_metrics.items():

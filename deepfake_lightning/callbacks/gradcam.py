@@ -1,0 +1,130 @@
+"""``GradCamExport``: Grad-CAM overlays of fixed and mistaken samples, during validation and at test time."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import Callback
+
+from deepfake_lightning.data.dataset import BadImageError
+from deepfake_lightning.explain import CamExplainer, cam_grid, denormalize
+
+
+class GradCamExport(Callback):
+    """Every ``every_n_epochs`` validation epochs, and at test time, explains a fixed, seeded, class-balanced set
+    of ``num_samples`` images plus the ``num_mistakes`` most confident mistakes of that epoch. Writes overlay
+    grids as PNG files under ``<run>/gradcam/epoch=<e>/`` (``gradcam/test_<split>/`` when testing) and as
+    TensorBoard figures; each tile shows the label, the AI probability and the prediction.
+
+    It never changes training: CAMs run in eval mode with frozen parameters and a forked RNG, on images read
+    straight from the dataset (no extra loader), and only rank 0 computes and writes them.
+
+    Args:
+        every_n_epochs: Export after every N-th validation epoch.
+        num_samples: Fixed samples to explain (half human, half AI), chosen once with ``seed``.
+        num_mistakes: Most confident mistakes of the epoch to add.
+        method: CAM method (see ``deepfake_lightning.explain.CAM_METHODS``).
+        layers: Module names to explain; default by backbone family.
+        n_layers: Multi-layer mode when > 1: each stage's map is shown beside the combined one.
+        target: ``ai`` or ``human``: the class whose evidence is shown.
+        seed: Seed for the fixed sample set.
+    """
+
+    def __init__(
+        self,
+        every_n_epochs: int = 1,
+        num_samples: int = 8,
+        num_mistakes: int = 4,
+        method: str = "gradcam",
+        layers: list[str] | None = None,
+        n_layers: int = 1,
+        target: str = "ai",
+        seed: int = 0,
+    ):
+        self.every_n_epochs = every_n_epochs
+        self.num_samples = num_samples
+        self.num_mistakes = num_mistakes
+        self.explainer_args = {"method": method, "layers": layers, "n_layers": n_layers, "target": target}
+        self.seed = seed
+        self._seen: dict[str, list[tuple[int, float, int]]] = {}
+
+    # ---------------------------------------------------------------- collecting predictions
+    def _collect(self, pl_module, split: str, outputs, batch) -> None:
+        if isinstance(outputs, dict) and "logits" in outputs and "index" in batch:
+            probs = pl_module.calibrated_probs(outputs["logits"]).cpu().tolist()
+            self._seen.setdefault(split, []).extend(
+                zip(batch["index"].cpu().tolist(), probs, batch["label"].long().cpu().tolist())
+            )
+
+    def on_validation_epoch_start(self, trainer, pl_module) -> None:
+        self._seen = {}
+
+    def on_test_epoch_start(self, trainer, pl_module) -> None:
+        self._seen = {}
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self._collect(pl_module, "val", outputs, batch)
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self._collect(pl_module, pl_module.test_splits[dataloader_idx], outputs, batch)
+
+    # ---------------------------------------------------------------- exporting
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module) -> None:
+        if trainer.sanity_checking or (trainer.current_epoch + 1) % self.every_n_epochs:
+            return
+        self._export(trainer, pl_module, "val", f"epoch={trainer.current_epoch}")
+
+    def on_test_epoch_end(self, trainer: L.Trainer, pl_module) -> None:
+        for split in pl_module.test_splits:
+            self._export(trainer, pl_module, split, f"test_{split}")
+
+    def _choose(self, labels: list[int], split: str, threshold: float) -> tuple[list[int], list[int]]:
+        rng = np.random.default_rng(self.seed)
+        labels_arr = np.asarray(labels)
+        fixed = []
+        for cls in (0, 1):
+            pool = np.flatnonzero(labels_arr == cls)
+            k = min(len(pool), self.num_samples // 2 + (cls == 1) * (self.num_samples % 2))
+            fixed += sorted(rng.choice(pool, k, replace=False).tolist()) if k else []
+        if (labels_arr < 0).all():  # unlabeled split: just a seeded sample
+            fixed = sorted(rng.choice(len(labels), min(len(labels), self.num_samples), replace=False).tolist())
+        wrong = [(abs(p - 0.5), i) for i, p, y in self._seen.get(split, []) if y in (0, 1) and (p >= threshold) != y]
+        mistakes = [i for _, i in sorted(wrong, reverse=True) if i not in fixed][: self.num_mistakes]
+        return fixed, mistakes
+
+    def _export(self, trainer: L.Trainer, pl_module, split: str, folder: str) -> None:
+        if not trainer.is_global_zero or trainer.log_dir is None or trainer.datamodule is None:
+            return
+        dm = trainer.datamodule
+        dataset = dm.dataset(split)
+        fixed, mistakes = self._choose(dataset.labels, split, pl_module.threshold)
+        out = Path(trainer.log_dir) / "gradcam" / folder
+        with CamExplainer(pl_module, **self.explainer_args) as explainer:
+            for name, indices in (("samples", fixed), ("mistakes", mistakes)):
+                items = []
+                for i in indices:
+                    try:
+                        items.append(dataset[i])
+                    except BadImageError:
+                        continue
+                items = [it for it in items if isinstance(it, dict)]
+                if not items:
+                    continue
+                images = torch.stack([it["image"] for it in items])
+                labels = [int(it["label"]) for it in items]
+                result = explainer(images)
+                fig = cam_grid(denormalize(images, dm.hparams.mean, dm.hparams.std), result, labels,
+                               threshold=pl_module.threshold, per_layer=True)
+                out.mkdir(parents=True, exist_ok=True)
+                fig.savefig(out / f"{name}.png", dpi=90)
+                for logger in trainer.loggers:
+                    experiment = getattr(logger, "experiment", None)
+                    if hasattr(experiment, "add_figure"):
+                        experiment.add_figure(f"gradcam/{split}/{name}", fig, global_step=trainer.current_epoch,
+                                              close=False)
+                import matplotlib.pyplot as plt
+
+                plt.close(fig)

@@ -1,0 +1,301 @@
+"""Class activation maps for the one-logit detector, on top of pytorch-grad-cam.
+
+:class:`CamExplainer` is shared by the ``GradCamExport`` callback, ``deepfake explain`` and notebooks. It picks
+target layers by backbone family (overridable by module name), computes one or several layers' maps in one
+batched forward/backward pass in float32 outside autocast, and always leaves the model as it found it: same
+train/eval mode, same ``requires_grad`` flags, no parameter gradients, no consumed random numbers, no hooks.
+Plotting lives in :func:`overlay` and :func:`cam_grid`, apart from the maps.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from pytorch_grad_cam import (
+    EigenCAM,
+    EigenGradCAM,
+    GradCAM,
+    GradCAMElementWise,
+    GradCAMPlusPlus,
+    HiResCAM,
+    LayerCAM,
+    ScoreCAM,
+    XGradCAM,
+)
+from pytorch_grad_cam.utils.image import show_cam_on_image
+from pytorch_grad_cam.utils.model_targets import BinaryClassifierOutputTarget
+from torch import nn
+
+CAM_METHODS = {
+    "gradcam": GradCAM,
+    "gradcam++": GradCAMPlusPlus,
+    "hirescam": HiResCAM,
+    "xgradcam": XGradCAM,
+    "layercam": LayerCAM,
+    "eigencam": EigenCAM,
+    "eigengradcam": EigenGradCAM,
+    "gradcamelementwise": GradCAMElementWise,
+    "scorecam": ScoreCAM,
+}
+
+
+def _is_vit(net: nn.Module) -> bool:
+    return hasattr(net, "patch_embed") and hasattr(net, "blocks") and hasattr(net, "num_prefix_tokens")
+
+
+def default_target_layers(net: nn.Module, n_layers: int = 1) -> list[str]:
+    """Module names to explain for a timm model, deepest last.
+
+    ResNet: the last block of ``layer4``; ConvNeXt: the last stage; EfficientNet: ``conv_head``; ViT-style:
+    the last block's ``norm1`` (with a token-to-grid reshape). Any other model: the last stage in timm's
+    ``feature_info``. With ``n_layers > 1``, the deepest layer is preceded by the ends of earlier stages
+    (timm's ``feature_info``), so shallow and deep stages can be compared.
+    """
+    if _is_vit(net):
+        deep = f"blocks.{len(net.blocks) - 1}.norm1"
+        earlier = [f"blocks.{i}.norm1" for i in range(len(net.blocks) - 1)]
+    else:
+        stages = [f["module"] for f in getattr(net, "feature_info", [])]
+        if hasattr(net, "layer4"):
+            deep, earlier = f"layer4.{len(net.layer4) - 1}", stages[:-1]
+        elif hasattr(net, "conv_head"):
+            deep, earlier = "conv_head", stages
+        elif stages:
+            deep, earlier = stages[-1], stages[:-1]
+        else:
+            raise ValueError(f"cannot pick a CAM target layer for {type(net).__name__}; pass layers=[module names]")
+    return (earlier[-(n_layers - 1):] if n_layers > 1 else []) + [deep]
+
+
+def vit_reshape(net: nn.Module):
+    """Token sequence (B, prefix + H*W, C) to a feature map (B, C, H, W), for ViT-style timm models."""
+    prefix = int(getattr(net, "num_prefix_tokens", 1))
+
+    def reshape(tokens: torch.Tensor) -> torch.Tensor:
+        grid = tokens[:, prefix:, :]
+        h, w = getattr(net.patch_embed, "grid_size", (0, 0))
+        if h * w != grid.shape[1]:  # another input size than the model's default: assume a square grid
+            h = w = int(math.isqrt(grid.shape[1]))
+        return grid.reshape(tokens.shape[0], h, w, tokens.shape[-1]).permute(0, 3, 1, 2)
+
+    return reshape
+
+
+@dataclass
+class CamResult:
+    """Maps for a batch: ``cam`` (B, H, W) in [0, 1] (the layers combined), ``per_layer`` {name: (B, H, W)},
+    the model's ``logits`` (B,) and its (calibrated, if the model has calibration) ``probs`` (B,)."""
+
+    cam: np.ndarray
+    per_layer: dict[str, np.ndarray] = field(default_factory=dict)
+    logits: np.ndarray | None = None
+    probs: np.ndarray | None = None
+
+
+class CamExplainer:
+    """Batched CAMs for a one-logit detector. Use as a context manager (or call :meth:`close`): the hooks on the
+    target layers live exactly as long as the explainer.
+
+    Args:
+        model: A ``DeepfakeClassifier`` (its ``net`` is explained) or any module returning (B,) logits.
+        method: One of :data:`CAM_METHODS`.
+        layers: Module names of the network to explain (e.g. ``["layer3", "layer4"]``); default by family.
+        n_layers: With ``layers`` unset, explain this many stages (multi-layer Grad-CAM); the combined map is the
+            pytorch-grad-cam mean of the per-layer maps.
+        target: ``ai`` (default) explains the AI-generated logit, ``human`` its negation.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        method: str = "gradcam",
+        layers: list[str] | None = None,
+        n_layers: int = 1,
+        target: str = "ai",
+    ):
+        if method not in CAM_METHODS:
+            raise ValueError(f"unknown CAM method {method!r}; choose from {sorted(CAM_METHODS)}")
+        if target not in ("ai", "human"):
+            raise ValueError(f"target must be 'ai' or 'human', got {target!r}")
+        self.model = model
+        self.net = getattr(model, "net", model)
+        self.layer_names = list(layers) if layers else default_target_layers(self.net, n_layers)
+        modules = dict(self.net.named_modules())
+        unknown = [n for n in self.layer_names if n not in modules]
+        if unknown:
+            top = [n for n in modules if n and "." not in n]
+            raise ValueError(f"unknown layer name(s) {unknown} in {type(self.net).__name__}; top-level modules: {top}")
+        self.target = BinaryClassifierOutputTarget(1 if target == "ai" else 0)
+        reshape = vit_reshape(self.net) if _is_vit(self.net) else None
+        was_training = self.model.training
+        self._cam = CAM_METHODS[method](
+            model=_Logit(self.model), target_layers=[modules[n] for n in self.layer_names],
+            reshape_transform=reshape,
+        )
+        # Gradients flow from a grad-requiring input instead of the (temporarily frozen) parameters.
+        self._cam.compute_input_gradient = True
+        self.model.train(was_training)  # pytorch-grad-cam switches the model to eval in its constructor
+
+    def __call__(self, images: torch.Tensor) -> CamResult:
+        """Explains a batch of preprocessed images (B, 3, H, W)."""
+        model = self.model
+        device = next(model.parameters()).device
+        was_training = model.training
+        flags = [p.requires_grad for p in model.parameters()]
+        try:
+            model.eval()
+            for p in model.parameters():  # gradients flow from the input: no parameter .grad is touched
+                p.requires_grad_(False)
+            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), \
+                    torch.autocast(device.type, enabled=False), torch.enable_grad():
+                x = images.to(device=device, dtype=torch.float32)
+                targets = [self.target] * len(x)
+                cam = self._cam(input_tensor=x, targets=targets)
+                per_layer = self._cam.compute_cam_per_layer(x, targets, False)
+                logits = self._cam.outputs.detach().float().reshape(-1)
+        finally:
+            for p, f in zip(model.parameters(), flags):
+                p.requires_grad_(f)
+            model.train(was_training)
+            self._cam.activations_and_grads.gradients = []
+            self._cam.activations_and_grads.activations = []
+        calibrated = getattr(model, "calibrated_probs", None)
+        probs = calibrated(logits) if calibrated is not None else torch.sigmoid(logits)
+        return CamResult(
+            cam=cam.astype(np.float32),
+            per_layer={n: m[:, 0].astype(np.float32) for n, m in zip(self.layer_names, per_layer)},
+            logits=logits.cpu().numpy(),
+            probs=probs.cpu().numpy(),
+        )
+
+    def close(self) -> None:
+        self._cam.activations_and_grads.release()
+
+    def __enter__(self) -> "CamExplainer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()  # unlike pytorch-grad-cam's own __exit__, never swallows an exception
+
+
+class _Logit(nn.Module):
+    """Presents the detector to pytorch-grad-cam as a module returning (B,) logits."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x).reshape(-1)
+
+
+# --------------------------------------------------------------------------- display
+def denormalize(images: torch.Tensor, mean, std) -> np.ndarray:
+    """Normalized (B, 3, H, W) tensors back to (B, H, W, 3) float RGB in [0, 1] for display."""
+    m = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
+    s = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+    return (images.detach().cpu().float() * s + m).clamp(0, 1).permute(0, 2, 3, 1).numpy()
+
+
+def overlay(rgb: np.ndarray, cam: np.ndarray) -> np.ndarray:
+    """A heat map over an (H, W, 3) float RGB image, as uint8."""
+    return show_cam_on_image(rgb.astype(np.float32), cam, use_rgb=True)
+
+
+def cam_grid(rgb: np.ndarray, result: CamResult, labels=None, threshold: float = 0.5, columns: int = 4,
+             per_layer: bool = False):
+    """A matplotlib Figure: per image, the picture and its overlay (and each layer's map with ``per_layer``),
+    titled with the true label (if known), the AI probability and the prediction at ``threshold``."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    maps = [("combined", result.cam)] + (list(result.per_layer.items()) if per_layer and len(result.per_layer) > 1 else [])
+    panels = 1 + len(maps)
+    n = len(rgb)
+    columns = max(1, min(columns, n))
+    rows = math.ceil(n / columns)
+    fig, axes = plt.subplots(rows, columns * panels, figsize=(1.9 * columns * panels, 2.2 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for i in range(n):
+        r, c = divmod(i, columns)
+        prob = float(result.probs[i])
+        pred = "AI" if prob >= threshold else "human"
+        title = f"p(AI)={prob:.2f} -> {pred}"
+        if labels is not None and int(labels[i]) in (0, 1):
+            truth = "AI" if int(labels[i]) == 1 else "human"
+            title = f"true {truth}\n{title}" + ("" if truth == pred else "  (wrong)")
+        axes[r, c * panels].imshow(rgb[i])
+        axes[r, c * panels].set_title(title, fontsize=7, color="black" if labels is None or truth == pred else "red")
+        for k, (name, m) in enumerate(maps, start=1):
+            axes[r, c * panels + k].imshow(overlay(rgb[i], m[i]))
+            if i < columns:
+                axes[r, c * panels + k].set_title(name, fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+# --------------------------------------------------------------------------- files
+def expand_inputs(inputs: list[str]) -> list[Path]:
+    """Files named directly, plus every (non-hidden) file under the named directories, sorted."""
+    files: list[Path] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            files += sorted(f for f in p.rglob("*") if f.is_file() and not f.name.startswith("."))
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise FileNotFoundError(f"no such file or directory: {item}")
+    return files
+
+
+def explain_files(detector, files: list[Path], out_dir: str | Path, batch_size: int = 16, **explainer_args):
+    """Writes one PNG per readable image (the image beside its CAM overlay, and each layer's map in multi-layer
+    mode) and ``explanations.csv`` (``file, prob_ai, label, error``) to ``out_dir``. Unreadable files are
+    listed in the CSV with their error and skipped; they never stop the run. Returns the CSV as a DataFrame."""
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    from deepfake_lightning.data.dataset import BadImageError, load_image
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows, used_names = [], set()
+    with CamExplainer(detector.model, **explainer_args) as explainer:
+        for start in range(0, len(files), batch_size):
+            batch_files, tensors = [], []
+            for f in files[start : start + batch_size]:
+                try:
+                    tensors.append(detector.transform(load_image(f)))
+                    batch_files.append(f)
+                except BadImageError as e:
+                    rows.append({"file": str(f), "prob_ai": None, "label": None, "error": str(e.__cause__ or e)})
+            if not tensors:
+                continue
+            images = torch.stack(tensors)
+            result = explainer(images)
+            rgb = denormalize(images, detector.mean, detector.std)
+            for i, f in enumerate(batch_files):
+                prob = float(result.probs[i])
+                single = CamResult(result.cam[i : i + 1], {k: v[i : i + 1] for k, v in result.per_layer.items()},
+                                   result.logits[i : i + 1], result.probs[i : i + 1])
+                fig = cam_grid(rgb[i : i + 1], single, threshold=detector.threshold, columns=1, per_layer=True)
+                fig.axes[0].set_title(f"{f.name}\n{fig.axes[0].get_title()}", fontsize=7)
+                fig.tight_layout()
+                name = f.stem
+                while name in used_names:  # same stem in two folders
+                    name += "_"
+                used_names.add(name)
+                fig.savefig(out_dir / f"{name}.png", dpi=100)
+                plt.close(fig)
+                rows.append({"file": str(f), "prob_ai": prob, "label": int(prob >= detector.threshold), "error": ""})
+    table = pd.DataFrame(rows, columns=["file", "prob_ai", "label", "error"]).astype({"label": "Int64"})
+    table.to_csv(out_dir / "explanations.csv", index=False)
+    return table
