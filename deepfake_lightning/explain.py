@@ -150,9 +150,10 @@ class CamExplainer:
             model.eval()
             for p in model.parameters():  # gradients flow from the input: no parameter .grad is touched
                 p.requires_grad_(False)
+            # Also callable from Lightning's evaluation hooks, which run under inference mode and autocast.
             with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), \
-                    torch.autocast(device.type, enabled=False), torch.enable_grad():
-                x = images.to(device=device, dtype=torch.float32)
+                    torch.inference_mode(False), torch.enable_grad(), torch.autocast(device.type, enabled=False):
+                x = images.to(device=device, dtype=torch.float32).clone()  # a normal tensor, even from inference mode
                 targets = [self.target] * len(x)
                 cam = self._cam(input_tensor=x, targets=targets)
                 per_layer = self._cam.compute_cam_per_layer(x, targets, False)
