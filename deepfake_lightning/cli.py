@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 
 import torch
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_warn
 
-from deepfake_lightning.callbacks import Calibration, MetricsJson
+from deepfake_lightning.callbacks import Calibration, EvaluationReport, MetricsJson, PredictionWriter
 from deepfake_lightning.data import DeepfakeDataModule
 from deepfake_lightning.data import BadImageError, DataError
 from deepfake_lightning.data.datamodule import check_data_root
@@ -58,6 +59,8 @@ class DeepfakeCLI(LightningCLI):
         # Calibration before metrics_json, so that metrics.json holds the calibrated validation figures.
         parser.add_lightning_class_args(Calibration, "calibration")
         parser.add_lightning_class_args(MetricsJson, "metrics_json")
+        parser.add_lightning_class_args(EvaluationReport, "report")
+        parser.add_lightning_class_args(PredictionWriter, "predictions")
         parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
         # Normalization follows the backbone's own timm data config.
         parser.link_arguments("model.data_config", "data.mean", compute_fn=lambda c: tuple(c["mean"]), apply_on="instantiate")
@@ -87,8 +90,18 @@ class DeepfakeCLI(LightningCLI):
             torch.set_float32_matmul_precision("high")
 
 
+    def test(self, model, datamodule=None, ckpt_path=None, verbose: bool = True, **kwargs):
+        # Metric names already carry the split, so Lightning's per-dataloader table would repeat every one in
+        # every column; EvaluationReport prints one compact table instead.
+        return self.trainer.test(model, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False, **kwargs)
+
+
 def cli_main(args: list[str] | None = None, run: bool = True) -> DeepfakeCLI:
     """Runs the CLI on ``args`` (default: ``sys.argv[1:]``); tests call this directly."""
+    # Noise that says nothing to our users: every run has its own version directory by design, and the
+    # pytree deprecation is internal to Lightning.
+    warnings.filterwarnings("ignore", message="The dirpath has changed from")
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
     return DeepfakeCLI(
         DeepfakeClassifier,
         DeepfakeDataModule,

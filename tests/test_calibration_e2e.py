@@ -35,7 +35,7 @@ def test_loaded_model_predicts_calibrated_probabilities(demo_run):
     t = model.calibration["calibrator"]["temperature"]
     logits = torch.tensor([-3.0, 0.0, 0.4, 2.0])
     expected = torch.sigmoid(logits / t)
-    assert torch.allclose(model.calibrated_probs(logits), expected, atol=1e-6)
+    assert torch.allclose(model.calibrated_probs(logits).float(), expected, atol=1e-6)
     assert model.threshold == pytest.approx(model.calibration["threshold"])
 
 

@@ -61,16 +61,17 @@ def test_loaders_batches_and_labeled_test_splits(kaggle_root):
     dm = _dm(kaggle_root)
     batch = next(iter(dm.train_dataloader()))
     assert batch["image"].shape == (8, 3, 32, 32) and set(batch["label"].tolist()) <= {0.0, 1.0}
-    assert dm.labeled_test_splits() == ["test_v1", "test_v2"]
-    assert [len(dl.dataset) for dl in dm.test_dataloader()] == [12, 12]
+    assert dm.labeled_test_splits() == ["val", "test_v1", "test_v2"]  # `deepfake test` reports validation too
+    assert [len(dl.dataset) for dl in dm.test_dataloader()] == [4, 12, 12]
     assert len(dm.predict_dataloader().dataset) == 12
 
 
-def test_unlabeled_test_split_is_not_tested_but_predicted(tmp_path):
+def test_unlabeled_test_split_is_not_scored_but_predicted(tmp_path):
     root = make_kaggle_root(tmp_path)
     pd.read_csv(root / "test.csv")[["id"]].to_csv(root / "test.csv", index=False)  # Kaggle's real test.csv
     dm = _dm(root)
-    assert dm.labeled_test_splits() == ["test_v1"]
+    assert dm.labeled_test_splits() == ["val", "test_v1"]
+    assert dm.test_splits() == ["val", "test_v1", "test_v2"]  # served for share estimation, not scored
     assert (dm.indexes["test_v2"]["label"] == -1).all()
     assert len(dm.predict_dataloader().dataset) == 12
 

@@ -35,7 +35,7 @@ def test_layout_matches_kaggle_and_loads(tmp_path):
     assert len(pairs) == 12 and set(pairs) == {(0, 1)}  # each pair: a photo and its fake
     dm = DeepfakeDataModule(str(root), test_v1_csv="test_v1.csv", group_column="group", img_size=32, num_workers=0)
     dm.setup("fit")
-    assert dm.labeled_test_splits() == ["test_v1", "test_v2"]
+    assert dm.labeled_test_splits() == ["val", "test_v1", "test_v2"]
     assert pd.read_csv(root / "test.csv")["id"].str.startswith("test_data_v2/").all()
 
 

@@ -1,5 +1,15 @@
 from deepfake_lightning.callbacks.calibration import Calibration, collect_logits, fit_calibration, write_calibration
+from deepfake_lightning.callbacks.evaluation import EvaluationReport, PredictionWriter
 from deepfake_lightning.callbacks.gradcam import GradCamExport
 from deepfake_lightning.callbacks.metrics_json import MetricsJson
 
-__all__ = ["Calibration", "GradCamExport", "MetricsJson", "collect_logits", "fit_calibration", "write_calibration"]
+__all__ = [
+    "Calibration",
+    "EvaluationReport",
+    "GradCamExport",
+    "MetricsJson",
+    "PredictionWriter",
+    "collect_logits",
+    "fit_calibration",
+    "write_calibration",
+]

@@ -194,7 +194,7 @@ class Calibration(Callback):
                 "Run `deepfake calibrate --config C --ckpt_path P` to add one."
             )
         calibrator, threshold = pl_module.calibrator, pl_module.threshold
-        for split, (logits, labels) in outputs.items():
+        for split, (logits, labels, _) in outputs.items():
             z, y = logits.numpy(), labels.numpy()
             probs = calibrator(z)
             logs = {}

@@ -11,6 +11,7 @@ import pandas as pd
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from sklearn.model_selection import StratifiedGroupKFold, train_test_split
 from torch.utils.data import DataLoader
+from torchvision.transforms import v2
 
 from deepfake_lightning.data.dataset import BadImageError, BadImagePolicy, ImageDataset, collate_skip_bad, load_image
 from deepfake_lightning.data.demo import DemoSpec, build_demo_dataset
@@ -59,9 +60,12 @@ class DeepfakeDataModule(L.LightningDataModule):
         split_seed: Seed of the train/val split.
         split_file: A ``split.csv`` from an earlier run, to reuse its train/val split.
         predict_split: Split served by ``predict_dataloader``: ``val``, ``test_v1``, ``test_v2`` or ``train``.
+        predict_paths: Image files and/or folders to predict instead of a split; unreadable files are skipped
+            and reported whatever ``bad_images`` says.
         img_size: Side of the square network input.
         mode: ``resize`` (whole image scaled) or ``crop`` (native-resolution crops); see ``create_transform``.
         aug_strength: Training augmentation strength in [0, 1].
+        eval_views: 5 evaluates five crops per image (multi-crop test-time augmentation, ``crop`` mode only).
         mean: Normalization mean; linked from the backbone's timm data config by the CLI.
         std: Normalization std; likewise.
         batch_size: Images per batch (per device).
@@ -86,9 +90,11 @@ class DeepfakeDataModule(L.LightningDataModule):
         split_seed: int = 42,
         split_file: str | None = None,
         predict_split: str = "test_v2",
+        predict_paths: list[str] | None = None,
         img_size: int = 224,
         mode: TransformMode = "resize",
         aug_strength: float = 0.0,
+        eval_views: int = 1,
         mean: tuple[float, float, float] = IMAGENET_MEAN,
         std: tuple[float, float, float] = IMAGENET_STD,
         batch_size: int = 64,
@@ -204,36 +210,61 @@ class DeepfakeDataModule(L.LightningDataModule):
 
     # ---------------------------------------------------------------- loaders
     def test_splits(self) -> list[str]:
-        """Configured test splits, in order; ``deepfake test`` serves all of them (unlabeled ones for share estimation)."""
-        return [s for s in TEST_SPLITS if s in self.indexes]
+        """The splits ``deepfake test`` evaluates, in order: validation first, then every configured test split
+        (unlabeled ones are used for share estimation only)."""
+        return ["val"] + [s for s in TEST_SPLITS if s in self.indexes]
 
     def labeled_test_splits(self) -> list[str]:
         """Test splits that are configured and carry labels, in order."""
-        return [s for s in TEST_SPLITS if s in self.indexes and (self.indexes[s]["label"] != UNLABELED).all()]
+        return [s for s in self.test_splits() if (self.indexes[s]["label"] != UNLABELED).all()]
 
-    def dataset(self, split: str, train: bool = False) -> ImageDataset:
-        """The dataset of one split, with the training or the evaluation transform."""
+    def dataset(self, split: str, train: bool = False, perturb=None) -> ImageDataset:
+        """The dataset of one split, with the training or the evaluation transform; ``perturb`` (PIL to PIL)
+        runs before the evaluation transform, for robustness curves."""
+        if split == "files":
+            return self._files_dataset(perturb)
         if split not in self.indexes:
             configured = ", ".join(self.indexes) or "none (call setup() first)"
             raise KeyError(f"split {split!r} is not configured; configured splits: {configured}")
         hp = self.hparams
-        transform = create_transform(
-            hp.img_size, train=train, mode=hp.mode, aug_strength=hp.aug_strength, mean=hp.mean, std=hp.std
-        )
         df = self.indexes[split]
-        return ImageDataset(self.root, df["path"], df["label"], transform, bad_images=hp.bad_images)
+        return ImageDataset(self.root, df["path"], df["label"], self._transform(train, perturb), bad_images=hp.bad_images)
 
-    def _loader(self, split: str, train: bool = False) -> DataLoader:
+    def _transform(self, train: bool, perturb=None):
+        hp = self.hparams
+        transform = create_transform(hp.img_size, train=train, mode=hp.mode, aug_strength=hp.aug_strength,
+                                     mean=hp.mean, std=hp.std, eval_views=1 if train else hp.eval_views)
+        return transform if perturb is None else v2.Compose([perturb, transform])
+
+    def _files_dataset(self, perturb=None) -> ImageDataset:
+        from deepfake_lightning.explain import expand_inputs
+
+        paths = [str(p) for p in expand_inputs(self.hparams.predict_paths or [])]
+        if not paths:
+            raise DataError(f"data.predict_paths {self.hparams.predict_paths} holds no files")
+        return ImageDataset("", paths, [UNLABELED] * len(paths), self._transform(False, perturb), bad_images="skip")
+
+    @property
+    def predict_name(self) -> str:
+        """``files`` when predicting ``predict_paths``, else the split name."""
+        return "files" if self.hparams.predict_paths else self.hparams.predict_split
+
+    def split_ids(self, split: str) -> list[str]:
+        """Image ids of a split as its CSV lists them (paths relative to the root), in order."""
+        return self._files_dataset().paths if split == "files" else self.indexes[split]["path"].tolist()
+
+    def _loader(self, split: str, train: bool = False, perturb=None) -> DataLoader:
         import torch
 
         hp = self.hparams
         workers = self.num_workers
         pin = torch.cuda.is_available() if hp.pin_memory is None else hp.pin_memory
+        dataset = self.dataset(split, train=train, perturb=perturb)
         return DataLoader(
-            self.dataset(split, train=train),
+            dataset,
             batch_size=hp.batch_size,
             shuffle=train,
-            drop_last=train and len(self.indexes[split]) > hp.batch_size,
+            drop_last=train and len(dataset) > hp.batch_size,
             num_workers=workers,
             pin_memory=pin,
             persistent_workers=hp.persistent_workers and workers > 0,
@@ -253,13 +284,14 @@ class DeepfakeDataModule(L.LightningDataModule):
         return [self._loader(s) for s in splits]
 
     def predict_dataloader(self) -> DataLoader:
-        return self._loader(self.hparams.predict_split)
+        return self._loader(self.predict_name)
 
     def on_before_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
         # Runs in the main process, so the count of skipped images is exact even with workers.
         skipped = batch.pop("skipped", [])
         if skipped:
-            self.skipped_images = getattr(self, "skipped_images", 0) + len(skipped)
+            self.skipped_paths = getattr(self, "skipped_paths", []) + list(skipped)
+            self.skipped_images = len(self.skipped_paths)
             rank_zero_warn(
                 f"Skipped {len(skipped)} unreadable image(s) ({self.skipped_images} so far): {skipped} "
                 "(data.bad_images=skip)"

@@ -34,6 +34,7 @@ def create_transform(
     aug_strength: float = 0.0,
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
+    eval_views: int = 1,
 ) -> v2.Compose:
     """Builds the transform from a PIL RGB image to a normalized float tensor of shape (3, img_size, img_size).
 
@@ -44,16 +45,22 @@ def create_transform(
         aug_strength: Augmentation strength in [0, 1]; ignored when ``train`` is False.
         mean: Normalization mean, normally from the backbone's timm data config.
         std: Normalization std, likewise.
+        eval_views: Evaluation only, ``crop`` mode: 5 returns the four corner crops and the centre crop stacked,
+            (5, 3, img_size, img_size), for multi-crop test-time augmentation; 1 the centre crop alone.
     """
     if not 0.0 <= aug_strength <= 1.0:
         raise ValueError(f"aug_strength must be in [0, 1], got {aug_strength}")
     if mode not in ("resize", "crop"):
         raise ValueError(f"mode must be 'resize' or 'crop', got {mode!r}")
+    if eval_views not in (1, 5) or (eval_views == 5 and (train or mode != "crop")):
+        raise ValueError(f"eval_views must be 1, or 5 for evaluation in crop mode; got {eval_views} ({mode=}, {train=})")
     ops: list = [v2.ToImage()]
     if mode == "resize":
         ops.append(v2.Resize((img_size, img_size), antialias=True))
     elif train:
         ops.append(v2.RandomCrop(img_size, pad_if_needed=True))  # zero padding, as CenterCrop pads
+    elif eval_views == 5:
+        ops += [_PadTo(img_size), v2.FiveCrop(img_size)]
     else:
         ops.append(v2.CenterCrop(img_size))
     if train and aug_strength > 0:
@@ -67,4 +74,29 @@ def create_transform(
             v2.RandomApply([v2.JPEG(quality=(round(100 - 70 * s), 100))], p=0.5 * s),
         ]
     ops += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean=list(mean), std=list(std))]
+    if eval_views > 1:
+        ops.append(_StackViews())
     return v2.Compose(ops)
+
+
+class _StackViews(torch.nn.Module):
+    """Stacks the tuple of views FiveCrop produces into one (V, 3, H, W) tensor."""
+
+    def forward(self, *views) -> torch.Tensor:
+        views = views[0] if len(views) == 1 else views
+        return torch.stack(list(views))
+
+
+class _PadTo(torch.nn.Module):
+    """Zero-pads an image tensor to at least ``size`` on each side (FiveCrop needs it; CenterCrop pads itself)."""
+
+    def __init__(self, size: int):
+        super().__init__()
+        self.size = size
+
+    def forward(self, img: torch.Tensor) -> torch.Tensor:
+        h, w = img.shape[-2:]
+        ph, pw = max(0, self.size - h), max(0, self.size - w)
+        if ph or pw:
+            img = v2.functional.pad(img, [pw // 2, ph // 2, pw - pw // 2, ph - ph // 2])
+        return img

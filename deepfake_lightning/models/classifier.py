@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import lightning as L
+import numpy as np
 import timm
 import torch
 import torch.nn.functional as F
@@ -28,10 +29,11 @@ from deepfake_lightning.models.backbones import create_backbone
 
 
 def make_metrics(threshold: float = 0.5) -> MetricCollection:
-    """Per-stage metrics; thresholded ones predict AI when the probability is >= ``threshold``.
+    """Per-stage metrics; thresholded ones predict AI when the probability is >= ``threshold`` (scikit-learn's
+    convention, which tuned thresholds follow; torchmetrics compares with >, hence the one-ulp nudge).
     ``acc_human`` is the accuracy on human images (specificity), ``acc_ai`` the accuracy on AI images
     (recall); ``tn/fp/fn/tp`` come from ``confmat``."""
-    t = float(threshold)
+    t = math.nextafter(float(threshold), -math.inf)
     return MetricCollection(
         {
             "acc": BinaryAccuracy(threshold=t),
@@ -75,6 +77,8 @@ class DeepfakeClassifier(L.LightningModule):
         warmup_epochs: Warmup length of the default schedule, in epochs (may be fractional).
         freeze_backbone_epochs: Train only the classifier head for this many epochs first (transfer learning).
         channels_last: Use the channels-last memory format (faster convolutions on GPU with mixed precision).
+        tta_flip: At test and predict time, average the logits of each image and its horizontal mirror.
+            (Multi-crop test-time augmentation comes from the data side: ``data.eval_views: 5``.)
     """
 
     def __init__(
@@ -89,6 +93,7 @@ class DeepfakeClassifier(L.LightningModule):
         warmup_epochs: float = 1.0,
         freeze_backbone_epochs: int = 0,
         channels_last: bool = True,
+        tta_flip: bool = False,
     ):
         super().__init__()
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
@@ -125,7 +130,10 @@ class DeepfakeClassifier(L.LightningModule):
         return float(self.calibration["threshold"]) if self.calibration else 0.5
 
     def calibrated_probs(self, logits: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(self.calibrator(logits.detach().float().cpu().numpy())).float().to(logits.device)
+        """Calibrated AI probabilities, in float64 (float32 on MPS) so that comparisons with the tuned threshold,
+        itself one of the validation probabilities, agree exactly with the reports."""
+        probs = torch.from_numpy(self.calibrator(logits.detach().float().cpu().numpy()))
+        return probs.to(logits.device, torch.float32 if logits.device.type == "mps" else torch.float64)
 
     @property
     def data_config(self) -> dict:
@@ -137,6 +145,17 @@ class DeepfakeClassifier(L.LightningModule):
         if self.hparams.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return self.net(x).squeeze(-1)
+
+    def predict_logits(self, images: torch.Tensor) -> torch.Tensor:
+        """Logits with test-time augmentation: ``images`` may hold several views per image, (B, V, 3, H, W)
+        (e.g. five crops); their logits are averaged, and with ``tta_flip`` those of the mirrored views too."""
+        views = images.unsqueeze(1) if images.ndim == 4 else images
+        b, v = views.shape[:2]
+        flat = views.flatten(0, 1)
+        logits = self(flat).float()
+        if self.hparams.get("tta_flip", False):
+            logits = (logits + self(flat.flip(-1)).float()) / 2
+        return logits.view(b, v).mean(1)
 
     def model_step(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         logits = self(batch["image"])
@@ -192,8 +211,8 @@ class DeepfakeClassifier(L.LightningModule):
         if "image" not in batch:
             return None
         split = self.test_splits[dataloader_idx]
-        logits = self(batch["image"]).float()
-        self.test_outputs[split].append((logits, batch["label"].long()))
+        logits = self.predict_logits(batch["image"])
+        self.test_outputs[split].append((logits, batch["label"].long(), batch["index"].long()))
         if split not in self.test_metrics:  # unlabeled split: logits only (for share estimation)
             return {"logits": logits}
         labels = batch["label"].long()
@@ -210,24 +229,25 @@ class DeepfakeClassifier(L.LightningModule):
             self.log_dict(flatten_metrics(metrics.compute(), f"test/{name}"), add_dataloader_idx=False)
             metrics.reset()
 
-    def gathered_test_outputs(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        """Every rank's test logits and labels per split (labels -1 where unknown), on the CPU."""
+    def gathered_test_outputs(self) -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """Every rank's test logits, labels (-1 where unknown) and dataset indices per split, on the CPU, one
+        entry per image (the distributed sampler's padding duplicates removed), in dataset order."""
         out = {}
         for split, parts in self.test_outputs.items():
             if not parts:
                 continue
-            logits = torch.cat([p[0] for p in parts])
-            labels = torch.cat([p[1] for p in parts])
+            logits, labels, index = (torch.cat([p[k] for p in parts]) for k in range(3))
             if self.trainer.world_size > 1:
-                logits, labels = self.all_gather(logits).flatten(), self.all_gather(labels).flatten()
-            out[split] = (logits.cpu(), labels.cpu())
+                logits, labels, index = (self.all_gather(t).flatten() for t in (logits, labels, index))
+            index, first = np.unique(index.cpu().numpy(), return_index=True)
+            out[split] = (logits.cpu()[first], labels.cpu()[first], torch.from_numpy(index))
         return out
 
     # ------------------------------------------------------------------ predict
     def predict_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> dict:
         if "image" not in batch:
             return {"index": torch.empty(0, dtype=torch.long), "logit": torch.empty(0), "prob_ai": torch.empty(0)}
-        logits = self(batch["image"]).float()
+        logits = self.predict_logits(batch["image"])
         return {"index": batch["index"], "logit": logits, "prob_ai": self.calibrated_probs(logits)}
 
     # ------------------------------------------------------------------ optimisation

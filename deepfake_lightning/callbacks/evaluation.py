@@ -1,0 +1,159 @@
+"""``EvaluationReport`` (after ``test``) and ``PredictionWriter`` (after ``predict``): files people open."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pandas as pd
+import torch
+from lightning.pytorch.callbacks import BasePredictionWriter, Callback
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+import matplotlib.pyplot as plt
+
+from deepfake_lightning.callbacks.calibration import collect_logits
+from deepfake_lightning.evaluation import (
+    ROBUSTNESS_GRID,
+    format_report,
+    perturbation,
+    plot_robustness,
+    plot_split,
+    split_report,
+    write_json,
+    write_predictions,
+)
+
+
+def _add_figure(trainer: L.Trainer, tag: str, fig) -> None:
+    for logger in trainer.loggers:
+        experiment = getattr(logger, "experiment", None)
+        if hasattr(experiment, "add_figure"):
+            experiment.add_figure(tag, fig, global_step=trainer.global_step, close=False)
+
+
+class EvaluationReport(Callback):
+    """After ``deepfake test``, writes to the run directory:
+
+    * ``report.json``: per labelled split (validation and test splits), accuracy, precision, recall, F1 (binary
+      and macro), human-image and AI-image accuracy and confusion counts, at 0.5 and at the tuned threshold; AUROC,
+      average precision, EER, ECE and the number of images;
+    * ``predictions/test_<split>.csv`` (``id,label,prob_ai``), the predictions the report was computed from;
+    * ``plots/<split>.png``: ROC, precision-recall and confusion matrix (also in TensorBoard);
+    * with ``robustness``: ``robustness.csv`` and ``robustness.png``, metrics on ``robustness_split`` under JPEG
+      re-compression, Gaussian blur and down-scaling.
+
+    It prints a short table at the end.
+
+    Args:
+        robustness: Also measure robustness curves.
+        robustness_split: The split they are measured on.
+    """
+
+    def __init__(self, robustness: bool = False, robustness_split: str = "test_v1"):
+        self.robustness = robustness
+        self.robustness_split = robustness_split
+        self.report: dict | None = None
+
+    def on_test_epoch_end(self, trainer: L.Trainer, pl_module) -> None:
+        outputs = pl_module.gathered_test_outputs()  # collective: every rank takes part
+        if not trainer.is_global_zero or trainer.log_dir is None:
+            return
+        dm = trainer.datamodule
+        run = Path(trainer.log_dir)
+        (run / "plots").mkdir(parents=True, exist_ok=True)
+        (run / "predictions").mkdir(exist_ok=True)
+        threshold = pl_module.threshold
+        report = {"threshold": threshold, "calibrated": pl_module.calibration is not None, "splits": {}}
+        for split, (logits, labels, index) in outputs.items():
+            y = labels.numpy()
+            if (y < 0).any() or len(np.unique(y)) < 2:
+                continue
+            probs = pl_module.calibrator(logits.numpy())
+            ids = np.asarray(dm.split_ids(split))[index.numpy()]
+            pd.DataFrame({"id": ids, "label": y, "prob_ai": probs}).to_csv(
+                run / "predictions" / f"test_{split}.csv", index=False
+            )
+            report["splits"][split] = split_report(probs, y, threshold)
+
+            fig = plot_split(probs, y, threshold, f"{split}: {len(y)} images")
+            fig.savefig(run / "plots" / f"{split}.png", dpi=100)
+            _add_figure(trainer, f"evaluation/{split}", fig)
+            plt.close(fig)
+        if self.robustness:
+            report["robustness"] = self._robustness(trainer, pl_module, run)
+        write_json(run / "report.json", report)
+        self.report = report
+        if report["splits"]:
+            rank_zero_info(f"\nEvaluation (threshold {threshold:.4f}, tuned on validation):\n{format_report(report)}"
+                           f"\nWritten to {run / 'report.json'}")
+
+    def _robustness(self, trainer: L.Trainer, pl_module, run: Path) -> str:
+        dm = trainer.datamodule
+        split = self.robustness_split
+        if split not in dm.labeled_test_splits():
+            raise ValueError(f"report.robustness_split={split!r} is not a labelled split; labelled: {dm.labeled_test_splits()}")
+        rows, clean_pred = [], None
+        for kind, levels in ROBUSTNESS_GRID.items():
+            for level in levels:
+                logits, labels = collect_logits(pl_module, dm._loader(split, perturb=perturbation(kind, level)))
+                probs = pl_module.calibrator(logits)
+                pred = probs >= pl_module.threshold
+                if clean_pred is None:
+                    clean_pred = pred  # the first level of the first kind is the identity
+                m = split_report(probs, labels, pl_module.threshold)
+                t = m["at_tuned"]
+                rows.append({"perturbation": kind, "level": level, "auroc": m["auroc"], "ap": m["ap"],
+                             "acc": t["acc"], "f1": t["f1"], "acc_human": t["acc_human"], "acc_ai": t["acc_ai"],
+                             "ece": m["ece"], "changed_predictions": float(np.mean(pred != clean_pred))})
+        table = pd.DataFrame(rows)
+        table.to_csv(run / "robustness.csv", index=False)
+
+        fig = plot_robustness(table)
+        fig.suptitle(f"Robustness on {split}", y=1.02)
+        fig.savefig(run / "robustness.png", dpi=100, bbox_inches="tight")
+        _add_figure(trainer, "evaluation/robustness", fig)
+        plt.close(fig)
+        rank_zero_info(f"\nRobustness on {split}:\n{table.to_string(index=False, float_format=lambda v: f'{v:.4f}')}")
+        return str(run / "robustness.csv")
+
+
+class PredictionWriter(BasePredictionWriter):
+    """After ``deepfake predict``, writes ``predictions/<split>.csv`` (``id,prob_ai,label``: calibrated probability,
+    label at the tuned threshold, or at the split's adapted threshold when ``deepfake test`` estimated one with
+    ``calibration.adapt_splits``) and ``submission_<split>.csv`` in the Kaggle format (``id,label``: the split's
+    ids in its order, one row each) to the run directory, and prints where they are."""
+
+    def __init__(self):
+        super().__init__(write_interval="epoch")
+        self.written: dict = {}
+
+    def write_on_epoch_end(self, trainer: L.Trainer, pl_module, predictions, batch_indices) -> None:
+        parts = [p for p in predictions if len(p["index"])]
+        index = torch.cat([p["index"] for p in parts]).cpu() if parts else torch.empty(0, dtype=torch.long)
+        probs = torch.cat([p["prob_ai"] for p in parts]).cpu() if parts else torch.empty(0)
+        if trainer.world_size > 1:
+            gathered = [None] * trainer.world_size
+            torch.distributed.all_gather_object(gathered, (index, probs))
+            index, probs = torch.cat([g[0] for g in gathered]), torch.cat([g[1] for g in gathered])
+        if not trainer.is_global_zero:
+            return
+        index, first = np.unique(index.numpy(), return_index=True)
+        probs = probs.numpy()[first]
+        dm = trainer.datamodule
+        split = dm.predict_name
+        ids = dm.split_ids(split)
+        state = pl_module.calibration or {}
+        threshold = state.get("adapted_thresholds", {}).get(split, pl_module.threshold)
+        out = Path(trainer.log_dir or trainer.default_root_dir)
+        written = write_predictions(out, split, [ids[i] for i in index], probs, threshold,
+                                    all_ids=None if split == "files" else ids)
+        self.written = written
+        skipped = [i for i in ids if i not in set(ids[j] for j in index)] if len(index) < len(ids) else []
+        lines = [f"Predictions for {split} ({len(index)} images, threshold {threshold:.4f}): {written['predictions']}"]
+        if "submission" in written:
+            lines.append(f"Kaggle submission: {written['submission']}")
+        if skipped:
+            rank_zero_warn(f"{len(skipped)} image(s) could not be read and have no prediction: {skipped[:20]}"
+                           + (" (no submission file written: it needs every id)" if split != "files" else ""))
+        rank_zero_info("\n".join(lines))

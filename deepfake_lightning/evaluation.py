@@ -1,0 +1,199 @@
+"""Evaluation reports, plots, robustness curves and Kaggle submissions, as plain functions on predictions."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image, ImageFilter
+from sklearn.metrics import (
+    accuracy_score,
+    average_precision_score,
+    confusion_matrix,
+    f1_score,
+    precision_score,
+    recall_score,
+    roc_auc_score,
+    roc_curve,
+)
+
+from deepfake_lightning.calibration import calibration_metrics
+
+# --------------------------------------------------------------------------- reports
+def equal_error_rate(probs: np.ndarray, labels: np.ndarray) -> float:
+    """The rate where false positives and false negatives are equally frequent (ROC interpolation)."""
+    fpr, tpr, _ = roc_curve(labels, probs)
+    fnr = 1 - tpr
+    i = int(np.nanargmin(np.abs(fnr - fpr)))
+    if i == 0:
+        return float((fpr[0] + fnr[0]) / 2)
+    # linear interpolation between the two ROC points around the crossing
+    d0, d1 = fnr[i - 1] - fpr[i - 1], fnr[i] - fpr[i]
+    w = d0 / (d0 - d1) if d0 != d1 else 0.5
+    return float(fpr[i - 1] + w * (fpr[i] - fpr[i - 1]))
+
+
+def thresholded_metrics(probs: np.ndarray, labels: np.ndarray, threshold: float) -> dict[str, float]:
+    """Accuracy, precision, recall, F1 (binary and macro), accuracy on human and on AI images, and the
+    confusion counts, predicting AI when ``prob >= threshold``."""
+    y = np.asarray(labels).astype(int)
+    pred = (np.asarray(probs) >= threshold).astype(int)
+    tn, fp, fn, tp = confusion_matrix(y, pred, labels=[0, 1]).ravel()
+    return {
+        "threshold": float(threshold),
+        "acc": float(accuracy_score(y, pred)),
+        "precision": float(precision_score(y, pred, zero_division=0)),
+        "recall": float(recall_score(y, pred, zero_division=0)),
+        "f1": float(f1_score(y, pred, zero_division=0)),
+        "f1_macro": float(f1_score(y, pred, average="macro", zero_division=0)),
+        "acc_human": float(tn / max(1, tn + fp)),
+        "acc_ai": float(tp / max(1, tp + fn)),
+        "tn": int(tn), "fp": int(fp), "fn": int(fn), "tp": int(tp),
+    }
+
+
+def split_report(probs: np.ndarray, labels: np.ndarray, threshold: float) -> dict:
+    """Everything ``report.json`` holds for one labelled split: threshold-free metrics (AUROC, AP, EER, ECE,
+    image counts) and thresholded ones at 0.5 (``at_0.5``) and at the tuned threshold (``at_tuned``)."""
+    p, y = np.asarray(probs, dtype=np.float64), np.asarray(labels).astype(int)
+    both = len(np.unique(y)) == 2
+    return {
+        "n_images": int(len(y)),
+        "n_ai": int(y.sum()),
+        "n_human": int((1 - y).sum()),
+        "auroc": float(roc_auc_score(y, p)) if both else None,
+        "ap": float(average_precision_score(y, p)) if both else None,
+        "eer": equal_error_rate(p, y) if both else None,
+        "ece": calibration_metrics(p, y)["ece"],
+        "at_0.5": thresholded_metrics(p, y, 0.5),
+        "at_tuned": thresholded_metrics(p, y, threshold),
+    }
+
+
+def format_report(report: dict) -> str:
+    """A short human-readable table of a report: one row per split."""
+    rows = []
+    for split, r in report["splits"].items():
+        t = r["at_tuned"]
+        rows.append({"split": split, "images": r["n_images"], "AUROC": r["auroc"], "AP": r["ap"], "EER": r["eer"],
+                     "ECE": r["ece"], "acc@0.5": r["at_0.5"]["acc"], "F1@0.5": r["at_0.5"]["f1"],
+                     f"acc@{t['threshold']:.3f}": t["acc"], "macroF1@tuned": t["f1_macro"],
+                     "acc human": t["acc_human"], "acc AI": t["acc_ai"]})
+    return pd.DataFrame(rows).to_string(index=False, float_format=lambda v: f"{v:.4f}")
+
+
+def write_json(path: str | os.PathLike, data: dict) -> None:
+    """Writes JSON atomically (temporary file, then rename)."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    os.replace(tmp, path)
+
+
+def plot_split(probs: np.ndarray, labels: np.ndarray, threshold: float, title: str):
+    """ROC, precision-recall and confusion-matrix (at ``threshold``) panels for one split; a matplotlib Figure."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import ConfusionMatrixDisplay, PrecisionRecallDisplay, RocCurveDisplay
+
+    y = np.asarray(labels).astype(int)
+    fig, axes = plt.subplots(1, 3, figsize=(13, 4))
+    RocCurveDisplay.from_predictions(y, probs, ax=axes[0], name="detector")
+    axes[0].plot([0, 1], [0, 1], ls="--", c="grey", lw=1)
+    axes[0].set_title("ROC")
+    PrecisionRecallDisplay.from_predictions(y, probs, ax=axes[1], name="detector")
+    axes[1].set_title("Precision-recall (AI = positive)")
+    ConfusionMatrixDisplay.from_predictions(y, (np.asarray(probs) >= threshold).astype(int), ax=axes[2],
+                                            display_labels=["human", "AI"], colorbar=False)
+    axes[2].set_title(f"Confusion matrix at threshold {threshold:.3f}")
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+# --------------------------------------------------------------------------- submissions
+def write_predictions(out_dir: str | os.PathLike, split: str, ids: list[str], probs: np.ndarray,
+                      threshold: float, all_ids: list[str] | None = None) -> dict[str, Path]:
+    """Writes ``predictions/<split>.csv`` (``id,prob_ai,label``) and, when every id of the split has a prediction,
+    ``submission_<split>.csv`` in Kaggle's format (``id,label``; the split's ids, in its order, one row each).
+
+    Returns the paths written. A split with unpredicted ids (unreadable images skipped) gets no submission file;
+    the missing ids are listed in the returned dict under ``missing`` instead of being filled in silently.
+    """
+    out_dir = Path(out_dir)
+    (out_dir / "predictions").mkdir(parents=True, exist_ok=True)
+    table = pd.DataFrame({"id": ids, "prob_ai": np.asarray(probs, dtype=np.float64)})
+    table["label"] = (table["prob_ai"] >= threshold).astype(int)
+    written: dict = {"predictions": out_dir / "predictions" / f"{split}.csv"}
+    table.to_csv(written["predictions"], index=False)
+    if all_ids is not None:
+        by_id = table.set_index("id")["label"]
+        missing = [i for i in all_ids if i not in by_id.index]
+        if missing:
+            written["missing"] = missing
+        else:
+            written["submission"] = out_dir / f"submission_{split}.csv"
+            pd.DataFrame({"id": all_ids, "label": by_id.loc[all_ids].to_numpy()}).to_csv(written["submission"], index=False)
+    return written
+
+
+# --------------------------------------------------------------------------- robustness
+ROBUSTNESS_GRID: dict[str, list[float]] = {
+    "jpeg_quality": [100, 90, 75, 50, 30],
+    "blur_sigma": [0, 1, 2, 3],
+    "downscale": [1.0, 0.75, 0.5],
+}
+
+
+def perturbation(kind: str, level: float) -> Callable[[Image.Image], Image.Image]:
+    """A PIL-to-PIL perturbation. The clean level of each kind (JPEG quality 100, blur sigma 0, scale 1.0) is
+    the identity: the original file, not re-encoded, so it reproduces the clean metrics exactly."""
+    if kind == "jpeg_quality":
+        if level >= 100:
+            return lambda im: im
+
+        def jpeg(im: Image.Image) -> Image.Image:
+            buf = io.BytesIO()
+            im.save(buf, "JPEG", quality=int(level))
+            return Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
+
+        return jpeg
+    if kind == "blur_sigma":
+        return (lambda im: im) if level <= 0 else (lambda im: im.filter(ImageFilter.GaussianBlur(radius=level)))
+    if kind == "downscale":
+        if level >= 1.0:
+            return lambda im: im
+        return lambda im: im.resize((max(1, round(im.width * level)), max(1, round(im.height * level))),
+                                    Image.Resampling.BICUBIC)
+    raise ValueError(f"unknown perturbation {kind!r}; choose from {list(ROBUSTNESS_GRID)}")
+
+
+def plot_robustness(table: pd.DataFrame):
+    """AUROC and accuracy against each perturbation's level; one panel per perturbation."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    kinds = list(dict.fromkeys(table["perturbation"]))
+    fig, axes = plt.subplots(1, len(kinds), figsize=(4.2 * len(kinds), 3.6), squeeze=False)
+    for ax, kind in zip(axes[0], kinds):
+        rows = table[table["perturbation"] == kind]
+        ax.plot(rows["level"], rows["auroc"], marker="o", label="AUROC")
+        ax.plot(rows["level"], rows["acc"], marker="s", label="accuracy (tuned threshold)")
+        ax.set_xlabel(kind.replace("_", " "))
+        ax.set_ylim(0, 1.02)
+        if kind in ("jpeg_quality", "downscale"):
+            ax.invert_xaxis()  # stronger perturbation to the right
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("metric")
+    axes[0][0].legend(fontsize=8, loc="lower left")
+    fig.tight_layout()
+    return fig
