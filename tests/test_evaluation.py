@@ -156,3 +156,16 @@ def test_equal_error_rate_on_a_known_case():
     y = np.array([0, 0, 0, 0, 1, 1, 1, 1])
     p = np.array([0.1, 0.2, 0.3, 0.6, 0.4, 0.7, 0.8, 0.9])  # one error each way at a threshold in (0.4, 0.6)
     assert equal_error_rate(p, y) == pytest.approx(0.25)
+
+
+def test_predict_adapts_the_threshold_for_opted_in_splits(demo_run, demo_root, tmp_path):
+    from deepfake_lightning.calibration import label_shift_report
+
+    cli = _run("predict", demo_run, demo_root, tmp_path, "--data.predict_split=test_v2",
+               "--calibration.adapt_splits=[test_v2]")
+    pred = pd.read_csv(tmp_path / "lightning_logs" / "version_0" / "predictions" / "test_v2.csv")
+    state = cli.model.calibration
+    expected = label_shift_report(state["val_probs"].numpy(), state["val_labels"].numpy(), pred["prob_ai"].to_numpy(),
+                                  cli.model.threshold)["adapted_threshold"]
+    assert expected != pytest.approx(cli.model.threshold, abs=1e-4)
+    assert (pred["label"].to_numpy() == (pred["prob_ai"].to_numpy() >= expected)).all()

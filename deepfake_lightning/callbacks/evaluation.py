@@ -12,7 +12,8 @@ from lightning.pytorch.callbacks import BasePredictionWriter, Callback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 import matplotlib.pyplot as plt
 
-from deepfake_lightning.callbacks.calibration import collect_logits
+from deepfake_lightning.calibration import label_shift_report
+from deepfake_lightning.callbacks.calibration import Calibration, collect_logits
 from deepfake_lightning.evaluation import (
     ROBUSTNESS_GRID,
     format_report,
@@ -120,8 +121,8 @@ class EvaluationReport(Callback):
 
 class PredictionWriter(BasePredictionWriter):
     """After ``deepfake predict``, writes ``predictions/<split>.csv`` (``id,prob_ai,label``: calibrated probability,
-    label at the tuned threshold, or at the split's adapted threshold when ``deepfake test`` estimated one with
-    ``calibration.adapt_splits``) and ``submission_<split>.csv`` in the Kaggle format (``id,label``: the split's
+    label at the tuned threshold, or, for splits in ``calibration.adapt_splits``, at the threshold adapted to the
+    split's AI share as EM estimates it from these predictions) and ``submission_<split>.csv`` in the Kaggle format (``id,label``: the split's
     ids in its order, one row each) to the run directory, and prints where they are."""
 
     def __init__(self):
@@ -143,8 +144,7 @@ class PredictionWriter(BasePredictionWriter):
         dm = trainer.datamodule
         split = dm.predict_name
         ids = dm.split_ids(split)
-        state = pl_module.calibration or {}
-        threshold = state.get("adapted_thresholds", {}).get(split, pl_module.threshold)
+        threshold = self._threshold(trainer, pl_module, split, probs)
         out = Path(trainer.log_dir or trainer.default_root_dir)
         written = write_predictions(out, split, [ids[i] for i in index], probs, threshold,
                                     all_ids=None if split == "files" else ids)
@@ -157,3 +157,21 @@ class PredictionWriter(BasePredictionWriter):
             rank_zero_warn(f"{len(skipped)} image(s) could not be read and have no prediction: {skipped[:20]}"
                            + (" (no submission file written: it needs every id)" if split != "files" else ""))
         rank_zero_info("\n".join(lines))
+
+    @staticmethod
+    def _threshold(trainer: L.Trainer, pl_module, split: str, probs: np.ndarray) -> float:
+        """The tuned threshold, or, for a split listed in ``calibration.adapt_splits``, the threshold adapted to
+        the AI share that EM estimates from these very predictions."""
+        state = pl_module.calibration
+        calibration = next((c for c in trainer.callbacks if isinstance(c, Calibration)), None)
+        if state is None or calibration is None or split not in calibration.adapt_splits:
+            return pl_module.threshold
+        report = label_shift_report(state["val_probs"].numpy(), state["val_labels"].numpy(), probs,
+                                    pl_module.threshold, calibration.shift_tolerance)
+        rank_zero_info(f"{split}: estimated AI share {report['ai_share_em']:.3f} (validation: "
+                       f"{report['source_prior']:.3f}); threshold {pl_module.threshold:.4f} -> "
+                       f"{report['adapted_threshold']:.4f}")
+        if report["images_changed"]:
+            rank_zero_warn(f"{split}: EM and BBSE disagree (gap {report['disagreement']:.3f}): the images changed, "
+                           "not only the share of AI images; the adapted threshold may not help.")
+        return report["adapted_threshold"]

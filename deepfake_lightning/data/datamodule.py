@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Literal
@@ -151,6 +152,12 @@ class DeepfakeDataModule(L.LightningDataModule):
             raise DataError(
                 f"{self.root / hp.train_csv}: need at least 2 images of each class for a stratified split, "
                 f"got {counts.to_dict()}"
+            )
+        n_val = int(math.ceil(len(df) * hp.val_fraction))
+        if n_val < 2 or len(df) - n_val < 2:
+            raise DataError(
+                f"{self.root / hp.train_csv}: {len(df)} rows cannot be split into train and val with "
+                f"data.val_fraction={hp.val_fraction} (each side needs at least 2 images)"
             )
         idx = range(len(df))
         if hp.group_column is None:
