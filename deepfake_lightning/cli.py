@@ -21,6 +21,7 @@ from deepfake_lightning.data import DeepfakeDataModule
 from deepfake_lightning.data import BadImageError, DataError
 from deepfake_lightning.data.datamodule import check_data_root
 from deepfake_lightning.models import DeepfakeClassifier, PretrainedWeightsUnavailable
+from deepfake_lightning.sweep import SweepConfigError
 
 
 def resolve_precision(precision: str | int | None, accelerator: str | None, cuda_available: bool) -> str:
@@ -110,7 +111,7 @@ def cli_main(args: list[str] | None = None, run: bool = True) -> DeepfakeCLI:
         save_config_kwargs={"overwrite": True},
         auto_configure_optimizers=False,
         parser_kwargs={"description": "Train, evaluate and predict with deepfake-lightning detectors. "
-                       "More commands: `deepfake calibrate --help`, `deepfake explain --help`."},
+                       "More commands: `deepfake calibrate --help`, `deepfake explain --help`, `deepfake sweep --help`."},
         args=args,
         run=run,
     )
@@ -192,8 +193,14 @@ def main() -> None:
         if sys.argv[1:2] == ["explain"]:
             explain_main(sys.argv[2:])
             return
+        if sys.argv[1:2] == ["sweep"]:
+            from deepfake_lightning.sweep import sweep_main
+
+            sweep_main(sys.argv[2:])
+            return
         cli_main()
-    except (DataError, BadImageError, PretrainedWeightsUnavailable, FileNotFoundError, FileExistsError) as e:
+    except (DataError, BadImageError, PretrainedWeightsUnavailable, FileNotFoundError, FileExistsError,
+            SweepConfigError) as e:
         if os.environ.get("DEEPFAKE_TRACEBACK"):
             raise
         print(f"deepfake: error: {e}", file=sys.stderr)
