@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
+import pandas as pd
 import torch
+from torch.utils.data import DataLoader
 from torchvision.transforms import v2
 
+from deepfake_lightning.data import DeepfakeDataModule
+from deepfake_lightning.data.dataset import collate_skip_bad
 from deepfake_lightning.data.transforms import IMAGENET_MEAN, IMAGENET_STD, create_transform
 from deepfake_lightning.models import DeepfakeClassifier
 
@@ -49,3 +55,75 @@ def load_detector(ckpt_path: str | os.PathLike, map_location: str | torch.device
     std = tuple(data.get("std", cfg.get("std", IMAGENET_STD)))
     transform = create_transform(img_size, train=False, mode=data.get("mode", "resize"), mean=mean, std=std)
     return Detector(model, transform, img_size, mean, std)
+
+
+def newest_checkpoint(logs_dir: str | os.PathLike = "lightning_logs", kind: str = "best") -> Path:
+    """The most recently written ``best-*.ckpt`` (``kind="best"``) or ``last.ckpt`` under ``logs_dir``."""
+    pattern = "best-*.ckpt" if kind == "best" else "last.ckpt"
+    found = sorted(Path(logs_dir).rglob(pattern), key=lambda p: p.stat().st_mtime)
+    if not found:
+        raise FileNotFoundError(f"no {pattern} under {logs_dir}; train one with: deepfake fit --config configs/demo.yaml")
+    return found[-1]
+
+
+def datamodule_for(ckpt_path: str | os.PathLike, **overrides) -> DeepfakeDataModule:
+    """The data module a checkpoint was trained with (its stored hyperparameters; ``overrides`` win, e.g.
+    ``root=...``), set up, with the run's saved train/val split when the run directory still has it."""
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    hparams = {**ckpt.get("datamodule_hyper_parameters", {}), **overrides}
+    run_split = Path(ckpt_path).parent.parent / "split.csv"
+    if "split_file" not in overrides and run_split.is_file():
+        hparams["split_file"] = str(run_split)
+    hparams.setdefault("num_workers", 0)
+    accepted = inspect.signature(DeepfakeDataModule).parameters
+    dm = DeepfakeDataModule(**{k: v for k, v in hparams.items() if k in accepted})
+    dm.setup("test")
+    return dm
+
+
+@torch.inference_mode()
+def predict_split(detector: Detector, datamodule: DeepfakeDataModule, split: str, batch_size: int = 64) -> pd.DataFrame:
+    """``id, label, logit, prob_ai`` (calibrated) and ``pred`` (at the detector's threshold) for one split."""
+    loader = DataLoader(datamodule.dataset(split), batch_size=batch_size, collate_fn=collate_skip_bad)
+    rows = []
+    ids = datamodule.split_ids(split)
+    for batch in loader:
+        if "image" not in batch:
+            continue
+        logits = detector.model.predict_logits(batch["image"].to(detector.model.device))
+        probs = detector.model.calibrated_probs(logits)
+        rows.append(pd.DataFrame({"id": [ids[i] for i in batch["index"].tolist()], "label": batch["label"].long().numpy(),
+                                  "logit": logits.cpu().numpy(), "prob_ai": probs.cpu().numpy()}))
+    table = pd.concat(rows, ignore_index=True)
+    table["pred"] = (table["prob_ai"] >= detector.threshold).astype(int)
+    return table
+
+
+def load_runs(logs_dir: str | os.PathLike = "lightning_logs") -> pd.DataFrame:
+    """One row per run directory under ``logs_dir`` (searched recursively) that has a ``metrics.json``: its final
+    metrics plus the backbone, learning rate and augmentation strength from its ``config.yaml``."""
+    import json
+
+    import yaml
+
+    rows = []
+    for metrics in sorted(Path(logs_dir).rglob("metrics.json")):
+        run = metrics.parent
+        row = {"run": str(run), **json.loads(metrics.read_text())}
+        if (run / "config.yaml").is_file():
+            cfg = yaml.safe_load((run / "config.yaml").read_text())
+            model, data = cfg.get("model", {}), cfg.get("data", {})
+            row |= {"backbone": model.get("backbone"), "aug_strength": data.get("aug_strength"),
+                    "lr": ((model.get("optimizer") or {}).get("init_args") or {}).get("lr")}
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def scalars(run_dir: str | os.PathLike, tags: list[str] | None = None) -> pd.DataFrame:
+    """TensorBoard scalars of one run as a long table ``tag, step, value``."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0}).Reload()
+    wanted = tags or events.Tags()["scalars"]
+    rows = [(tag, e.step, e.value) for tag in wanted if tag in events.Tags()["scalars"] for e in events.Scalars(tag)]
+    return pd.DataFrame(rows, columns=["tag", "step", "value"])

@@ -152,9 +152,6 @@ def calibration_metrics(probs: np.ndarray, labels: np.ndarray, n_bins: int = 15)
 def plot_reliability(curves: dict[str, tuple[np.ndarray, np.ndarray]], title: str = "", n_bins: int = 15):
     """Reliability diagram (with a histogram of probabilities below) for one or more named
     ``(probs, labels)`` pairs, e.g. ``{"before": ..., "after": ...}``. Returns a matplotlib Figure."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
     fig, (ax, hist) = plt.subplots(2, 1, figsize=(5, 6), sharex=True, gridspec_kw={"height_ratios": [3, 1]})

@@ -97,9 +97,6 @@ def write_json(path: str | os.PathLike, data: dict) -> None:
 
 def plot_split(probs: np.ndarray, labels: np.ndarray, threshold: float, title: str):
     """ROC, precision-recall and confusion-matrix (at ``threshold``) panels for one split; a matplotlib Figure."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
     from sklearn.metrics import ConfusionMatrixDisplay, PrecisionRecallDisplay, RocCurveDisplay
 
@@ -114,6 +111,26 @@ def plot_split(probs: np.ndarray, labels: np.ndarray, threshold: float, title: s
                                             display_labels=["human", "AI"], colorbar=False)
     axes[2].set_title(f"Confusion matrix at threshold {threshold:.3f}")
     fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_threshold_tradeoff(probs: np.ndarray, labels: np.ndarray, threshold: float | None = None):
+    """Precision, recall and F1 (AI = positive) against the decision threshold, the tuned one marked."""
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import precision_recall_curve
+
+    precision, recall, thresholds = precision_recall_curve(labels, probs)
+    f1 = np.where(precision + recall > 0, 2 * precision * recall / np.maximum(precision + recall, 1e-12), 0)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(thresholds, precision[:-1], label="precision")
+    ax.plot(thresholds, recall[:-1], label="recall")
+    ax.plot(thresholds, f1[:-1], label="F1")
+    if threshold is not None:
+        ax.axvline(threshold, color="k", ls="--", lw=1, label=f"tuned threshold {threshold:.3f}")
+    ax.set_xlabel("threshold on the calibrated AI probability")
+    ax.set_ylim(0, 1.02)
+    ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
 
@@ -177,9 +194,6 @@ def perturbation(kind: str, level: float) -> Callable[[Image.Image], Image.Image
 
 def plot_robustness(table: pd.DataFrame):
     """AUROC and accuracy against each perturbation's level; one panel per perturbation."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
     kinds = list(dict.fromkeys(table["perturbation"]))

@@ -211,9 +211,6 @@ def cam_grid(rgb: np.ndarray, result: CamResult, labels=None, threshold: float =
              per_layer: bool = False):
     """A matplotlib Figure: per image, the picture and its overlay (and each layer's map with ``per_layer``),
     titled with the true label (if known), the AI probability and the prediction at ``threshold``."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
     maps = [("combined", result.cam)] + (list(result.per_layer.items()) if per_layer and len(result.per_layer) > 1 else [])

@@ -187,6 +187,43 @@ def make_storage(spec: dict) -> str | optuna.storages.BaseStorage:
     return optuna.storages.RDBStorage(url, **kwargs)
 
 
+def _open_study(spec: dict) -> tuple[optuna.Study, Any]:
+    """Creates or loads the study. Workers starting together race to create the schema: local storages take a
+    file lock first; a server storage is retried once the other worker has created it."""
+    def create():
+        storage = make_storage(spec)
+        study = optuna.create_study(
+            study_name=spec["study_name"], storage=storage, sampler=make_sampler(spec), pruner=make_pruner(spec),
+            direction=spec["objective"]["direction"], load_if_exists=True,
+        )
+        return study, storage
+
+    url = spec.get("storage") or "sqlite"
+    if url.startswith(("sqlite", "journal:")) or url.endswith(".log"):
+        with _file_lock(spec):
+            return create()
+    for attempt in range(5):
+        try:
+            return create()
+        except Exception:  # noqa: BLE001 - a concurrent schema creation; the next attempt loads it
+            if attempt == 4:
+                raise
+            time.sleep(1 + attempt)
+    raise AssertionError("unreachable")
+
+
+@contextlib.contextmanager
+def _file_lock(spec: dict):
+    lock_path = Path(spec["out_dir"]) / spec["study_name"] / ".claim.lock"
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 @contextlib.contextmanager
 def _claim_lock(spec: dict, storage):
     """Mutual exclusion between workers while one counts the study's trials and starts a new one, so that the
@@ -205,24 +242,19 @@ def _claim_lock(spec: dict, storage):
                 conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
                 conn.commit()
         return
-    lock_path = Path(spec["out_dir"]) / spec["study_name"] / ".claim.lock"
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_path, "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    with _file_lock(spec):
+        yield
 
 
 class Throughput(Callback):
     """Training images per second (time spent in training epochs only)."""
 
     def __init__(self):
-        self.images, self.seconds, self._start = 0, 0.0, 0.0
+        self.images, self.seconds, self._start, self.epochs = 0, 0.0, 0.0, 0
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         self._start = time.perf_counter()
+        self.epochs += 1  # epochs started: a pruned trial stops after its epoch's validation
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if isinstance(batch, dict) and "label" in batch:
@@ -267,7 +299,7 @@ def run_trial(spec: dict, trial: optuna.Trial) -> float:
     try:
         cli.trainer.fit(cli.model, cli.datamodule)
     finally:
-        trial.set_user_attr("epochs", int(cli.trainer.current_epoch))
+        trial.set_user_attr("epochs", throughput.epochs)
         trial.set_user_attr("fit_seconds", round(time.perf_counter() - started, 2))
     pruning.check_pruned()
     metrics = {k: float(v) for k, v in cli.trainer.callback_metrics.items() if v.numel() == 1}
@@ -291,11 +323,7 @@ def run_trial(spec: dict, trial: optuna.Trial) -> float:
 def run_sweep(spec: dict) -> optuna.Study:
     """Validates the sweep, then runs trials until the study holds ``n_trials`` (counting every worker's)."""
     validate_search_space(spec)
-    storage = make_storage(spec)
-    study = optuna.create_study(
-        study_name=spec["study_name"], storage=storage, sampler=make_sampler(spec), pruner=make_pruner(spec),
-        direction=spec["objective"]["direction"], load_if_exists=True,
-    )
+    study, storage = _open_study(spec)
     out = Path(spec["out_dir"]) / spec["study_name"]
     out.mkdir(parents=True, exist_ok=True)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -371,9 +399,6 @@ def write_outputs(study: optuna.Study, spec: dict) -> dict[str, Path]:
 def _plots(study: optuna.Study, out: Path) -> dict[str, Path]:
     import warnings
 
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
     written = {}

@@ -80,3 +80,38 @@ def demo_run(demo_root, tmp_path_factory) -> Path:
               f"--trainer.default_root_dir={out}", "--data.num_workers=0", "--trainer.enable_progress_bar=false",
               "--trainer.enable_model_summary=false"])
     return out / "lightning_logs" / "version_0"
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    """A throw-away PostgreSQL server on loopback (Debian's `postgresql` package, which .ci/run installs),
+    run as the `postgres` user; yields an SQLAlchemy URL of an empty database."""
+    import glob
+    import shutil
+    import socket
+    import subprocess
+    import tempfile
+
+    bins = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"))
+    if not bins or os.geteuid() != 0 or shutil.which("runuser") is None:
+        pytest.skip("needs Debian's postgresql package and root (to run the server as the postgres user)")
+    bindir = Path(bins[-1]).parent
+    data = Path(tempfile.mkdtemp(prefix="deepfake-pg-"))
+    shutil.chown(data, "postgres", "postgres")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+
+    def as_postgres(*cmd):
+        subprocess.run(["runuser", "-u", "postgres", "--", *map(str, cmd)], check=True, capture_output=True)
+
+    as_postgres(bindir / "initdb", "-D", data / "db", "-A", "trust", "-U", "postgres")
+    as_postgres(bindir / "pg_ctl", "-D", data / "db", "-l", data / "log", "-w", "start",
+                "-o", f"-p {port} -h 127.0.0.1 -k {data}")
+    try:
+        as_postgres(bindir / "createdb", "-h", "127.0.0.1", "-p", port, "-U", "postgres", "optuna")
+        yield f"postgresql+psycopg2://postgres@127.0.0.1:{port}/optuna"
+    finally:
+        subprocess.run(["runuser", "-u", "postgres", "--", str(bindir / "pg_ctl"), "-D", str(data / "db"), "-m",
+                        "fast", "-w", "stop"], capture_output=True)
+        shutil.rmtree(data, ignore_errors=True)

@@ -103,3 +103,15 @@ def test_bad_ranges_are_named(tmp_path, kaggle_root, dim, message):
     path = _sweep_file(tmp_path, kaggle_root, search_space={"data.aug_strength": dim})
     with pytest.raises(SweepConfigError, match=rf"search_space\.data\.aug_strength: .*{message}"):
         load_sweep(path)
+
+
+def test_two_workers_on_postgresql_share_one_study_exactly(tmp_path, kaggle_root, postgres_url):
+    path = _sweep_file(tmp_path, kaggle_root, name="pg", n_trials=4, storage=postgres_url)
+    workers = [subprocess.Popen([sys.executable, "-c", "from deepfake_lightning.cli import main; main()", "sweep",
+                                 "--config", str(path)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+               for _ in range(2)]
+    logs = [w.communicate(timeout=600)[0] for w in workers]
+    assert all(w.returncode == 0 for w in workers), logs
+    study = optuna.load_study(study_name="pg", storage=postgres_url)
+    assert len(study.trials) == 4 and all(t.state.is_finished() for t in study.trials)
+    assert sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials) == 4
