@@ -30,6 +30,7 @@ import math
 import os
 import time
 import traceback
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -182,8 +183,12 @@ def make_storage(spec: dict) -> str | optuna.storages.BaseStorage:
     kwargs = {"engine_kwargs": {"connect_args": {"timeout": 60}}} if url.startswith("sqlite") else {}
     interval = spec.get("heartbeat_interval")
     if interval:
-        kwargs |= {"heartbeat_interval": int(interval), "grace_period": 2 * int(interval),
-                   "failed_trial_callback": optuna.storages.RetryFailedTrialCallback(max_retry=1)}
+        import inspect
+
+        retry = optuna.storages.RetryFailedTrialCallback(max_retry=1)
+        params = inspect.signature(optuna.storages.RDBStorage).parameters
+        name = "heartbeat_stale_trial_callback" if "heartbeat_stale_trial_callback" in params else "failed_trial_callback"
+        kwargs |= {"heartbeat_interval": int(interval), "grace_period": 2 * int(interval), name: retry}
     return optuna.storages.RDBStorage(url, **kwargs)
 
 
@@ -327,13 +332,20 @@ def run_sweep(spec: dict) -> optuna.Study:
     out = Path(spec["out_dir"]) / spec["study_name"]
     out.mkdir(parents=True, exist_ok=True)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    heartbeat = bool(spec.get("heartbeat_interval")) and hasattr(storage, "record_heartbeat")
     while True:
         with _claim_lock(spec, storage):
-            if len(study.get_trials(deepcopy=False)) >= spec["n_trials"]:
+            if heartbeat:  # trials of dead workers (no heartbeat for a grace period) become FAIL, and are re-queued
+                optuna.storages.fail_stale_trials(study)
+            started = [t for t in study.get_trials(deepcopy=False) if t.state != TrialState.WAITING]
+            if len(started) >= spec["n_trials"]:
                 break
-            trial = study.ask()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # "heartbeat is supposed to be used with optimize": we beat below
+                trial = study.ask()
         try:
-            value = run_trial(spec, trial)
+            with _heartbeat(storage, trial, spec.get("heartbeat_interval")) if heartbeat else contextlib.nullcontext():
+                value = run_trial(spec, trial)
         except optuna.TrialPruned:
             _tell(study, trial, state=TrialState.PRUNED)
             print(f"[sweep {spec['study_name']}] trial {trial.number} pruned")
@@ -347,6 +359,28 @@ def run_sweep(spec: dict) -> optuna.Study:
             print(f"[sweep {spec['study_name']}] trial {trial.number}: {spec['objective']['metric']} = {value:.4f}")
     write_outputs(study, spec)
     return study
+
+
+@contextlib.contextmanager
+def _heartbeat(storage, trial: optuna.Trial, interval: float):
+    """Records the trial's heartbeat every ``interval`` seconds while it runs (what study.optimize does itself;
+    this driver uses ask/tell so that several workers stop at exactly ``n_trials``)."""
+    import threading
+
+    stop = threading.Event()
+
+    def beat():
+        while not stop.is_set():
+            storage.record_heartbeat(trial._trial_id)
+            stop.wait(interval)
+
+    thread = threading.Thread(target=beat, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
 
 
 def _tell(study: optuna.Study, trial: optuna.Trial, value: float | None = None, state=None) -> None:

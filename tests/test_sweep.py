@@ -115,3 +115,33 @@ def test_two_workers_on_postgresql_share_one_study_exactly(tmp_path, kaggle_root
     study = optuna.load_study(study_name="pg", storage=postgres_url)
     assert len(study.trials) == 4 and all(t.state.is_finished() for t in study.trials)
     assert sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials) == 4
+
+
+def test_a_killed_worker_leaves_no_zombie_trial(tmp_path, kaggle_root):
+    """With heartbeats on, a worker killed mid-trial leaves a RUNNING trial without heartbeat; the next worker
+    marks it failed and retries its parameters, so the study ends with no RUNNING trial."""
+    import signal
+    import time
+
+    path = _sweep_file(tmp_path, kaggle_root, name="hb", n_trials=2, heartbeat_interval=1,
+                       overrides={**yaml.safe_load(_sweep_file(tmp_path, kaggle_root).read_text())["overrides"],
+                                  "trainer.max_epochs": 50})
+    victim = subprocess.Popen([sys.executable, "-c", "from deepfake_lightning.cli import main; main()", "sweep",
+                               "--config", str(path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    run_dir = tmp_path / "sweeps" / "hb" / "trial_000" / "lightning_logs"
+    deadline = time.time() + 120
+    while not any(run_dir.glob("version_*/events.*")) and time.time() < deadline:
+        time.sleep(0.5)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    storage_url = f"sqlite:///{tmp_path / 'sweeps' / 'hb' / 'study.db'}"
+    killed = optuna.load_study(study_name="hb", storage=storage_url).trials
+    assert [t.state for t in killed] == [optuna.trial.TrialState.RUNNING]
+    time.sleep(3)  # past the grace period (2 heartbeat intervals)
+    spec = load_sweep(path)
+    spec["overrides"]["trainer.max_epochs"] = 1
+    study = run_sweep(spec)
+    states = [t.state for t in study.trials]
+    assert optuna.trial.TrialState.RUNNING not in states
+    assert states[0] == optuna.trial.TrialState.FAIL and states[1] == optuna.trial.TrialState.COMPLETE
+    assert study.trials[1].params == study.trials[0].params  # the failed trial's parameters were retried
