@@ -1,8 +1,5 @@
-import json
-import shutil
 from types import SimpleNamespace
 
-import numpy as np
 import pandas as pd
 import pytest
 

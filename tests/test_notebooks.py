@@ -1,6 +1,5 @@
 """Both notebooks run top to bottom against a checkpoint and a sweep study made here from the demo data."""
 
-import os
 from pathlib import Path
 
 import nbclient

@@ -15,6 +15,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
+from deepfake_lightning.callbacks._figures import publish_figure
 from deepfake_lightning.calibration import (
     CalibrationMethod,
     Calibrator,
@@ -231,16 +232,8 @@ class Calibration(Callback):
     def _plot(self, trainer: L.Trainer, split: str, curves: dict) -> None:
         if not trainer.is_global_zero or trainer.log_dir is None:
             return
-        import matplotlib.pyplot as plt
-
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             fig = plot_reliability(curves, title=f"Reliability: {split}", n_bins=self.n_bins)
-        out = Path(trainer.log_dir) / "calibration"
-        out.mkdir(parents=True, exist_ok=True)
-        fig.savefig(out / f"reliability_{split}.png", dpi=100)
-        for logger in trainer.loggers:
-            experiment = getattr(logger, "experiment", None)
-            if hasattr(experiment, "add_figure"):
-                experiment.add_figure(f"calibration/reliability_{split}", fig, global_step=trainer.global_step)
-        plt.close(fig)
+        publish_figure(trainer, fig, Path(trainer.log_dir) / "calibration" / f"reliability_{split}.png",
+                       f"calibration/reliability_{split}")

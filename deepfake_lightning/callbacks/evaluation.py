@@ -10,9 +10,9 @@ import pandas as pd
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter, Callback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
-import matplotlib.pyplot as plt
 
 from deepfake_lightning.calibration import label_shift_report
+from deepfake_lightning.callbacks._figures import publish_figure
 from deepfake_lightning.callbacks.calibration import Calibration, collect_logits
 from deepfake_lightning.evaluation import (
     ROBUSTNESS_GRID,
@@ -24,13 +24,6 @@ from deepfake_lightning.evaluation import (
     write_json,
     write_predictions,
 )
-
-
-def _add_figure(trainer: L.Trainer, tag: str, fig) -> None:
-    for logger in trainer.loggers:
-        experiment = getattr(logger, "experiment", None)
-        if hasattr(experiment, "add_figure"):
-            experiment.add_figure(tag, fig, global_step=trainer.global_step, close=False)
 
 
 class EvaluationReport(Callback):
@@ -78,9 +71,7 @@ class EvaluationReport(Callback):
             report["splits"][split] = split_report(probs, y, threshold)
 
             fig = plot_split(probs, y, threshold, f"{split}: {len(y)} images")
-            fig.savefig(run / "plots" / f"{split}.png", dpi=100)
-            _add_figure(trainer, f"evaluation/{split}", fig)
-            plt.close(fig)
+            publish_figure(trainer, fig, run / "plots" / f"{split}.png", f"evaluation/{split}")
         if self.robustness:
             report["robustness"] = self._robustness(trainer, pl_module, run)
         write_json(run / "report.json", report)
@@ -112,9 +103,7 @@ class EvaluationReport(Callback):
 
         fig = plot_robustness(table)
         fig.suptitle(f"Robustness on {split}", y=1.02)
-        fig.savefig(run / "robustness.png", dpi=100, bbox_inches="tight")
-        _add_figure(trainer, "evaluation/robustness", fig)
-        plt.close(fig)
+        publish_figure(trainer, fig, run / "robustness.png", "evaluation/robustness", bbox_inches="tight")
         rank_zero_info(f"\nRobustness on {split}:\n{table.to_string(index=False, float_format=lambda v: f'{v:.4f}')}")
         return str(run / "robustness.csv")
 

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
 
+from deepfake_lightning.callbacks._figures import publish_figure
 from deepfake_lightning.data.dataset import BadImageError
 from deepfake_lightning.explain import CamExplainer, cam_grid, denormalize
 
@@ -118,13 +119,5 @@ class GradCamExport(Callback):
                 result = explainer(images)
                 fig = cam_grid(denormalize(images, dm.hparams.mean, dm.hparams.std), result, labels,
                                threshold=pl_module.threshold, per_layer=True)
-                out.mkdir(parents=True, exist_ok=True)
-                fig.savefig(out / f"{name}.png", dpi=90)
-                for logger in trainer.loggers:
-                    experiment = getattr(logger, "experiment", None)
-                    if hasattr(experiment, "add_figure"):
-                        experiment.add_figure(f"gradcam/{split}/{name}", fig, global_step=trainer.current_epoch,
-                                              close=False)
-                import matplotlib.pyplot as plt
-
-                plt.close(fig)
+                publish_figure(trainer, fig, out / f"{name}.png", f"gradcam/{split}/{name}",
+                               step=trainer.current_epoch, dpi=90)
