@@ -31,10 +31,12 @@ from deepfake_lightning.calibration import (
 def collect_logits(
     model: L.LightningModule, dataloader, trainer: L.Trainer | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Runs ``model`` over ``dataloader`` in eval mode; returns (logits, labels), gathered from every rank.
+    """Runs ``model`` over ``dataloader`` in eval mode; returns (logits, labels) as NumPy arrays.
 
     The model's train/eval mode is restored afterwards. Under a trainer, its precision context (autocast on GPU)
-    is used; logits are returned as float32 either way.
+    is used; logits are returned as float32 either way. The loader is used as given: a data module's loader has
+    no distributed sampler, so under DDP every rank sees every validation image and all ranks fit the same
+    calibration, with nothing to gather.
     """
     was_training = model.training
     model.eval()
@@ -50,10 +52,7 @@ def collect_logits(
                 labels.append(batch["label"].to(model.device).long())
     finally:
         model.train(was_training)
-    z, y = torch.cat(logits), torch.cat(labels)
-    if trainer is not None and trainer.world_size > 1:
-        z, y = model.all_gather(z).flatten(), model.all_gather(y).flatten()
-    return z.cpu().numpy(), y.cpu().numpy()
+    return torch.cat(logits).cpu().numpy(), torch.cat(labels).cpu().numpy()
 
 
 def fit_calibration(
@@ -102,7 +101,8 @@ def summary(state: dict) -> dict:
 class Calibration(Callback):
     """Calibrates the detector on validation data when fitting ends, and reports calibration when testing.
 
-    After ``fit``: for the best and the last checkpoint, collects the validation logits of those weights, fits the
+    After ``fit``: for the best and the last checkpoint, collects the validation logits of those weights (every
+    validation image, on every rank under DDP), fits the
     calibrator and picks the decision threshold, and writes both into the checkpoint file; the module ends with
     the best weights and their calibration. Writes ``calibration/calibration.json`` and a before/after
     reliability diagram (PNG and TensorBoard) to the run directory.
