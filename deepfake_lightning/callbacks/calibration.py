@@ -176,18 +176,20 @@ class Calibration(Callback):
             f"NLL {state['val_before']['nll']:.4f} -> {state['val_after']['nll']:.4f}; "
             f"threshold ({self.threshold}) {state['threshold']:.4f}"
         )
-        if not trainer.is_global_zero or trainer.log_dir is None:
+        log_dir = trainer.log_dir  # a broadcast under DDP: every rank must ask
+        if not trainer.is_global_zero or log_dir is None:
             return
         for logger in trainer.loggers:
             logger.log_metrics(scalars, step=trainer.global_step)
-        out = Path(trainer.log_dir) / "calibration"
+        out = Path(log_dir) / "calibration"
         out.mkdir(parents=True, exist_ok=True)
         (out / "calibration.json").write_text(json.dumps(summary(state) | {"checkpoints": paths}, indent=2))
-        self._plot(trainer, "val", {"before": (sigmoid(z), y), "after": (state["val_probs"].numpy(), y)})
+        self._plot(trainer, log_dir, "val", {"before": (sigmoid(z), y), "after": (state["val_probs"].numpy(), y)})
 
     # ------------------------------------------------------------------ test
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module) -> None:
         outputs = pl_module.gathered_test_outputs()
+        log_dir = trainer.log_dir  # a broadcast under DDP: every rank must ask
         state = pl_module.calibration
         if state is None:
             rank_zero_warn(
@@ -203,7 +205,7 @@ class Calibration(Callback):
                 before, after = calibration_metrics(sigmoid(z), y, self.n_bins), calibration_metrics(probs, y, self.n_bins)
                 logs |= {f"test/{split}/{k}_before": v for k, v in before.items()}
                 logs |= {f"test/{split}/{k}": v for k, v in after.items()}
-                self._plot(trainer, split, {"before": (sigmoid(z), y), "after": (probs, y)})
+                self._plot(trainer, log_dir, split, {"before": (sigmoid(z), y), "after": (probs, y)})
             if state is not None:
                 report = label_shift_report(state["val_probs"].numpy(), state["val_labels"].numpy(), probs, threshold,
                                             self.shift_tolerance)
@@ -229,11 +231,11 @@ class Calibration(Callback):
             pl_module.log_dict({k: float(v) for k, v in logs.items()}, add_dataloader_idx=False, rank_zero_only=True)
 
     # ------------------------------------------------------------------ helpers
-    def _plot(self, trainer: L.Trainer, split: str, curves: dict) -> None:
-        if not trainer.is_global_zero or trainer.log_dir is None:
+    def _plot(self, trainer: L.Trainer, log_dir: str | None, split: str, curves: dict) -> None:
+        if not trainer.is_global_zero or log_dir is None:
             return
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             fig = plot_reliability(curves, title=f"Reliability: {split}", n_bins=self.n_bins)
-        publish_figure(trainer, fig, Path(trainer.log_dir) / "calibration" / f"reliability_{split}.png",
+        publish_figure(trainer, fig, Path(log_dir) / "calibration" / f"reliability_{split}.png",
                        f"calibration/reliability_{split}")

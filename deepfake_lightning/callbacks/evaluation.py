@@ -51,10 +51,11 @@ class EvaluationReport(Callback):
 
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module) -> None:
         outputs = pl_module.gathered_test_outputs()  # collective: every rank takes part
-        if not trainer.is_global_zero or trainer.log_dir is None:
+        log_dir = trainer.log_dir  # a broadcast under DDP: every rank must ask
+        if not trainer.is_global_zero or log_dir is None:
             return
         dm = trainer.datamodule
-        run = Path(trainer.log_dir)
+        run = Path(log_dir)
         (run / "plots").mkdir(parents=True, exist_ok=True)
         (run / "predictions").mkdir(exist_ok=True)
         threshold = pl_module.threshold
@@ -122,6 +123,7 @@ class PredictionWriter(BasePredictionWriter):
         parts = [p for p in predictions if len(p["index"])]
         index = torch.cat([p["index"] for p in parts]).cpu() if parts else torch.empty(0, dtype=torch.long)
         probs = torch.cat([p["prob_ai"] for p in parts]).cpu() if parts else torch.empty(0)
+        log_dir = trainer.log_dir  # a broadcast under DDP: every rank must ask
         if trainer.world_size > 1:
             gathered = [None] * trainer.world_size
             torch.distributed.all_gather_object(gathered, (index, probs))
@@ -134,7 +136,7 @@ class PredictionWriter(BasePredictionWriter):
         split = dm.predict_name
         ids = dm.split_ids(split)
         threshold = self._threshold(trainer, pl_module, split, probs)
-        out = Path(trainer.log_dir or trainer.default_root_dir)
+        out = Path(log_dir or trainer.default_root_dir)
         written = write_predictions(out, split, [ids[i] for i in index], probs, threshold,
                                     all_ids=None if split == "files" else ids)
         self.written = written

@@ -97,12 +97,13 @@ class GradCamExport(Callback):
         return fixed, mistakes
 
     def _export(self, trainer: L.Trainer, pl_module, split: str, folder: str) -> None:
-        if not trainer.is_global_zero or trainer.log_dir is None or trainer.datamodule is None:
+        log_dir = trainer.log_dir  # a broadcast under DDP: every rank must ask
+        if not trainer.is_global_zero or log_dir is None or trainer.datamodule is None:
             return
         dm = trainer.datamodule
         dataset = dm.dataset(split)
         fixed, mistakes = self._choose(dataset.labels, split, pl_module.threshold)
-        out = Path(trainer.log_dir) / "gradcam" / folder
+        out = Path(log_dir) / "gradcam" / folder
         with CamExplainer(pl_module, **self.explainer_args) as explainer:
             for name, indices in (("samples", fixed), ("mistakes", mistakes)):
                 items = []

@@ -23,9 +23,10 @@ class MetricsJson(Callback):
         self.filename = filename
 
     def _write(self, trainer: L.Trainer) -> None:
-        if not trainer.is_global_zero or trainer.log_dir is None or trainer.sanity_checking:
+        log_dir = trainer.log_dir  # a broadcast under DDP: every rank must ask
+        if not trainer.is_global_zero or log_dir is None or trainer.sanity_checking:
             return
-        path = Path(trainer.log_dir) / self.filename
+        path = Path(log_dir) / self.filename
         values = json.loads(path.read_text()) if path.is_file() else {}
         for name, v in trainer.callback_metrics.items():
             if v.numel() == 1:

@@ -188,9 +188,10 @@ class DeepfakeDataModule(L.LightningDataModule):
 
     def _save_split(self) -> None:
         trainer = self.trainer
-        if trainer is None or trainer.log_dir is None or not trainer.is_global_zero:
+        log_dir = trainer.log_dir if trainer is not None else None  # a broadcast under DDP: every rank asks
+        if log_dir is None or not trainer.is_global_zero:
             return
-        out = Path(trainer.log_dir) / SPLIT_FILE
+        out = Path(log_dir) / SPLIT_FILE
         out.parent.mkdir(parents=True, exist_ok=True)
         parts = [self.indexes[s].assign(split=s) for s in ("train", "val")]
         pd.concat(parts, ignore_index=True).to_csv(out, index=False)
