@@ -136,3 +136,18 @@ def test_missing_data_root_exits_with_a_clear_message(tmp_path, monkeypatch, cap
 def test_console_script_is_installed():
     out = subprocess.run(["deepfake", "--help"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and all(cmd in out.stdout for cmd in ("fit", "validate", "test", "predict"))
+
+
+def test_ddp_on_two_cpu_processes_completes_with_calibration(kaggle_root, tmp_path):
+    """Lightning's DDP on 2 CPU processes (gloo): the run ends, rank 0 writes metrics.json and a calibrated
+    checkpoint. Guards against rank-0-only collectives (trainer.log_dir is a broadcast)."""
+    args = ["deepfake", "fit", *_args("demo.yaml", kaggle_root, tmp_path, "--data.demo=false",
+                                      "--data.group_column=null", "--data.test_v1_csv=test_v1.csv",
+                                      "--data.img_size=32", "--trainer.max_epochs=1", "--trainer.accelerator=cpu",
+                                      "--trainer.devices=2", "--trainer.strategy=ddp")]
+    out = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    run = tmp_path / "lightning_logs" / "version_0"
+    assert 0 <= json.loads((run / "metrics.json").read_text())["val/auroc"] <= 1
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert ckpt["calibration"]["calibrator"]["method"] == "temperature"
