@@ -97,3 +97,29 @@ def test_aug_strength_zero_only_crops_and_one_changes_pixels():
 def test_aug_strength_out_of_range(bad):
     with pytest.raises(ValueError, match="aug_strength"):
         create_transform(32, train=True, aug_strength=bad)
+
+
+def _big_jpeg(path, size=(1600, 1200)):
+    rng = np.random.default_rng(0)
+    small = Image.fromarray(rng.integers(0, 255, (60, 80, 3), dtype=np.uint8))
+    small.resize(size, Image.Resampling.BICUBIC).save(path, "JPEG", quality=95)
+
+
+def test_jpeg_draft_decodes_at_a_reduced_scale_that_covers_the_target(tmp_path):
+    _big_jpeg(tmp_path / "big.jpg")
+    full, draft = load_image(tmp_path / "big.jpg"), load_image(tmp_path / "big.jpg", draft_size=128)
+    assert full.size == (1600, 1200)
+    assert draft.size == (200, 150)  # libjpeg's 1/8 scale: the smallest that keeps both sides >= 128
+    t = create_transform(128, train=False, mode="resize", mean=(0, 0, 0), std=(1, 1, 1))
+    assert (t(full) - t(draft)).abs().mean() < 0.02  # same picture, after the resize both paths do
+    Image.open(tmp_path / "big.jpg").save(tmp_path / "big.png")
+    assert load_image(tmp_path / "big.png", draft_size=128).size == (1600, 1200)  # only JPEGs have a draft mode
+
+
+def test_draft_only_in_resize_mode(kaggle_root):
+    from deepfake_lightning.data import DeepfakeDataModule
+
+    for mode, draft, expected in (("resize", True, 32), ("crop", True, None), ("resize", False, None)):
+        dm = DeepfakeDataModule(str(kaggle_root), img_size=32, mode=mode, jpeg_draft=draft, num_workers=0)
+        dm.setup("fit")
+        assert dm.dataset("train").draft_size == expected
