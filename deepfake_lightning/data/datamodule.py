@@ -192,7 +192,9 @@ class DeepfakeDataModule(L.LightningDataModule):
 
     def _save_split(self) -> None:
         trainer = self.trainer
-        log_dir = trainer.log_dir if trainer is not None else None  # a broadcast under DDP: every rank asks
+        if trainer is None or not getattr(trainer, "loggers", [None]):
+            return  # no logger, no run directory: do not litter the working directory
+        log_dir = trainer.log_dir  # a broadcast under DDP: every rank asks
         if log_dir is None or not trainer.is_global_zero:
             return
         out = Path(log_dir) / SPLIT_FILE
