@@ -18,14 +18,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from _results import publish  # benchmarks/_results.py, beside this script
 from PIL import Image
 from torchvision import transforms
 
 from deepfake_lightning.data.dataset import load_image
 from deepfake_lightning.data.transforms import create_transform
-
-REPO = Path(__file__).resolve().parents[1]
-
 
 def make_photos(folder: Path, size: tuple[int, int], n: int) -> list[Path]:
     """Photograph-like JPEGs: smooth structure plus fine sensor-like noise (so the encoder has real work)."""
@@ -78,10 +76,7 @@ def main() -> None:
                              "vs_naive": round(r / naive, 2)})
     table = pd.DataFrame(rows)
     print(f"one process, output {s}x{s}")
-    print(table.to_string(index=False))
-    out = REPO / "benchmarks" / "results" / "data_pipeline.csv"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    table.to_csv(out, index=False)
+    publish(table, "data_pipeline")
 
 
 if __name__ == "__main__":

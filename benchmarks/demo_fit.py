@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
+from _results import publish  # benchmarks/_results.py, beside this script
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -69,7 +70,7 @@ def one_fit(aug: float | None, work: Path, shared_data: Path | None) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--aug", type=float, nargs="*", help="aug_strength values to compare (default: the config's)")
-    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "demo_fit.csv")
+    parser.add_argument("--out", type=Path, default=None, help="CSV (default: benchmarks/results/demo_fit.csv)")
     args = parser.parse_args()
 
     rows = []
@@ -81,10 +82,7 @@ def main() -> None:
             rows.append(one_fit(aug, work, work / "data" / "demo") | {"includes_data_build": False})
     table = pd.DataFrame(rows)
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, python {sys.version.split()[0]}")
-    print(table.T.to_string(header=False))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    table.to_csv(args.out, index=False)
-    print(f"written to {args.out}")
+    publish(table, "demo_fit", args.out, transpose=True)
 
 
 if __name__ == "__main__":

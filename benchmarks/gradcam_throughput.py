@@ -13,12 +13,12 @@ import time
 from pathlib import Path
 
 import pandas as pd
+from _results import publish  # benchmarks/_results.py, beside this script
 import torch
 
 from deepfake_lightning import DeepfakeClassifier
 from deepfake_lightning.explain import CamExplainer
 
-REPO = Path(__file__).resolve().parents[1]
 CASES = [("resnet50", 224), ("convnext_tiny", 224), ("test_resnet", 64)]
 
 
@@ -40,7 +40,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "gradcam_throughput.csv")
+    parser.add_argument("--out", type=Path, default=None, help="CSV (default: benchmarks/results/gradcam_throughput.csv)")
     args = parser.parse_args()
     torch.manual_seed(0)
     rows = []
@@ -56,9 +56,7 @@ def main() -> None:
                          "speedup": round(batched / one, 2)})
     table = pd.DataFrame(rows)
     print(f"CPU threads: {torch.get_num_threads()}, cores: {os.cpu_count()}")
-    print(table.to_string(index=False))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    table.to_csv(args.out, index=False)
+    publish(table, "gradcam_throughput", args.out)
 
 
 if __name__ == "__main__":

@@ -17,11 +17,9 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pandas as pd
+from _results import publish  # benchmarks/_results.py, beside this script
 
 from deepfake_lightning.data import DeepfakeDataModule
-
-REPO = Path(__file__).resolve().parents[1]
-
 
 def make_root(root: Path, rows: int) -> None:
     (root / "train_data").mkdir(parents=True)
@@ -57,10 +55,7 @@ def main() -> None:
             out_rows.append({"train_rows": rows, "setup_s": round(seconds, 2), "peak_alloc_mb": round(peak / 2**20, 1),
                              "index_mb": round(index_mb, 1)})
     table = pd.DataFrame(out_rows)
-    print(table.to_string(index=False))
-    out = REPO / "benchmarks" / "results" / "index_scale.csv"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    table.to_csv(out, index=False)
+    publish(table, "index_scale")
 
 
 if __name__ == "__main__":

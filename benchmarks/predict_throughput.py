@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from _results import publish  # benchmarks/_results.py, beside this script
 import timm
 import torch
 from PIL import Image
@@ -27,7 +28,6 @@ from torchvision import transforms
 
 from deepfake_lightning.cli import cli_main
 
-REPO = Path(__file__).resolve().parents[1]
 CASES = [  # backbone, image size, number of images, batch size
     ("test_resnet", 64, 4000, 64),
     ("convnext_tiny", 224, 192, 32),
@@ -89,7 +89,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--workers", type=int, default=1)
-    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "predict_throughput.csv")
+    parser.add_argument("--out", type=Path, default=None, help="CSV (default: benchmarks/results/predict_throughput.csv)")
     args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -105,9 +105,7 @@ def main() -> None:
                          "ratio": round(min(plain_t) / min(fw_t), 3)})
     table = pd.DataFrame(rows)
     print(f"CPU threads: {torch.get_num_threads()}, cores: {os.cpu_count()}")
-    print(table.to_string(index=False))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    table.to_csv(args.out, index=False)
+    publish(table, "predict_throughput", args.out)
 
 
 if __name__ == "__main__":

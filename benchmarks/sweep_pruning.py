@@ -14,6 +14,7 @@ from pathlib import Path
 
 import optuna
 import pandas as pd
+from _results import publish  # benchmarks/_results.py, beside this script
 
 from deepfake_lightning.sweep import load_sweep, run_sweep
 
@@ -42,10 +43,7 @@ def main() -> None:
                 "best_val_f1_tuned": round(study.best_value, 4),
             })
     table = pd.DataFrame(rows)
-    print(table.to_string(index=False))
-    out = REPO / "benchmarks" / "results" / "sweep_pruning.csv"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    table.to_csv(out, index=False)
+    publish(table, "sweep_pruning")
 
 
 if __name__ == "__main__":
