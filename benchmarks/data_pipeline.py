@@ -2,7 +2,8 @@
 
 Compares the naive path the seed notebook used (PIL open, convert("RGB"), resize to 224x224, ToTensor,
 Normalize) with the data module's ``resize`` mode (JPEG draft decoding + the same resize) and ``crop`` mode
-(native-resolution centre crop), on generated photographs of 3000x2000 and 768x512 pixels at JPEG quality 95.
+(native-resolution centre crop), on generated photographs of 3000x2000 and 768x512 pixels at JPEG quality 95,
+and reading from the pre-resized cache (``data.cache_dir``; its one-off build runs at the draft path's rate).
 
     python benchmarks/data_pipeline.py [--n 40]
 
@@ -22,6 +23,7 @@ from _results import publish  # benchmarks/_results.py, beside this script
 from PIL import Image
 from torchvision import transforms
 
+from deepfake_lightning.data.cache import ensure_cache
 from deepfake_lightning.data.dataset import load_image
 from deepfake_lightning.data.transforms import create_transform
 
@@ -68,8 +70,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for size in ((3000, 2000), (768, 512)):
             photos = make_photos(Path(tmp), size, args.n)
+            cache = ensure_cache(Path(tmp) / f"cache{size[0]}", tmp, [p.name for p in photos], s, jpeg_draft=True)
+            cached = {"resize mode, pre-resized cache": lambda p: resize_tf(cache.image(p.name))}
             naive = None
-            for name, fn in paths_by.items():
+            for name, fn in (paths_by | cached).items():
                 r = rate(fn, photos)
                 naive = naive or r
                 rows.append({"images": f"{size[0]}x{size[1]}", "path": name, "img_per_s": round(r, 1),

@@ -123,3 +123,27 @@ def test_non_finite_loss_stops_with_a_clear_message(kaggle_root):
         model.net.fc.bias.fill_(float("nan"))
     with pytest.raises(FloatingPointError, match="non-finite training loss.*global step 0"):
         _tiny_trainer(limit_train_batches=1, limit_val_batches=0).fit(model, _datamodule(kaggle_root))
+
+
+GRAPHS = []
+
+
+def counting_backend(gm, example_inputs):
+    """A torch.compile backend that records each graph it is given (module level: Lightning drops
+    unpicklable hyperparameters such as local functions)."""
+    GRAPHS.append(gm)
+    return gm.forward
+
+
+def test_compile_runs_training_steps_through_the_compiled_backbone(kaggle_root):
+    L.seed_everything(0)
+    GRAPHS.clear()
+    model = DeepfakeClassifier("test_resnet", pretrained=False, compile={"backend": counting_backend})
+    eager_keys = list(DeepfakeClassifier("test_resnet", pretrained=False).state_dict())
+    _tiny_trainer(limit_train_batches=2, limit_val_batches=1).fit(model, _datamodule(kaggle_root))
+    assert GRAPHS, "training never went through torch.compile"
+    assert isinstance(model.__dict__["_compiled_net"], torch._dynamo.eval_frame.OptimizedModule)
+    assert list(model.state_dict()) == eager_keys  # checkpoints stay loadable without compile
+    x = torch.randn(2, 3, 32, 32)
+    model.eval()
+    assert torch.allclose(model.__dict__["_compiled_net"](x).squeeze(-1), model(x), atol=1e-6)

@@ -61,7 +61,8 @@ def _to_rgb(im: Image.Image) -> Image.Image:
 class ImageDataset(Dataset):
     """Images listed by path with 0/1 labels (-1 when unknown).
 
-    Each item is a dict ``{"image": Tensor, "label": float Tensor, "index": int}``. Under the ``skip``
+    Each item is a dict ``{"image": Tensor, "label": float Tensor, "index": int}``. With a ``cache``
+    (``data/cache.py``), cached paths are read from it instead of being decoded. Under the ``skip``
     policy an unreadable image yields ``None`` (dropped by :func:`collate_skip_bad`, which records the
     path so the data module can warn and count); under ``fail`` it raises :class:`BadImageError`.
     """
@@ -74,6 +75,7 @@ class ImageDataset(Dataset):
         transform: Callable[[Image.Image], torch.Tensor],
         bad_images: BadImagePolicy = "fail",
         draft_size: int | None = None,
+        cache=None,
     ):
         if len(paths) != len(labels):
             raise ValueError(f"{len(paths)} paths but {len(labels)} labels")
@@ -84,6 +86,7 @@ class ImageDataset(Dataset):
         self.transform = transform
         self.bad_images = bad_images
         self.draft_size = draft_size
+        self.cache = cache  # a data.cache.ResizedCache: pre-resized pixels, identical to decoding + resizing
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -91,7 +94,8 @@ class ImageDataset(Dataset):
     def __getitem__(self, i: int) -> dict | tuple[None, str]:
         path = os.path.join(self.root, self.paths[i])
         try:
-            image = load_image(path, self.draft_size)
+            image = self.cache.image(self.paths[i]) if self.cache is not None else None
+            image = load_image(path, self.draft_size) if image is None else image
         except BadImageError:
             if self.bad_images == "skip":
                 return (None, self.paths[i])

@@ -79,6 +79,9 @@ class DeepfakeClassifier(L.LightningModule):
         channels_last: Use the channels-last memory format (faster convolutions on GPU with mixed precision).
         tta_flip: At test and predict time, average the logits of each image and its horizontal mirror.
             (Multi-crop test-time augmentation comes from the data side: ``data.eval_views: 5``.)
+        compile: ``torch.compile`` the backbone for training and validation steps: ``true``, or a dict of
+            ``torch.compile`` options (``{mode: max-autotune}``). Test, predict and Grad-CAM stay eager (CAM
+            hooks need the eager modules). The first steps pay the compilation (tens of seconds).
     """
 
     def __init__(
@@ -94,6 +97,7 @@ class DeepfakeClassifier(L.LightningModule):
         freeze_backbone_epochs: int = 0,
         channels_last: bool = True,
         tta_flip: bool = False,
+        compile: bool | dict = False,
     ):
         super().__init__()
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
@@ -142,9 +146,18 @@ class DeepfakeClassifier(L.LightningModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Returns the AI-generated logit, shape (batch,)."""
+        return self._logits(x, self.net)
+
+    def _logits(self, x: torch.Tensor, net: nn.Module) -> torch.Tensor:
         if self.hparams.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        return self.net(x).squeeze(-1)
+        return net(x).squeeze(-1)
+
+    def setup(self, stage: str) -> None:
+        options = self.hparams.get("compile", False)
+        if options and stage == "fit" and "_compiled_net" not in self.__dict__:
+            # Kept out of the module tree, so that state_dict keys and checkpoints are those of the eager net.
+            self.__dict__["_compiled_net"] = torch.compile(self.net, **(options if isinstance(options, dict) else {}))
 
     def predict_logits(self, images: torch.Tensor) -> torch.Tensor:
         """Logits with test-time augmentation: ``images`` may hold several views per image, (B, V, 3, H, W)
@@ -158,7 +171,7 @@ class DeepfakeClassifier(L.LightningModule):
         return logits.view(b, v).mean(1)
 
     def model_step(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        logits = self(batch["image"])
+        logits = self._logits(batch["image"], self.__dict__.get("_compiled_net", self.net))
         labels = batch["label"].float()
         loss = F.binary_cross_entropy_with_logits(logits.float(), labels)
         return loss, logits.detach().float(), labels.long()
