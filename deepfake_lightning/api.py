@@ -15,6 +15,7 @@ from torchvision.transforms import v2
 from deepfake_lightning.data import DeepfakeDataModule
 from deepfake_lightning.data.dataset import collate_skip_bad
 from deepfake_lightning.data.transforms import IMAGENET_MEAN, IMAGENET_STD, create_transform
+from deepfake_lightning.export import CONFIG_FILE, is_export, load_export, read_export_config
 from deepfake_lightning.models import DeepfakeClassifier
 
 
@@ -38,17 +39,22 @@ class Detector:
 
 
 def load_detector(ckpt_path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Detector:
-    """Loads a ``.ckpt`` written by ``deepfake fit`` with its own preprocessing (image size, resize/crop mode,
-    normalization) taken from the data-module hyperparameters stored in the checkpoint.
+    """Loads a detector with its own preprocessing (image size, resize/crop mode, normalization) from either
 
-    Checkpoints are pickles: load only files you trust.
+    * a directory written by ``deepfake export`` (safetensors + JSON: nothing is unpickled, safe to share), or
+    * a ``.ckpt`` written by ``deepfake fit``, taking the preprocessing from the data-module hyperparameters stored
+      in it. Checkpoints are pickles: load only files you trust.
     """
-    if not os.path.isfile(ckpt_path):
-        raise FileNotFoundError(f"checkpoint not found: {ckpt_path}")
-    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-    model = DeepfakeClassifier.load_from_checkpoint(ckpt_path, map_location=map_location, pretrained=False, weights=None)
-    model.eval()
-    data = ckpt.get("datamodule_hyper_parameters", {})
+    if is_export(ckpt_path):
+        model, data = load_export(ckpt_path, map_location)
+    elif os.path.isfile(ckpt_path):
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        model = DeepfakeClassifier.load_from_checkpoint(ckpt_path, map_location=map_location, pretrained=False,
+                                                        weights=None)
+        model.eval()
+        data = ckpt.get("datamodule_hyper_parameters", {})
+    else:
+        raise FileNotFoundError(f"no checkpoint file or export directory (with {CONFIG_FILE}) at {ckpt_path}")
     cfg = model.data_config
     img_size = int(data.get("img_size", cfg["input_size"][-1]))
     mean = tuple(data.get("mean", cfg.get("mean", IMAGENET_MEAN)))
@@ -68,9 +74,14 @@ def newest_checkpoint(logs_dir: str | os.PathLike = "lightning_logs", kind: str 
 
 def datamodule_for(ckpt_path: str | os.PathLike, **overrides) -> DeepfakeDataModule:
     """The data module a checkpoint was trained with (its stored hyperparameters; ``overrides`` win, e.g.
-    ``root=...``), set up, with the run's saved train/val split when the run directory still has it."""
-    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-    hparams = {**ckpt.get("datamodule_hyper_parameters", {}), **overrides}
+    ``root=...``), set up, with the run's saved train/val split when the run directory still has it. For an
+    export directory, the image size, mode and normalization come from its ``detector.json`` (pass ``root``)."""
+    if is_export(ckpt_path):
+        config = read_export_config(ckpt_path)
+        stored = {**config.get("data", {}), **{k: config[k] for k in ("img_size", "mode", "mean", "std")}}
+    else:
+        stored = torch.load(ckpt_path, map_location="cpu", weights_only=False).get("datamodule_hyper_parameters", {})
+    hparams = {**stored, **overrides}
     run_split = Path(ckpt_path).parent.parent / "split.csv"
     if "split_file" not in overrides and run_split.is_file():
         hparams["split_file"] = str(run_split)

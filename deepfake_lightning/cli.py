@@ -12,14 +12,17 @@ import sys
 import warnings
 
 import torch
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from pathlib import Path
+
+from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_warn
 
-from deepfake_lightning.callbacks import Calibration, EvaluationReport, MetricsJson, PredictionWriter
+from deepfake_lightning.callbacks import Calibration, EvaluationReport, MetricsJson, PredictionWriter, RunCheckpoint
 from deepfake_lightning.data import DeepfakeDataModule
 from deepfake_lightning.data import BadImageError, DataError
 from deepfake_lightning.data.datamodule import check_data_root
+from deepfake_lightning.export import ExportError, is_export, load_weights, read_export_config
 from deepfake_lightning.models import DeepfakeClassifier, PretrainedWeightsUnavailable
 from deepfake_lightning.sweep import SweepConfigError
 
@@ -45,9 +48,11 @@ def resolve_precision(precision: str | int | None, accelerator: str | None, cuda
 
 
 class DeepfakeCLI(LightningCLI):
+    _export_dir: str | None = None  # set when --ckpt_path names a `deepfake export` directory
+
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         # Always-on callbacks, configurable as --checkpoint.* and --metrics_json.*.
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(RunCheckpoint, "checkpoint")
         parser.set_defaults(
             {
                 "checkpoint.monitor": "val/auroc",
@@ -83,13 +88,51 @@ class DeepfakeCLI(LightningCLI):
                     "default_hp_metric": False,
                 },
             }
+        if trainer.plugins is None:
+            # Checkpoints are written to a temporary file and renamed: a kill mid-write keeps the previous one.
+            trainer.plugins = [{"class_path": "deepfake_lightning.files.AtomicCheckpointIO"}]
+        if self.subcommand == "fit" and cfg.get("ckpt_path") == "last":
+            self._resume_last(cfg)
         if self.subcommand in ("validate", "test", "predict") and cfg.get("ckpt_path"):
             # The checkpoint supplies the weights: do not fetch ImageNet weights only to overwrite them.
             cfg.model.pretrained = False
             cfg.model.weights = None
+            if is_export(cfg.ckpt_path):
+                # A `deepfake export` directory: build the model it describes, then load its safetensors
+                # weights in instantiate_classes; Lightning gets no checkpoint to unpickle.
+                export = read_export_config(cfg.ckpt_path)
+                cfg.model.backbone, cfg.model.channels_last = export["backbone"], export.get("channels_last", True)
+                cfg.data.img_size, cfg.data.mode = export["img_size"], export["mode"]
+                self._export_dir, cfg.ckpt_path = cfg.ckpt_path, None
         if torch.cuda.is_available():
             torch.set_float32_matmul_precision("high")
 
+
+    def instantiate_classes(self) -> None:
+        super().instantiate_classes()
+        if self._export_dir is not None:
+            load_weights(self.model, self._export_dir)
+
+    @staticmethod
+    def _resume_last(cfg) -> None:
+        """``fit --ckpt_path last``: continue the newest run that has a ``last.ckpt``, in its own run directory
+        (same TensorBoard version, same checkpoints folder) and with its saved train/val split."""
+        logger = cfg.trainer.logger
+        if not (isinstance(logger, dict) and logger.get("class_path", "").endswith("TensorBoardLogger")):
+            return  # a custom logger: leave "last" to Lightning's own lookup
+        args = logger.setdefault("init_args", {})
+        logs = Path(args.get("save_dir") or ".") / (args.get("name") or "lightning_logs")
+        found = sorted(logs.glob("*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
+        if not found:
+            raise FileNotFoundError(
+                f"--ckpt_path last: no {logs}/*/checkpoints/last.ckpt to resume; run without --ckpt_path to start anew"
+            )
+        run = found[-1].parent.parent
+        args["version"] = run.name
+        cfg.ckpt_path = str(found[-1])
+        if cfg.data.split_file is None and (run / "split.csv").is_file():
+            cfg.data.split_file = str(run / "split.csv")
+        print(f"Resuming {run} from {found[-1]}", file=sys.stderr)
 
     def test(self, model, datamodule=None, ckpt_path=None, verbose: bool = True, **kwargs):
         # Metric names already carry the split, so Lightning's per-dataloader table would repeat every one in
@@ -111,7 +154,8 @@ def cli_main(args: list[str] | None = None, run: bool = True) -> DeepfakeCLI:
         save_config_kwargs={"overwrite": True},
         auto_configure_optimizers=False,
         parser_kwargs={"description": "Train, evaluate and predict with deepfake-lightning detectors. "
-                       "More commands: `deepfake calibrate --help`, `deepfake explain --help`, `deepfake sweep --help`."},
+                       "More commands: `deepfake calibrate --help`, `deepfake explain --help`, `deepfake export --help`, "
+                       "`deepfake sweep --help`."},
         args=args,
         run=run,
     )
@@ -183,12 +227,39 @@ def explain_main(args: list[str]):
     return table
 
 
+def export_main(args: list[str]) -> Path:
+    """``deepfake export --ckpt_path CKPT --out DIR``: see ``deepfake_lightning/export.py``."""
+    import argparse
+
+    from deepfake_lightning.export import CONFIG_FILE, WEIGHTS_FILE, export_checkpoint
+
+    parser = argparse.ArgumentParser(
+        prog="deepfake export",
+        description="Write a checkpoint as DIR/model.safetensors + DIR/detector.json: a model directory that "
+        "`deepfake predict|test|explain --ckpt_path DIR` and load_detector(DIR) read without unpickling anything. "
+        "Checkpoints are pickles: export only checkpoints you trust; the export is then safe to share.",
+    )
+    parser.add_argument("--ckpt_path", required=True, help="checkpoint written by deepfake fit")
+    parser.add_argument("--out", required=True, help="output directory")
+    a = parser.parse_args(args)
+    out = export_checkpoint(a.ckpt_path, a.out)
+    config = read_export_config(out)
+    temperature = f", temperature {config['temperature']:.4f}" if config["temperature"] is not None else ""
+    print(f"Exported {a.ckpt_path} -> {out / WEIGHTS_FILE} ({(out / WEIGHTS_FILE).stat().st_size / 1e6:.1f} MB) and "
+          f"{out / CONFIG_FILE}: {config['backbone']}, {config['img_size']} px {config['mode']}, threshold "
+          f"{config['threshold']:.4f}{temperature}")
+    return out
+
+
 def main() -> None:
     """Console entry point. Input errors (missing data, bad CSVs or images, unavailable weights) print one
     clear message and exit with status 2; set DEEPFAKE_TRACEBACK=1 to see the full traceback instead."""
     try:
         if sys.argv[1:2] == ["calibrate"]:
             calibrate_main(sys.argv[2:])
+            return
+        if sys.argv[1:2] == ["export"]:
+            export_main(sys.argv[2:])
             return
         if sys.argv[1:2] == ["explain"]:
             explain_main(sys.argv[2:])
@@ -200,11 +271,16 @@ def main() -> None:
             return
         cli_main()
     except (DataError, BadImageError, PretrainedWeightsUnavailable, FileNotFoundError, FileExistsError,
-            SweepConfigError) as e:
+            SweepConfigError, ExportError) as e:
         if os.environ.get("DEEPFAKE_TRACEBACK"):
             raise
         print(f"deepfake: error: {e}", file=sys.stderr)
         sys.exit(2)
+    except FloatingPointError as e:  # a numerical fault in training: the message names the step and the checkpoint
+        if os.environ.get("DEEPFAKE_TRACEBACK"):
+            raise
+        print(f"deepfake: error: {e}", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import json
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -23,6 +22,7 @@ from sklearn.metrics import (
 )
 
 from deepfake_lightning.calibration import calibration_metrics
+from deepfake_lightning.files import atomic_path
 
 # --------------------------------------------------------------------------- reports
 def equal_error_rate(probs: np.ndarray, labels: np.ndarray) -> float:
@@ -87,14 +87,6 @@ def format_report(report: dict) -> str:
     return pd.DataFrame(rows).to_string(index=False, float_format=lambda v: f"{v:.4f}")
 
 
-def write_json(path: str | os.PathLike, data: dict) -> None:
-    """Writes JSON atomically (temporary file, then rename)."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
-
-
 def plot_split(probs: np.ndarray, labels: np.ndarray, threshold: float, title: str):
     """ROC, precision-recall and confusion-matrix (at ``threshold``) panels for one split; a matplotlib Figure."""
     import matplotlib.pyplot as plt
@@ -149,7 +141,8 @@ def write_predictions(out_dir: str | os.PathLike, split: str, ids: list[str], pr
     table = pd.DataFrame({"id": ids, "prob_ai": np.asarray(probs, dtype=np.float64)})
     table["label"] = (table["prob_ai"] >= threshold).astype(int)
     written: dict = {"predictions": out_dir / "predictions" / f"{split}.csv"}
-    table.to_csv(written["predictions"], index=False)
+    with atomic_path(written["predictions"]) as tmp:
+        table.to_csv(tmp, index=False)
     if all_ids is not None:
         by_id = table.set_index("id")["label"]
         missing = [i for i in all_ids if i not in by_id.index]
@@ -157,7 +150,8 @@ def write_predictions(out_dir: str | os.PathLike, split: str, ids: list[str], pr
             written["missing"] = missing
         else:
             written["submission"] = out_dir / f"submission_{split}.csv"
-            pd.DataFrame({"id": all_ids, "label": by_id.loc[all_ids].to_numpy()}).to_csv(written["submission"], index=False)
+            with atomic_path(written["submission"]) as tmp:
+                pd.DataFrame({"id": all_ids, "label": by_id.loc[all_ids].to_numpy()}).to_csv(tmp, index=False)
     return written
 
 

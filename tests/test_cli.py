@@ -138,16 +138,23 @@ def test_console_script_is_installed():
     assert out.returncode == 0 and all(cmd in out.stdout for cmd in ("fit", "validate", "test", "predict"))
 
 
-def test_ddp_on_two_cpu_processes_completes_with_calibration(kaggle_root, tmp_path):
-    """Lightning's DDP on 2 CPU processes (gloo): the run ends, rank 0 writes metrics.json and a calibrated
-    checkpoint. Guards against rank-0-only collectives (trainer.log_dir is a broadcast)."""
-    args = ["deepfake", "fit", *_args("demo.yaml", kaggle_root, tmp_path, "--data.demo=false",
-                                      "--data.group_column=null", "--data.test_v1_csv=test_v1.csv",
-                                      "--data.img_size=32", "--trainer.max_epochs=1", "--trainer.accelerator=cpu",
-                                      "--trainer.devices=2", "--trainer.strategy=ddp")]
+def test_ddp_on_two_cpu_processes_matches_a_single_process_evaluation(kaggle_root, tmp_path):
+    """Lightning's DDP on 2 CPU processes (gloo): the run ends, rank 0 alone writes the run directory, and the
+    synchronised val/auroc equals a single-process validation of the same checkpoint. 5 validation images on 2
+    ranks: a padding sampler would count one image twice."""
+    common = _args("demo.yaml", kaggle_root, tmp_path, "--data.demo=false", "--data.group_column=null",
+                   "--data.test_v1_csv=test_v1.csv", "--data.img_size=32", "--data.val_fraction=0.125")
+    args = ["deepfake", "fit", *common, "--trainer.max_epochs=2", "--trainer.accelerator=cpu", "--trainer.devices=2",
+            "--trainer.strategy=ddp", "--trainer.callbacks=[]"]
     out = subprocess.run(args, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
+    assert [p.name for p in (tmp_path / "lightning_logs").iterdir()] == ["version_0"]
     run = tmp_path / "lightning_logs" / "version_0"
-    assert 0 <= json.loads((run / "metrics.json").read_text())["val/auroc"] <= 1
+    assert (pd.read_csv(run / "split.csv")["split"] == "val").sum() == 5
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert ckpt["calibration"]["calibrator"]["method"] == "temperature"
+    assert len(ckpt["calibration"]["val_probs"]) == 5  # calibrated on both ranks' validation logits
+    ddp_auroc = json.loads((run / "metrics.json").read_text())["val/auroc"]
+    single = cli_main(["validate", *common, f"--trainer.default_root_dir={tmp_path / 'single'}",
+                       f"--data.split_file={run / 'split.csv'}", f"--ckpt_path={run / 'checkpoints' / 'last.ckpt'}"])
+    assert float(single.trainer.callback_metrics["val/auroc"]) == pytest.approx(ddp_auroc, abs=1e-6)

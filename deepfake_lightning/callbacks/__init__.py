@@ -1,4 +1,5 @@
 from deepfake_lightning.callbacks.calibration import Calibration, collect_logits, fit_calibration, write_calibration
+from deepfake_lightning.callbacks.checkpoint import RunCheckpoint
 from deepfake_lightning.callbacks.evaluation import EvaluationReport, PredictionWriter
 from deepfake_lightning.callbacks.gradcam import GradCamExport
 from deepfake_lightning.callbacks.metrics_json import MetricsJson
@@ -9,6 +10,7 @@ __all__ = [
     "GradCamExport",
     "MetricsJson",
     "PredictionWriter",
+    "RunCheckpoint",
     "collect_logits",
     "fit_calibration",
     "write_calibration",

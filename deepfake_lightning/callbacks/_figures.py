@@ -7,12 +7,14 @@ from pathlib import Path
 import lightning as L
 import matplotlib.pyplot as plt
 
+from deepfake_lightning.files import atomic_path
+
 
 def publish_figure(trainer: L.Trainer, fig, path: Path, tag: str, step: int | None = None, **savefig) -> None:
     """Saves ``fig`` to ``path`` (creating its folder), adds it to every logger that takes figures
     (TensorBoard's Images tab) under ``tag``, and closes it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, **{"dpi": 100, **savefig})
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, **{"dpi": 100, **savefig})
     for logger in trainer.loggers:
         experiment = getattr(logger, "experiment", None)
         if hasattr(experiment, "add_figure"):

@@ -3,7 +3,6 @@ them in the checkpoints, and reports reliability and label shift at test time.""
 
 from __future__ import annotations
 
-import json
 import os
 import warnings
 from contextlib import nullcontext
@@ -14,6 +13,8 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from torch.utils.data import DistributedSampler
+from torchmetrics.utilities.distributed import gather_all_tensors
 
 from deepfake_lightning.callbacks._figures import publish_figure
 from deepfake_lightning.calibration import (
@@ -25,6 +26,7 @@ from deepfake_lightning.calibration import (
     plot_reliability,
     sigmoid,
 )
+from deepfake_lightning.files import atomic_path, write_json
 
 
 @torch.inference_mode()
@@ -34,14 +36,15 @@ def collect_logits(
     """Runs ``model`` over ``dataloader`` in eval mode; returns (logits, labels) as NumPy arrays.
 
     The model's train/eval mode is restored afterwards. Under a trainer, its precision context (autocast on GPU)
-    is used; logits are returned as float32 either way. The loader is used as given: a data module's loader has
-    no distributed sampler, so under DDP every rank sees every validation image and all ranks fit the same
-    calibration, with nothing to gather.
+    is used; logits are returned as float32 either way. Under DDP the data module's evaluation loaders give each
+    rank its own shard of the images; the shards are gathered here, so every rank returns every image's logits
+    (in rank order) and all ranks fit the same calibration.
     """
     was_training = model.training
     model.eval()
     context = trainer.precision_plugin.forward_context() if trainer is not None else nullcontext()
-    logits, labels = [], []
+    logits = [torch.empty(0, device=model.device)]
+    labels = [torch.empty(0, dtype=torch.long, device=model.device)]
     try:
         with context:
             for batch in dataloader:
@@ -52,7 +55,10 @@ def collect_logits(
                 labels.append(batch["label"].to(model.device).long())
     finally:
         model.train(was_training)
-    return torch.cat(logits).cpu().numpy(), torch.cat(labels).cpu().numpy()
+    z, y = torch.cat(logits), torch.cat(labels)
+    if isinstance(getattr(dataloader, "sampler", None), DistributedSampler) and torch.distributed.is_initialized():
+        z, y = torch.cat(gather_all_tensors(z)), torch.cat(gather_all_tensors(y))
+    return z.cpu().numpy(), y.cpu().numpy()
 
 
 def fit_calibration(
@@ -79,9 +85,8 @@ def write_calibration(ckpt_path: str | os.PathLike, state: dict, out_path: str |
     ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
     ckpt["calibration"] = state
     out = Path(out_path or ckpt_path)
-    tmp = out.with_name(out.name + ".tmp")
-    torch.save(ckpt, tmp)
-    os.replace(tmp, out)
+    with atomic_path(out) as tmp:
+        torch.save(ckpt, tmp)
     return out
 
 
@@ -183,7 +188,7 @@ class Calibration(Callback):
             logger.log_metrics(scalars, step=trainer.global_step)
         out = Path(log_dir) / "calibration"
         out.mkdir(parents=True, exist_ok=True)
-        (out / "calibration.json").write_text(json.dumps(summary(state) | {"checkpoints": paths}, indent=2))
+        write_json(out / "calibration.json", summary(state) | {"checkpoints": paths})
         self._plot(trainer, log_dir, "val", {"before": (sigmoid(z), y), "after": (state["val_probs"].numpy(), y)})
 
     # ------------------------------------------------------------------ test

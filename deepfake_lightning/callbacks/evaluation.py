@@ -21,9 +21,9 @@ from deepfake_lightning.evaluation import (
     plot_robustness,
     plot_split,
     split_report,
-    write_json,
     write_predictions,
 )
+from deepfake_lightning.files import atomic_path, write_json
 
 
 class EvaluationReport(Callback):
@@ -66,9 +66,8 @@ class EvaluationReport(Callback):
                 continue
             probs = pl_module.calibrator(logits.numpy())
             ids = np.asarray(dm.split_ids(split))[index.numpy()]
-            pd.DataFrame({"id": ids, "label": y, "prob_ai": probs}).to_csv(
-                run / "predictions" / f"test_{split}.csv", index=False
-            )
+            with atomic_path(run / "predictions" / f"test_{split}.csv") as tmp:
+                pd.DataFrame({"id": ids, "label": y, "prob_ai": probs}).to_csv(tmp, index=False)
             report["splits"][split] = split_report(probs, y, threshold)
 
             fig = plot_split(probs, y, threshold, f"{split}: {len(y)} images")
@@ -100,7 +99,8 @@ class EvaluationReport(Callback):
                              "acc": t["acc"], "f1": t["f1"], "acc_human": t["acc_human"], "acc_ai": t["acc_ai"],
                              "ece": m["ece"], "changed_predictions": float(np.mean(pred != clean_pred))})
         table = pd.DataFrame(rows)
-        table.to_csv(run / "robustness.csv", index=False)
+        with atomic_path(run / "robustness.csv") as tmp:
+            table.to_csv(tmp, index=False)
 
         fig = plot_robustness(table)
         fig.suptitle(f"Robustness on {split}", y=1.02)

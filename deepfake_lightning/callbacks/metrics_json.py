@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 
 import lightning as L
 from lightning.pytorch.callbacks import Callback
+
+from deepfake_lightning.files import atomic_path
 
 
 class MetricsJson(Callback):
@@ -32,10 +33,8 @@ class MetricsJson(Callback):
             if v.numel() == 1:
                 f = float(v)
                 values[name] = f if math.isfinite(f) else None  # JSON has no NaN
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(dict(sorted(values.items())), indent=2))
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            tmp.write_text(json.dumps(dict(sorted(values.items())), indent=2))
 
     def on_fit_end(self, trainer, pl_module) -> None:
         self._write(trainer)

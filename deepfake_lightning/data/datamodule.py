@@ -18,6 +18,7 @@ from deepfake_lightning.data.dataset import BadImageError, BadImagePolicy, Image
 from deepfake_lightning.data.demo import DemoSpec, build_demo_dataset
 from deepfake_lightning.data.index import UNLABELED, DataError, read_index
 from deepfake_lightning.data.transforms import IMAGENET_MEAN, IMAGENET_STD, TransformMode, create_transform
+from deepfake_lightning.files import atomic_path
 
 KAGGLE_DATASET = "alessandrasala79/ai-vs-human-generated-dataset"
 SPLIT_FILE = "split.csv"
@@ -223,10 +224,9 @@ class DeepfakeDataModule(L.LightningDataModule):
         log_dir = trainer.log_dir  # a broadcast under DDP: every rank asks
         if log_dir is None or not trainer.is_global_zero:
             return
-        out = Path(log_dir) / SPLIT_FILE
-        out.parent.mkdir(parents=True, exist_ok=True)
         parts = [self.indexes[s].assign(split=s) for s in ("train", "val")]
-        pd.concat(parts, ignore_index=True).to_csv(out, index=False)
+        with atomic_path(Path(log_dir) / SPLIT_FILE) as tmp:
+            pd.concat(parts, ignore_index=True).to_csv(tmp, index=False)
 
     def _check_images(self) -> None:
         bad: list[tuple[str, str, str]] = []  # (split, path, reason)
@@ -306,10 +306,18 @@ class DeepfakeDataModule(L.LightningDataModule):
         workers = self.num_workers
         pin = torch.cuda.is_available() if hp.pin_memory is None else hp.pin_memory
         dataset = self.dataset(split, train=train, perturb=perturb)
+        sampler = None
+        if not train and torch.distributed.is_available() and torch.distributed.is_initialized():
+            # Evaluation under DDP: each image on exactly one rank. Lightning's default DistributedSampler pads
+            # the shards with repeated images, which would enter the gathered metrics (AUROC...) twice.
+            from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+
+            sampler = UnrepeatedDistributedSampler(dataset, shuffle=False)
         return DataLoader(
             dataset,
             batch_size=hp.batch_size,
             shuffle=train,
+            sampler=sampler,
             drop_last=train and len(dataset) > hp.batch_size,
             num_workers=workers,
             pin_memory=pin,

@@ -111,14 +111,47 @@ def read_index(
         )
 
     if check_files:
-        root_s = os.fspath(root)
-        exists = out["path"].map(lambda p: os.path.isfile(os.path.join(root_s, p)))
+        exists, escapes = _check_files(out["path"], Path(root))
+        if escapes.any():
+            raise DataError(
+                f"{csv_path}: {int(escapes.sum())} path(s) lead out of the data root {os.fspath(root)!r} through a "
+                f"symbolic link; bad rows:{_rows(out, escapes)}"
+            )
         if not exists.all():
             raise DataError(
-                f"{csv_path}: {int((~exists).sum())} image file(s) listed but not found under {root_s!r}:"
+                f"{csv_path}: {int((~exists).sum())} image file(s) listed but not found under {os.fspath(root)!r}:"
                 f"{_rows(out, ~exists)}"
             )
     return out
+
+
+def _check_files(paths: pd.Series, root: Path) -> tuple[pd.Series, pd.Series]:
+    """(exists, escapes) per path. One ``scandir`` per folder instead of one ``stat`` per file; the real path is
+    resolved only for folders and for entries that are symbolic links, so that a link cannot lead out of the root."""
+    real_root = os.path.realpath(root)
+
+    def inside(p: str) -> bool:
+        real = os.path.realpath(p)
+        return real == real_root or real.startswith(real_root.rstrip(os.sep) + os.sep)
+
+    norm = paths.map(os.path.normpath)  # as the dataset opens them: os.path.join(root, path)
+    folders: dict[str, tuple[bool, dict[str, os.DirEntry]]] = {}
+    for folder in norm.map(os.path.dirname).unique():
+        full = os.path.join(root, folder)
+        try:
+            with os.scandir(full) as it:
+                entries = {e.name: e for e in it}
+        except (FileNotFoundError, NotADirectoryError):
+            entries = {}
+        folders[folder] = (inside(full), entries)
+    exists, escapes = [], []
+    for p in norm:
+        folder_inside, entries = folders[os.path.dirname(p)]
+        entry = entries.get(os.path.basename(p))
+        escaped = not folder_inside or (entry is not None and entry.is_symlink() and not inside(entry.path))
+        exists.append(entry is not None and entry.is_file())
+        escapes.append(escaped)
+    return pd.Series(exists, index=paths.index), pd.Series(escapes, index=paths.index)
 
 
 def _is_safe_relative(path: str) -> bool:

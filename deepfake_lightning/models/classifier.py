@@ -13,6 +13,7 @@ from lightning.pytorch.callbacks import BaseFinetuning
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 from torchmetrics import MetricCollection
+from torchmetrics.utilities.distributed import gather_all_tensors
 from torchmetrics.classification import (
     BinaryAccuracy,
     BinaryAUROC,
@@ -244,14 +245,14 @@ class DeepfakeClassifier(L.LightningModule):
 
     def gathered_test_outputs(self) -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         """Every rank's test logits, labels (-1 where unknown) and dataset indices per split, on the CPU, one
-        entry per image (the distributed sampler's padding duplicates removed), in dataset order."""
+        entry per image (duplicates, should a padding sampler be used, removed), in dataset order."""
         out = {}
         for split, parts in self.test_outputs.items():
             if not parts:
                 continue
             logits, labels, index = (torch.cat([p[k] for p in parts]) for k in range(3))
-            if self.trainer.world_size > 1:
-                logits, labels, index = (self.all_gather(t).flatten() for t in (logits, labels, index))
+            if self.trainer.world_size > 1:  # shards may differ in length by one image: torchmetrics' gather pads
+                logits, labels, index = (torch.cat(gather_all_tensors(t)) for t in (logits, labels, index))
             index, first = np.unique(index.cpu().numpy(), return_index=True)
             out[split] = (logits.cpu()[first], labels.cpu()[first], torch.from_numpy(index))
         return out

@@ -1,0 +1,148 @@
+"""``deepfake export``: a checkpoint as a model directory that loads without unpickling anything.
+
+Lightning checkpoints are pickles, and unpickling a stranger's file can run arbitrary code. An export holds
+only tensors and JSON:
+
+* ``model.safetensors``: the backbone's weights under timm's own names, so that
+  ``timm.create_model(backbone, num_classes=1).load_state_dict(safetensors.torch.load_file(...))`` works too;
+* ``detector.json``: everything else inference needs: backbone name, image size, transform mode, normalization,
+  calibration (method and parameters, temperature, the validation probabilities behind adaptive thresholds),
+  decision threshold, the data module's settings (to re-create its splits), and the package version that wrote it.
+
+``deepfake predict|test|explain --ckpt_path DIR``, :func:`deepfake_lightning.load_detector` and the notebooks
+accept such a directory wherever they accept a ``.ckpt``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from deepfake_lightning.files import atomic_path
+
+FORMAT = "deepfake-lightning-detector"
+FORMAT_VERSION = 1
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "detector.json"
+
+
+class ExportError(ValueError):
+    """An export directory that cannot be loaded; the message names the file and what is wrong."""
+
+
+def is_export(path: str | os.PathLike | None) -> bool:
+    return path is not None and Path(path).is_dir() and (Path(path) / CONFIG_FILE).is_file()
+
+
+def _plain(value: Any) -> Any:
+    """JSON-ready copy of calibration values (tensors, NumPy scalars and arrays become numbers and lists)."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, (torch.Tensor, np.ndarray)):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def export_checkpoint(ckpt_path: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
+    """Writes ``out_dir/model.safetensors`` and ``out_dir/detector.json`` from a ``deepfake fit`` checkpoint (a
+    pickle: export only checkpoints you trust; the export is then safe to share). Returns ``out_dir``."""
+    from safetensors.torch import save_file
+
+    from deepfake_lightning import __version__
+
+    ckpt_path, out = Path(ckpt_path), Path(out_dir)
+    if not ckpt_path.is_file():
+        raise FileNotFoundError(f"--ckpt_path: no such checkpoint {str(ckpt_path)!r}")
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    if "hyper_parameters" not in ckpt or "state_dict" not in ckpt:
+        raise ExportError(f"{ckpt_path}: not a deepfake-lightning checkpoint (no hyper_parameters/state_dict)")
+    hp, data = ckpt["hyper_parameters"], ckpt.get("datamodule_hyper_parameters", {})
+    weights = {k.removeprefix("net."): v.contiguous() for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
+    calibration = ckpt.get("calibration")
+    calibrator = calibration["calibrator"] if calibration else {}
+    config = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "package_version": __version__,
+        "backbone": hp["backbone"],
+        "num_classes": 1,
+        "channels_last": bool(hp.get("channels_last", True)),
+        "tta_flip": bool(hp.get("tta_flip", False)),
+        "img_size": int(data.get("img_size", 224)),
+        "mode": data.get("mode", "resize"),
+        "mean": [float(v) for v in data.get("mean", (0.485, 0.456, 0.406))],
+        "std": [float(v) for v in data.get("std", (0.229, 0.224, 0.225))],
+        "temperature": calibrator.get("temperature") if calibrator.get("method") == "temperature" else None,
+        "threshold": float(calibration["threshold"]) if calibration else 0.5,
+        "calibration": _plain(calibration),
+        "data": _plain(dict(data)),  # the data module's settings, for re-creating its splits (datamodule_for)
+        "source": {"checkpoint": ckpt_path.name, "epoch": ckpt.get("epoch"), "global_step": ckpt.get("global_step")},
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out / WEIGHTS_FILE) as tmp:
+        save_file(weights, str(tmp), metadata={"format": FORMAT, "backbone": hp["backbone"]})
+    with atomic_path(out / CONFIG_FILE) as tmp:
+        tmp.write_text(json.dumps(config, indent=2))
+    return out
+
+
+def read_export_config(export_dir: str | os.PathLike) -> dict:
+    """``detector.json`` of an export, checked."""
+    path = Path(export_dir) / CONFIG_FILE
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ExportError(f"{path}: cannot be read as JSON ({e})") from e
+    if not isinstance(config, dict) or config.get("format") != FORMAT:
+        raise ExportError(f"{path}: not a deepfake-lightning export (\"format\" must be {FORMAT!r})")
+    if config.get("format_version", 0) > FORMAT_VERSION:
+        raise ExportError(f"{path}: format_version {config['format_version']} is newer than this package reads "
+                          f"({FORMAT_VERSION}); upgrade deepfake-lightning")
+    missing = [k for k in ("backbone", "img_size", "mode", "mean", "std", "threshold") if k not in config]
+    if missing:
+        raise ExportError(f"{path}: missing key(s) {missing}")
+    return config
+
+
+def load_export(export_dir: str | os.PathLike, map_location: str | torch.device = "cpu"):
+    """The ``DeepfakeClassifier`` (eval mode, calibrated) and ``detector.json`` of an export directory, read with
+    safetensors and json only: nothing is unpickled."""
+    from deepfake_lightning.models import DeepfakeClassifier
+
+    config = read_export_config(export_dir)
+    model = DeepfakeClassifier(config["backbone"], pretrained=False, channels_last=config.get("channels_last", True),
+                               tta_flip=config.get("tta_flip", False))
+    load_weights(model, export_dir, config)
+    return model.to(map_location).eval(), config
+
+
+def load_weights(model, export_dir: str | os.PathLike, config: dict | None = None) -> None:
+    """Loads an export's weights and calibration into an existing ``DeepfakeClassifier`` of the same backbone."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    config = config or read_export_config(export_dir)
+    path = Path(export_dir) / WEIGHTS_FILE
+    try:
+        weights = load_file(str(path))
+    except (OSError, SafetensorError) as e:
+        raise ExportError(f"{path}: cannot be read as safetensors ({e})") from e
+    try:
+        model.net.load_state_dict(weights)
+    except RuntimeError as e:
+        raise ExportError(f"{path} does not fit backbone {config['backbone']!r}: {e}") from e
+    calibration = config.get("calibration")
+    if calibration:
+        calibration = dict(calibration)
+        calibration["val_probs"] = torch.tensor(calibration["val_probs"], dtype=torch.float32)
+        calibration["val_labels"] = torch.tensor(calibration["val_labels"], dtype=torch.int8)
+    model.calibration = calibration
