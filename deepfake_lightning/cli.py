@@ -133,6 +133,7 @@ class DeepfakeCLI(LightningCLI):
         if cfg.data.split_file is None and (run / "split.csv").is_file():
             cfg.data.split_file = str(run / "split.csv")
         print(f"Resuming {run} from {found[-1]}", file=sys.stderr)
+        warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")  # by design
 
     def test(self, model, datamodule=None, ckpt_path=None, verbose: bool = True, **kwargs):
         # Metric names already carry the split, so Lightning's per-dataloader table would repeat every one in

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 from lightning.fabric.utilities.seed import _collect_rng_states, _set_rng_states
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -51,9 +52,17 @@ class RunCheckpoint(ModelCheckpoint):
             exception.args = (str(exception.args[0]) + note, *exception.args[1:])
 
     def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "rng_states": _collect_rng_states()}
+        states = _collect_rng_states()
+        # NumPy's state holds an ndarray, which torch.load(weights_only=True) (Lightning's default) refuses:
+        # store it as a tensor, so that the checkpoint stays loadable without unpickling arbitrary objects.
+        kind, keys, pos, has_gauss, gauss = states["numpy"]
+        states["numpy"] = (kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss))
+        return {**super().state_dict(), "rng_states": states}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         super().load_state_dict(state_dict)
         if "rng_states" in state_dict:
-            _set_rng_states(state_dict["rng_states"])
+            states = dict(state_dict["rng_states"])
+            kind, keys, pos, has_gauss, gauss = states["numpy"]
+            states["numpy"] = (kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss)
+            _set_rng_states(states)
