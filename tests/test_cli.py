@@ -154,7 +154,9 @@ def test_ddp_on_two_cpu_processes_matches_a_single_process_evaluation(kaggle_roo
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert ckpt["calibration"]["calibrator"]["method"] == "temperature"
     assert len(ckpt["calibration"]["val_probs"]) == 5  # calibrated on both ranks' validation logits
-    ddp_auroc = json.loads((run / "metrics.json").read_text())["val/auroc"]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert sum(metrics[f"val/{k}"] for k in ("tp", "fp", "tn", "fn")) == 5  # every image counted exactly once
+    ddp_auroc = metrics["val/auroc"]
     single = cli_main(["validate", *common, f"--trainer.default_root_dir={tmp_path / 'single'}",
                        f"--data.split_file={run / 'split.csv'}", f"--ckpt_path={run / 'checkpoints' / 'last.ckpt'}"])
     assert float(single.trainer.callback_metrics["val/auroc"]) == pytest.approx(ddp_auroc, abs=1e-6)
