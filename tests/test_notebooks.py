@@ -7,6 +7,7 @@ import nbformat
 import pytest
 import yaml
 
+from deepfake_lightning.cli import export_main
 from deepfake_lightning.sweep import load_sweep, run_sweep
 from tests.conftest import CONFIGS
 
@@ -32,8 +33,11 @@ def test_committed_notebooks_have_no_outputs(name):
     assert all(not c.get("outputs") and c.get("execution_count") is None for c in nb.cells if c.cell_type == "code")
 
 
-def test_explore_checkpoint_notebook(demo_run, demo_root, monkeypatch):
+@pytest.mark.parametrize("source", ["checkpoint", "export"])
+def test_explore_checkpoint_notebook(source, demo_run, demo_root, tmp_path, monkeypatch):
     ckpt = next((demo_run / "checkpoints").glob("best-*.ckpt"))
+    if source == "export":  # a `deepfake export` directory works the same (no pickle involved)
+        ckpt = export_main(["--ckpt_path", str(ckpt), "--out", str(tmp_path / "export")])
     outputs = _execute("01_explore_checkpoint.ipynb", {"DEEPFAKE_CKPT": ckpt, "DEEPFAKE_DATA_ROOT": demo_root},
                        monkeypatch)
     # ROC/PR/confusion per labelled split (3), threshold trade-off, reliability per split (3), Grad-CAM gallery

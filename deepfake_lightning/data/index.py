@@ -126,31 +126,24 @@ def read_index(
 
 
 def _check_files(paths: pd.Series, root: Path) -> tuple[pd.Series, pd.Series]:
-    """(exists, escapes) per path. One ``scandir`` per folder instead of one ``stat`` per file; the real path is
-    resolved only for folders and for entries that are symbolic links, so that a link cannot lead out of the root."""
-    real_root = os.path.realpath(root)
+    """(exists, escapes) per path. The real path is resolved once per folder, and per file only for symbolic
+    links, so that no link (to a file or a folder) can lead out of the root; nothing per file is kept."""
+    root_s = os.fspath(root)
+    real_root = os.path.realpath(root_s)
 
     def inside(p: str) -> bool:
         real = os.path.realpath(p)
         return real == real_root or real.startswith(real_root.rstrip(os.sep) + os.sep)
 
-    norm = paths.map(os.path.normpath)  # as the dataset opens them: os.path.join(root, path)
-    folders: dict[str, tuple[bool, dict[str, os.DirEntry]]] = {}
-    for folder in norm.map(os.path.dirname).unique():
-        full = os.path.join(root, folder)
-        try:
-            with os.scandir(full) as it:
-                entries = {e.name: e for e in it}
-        except (FileNotFoundError, NotADirectoryError):
-            entries = {}
-        folders[folder] = (inside(full), entries)
+    folder_inside: dict[str, bool] = {}
     exists, escapes = [], []
-    for p in norm:
-        folder_inside, entries = folders[os.path.dirname(p)]
-        entry = entries.get(os.path.basename(p))
-        escaped = not folder_inside or (entry is not None and entry.is_symlink() and not inside(entry.path))
-        exists.append(entry is not None and entry.is_file())
-        escapes.append(escaped)
+    for p in paths:
+        full = os.path.join(root_s, p)  # as the dataset opens it
+        folder = os.path.dirname(full)
+        if folder not in folder_inside:
+            folder_inside[folder] = inside(folder)
+        escapes.append(not folder_inside[folder] or (os.path.islink(full) and not inside(full)))
+        exists.append(os.path.isfile(full))
     return pd.Series(exists, index=paths.index), pd.Series(escapes, index=paths.index)
 
 
