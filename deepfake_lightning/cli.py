@@ -97,6 +97,11 @@ class DeepfakeCLI(LightningCLI):
             # The checkpoint supplies the weights: do not fetch ImageNet weights only to overwrite them.
             cfg.model.pretrained = False
             cfg.model.weights = None
+            if os.path.isdir(cfg.ckpt_path) and not is_export(cfg.ckpt_path):
+                raise ExportError(f"--ckpt_path {cfg.ckpt_path} is a folder without detector.json: pass a .ckpt file "
+                                  "or a folder written by `deepfake export`")
+            if not os.path.exists(cfg.ckpt_path) and cfg.ckpt_path not in ("last", "best", "hpc", "registry"):
+                raise FileNotFoundError(f"--ckpt_path: no such checkpoint file or export folder {cfg.ckpt_path!r}")
             if is_export(cfg.ckpt_path):
                 # A `deepfake export` directory: build the model it describes, then load its safetensors
                 # weights in instantiate_classes; Lightning gets no checkpoint to unpickle.

@@ -2,6 +2,7 @@
 
 import json
 import pickle
+import sys
 
 import numpy as np
 import pandas as pd
@@ -12,7 +13,7 @@ from safetensors.torch import load_file
 
 from deepfake_lightning import __version__
 from deepfake_lightning.api import datamodule_for, load_detector, predict_split
-from deepfake_lightning.cli import cli_main, explain_main, export_main
+from deepfake_lightning.cli import cli_main, explain_main, export_main, main
 from deepfake_lightning.export import ExportError, load_export
 from tests.conftest import CONFIGS
 
@@ -78,3 +79,16 @@ def test_broken_exports_name_the_file(demo_run, tmp_path):
     (out / "model.safetensors").write_bytes(b"\x00" * 20)
     with pytest.raises(ExportError, match="model.safetensors: cannot be read as safetensors"):
         load_export(out)
+
+
+@pytest.mark.parametrize("target, message", [("folder", "is a folder without detector.json"),
+                                             ("absent", "no such checkpoint file or export folder")])
+def test_ckpt_path_that_is_neither_a_checkpoint_nor_an_export(target, message, demo_root, tmp_path, monkeypatch,
+                                                              capsys):
+    (tmp_path / "folder").mkdir()
+    monkeypatch.setattr(sys, "argv", ["deepfake", "predict", "--config", str(CONFIGS / "demo.yaml"),
+                                      f"--data.root={demo_root}", f"--ckpt_path={tmp_path / target}",
+                                      f"--trainer.default_root_dir={tmp_path}"])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
