@@ -17,8 +17,8 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
+from _images import write_random_jpegs  # benchmarks/_images.py, beside this script
 from _results import publish  # benchmarks/_results.py, beside this script
 import timm
 import torch
@@ -35,13 +35,7 @@ CASES = [  # backbone, image size, number of images, batch size
 
 
 def make_images(root: Path, n: int, size: int) -> None:
-    rng = np.random.default_rng(0)
-    (root / "test_data_v2").mkdir(parents=True)
-    ids = []
-    for i in range(n):
-        f = f"test_data_v2/{i:032x}.jpg"
-        Image.fromarray(rng.integers(0, 256, (size + 32, size + 32, 3), dtype=np.uint8)).save(root / f, quality=90)
-        ids.append(f)
+    ids = write_random_jpegs(root, "test_data_v2", n, size)
     pd.DataFrame({"id": ids}).to_csv(root / "test.csv", index=False)
     pd.DataFrame({"file_name": ids[:20], "label": [0, 1] * 10}).to_csv(root / "train.csv")  # unused by predict
 

@@ -27,11 +27,11 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import timm
 import torch
 import torch.nn.functional as F
+from _images import write_random_jpegs  # benchmarks/_images.py, beside this script
 from _results import publish  # benchmarks/_results.py, beside this script
 from lightning.pytorch.callbacks import Callback
 from PIL import Image
@@ -53,13 +53,7 @@ CASES = [  # backbone, image size, train images, val images, batch size, loader 
 
 def make_images(root: Path, n: int, size: int) -> None:
     """``n`` random JPEGs a little larger than ``size`` (resize mode has real work), half labelled AI."""
-    rng = np.random.default_rng(0)
-    (root / "train_data").mkdir(parents=True)
-    files = []
-    for i in range(n):
-        f = f"train_data/{i:032x}.jpg"
-        Image.fromarray(rng.integers(0, 256, (size + 32, size + 32, 3), dtype=np.uint8)).save(root / f, quality=90)
-        files.append(f)
+    files = write_random_jpegs(root, "train_data", n, size)
     pd.DataFrame({"file_name": files, "label": [i % 2 for i in range(n)]}).to_csv(root / "train.csv")
 
 
