@@ -10,10 +10,9 @@ from __future__ import annotations
 import os
 import sys
 import warnings
-
-import torch
 from pathlib import Path
 
+import torch
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_warn
@@ -111,7 +110,6 @@ class DeepfakeCLI(LightningCLI):
                 self._export_dir, cfg.ckpt_path = cfg.ckpt_path, None
         if torch.cuda.is_available():
             torch.set_float32_matmul_precision("high")
-
 
     def instantiate_classes(self) -> None:
         super().instantiate_classes()

@@ -166,6 +166,7 @@ class DeepfakeDataModule(L.LightningDataModule):
         self.indexes.update(self._split_train_val(train_all))
         if hp.cache_dir is not None:
             self.cache = self._ensure_cache()
+        self._train_index = None  # now held by indexes["train"] and ["val"]: keep no second copy
         for split, csv in (("test_v1", hp.test_v1_csv), ("test_v2", hp.test_v2_csv)):
             if csv is not None:
                 self.indexes[split] = read_index(self.root / csv, self.root, "id", "label", require_labels=False)
