@@ -68,3 +68,24 @@ def test_cache_with_unreadable_images(tmp_path):
 def test_cache_needs_resize_mode(tmp_path):
     with pytest.raises(ValueError, match="cache_dir needs data.mode=resize"):
         DeepfakeDataModule(root=str(tmp_path), mode="crop", cache_dir=str(tmp_path / "c"))
+
+
+def test_a_concurrent_build_that_finishes_first_is_used(tmp_path, monkeypatch):
+    """Two sweep trials (or two nodes) build the same cache: the one that loses the final rename keeps the
+    winner's cache instead of failing."""
+    import deepfake_lightning.data.cache as cache
+
+    root = make_kaggle_root(tmp_path / "data", n_train=8, n_test=2)
+    paths = pd.read_csv(root / "train.csv")["file_name"].tolist()
+    real_replace = os.replace
+
+    def rival_wins(src, dst):
+        if str(dst).endswith("resized_32px_draft") and not os.path.exists(dst):
+            monkeypatch.setattr(cache.os, "replace", real_replace)
+            cache.ensure_cache(tmp_path / "cache", root, paths, 32, True)  # the rival finishes its build first
+            raise OSError(39, "Directory not empty")  # what our rename onto its folder then meets
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(cache.os, "replace", rival_wins)
+    built = cache.ensure_cache(tmp_path / "cache", root, paths, 32, True)
+    assert len(built.rows) == 8 and [p.name for p in (tmp_path / "cache").iterdir()] == ["resized_32px_draft"]

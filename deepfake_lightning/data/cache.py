@@ -96,6 +96,20 @@ class _Resized(Dataset):
         return i, np.asarray(resize_for_cache(image, self.img_size)), ""
 
 
+def _swap_in(new: Path, folder: Path, wanted: pd.DataFrame) -> None:
+    """Renames the finished build ``new`` to ``folder``, moving a stale ``folder`` aside first. Another process
+    (a concurrent sweep trial, another node) may finish the same build in between: its cache is then used."""
+    try:
+        if folder.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{folder.name}.old.", dir=folder.parent))
+            os.replace(folder, old / "cache")
+            shutil.rmtree(old, ignore_errors=True)
+        os.replace(new, folder)
+    except OSError:
+        if not _is_current(folder, wanted):
+            raise
+
+
 def _as_list(items: list) -> list:
     return items
 
@@ -154,11 +168,7 @@ def ensure_cache(
             rank_zero_warn(f"The image cache leaves out {len(errors)} unreadable image(s) (data.bad_images=skip):\n"
                            f"  {listing}")
         wanted.assign(ok=ok.astype(int)).to_csv(tmp / "manifest.csv", index=False)
-        if folder.exists():  # stale: move aside, then swap in the new one
-            old = Path(tempfile.mkdtemp(prefix=f".{folder.name}.old.", dir=folder.parent))
-            os.replace(folder, old / "cache")
-            shutil.rmtree(old, ignore_errors=True)
-        os.replace(tmp, folder)
+        _swap_in(tmp, folder, wanted)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return ResizedCache(folder)
