@@ -66,7 +66,7 @@ def test_cache_with_unreadable_images(tmp_path):
 
 
 def test_cache_needs_resize_mode(tmp_path):
-    with pytest.raises(ValueError, match="cache_dir needs data.mode=resize"):
+    with pytest.raises(DataError, match="cache_dir needs data.mode=resize"):
         DeepfakeDataModule(root=str(tmp_path), mode="crop", cache_dir=str(tmp_path / "c"))
 
 

@@ -116,13 +116,13 @@ class DeepfakeDataModule(L.LightningDataModule):
     ):
         super().__init__()
         if not 0.0 < val_fraction < 1.0:
-            raise ValueError(f"data.val_fraction must be in (0, 1), got {val_fraction}")
+            raise DataError(f"data.val_fraction must be in (0, 1), got {val_fraction}")
         if not 0.0 <= aug_strength <= 1.0:
-            raise ValueError(f"data.aug_strength must be in [0, 1], got {aug_strength}")
+            raise DataError(f"data.aug_strength must be in [0, 1], got {aug_strength}")
         if predict_split not in ("train", "val", *TEST_SPLITS):
-            raise ValueError(f"data.predict_split must be train, val, test_v1 or test_v2, got {predict_split!r}")
+            raise DataError(f"data.predict_split must be train, val, test_v1 or test_v2, got {predict_split!r}")
         if cache_dir is not None and mode != "resize":
-            raise ValueError("data.cache_dir needs data.mode=resize: crop mode trains on native pixels")
+            raise DataError("data.cache_dir needs data.mode=resize: crop mode trains on native pixels")
         self.save_hyperparameters()
         self.root = Path(root)
         self.indexes: dict[str, pd.DataFrame] = {}

@@ -17,7 +17,7 @@ _MAX_LISTED = 20  # rows listed in an error message before "... and N more"
 
 
 class DataError(ValueError):
-    """Bad dataset input: a CSV, a path or an image that cannot be used as it is."""
+    """Bad dataset input: a CSV, a path, an image or a ``data.*`` setting that cannot be used as it is."""
 
 
 def _rows(df: pd.DataFrame, mask, values: pd.Series | None = None) -> str:
