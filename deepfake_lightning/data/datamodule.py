@@ -143,7 +143,7 @@ class DeepfakeDataModule(L.LightningDataModule):
             build_demo_dataset(self.root, DemoSpec(seed=self.hparams.demo_seed))
         if self.hparams.cache_dir is not None:
             check_data_root(self.root, self.hparams.train_csv)
-            self._ensure_cache()
+            self.cache = self._ensure_cache()
 
     def _read_train_index(self) -> pd.DataFrame:
         if self._train_index is None:
@@ -152,7 +152,8 @@ class DeepfakeDataModule(L.LightningDataModule):
         return self._train_index
 
     def _ensure_cache(self) -> ResizedCache:
-        # Built by prepare_data (once per node, before setup); setup finds it current and only opens it.
+        # Built by prepare_data (once per node, before setup); setup in other processes finds it current and only
+        # opens it, while the process that ran prepare_data keeps the one it has (no second stat of every file).
         hp = self.hparams
         return ensure_cache(hp.cache_dir, self.root, self._read_train_index()["path"], hp.img_size, hp.jpeg_draft,
                             self.num_workers, hp.bad_images)
@@ -164,7 +165,7 @@ class DeepfakeDataModule(L.LightningDataModule):
         hp = self.hparams
         train_all = self._read_train_index()
         self.indexes.update(self._split_train_val(train_all))
-        if hp.cache_dir is not None:
+        if hp.cache_dir is not None and self.cache is None:
             self.cache = self._ensure_cache()
         self._train_index = None  # now held by indexes["train"] and ["val"]: keep no second copy
         for split, csv in (("test_v1", hp.test_v1_csv), ("test_v2", hp.test_v2_csv)):
