@@ -63,25 +63,47 @@ def load_detector(ckpt_path: str | os.PathLike, map_location: str | torch.device
     return Detector(model, transform, img_size, mean, std)
 
 
+def training_runs(logs_dir: str | os.PathLike = "lightning_logs") -> list[Path]:
+    """Run directories of ``deepfake fit`` under ``logs_dir`` (searched recursively; a run has ``config.yaml`` and a
+    ``checkpoints/`` folder), oldest first by when their ``config.yaml`` was written. Evaluations (``RUN/eval/...``)
+    are not runs."""
+    logs = Path(logs_dir)
+    runs = [c.parent for c in logs.rglob("checkpoints") if c.is_dir() and (c.parent / "config.yaml").is_file()
+            and "eval" not in c.parent.relative_to(logs).parts]
+    return sorted(runs, key=lambda run: (run / "config.yaml").stat().st_mtime)
+
+
 def newest_checkpoint(logs_dir: str | os.PathLike = "lightning_logs", kind: str = "best") -> Path:
-    """The most recently written ``best-*.ckpt`` (``kind="best"``) or ``last.ckpt`` under ``logs_dir``."""
-    pattern = "best-*.ckpt" if kind == "best" else "last.ckpt"
-    found = sorted(Path(logs_dir).rglob(pattern), key=lambda p: p.stat().st_mtime)
-    if not found:
-        raise FileNotFoundError(f"no {pattern} under {logs_dir}; train one with: deepfake fit --config configs/demo.yaml")
-    return found[-1]
+    """The newest training run's best checkpoint (``kind="best"``: the ``best-*.ckpt`` that ModelCheckpoint kept,
+    falling back to ``last.ckpt`` when there is none) or its ``last.ckpt`` (``kind="last"``)."""
+    for run in reversed(training_runs(logs_dir)):
+        best = sorted((run / "checkpoints").glob("best-*.ckpt"), key=lambda p: p.stat().st_mtime)
+        last = run / "checkpoints" / "last.ckpt"
+        found = best[-1:] if kind == "best" and best else [last] if last.is_file() else []
+        if found:
+            return found[0]
+    raise FileNotFoundError(f"no training run with a checkpoint under {Path(logs_dir).resolve()}; train one from the "
+                            "project root with: deepfake fit --config configs/demo.yaml")
 
 
 def datamodule_for(ckpt_path: str | os.PathLike, **overrides) -> DeepfakeDataModule:
     """The data module a checkpoint was trained with (its stored hyperparameters; ``overrides`` win, e.g.
-    ``root=...``), set up, with the run's saved train/val split when the run directory still has it. For an
-    export directory, the image size, mode and normalization come from its ``detector.json`` (pass ``root``)."""
+    ``root=...``), set up, with the run's saved train/val split when the run directory still has it. A relative data
+    root is found again from any working directory (a notebook in ``notebooks/``): the checkpoint records where it
+    was. For an export directory, the image size, mode and normalization come from its ``detector.json`` (pass
+    ``root``)."""
+    resolved = None
     if is_export(ckpt_path):
         config = read_export_config(ckpt_path)
         stored = {**config.get("data", {}), **{k: config[k] for k in ("img_size", "mode", "mean", "std")}}
     else:
-        stored = torch.load(ckpt_path, map_location="cpu", weights_only=False).get("datamodule_hyper_parameters", {})
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        stored = ckpt.get("datamodule_hyper_parameters", {})
+        resolved = ckpt.get("DeepfakeDataModule", {}).get("root_resolved")
     hparams = {**stored, **overrides}
+    root = hparams.get("root")
+    if "root" not in overrides and root and not Path(root).exists() and resolved and Path(resolved).is_dir():
+        hparams["root"] = resolved  # relative to the directory the run was started from
     run_split = Path(ckpt_path).parent.parent / "split.csv"
     if "split_file" not in overrides and run_split.is_file():
         hparams["split_file"] = str(run_split)
@@ -111,8 +133,9 @@ def predict_split(detector: Detector, datamodule: DeepfakeDataModule, split: str
 
 
 def load_runs(logs_dir: str | os.PathLike = "lightning_logs") -> pd.DataFrame:
-    """One row per run directory under ``logs_dir`` (searched recursively) that has a ``metrics.json``: its final
-    metrics plus the backbone, learning rate and augmentation strength from its ``config.yaml``."""
+    """One row per training run under ``logs_dir`` (searched recursively; a directory with a ``metrics.json``, not an
+    evaluation under ``RUN/eval/``): its final metrics plus the backbone, learning rate and augmentation strength
+    from its ``config.yaml``."""
     import json
 
     import yaml
@@ -120,6 +143,8 @@ def load_runs(logs_dir: str | os.PathLike = "lightning_logs") -> pd.DataFrame:
     rows = []
     for metrics in sorted(Path(logs_dir).rglob("metrics.json")):
         run = metrics.parent
+        if "eval" in run.relative_to(logs_dir).parts:
+            continue  # an evaluation of a run (deepfake test|predict), not a run
         row = {"run": str(run), **json.loads(metrics.read_text())}
         if (run / "config.yaml").is_file():
             cfg = yaml.safe_load((run / "config.yaml").read_text())

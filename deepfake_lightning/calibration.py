@@ -88,7 +88,7 @@ class Calibrator:
         if method == "temperature":
             return cls("temperature", temperature=fit_temperature(z, y))
         if method == "platt":
-            lr = LogisticRegression(penalty=None, tol=1e-10, max_iter=1000).fit(z[:, None], y)
+            lr = LogisticRegression(C=np.inf, tol=1e-10, max_iter=1000).fit(z[:, None], y)
             return cls("platt", platt=(float(lr.coef_[0, 0]), float(lr.intercept_[0])))
         if method == "isotonic":
             iso = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(sigmoid(z), y)

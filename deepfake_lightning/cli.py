@@ -1,178 +1,51 @@
-"""The ``deepfake`` command: LightningCLI's ``fit|validate|test|predict`` over the package's classes.
+"""The ``deepfake`` command.
 
-Every ``__init__`` argument of ``DeepfakeClassifier``, ``DeepfakeDataModule`` and ``Trainer`` is a config key
-(``--model.backbone``, ``--data.root``, ``--trainer.max_epochs``...); ``--config`` files merge in order, and
-``--print_config`` shows the result. Settings shared by every config live here and in those signatures.
+``fit|validate|test|predict`` are LightningCLI (``deepfake_lightning/lightning_cli.py``); ``calibrate``, ``explain``,
+``export`` and ``sweep`` are small argparse commands. This module imports nothing heavy at the top: ``deepfake
+--help`` and the argparse commands' ``--help`` answer without loading torch, and each command imports what it needs.
 """
 
 from __future__ import annotations
 
+import argparse
+import difflib
 import os
 import sys
-import warnings
 from pathlib import Path
 
-import torch
-from lightning.pytorch.callbacks import LearningRateMonitor
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
-from lightning.pytorch.utilities import rank_zero_warn
+from deepfake_lightning.errors import DeepfakeError
 
-from deepfake_lightning.callbacks import Calibration, EvaluationReport, MetricsJson, PredictionWriter, RunCheckpoint
-from deepfake_lightning.data import DeepfakeDataModule
-from deepfake_lightning.data import BadImageError, DataError
-from deepfake_lightning.data.datamodule import check_data_root
-from deepfake_lightning.export import ExportError, is_export, load_weights, read_export_config
-from deepfake_lightning.models import DeepfakeClassifier, PretrainedWeightsUnavailable
-from deepfake_lightning.sweep import SweepConfigError
-
-
-def resolve_precision(precision: str | int | None, accelerator: str | None, cuda_available: bool) -> str:
-    """The training precision to use.
-
-    ``None`` (not set) means ``16-mixed`` on CUDA and ``32-true`` elsewhere. CPUs have no float16 autocast,
-    so an explicit ``16-mixed`` on CPU falls back to ``32-true`` with a warning; ``bf16-mixed`` is kept.
-    """
-    accelerator = "auto" if accelerator is None else str(accelerator).lower()
-    on_cuda = accelerator in ("cuda", "gpu") or (accelerator == "auto" and cuda_available)
-    if precision is None:
-        return "16-mixed" if on_cuda else "32-true"
-    precision = str(precision)
-    if precision in ("16-mixed", "16") and not on_cuda and accelerator != "mps":
-        rank_zero_warn(
-            f"trainer.precision={precision} needs a CUDA GPU (CPUs have no float16 autocast); "
-            "training in 32-true instead. Use --trainer.precision bf16-mixed for bfloat16 autocast on CPU."
-        )
-        return "32-true"
-    return precision
+COMMANDS = {
+    "fit": "train a detector (LightningCLI): deepfake fit --config configs/demo.yaml",
+    "validate": "validation metrics of a checkpoint",
+    "test": "evaluate a checkpoint on validation and every test split: report.json, plots, predictions",
+    "predict": "calibrated predictions and a Kaggle submission for a split or for image files",
+    "calibrate": "fit the calibrator and decision threshold of an existing checkpoint",
+    "explain": "Grad-CAM overlays for image files or folders",
+    "export": "write a checkpoint as a pickle-free model folder (safetensors + JSON)",
+    "sweep": "an Optuna study over any config key (learning rate, augmentation, threshold criterion...)",
+}
+LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
 
 
-class DeepfakeCLI(LightningCLI):
-    _export_dir: str | None = None  # set when --ckpt_path names a `deepfake export` directory
-
-    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        # Always-on callbacks, configurable as --checkpoint.* and --metrics_json.*.
-        parser.add_lightning_class_args(RunCheckpoint, "checkpoint")
-        parser.set_defaults(
-            {
-                "checkpoint.monitor": "val/auroc",
-                "checkpoint.mode": "max",
-                "checkpoint.save_last": True,
-                "checkpoint.filename": "best-epoch={epoch:02d}-auroc={val/auroc:.4f}",
-                "checkpoint.auto_insert_metric_name": False,
-            }
-        )
-        # Calibration before metrics_json, so that metrics.json holds the calibrated validation figures.
-        parser.add_lightning_class_args(Calibration, "calibration")
-        parser.add_lightning_class_args(MetricsJson, "metrics_json")
-        parser.add_lightning_class_args(EvaluationReport, "report")
-        parser.add_lightning_class_args(PredictionWriter, "predictions")
-        parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
-        # Normalization follows the backbone's own timm data config.
-        parser.link_arguments("model.data_config", "data.mean", compute_fn=lambda c: tuple(c["mean"]), apply_on="instantiate")
-        parser.link_arguments("model.data_config", "data.std", compute_fn=lambda c: tuple(c["std"]), apply_on="instantiate")
-
-    def before_instantiate_classes(self) -> None:
-        cfg = self.config[self.subcommand] if self.subcommand else self.config
-        if not cfg.data.demo:
-            # Fail before the model is built (and ImageNet weights fetched) when the data is not there.
-            check_data_root(cfg.data.root, cfg.data.train_csv)
-        trainer = cfg.trainer
-        trainer.precision = resolve_precision(trainer.precision, trainer.accelerator, torch.cuda.is_available())
-        if trainer.logger in (None, True):
-            trainer.logger = {
-                "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
-                "init_args": {
-                    "save_dir": trainer.default_root_dir or ".",
-                    "name": "lightning_logs",
-                    "default_hp_metric": False,
-                },
-            }
-        if trainer.plugins is None:
-            # Checkpoints are written to a temporary file and renamed: a kill mid-write keeps the previous one.
-            trainer.plugins = [{"class_path": "deepfake_lightning.files.AtomicCheckpointIO"}]
-        if self.subcommand == "fit" and cfg.get("ckpt_path") == "last":
-            self._resume_last(cfg)
-        if self.subcommand in ("validate", "test", "predict") and cfg.get("ckpt_path"):
-            # The checkpoint supplies the weights: do not fetch ImageNet weights only to overwrite them.
-            cfg.model.pretrained = False
-            cfg.model.weights = None
-            if os.path.isdir(cfg.ckpt_path) and not is_export(cfg.ckpt_path):
-                raise ExportError(f"--ckpt_path {cfg.ckpt_path} is a folder without detector.json: pass a .ckpt file "
-                                  "or a folder written by `deepfake export`")
-            if not os.path.exists(cfg.ckpt_path) and cfg.ckpt_path not in ("last", "best", "hpc", "registry"):
-                raise FileNotFoundError(f"--ckpt_path: no such checkpoint file or export folder {cfg.ckpt_path!r}")
-            if is_export(cfg.ckpt_path):
-                # A `deepfake export` directory: build the model it describes, then load its safetensors
-                # weights in instantiate_classes; Lightning gets no checkpoint to unpickle.
-                export = read_export_config(cfg.ckpt_path)
-                cfg.model.backbone, cfg.model.channels_last = export["backbone"], export.get("channels_last", True)
-                cfg.data.img_size, cfg.data.mode = export["img_size"], export["mode"]
-                self._export_dir, cfg.ckpt_path = cfg.ckpt_path, None
-        if torch.cuda.is_available():
-            torch.set_float32_matmul_precision("high")
-
-    def instantiate_classes(self) -> None:
-        super().instantiate_classes()
-        if self._export_dir is not None:
-            load_weights(self.model, self._export_dir)
-
-    @staticmethod
-    def _resume_last(cfg) -> None:
-        """``fit --ckpt_path last``: continue the newest run that has a ``last.ckpt``, in its own run directory
-        (same TensorBoard version, same checkpoints folder) and with its saved train/val split."""
-        logger = cfg.trainer.logger
-        if not (isinstance(logger, dict) and logger.get("class_path", "").endswith("TensorBoardLogger")):
-            return  # a custom logger: leave "last" to Lightning's own lookup
-        args = logger.setdefault("init_args", {})
-        logs = Path(args.get("save_dir") or ".") / (args.get("name") or "lightning_logs")
-        found = sorted(logs.glob("*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
-        if not found:
-            raise FileNotFoundError(
-                f"--ckpt_path last: no {logs}/*/checkpoints/last.ckpt to resume; run without --ckpt_path to start anew"
-            )
-        run = found[-1].parent.parent
-        args["version"] = run.name
-        cfg.ckpt_path = str(found[-1])
-        if cfg.data.split_file is None and (run / "split.csv").is_file():
-            cfg.data.split_file = str(run / "split.csv")
-        print(f"Resuming {run} from {found[-1]}", file=sys.stderr)
-        warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")  # by design
-
-    def test(self, model, datamodule=None, ckpt_path=None, verbose: bool = True, **kwargs):
-        # Metric names already carry the split, so Lightning's per-dataloader table would repeat every one in
-        # every column; EvaluationReport prints one compact table instead.
-        return self.trainer.test(model, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False, **kwargs)
+def usage() -> str:
+    width = max(map(len, COMMANDS))
+    lines = [f"  {name:<{width}}  {text}" for name, text in COMMANDS.items()]
+    return ("usage: deepfake COMMAND [options]\n\nTrain, evaluate, calibrate, explain, export and tune detectors of "
+            "AI-generated images.\n\ncommands:\n" + "\n".join(lines) + "\n\n`deepfake COMMAND --help` shows a "
+            "command's options.\n")
 
 
-def cli_main(args: list[str] | None = None, run: bool = True) -> DeepfakeCLI:
-    """Runs the CLI on ``args`` (default: ``sys.argv[1:]``); tests call this directly."""
-    # Noise that says nothing to our users: every run has its own version directory by design, and the
-    # pytree deprecation is internal to Lightning.
-    warnings.filterwarnings("ignore", message="The dirpath has changed from")
-    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
-    return DeepfakeCLI(
-        DeepfakeClassifier,
-        DeepfakeDataModule,
-        seed_everything_default=42,
-        trainer_defaults={"max_epochs": 10},
-        save_config_kwargs={"overwrite": True},
-        auto_configure_optimizers=False,
-        parser_kwargs={"description": "Train, evaluate and predict with deepfake-lightning detectors. "
-                       "More commands: `deepfake calibrate --help`, `deepfake explain --help`, `deepfake export --help`, "
-                       "`deepfake sweep --help`."},
-        args=args,
-        run=run,
-    )
+def cli_main(args: list[str] | None = None, run: bool = True):
+    """Runs ``deepfake fit|validate|test|predict`` (LightningCLI) on ``args`` (default: ``sys.argv[1:]``); tests call
+    this directly. Returns the ``DeepfakeCLI``."""
+    from deepfake_lightning.lightning_cli import run_lightning_cli
+
+    return run_lightning_cli(args, run)
 
 
-def calibrate_main(args: list[str]) -> dict:
-    """``deepfake calibrate --config C --ckpt_path P [--out P2] [--calibration.method ...] [--data.split_file ...]``:
-    fits the calibrator and threshold of an existing checkpoint on the config's validation split and writes
-    them into the checkpoint (or a copy at ``--out``). Returns the calibration state."""
-    import argparse
-
-    from deepfake_lightning.callbacks.calibration import collect_logits, fit_calibration, summary, write_calibration
-
+# --------------------------------------------------------------------------- argparse commands
+def calibrate_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="deepfake calibrate",
         description="Calibrate an existing checkpoint on the validation split of --config. Any other "
@@ -181,9 +54,20 @@ def calibrate_main(args: list[str]) -> dict:
     )
     parser.add_argument("--ckpt_path", required=True, help="checkpoint to calibrate")
     parser.add_argument("--out", default=None, help="write a calibrated copy here instead of updating the checkpoint")
-    known, rest = parser.parse_known_args(args)
+    return parser
+
+
+def calibrate_main(args: list[str]) -> dict:
+    """``deepfake calibrate --config C --ckpt_path P [--out P2] [--calibration.method ...] [--data.split_file ...]``:
+    fits the calibrator and threshold of an existing checkpoint on the config's validation split and writes
+    them into the checkpoint (or a copy at ``--out``). Returns the calibration state."""
+    known, rest = calibrate_parser().parse_known_args(args)
     if not os.path.isfile(known.ckpt_path):
         raise FileNotFoundError(f"--ckpt_path: no such file {known.ckpt_path!r}")
+    from deepfake_lightning.callbacks import Calibration
+    from deepfake_lightning.callbacks.calibration import collect_logits, fit_calibration, summary, write_calibration
+    from deepfake_lightning.models import DeepfakeClassifier
+
     cli = cli_main([*rest, "--model.pretrained=false"], run=False)
     callback = next(c for c in cli.trainer.callbacks if isinstance(c, Calibration))
     model = DeepfakeClassifier.load_from_checkpoint(known.ckpt_path, map_location="cpu")
@@ -200,27 +84,33 @@ def calibrate_main(args: list[str]) -> dict:
     return state
 
 
-def explain_main(args: list[str]):
-    """``deepfake explain IMAGE_OR_DIR... --ckpt_path CKPT --out DIR [--method] [--layers] [--n_layers] [--target]``."""
-    import argparse
-
-    from deepfake_lightning.api import load_detector
-    from deepfake_lightning.explain import CAM_METHODS, expand_inputs, explain_files
-
+def explain_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="deepfake explain",
         description="Grad-CAM overlays for images or folders of images, with the checkpoint's own preprocessing "
         "and calibration. Writes one PNG per image and explanations.csv (file, prob_ai, label, error) to --out.",
     )
     parser.add_argument("inputs", nargs="+", help="image files and/or directories (searched recursively)")
-    parser.add_argument("--ckpt_path", required=True)
+    parser.add_argument("--ckpt_path", required=True, help="a .ckpt file or a `deepfake export` folder")
     parser.add_argument("--out", required=True, help="output directory")
-    parser.add_argument("--method", default="gradcam", choices=sorted(CAM_METHODS))
+    parser.add_argument("--method", default="gradcam", help="gradcam (default), gradcam++, hirescam, xgradcam, "
+                        "layercam, eigencam, eigengradcam, gradcamelementwise, scorecam")
     parser.add_argument("--layers", nargs="+", default=None, help="module names to explain (default: by backbone)")
     parser.add_argument("--n_layers", type=int, default=1, help="multi-layer mode: explain this many stages")
     parser.add_argument("--target", default="ai", choices=["ai", "human"])
     parser.add_argument("--batch_size", type=int, default=16)
+    return parser
+
+
+def explain_main(args: list[str]):
+    """``deepfake explain IMAGE_OR_DIR... --ckpt_path CKPT --out DIR [--method] [--layers] [--n_layers] [--target]``."""
+    parser = explain_parser()
     a = parser.parse_args(args)
+    from deepfake_lightning.api import load_detector
+    from deepfake_lightning.explain import CAM_METHODS, expand_inputs, explain_files
+
+    if a.method not in CAM_METHODS:
+        parser.error(f"--method {a.method!r}: choose from {', '.join(sorted(CAM_METHODS))}")
     detector = load_detector(a.ckpt_path)
     table = explain_files(detector, expand_inputs(a.inputs), a.out, batch_size=a.batch_size, method=a.method,
                           layers=a.layers, n_layers=a.n_layers, target=a.target)
@@ -231,12 +121,7 @@ def explain_main(args: list[str]):
     return table
 
 
-def export_main(args: list[str]) -> Path:
-    """``deepfake export --ckpt_path CKPT --out DIR``: see ``deepfake_lightning/export.py``."""
-    import argparse
-
-    from deepfake_lightning.export import CONFIG_FILE, WEIGHTS_FILE, export_checkpoint
-
+def export_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="deepfake export",
         description="Write a checkpoint as DIR/model.safetensors + DIR/detector.json: a model directory that "
@@ -245,7 +130,14 @@ def export_main(args: list[str]) -> Path:
     )
     parser.add_argument("--ckpt_path", required=True, help="checkpoint written by deepfake fit")
     parser.add_argument("--out", required=True, help="output directory")
-    a = parser.parse_args(args)
+    return parser
+
+
+def export_main(args: list[str]) -> Path:
+    """``deepfake export --ckpt_path CKPT --out DIR``: see ``deepfake_lightning/export.py``."""
+    a = export_parser().parse_args(args)
+    from deepfake_lightning.export import CONFIG_FILE, WEIGHTS_FILE, export_checkpoint, read_export_config
+
     out = export_checkpoint(a.ckpt_path, a.out)
     config = read_export_config(out)
     temperature = f", temperature {config['temperature']:.4f}" if config["temperature"] is not None else ""
@@ -255,27 +147,58 @@ def export_main(args: list[str]) -> Path:
     return out
 
 
-def main() -> None:
-    """Console entry point. Input errors (missing data, bad CSVs or images, unavailable weights) print one
-    clear message and exit with status 2; set DEEPFAKE_TRACEBACK=1 to see the full traceback instead."""
-    try:
-        if sys.argv[1:2] == ["calibrate"]:
-            calibrate_main(sys.argv[2:])
-            return
-        if sys.argv[1:2] == ["export"]:
-            export_main(sys.argv[2:])
-            return
-        if sys.argv[1:2] == ["explain"]:
-            explain_main(sys.argv[2:])
-            return
-        if sys.argv[1:2] == ["sweep"]:
+def sweep_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="deepfake sweep",
+        description="An Optuna study over any config key: each trial is one `deepfake fit` in sweeps/<study>/trial_<n>/ "
+        "with its own threshold tuned on validation; writes trials.csv, best.yaml and plots. Sweep files: "
+        "configs/sweep_*.yaml (see the README's Sweeps section).",
+    )
+    parser.add_argument("--config", required=True, help="sweep file (YAML), e.g. configs/sweep_demo.yaml")
+    parser.add_argument("--n_trials", type=int, default=None, help="total trials in the study (all workers)")
+    parser.add_argument("--storage", default=None, help="Optuna storage URL (default: SQLite under sweeps/)")
+    parser.add_argument("--study_name", default=None)
+    return parser
+
+
+ARGPARSE_COMMANDS = {
+    "calibrate": (calibrate_parser, calibrate_main),
+    "explain": (explain_parser, explain_main),
+    "export": (export_parser, export_main),
+    "sweep": (sweep_parser, None),
+}
+
+
+def _dispatch(argv: list[str]) -> None:
+    command = argv[0] if argv else None
+    if command in (None, "-h", "--help"):
+        sys.stdout.write(usage())
+        if command is None:
+            sys.exit(2)
+        return
+    if command in ARGPARSE_COMMANDS:
+        make_parser, run = ARGPARSE_COMMANDS[command]
+        if {"-h", "--help"} & set(argv[1:]):
+            make_parser().parse_known_args(argv[1:])  # prints the help and exits, before anything heavy is imported
+        if run is None:
             from deepfake_lightning.sweep import sweep_main
 
-            sweep_main(sys.argv[2:])
-            return
-        cli_main()
-    except (DataError, BadImageError, PretrainedWeightsUnavailable, FileNotFoundError, FileExistsError,
-            SweepConfigError, ExportError) as e:
+            run = sweep_main
+        run(argv[1:])
+        return
+    if command not in LIGHTNING_COMMANDS and not command.startswith("-"):
+        close = difflib.get_close_matches(command, list(COMMANDS), n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        raise DeepfakeError(f"unknown command {command!r}{hint}; commands: {', '.join(COMMANDS)}")
+    cli_main(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point. Input errors (missing data, bad CSVs or images, unavailable weights, bad settings) print
+    one ``deepfake: error:`` line and exit with status 2; set DEEPFAKE_TRACEBACK=1 to see the traceback instead."""
+    try:
+        _dispatch(list(sys.argv[1:] if argv is None else argv))
+    except (DeepfakeError, FileNotFoundError, FileExistsError) as e:
         if os.environ.get("DEEPFAKE_TRACEBACK"):
             raise
         print(f"deepfake: error: {e}", file=sys.stderr)
@@ -285,6 +208,15 @@ def main() -> None:
             raise
         print(f"deepfake: error: {e}", file=sys.stderr)
         sys.exit(1)
+
+
+def __getattr__(name: str):
+    # Kept importable from here for scripts written against earlier versions, without importing torch up front.
+    if name in ("DeepfakeCLI", "resolve_precision"):
+        from deepfake_lightning import lightning_cli
+
+        return getattr(lightning_cli, name)
+    raise AttributeError(name)
 
 
 if __name__ == "__main__":

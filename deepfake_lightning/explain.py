@@ -141,8 +141,12 @@ class CamExplainer:
         self.model.train(was_training)  # pytorch-grad-cam switches the model to eval in its constructor
 
     def __call__(self, images: torch.Tensor) -> CamResult:
-        """Explains a batch of preprocessed images (B, 3, H, W)."""
+        """Explains a batch of preprocessed images (B, 3, H, W), or of test-time views (B, V, 3, H, W) such as
+        ``data.eval_views: 5``: then the centre view is explained (see :func:`centre_view`), while the
+        probabilities are those of the model's own test-time prediction over every view (and its mirror with
+        ``tta_flip``), the same numbers as in the metrics and the prediction files."""
         model = self.model
+        views, images = images, centre_view(images)
         device = next(model.parameters()).device
         was_training = model.training
         flags = [p.requires_grad for p in model.parameters()]
@@ -158,6 +162,10 @@ class CamExplainer:
                 cam = self._cam(input_tensor=x, targets=targets)
                 per_layer = self._cam.compute_cam_per_layer(x, targets, False)
                 logits = self._cam.outputs.detach().float().reshape(-1)
+            predict_logits = getattr(model, "predict_logits", None)
+            if predict_logits is not None and (views.ndim == 5 or model.hparams.get("tta_flip", False)):
+                with torch.no_grad():
+                    logits = predict_logits(views.to(device)).float()
         finally:
             for p, f in zip(model.parameters(), flags):
                 p.requires_grad_(f)
@@ -181,6 +189,12 @@ class CamExplainer:
 
     def __exit__(self, *exc) -> None:
         self.close()  # unlike pytorch-grad-cam's own __exit__, never swallows an exception
+
+
+def centre_view(images: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) as it is; of test-time views (B, V, 3, H, W), the last one: the centre crop of
+    torchvision's ``FiveCrop`` (corners first), which ``data.eval_views: 5`` produces."""
+    return images[:, -1] if images.ndim == 5 else images
 
 
 class _Logit(nn.Module):

@@ -23,16 +23,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from deepfake_lightning.errors import ExportError  # noqa: F401 (re-exported)
 from deepfake_lightning.files import atomic_path
 
 FORMAT = "deepfake-lightning-detector"
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "detector.json"
-
-
-class ExportError(ValueError):
-    """An export directory that cannot be loaded; the message names the file and what is wrong."""
 
 
 def is_export(path: str | os.PathLike | None) -> bool:

@@ -42,14 +42,11 @@ import yaml
 from lightning.pytorch.callbacks import Callback
 from optuna.trial import TrialState
 
+from deepfake_lightning.errors import SweepConfigError  # noqa: F401 (re-exported)
 from deepfake_lightning.evaluation import thresholded_metrics
 
 KINDS = {"float", "int", "categorical"}
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
-
-
-class SweepConfigError(ValueError):
-    """A sweep file that cannot be run; the message names the key."""
 
 
 # --------------------------------------------------------------------------- the sweep file
@@ -125,16 +122,22 @@ def resolved_config(spec: dict, params: dict) -> str:
             cli_main(["fit", *fit_args(spec, params), "--print_config"])
         except SystemExit as e:
             if e.code not in (0, None):
-                message = err.getvalue().strip().splitlines()
-                raise SweepConfigError(
-                    f"the fit config rejects these settings {params}: {message[-1] if message else e}"
-                ) from None
+                lines = err.getvalue().strip().splitlines()
+                message = next((m.removeprefix("deepfake: error: ") for m in lines if m.startswith("deepfake: error:")),
+                               lines[-1] if lines else e)
+                raise SweepConfigError(f"the fit config rejects these settings {params}: {message}") from None
     return out.getvalue()
 
 
 def validate_search_space(spec: dict) -> None:
     """Parses one config per search-space key (at its low/first value), so an unknown key or a value of the wrong
-    type fails before training, with the key named."""
+    type fails before training, with the key named; and checks that the trials' data is there (the Kaggle data
+    root, unless the demo is configured), rather than failing every trial."""
+    from deepfake_lightning.data.datamodule import check_data_root
+
+    data = (yaml.safe_load(resolved_config(spec, {})) or {}).get("data", {})
+    if not data.get("demo"):
+        check_data_root(data["root"], data.get("train_csv") or "train.csv")
     for key, dim in spec["search_space"].items():
         value = dim["choices"][0] if dim["type"] == "categorical" else dim["low"]
         try:
@@ -210,9 +213,10 @@ def _open_study(spec: dict) -> tuple[optuna.Study, Any]:
     for attempt in range(5):
         try:
             return create()
-        except Exception:  # noqa: BLE001 - a concurrent schema creation; the next attempt loads it
+        except Exception as e:  # noqa: BLE001 - a concurrent schema creation; the next attempt loads it
             if attempt == 4:
-                raise
+                reason = (str(getattr(e, "orig", None) or e).strip().splitlines() or [type(e).__name__])[0]
+                raise SweepConfigError(f"--storage {url}: cannot open the study after 5 attempts ({reason})") from e
             time.sleep(1 + attempt)
     raise AssertionError("unreachable")
 
@@ -483,15 +487,9 @@ def _markdown(df: pd.DataFrame) -> str:
 
 def sweep_main(args: list[str]) -> optuna.Study:
     """``deepfake sweep --config SWEEP.yaml [--n_trials N] [--storage URL] [--study_name NAME]``."""
-    import argparse
+    from deepfake_lightning.cli import sweep_parser
 
-    parser = argparse.ArgumentParser(prog="deepfake sweep", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", required=True, help="sweep file (YAML)")
-    parser.add_argument("--n_trials", type=int, default=None, help="total trials in the study (all workers)")
-    parser.add_argument("--storage", default=None, help="Optuna storage URL (default: SQLite under sweeps/)")
-    parser.add_argument("--study_name", default=None)
-    a = parser.parse_args(args)
+    a = sweep_parser().parse_args(args)
     spec = load_sweep(a.config, n_trials=a.n_trials, storage=a.storage, study_name=a.study_name)
     torch.set_float32_matmul_precision("high")
     study = run_sweep(spec)

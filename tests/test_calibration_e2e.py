@@ -1,6 +1,7 @@
 """Calibration through training, checkpoints and the CLI, on the demo data."""
 
 import json
+from pathlib import Path
 import math
 
 import numpy as np
@@ -44,7 +45,7 @@ def test_deepfake_test_reports_calibration_and_thresholds(demo_run, demo_root, t
                     f"--trainer.default_root_dir={tmp_path}", "--data.num_workers=0",
                     "--trainer.enable_progress_bar=false", f"--data.split_file={demo_run / 'split.csv'}",
                     "--calibration.adapt_splits=[test_v2]", f"--ckpt_path={_best(demo_run)}"])
-    run = tmp_path / "lightning_logs" / "version_0"
+    run = Path(cli.trainer.log_dir)
     m = json.loads((run / "metrics.json").read_text())
     for split in ("test_v1", "test_v2"):
         for k in ("ece", "nll", "brier", "mce"):

@@ -68,7 +68,9 @@ def test_output_contract(config, kaggle_root, demo_root, tmp_path):
     test = cli_main(["test", *_args(config, root, tmp_path, "--trainer.limit_test_batches=2",
                                     f"--data.split_file={run / 'split.csv'}"),
                      f"--ckpt_path={run / 'checkpoints' / 'last.ckpt'}"])
-    test_metrics = json.loads((tmp_path / "lightning_logs" / "version_1" / "metrics.json").read_text())
+    assert test.trainer.log_dir == str(run / "eval" / "test_last")  # evaluations stay with the run they evaluate
+    assert [p.name for p in (tmp_path / "lightning_logs").iterdir()] == ["version_0"]
+    test_metrics = json.loads((run / "eval" / "test_last" / "metrics.json").read_text())
     for split_name in ("test_v1", "test_v2"):
         assert 0.0 <= test_metrics[f"test/{split_name}/auroc"] <= 1.0
     assert test.model.hparams.pretrained is False  # the checkpoint supplies the weights: nothing fetched

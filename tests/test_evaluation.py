@@ -1,6 +1,7 @@
 """`deepfake test` reports, robustness curves, `deepfake predict` files and test-time augmentation."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -34,8 +35,8 @@ def _run(subcommand, demo_run, demo_root, out, *extra):
 @pytest.fixture(scope="module")
 def test_run(demo_run, demo_root, tmp_path_factory):
     out = tmp_path_factory.mktemp("test_run")
-    _run("test", demo_run, demo_root, out, "--report.robustness=true")
-    return out / "lightning_logs" / "version_0"
+    cli = _run("test", demo_run, demo_root, out, "--report.robustness=true")
+    return Path(cli.trainer.log_dir)
 
 
 def test_report_equals_sklearn_on_the_saved_predictions(test_run):
@@ -43,7 +44,7 @@ def test_report_equals_sklearn_on_the_saved_predictions(test_run):
     assert set(report["splits"]) == {"val", "test_v1", "test_v2"}
     t = report["threshold"]
     for split, r in report["splits"].items():
-        pred = pd.read_csv(test_run / "predictions" / f"test_{split}.csv")
+        pred = pd.read_csv(test_run / "predictions" / f"{split}.csv")
         y, p = pred["label"].to_numpy(), pred["prob_ai"].to_numpy()
         assert r["n_images"] == len(y) and r["n_ai"] == y.sum()
         assert r["auroc"] == pytest.approx(roc_auc_score(y, p), abs=1e-9)
@@ -95,7 +96,8 @@ def test_perturbations_change_pixels_only_when_they_should():
 
 def test_predict_writes_kaggle_submission_in_split_order(demo_run, demo_root, tmp_path):
     cli = _run("predict", demo_run, demo_root, tmp_path, "--data.predict_split=test_v2")
-    run = tmp_path / "lightning_logs" / "version_0"
+    run = Path(cli.trainer.log_dir)
+    assert run.parent == demo_run / "eval" and run.name.startswith("predict_best-epoch=")
     split = pd.read_csv(demo_root / "test.csv")
     sub = pd.read_csv(run / "submission_test_v2.csv")
     assert list(sub.columns) == ["id", "label"]
@@ -114,8 +116,8 @@ def test_predict_on_a_folder_skips_and_reports_unreadable_files(demo_run, demo_r
         (folder / f.split("/")[-1]).write_bytes((demo_root / f).read_bytes())
     (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
     with pytest.warns(UserWarning, match="broken.jpg"):
-        _run("predict", demo_run, demo_root, tmp_path / "out", f"--data.predict_paths=[{folder}]")
-    table = pd.read_csv(tmp_path / "out" / "lightning_logs" / "version_0" / "predictions" / "files.csv")
+        cli = _run("predict", demo_run, demo_root, tmp_path / "out", f"--data.predict_paths=[{folder}]")
+    table = pd.read_csv(Path(cli.trainer.log_dir) / "predictions" / "files.csv")
     assert sorted(table["id"].map(lambda p: p.split("/")[-1])) == sorted(f.split("/")[-1] for f in ids)
     assert table["prob_ai"].between(0, 1).all()
 
@@ -163,7 +165,7 @@ def test_predict_adapts_the_threshold_for_opted_in_splits(demo_run, demo_root, t
 
     cli = _run("predict", demo_run, demo_root, tmp_path, "--data.predict_split=test_v2",
                "--calibration.adapt_splits=[test_v2]")
-    pred = pd.read_csv(tmp_path / "lightning_logs" / "version_0" / "predictions" / "test_v2.csv")
+    pred = pd.read_csv(Path(cli.trainer.log_dir) / "predictions" / "test_v2.csv")
     state = cli.model.calibration
     expected = label_shift_report(state["val_probs"].numpy(), state["val_labels"].numpy(), pred["prob_ai"].to_numpy(),
                                   cli.model.threshold)["adapted_threshold"]

@@ -158,7 +158,7 @@ def test_callback_writes_pngs_and_tensorboard_without_changing_training(kaggle_r
                                                                             num_mistakes=2, n_layers=2)])
     assert with_cam == plain  # bit-identical metrics for the same seed
     run = Path(trainer.log_dir)
-    for folder in ("epoch=0", "epoch=1", "test_test_v1", "test_test_v2"):
+    for folder in ("epoch=0", "epoch=1", "test_v1", "test_v2"):
         assert (run / "gradcam" / folder / "samples.png").stat().st_size > 5000
     events = EventAccumulator(str(run), size_guidance={"images": 0}).Reload()
     assert {"gradcam/val/samples", "gradcam/test_v1/samples"} <= set(events.Tags()["images"])

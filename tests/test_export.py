@@ -1,6 +1,7 @@
 """`deepfake export`: safetensors + JSON model directories, loaded without unpickling anything."""
 
 import json
+from pathlib import Path
 import pickle
 import sys
 
@@ -52,10 +53,11 @@ def test_export_loads_without_unpickling_and_predicts_the_same(demo_run, demo_ro
     assert (table["pred"] == reference["pred"]).all()
 
     # deepfake predict --ckpt_path EXPORT_DIR
-    cli_main(["predict", "--config", str(CONFIGS / "demo.yaml"), f"--data.root={demo_root}", f"--ckpt_path={out}",
+    cli = cli_main(["predict", "--config", str(CONFIGS / "demo.yaml"), f"--data.root={demo_root}", f"--ckpt_path={out}",
               f"--trainer.default_root_dir={tmp_path / 'predict'}", "--data.num_workers=0",
               "--trainer.enable_progress_bar=false", "--data.predict_split=test_v2"])
-    sub = pd.read_csv(tmp_path / "predict" / "lightning_logs" / "version_0" / "submission_test_v2.csv")
+    assert Path(cli.trainer.log_dir) == tmp_path / "predict" / "eval" / f"predict_{out.name}"  # outside any run
+    sub = pd.read_csv(tmp_path / "predict" / "eval" / f"predict_{out.name}" / "submission_test_v2.csv")
     assert (sub.set_index("id").loc[reference["id"], "label"].to_numpy() == reference["pred"].to_numpy()).all()
 
     # deepfake explain --ckpt_path EXPORT_DIR

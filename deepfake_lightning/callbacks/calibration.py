@@ -11,11 +11,11 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DistributedSampler
 from torchmetrics.utilities.distributed import gather_all_tensors
 
+from deepfake_lightning.callbacks._console import PrintsResults
 from deepfake_lightning.callbacks._figures import publish_figure
 from deepfake_lightning.calibration import (
     CalibrationMethod,
@@ -51,7 +51,10 @@ def collect_logits(
                 batch.pop("skipped", None)
                 if "image" not in batch:
                     continue
-                logits.append(model(batch["image"].to(model.device)).float())
+                images = batch["image"].to(model.device)
+                # The model's evaluation logits (test-time views, tta_flip), as validation, test and predict use.
+                predict = getattr(model, "predict_logits", model)
+                logits.append(predict(images).float())
                 labels.append(batch["label"].to(model.device).long())
     finally:
         model.train(was_training)
@@ -103,7 +106,7 @@ def summary(state: dict) -> dict:
     return out
 
 
-class Calibration(Callback):
+class Calibration(PrintsResults):
     """Calibrates the detector on validation data when fitting ends, and reports calibration when testing.
 
     After ``fit``: for the best and the last checkpoint, collects the validation logits of those weights (every
@@ -147,7 +150,7 @@ class Calibration(Callback):
         if trainer.datamodule is None or trainer.interrupted:
             return
         if trainer.fast_dev_run:
-            rank_zero_info("Calibration skipped under fast_dev_run (one batch says nothing about calibration).")
+            self.print_result("Calibration skipped under fast_dev_run (one batch says nothing about calibration).")
             return
         loader = trainer.datamodule.val_dataloader()
         ckpt = trainer.checkpoint_callback
@@ -176,7 +179,7 @@ class Calibration(Callback):
         scalars = {k: v for k, v in summary(state).items() if isinstance(v, float)}
         scalars = {k if "/" in k else f"calibration/{k}": v for k, v in scalars.items()}
         trainer.callback_metrics.update({k: torch.tensor(v) for k, v in scalars.items()})
-        rank_zero_info(
+        self.print_result(
             f"Calibration ({self.method}): val ECE {state['val_before']['ece']:.4f} -> {state['val_after']['ece']:.4f}, "
             f"NLL {state['val_before']['nll']:.4f} -> {state['val_after']['nll']:.4f}; "
             f"threshold ({self.threshold}) {state['threshold']:.4f}"

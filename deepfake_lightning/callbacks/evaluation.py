@@ -8,10 +8,11 @@ import lightning as L
 import numpy as np
 import pandas as pd
 import torch
-from lightning.pytorch.callbacks import BasePredictionWriter, Callback
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.callbacks import BasePredictionWriter
+from lightning.pytorch.utilities import rank_zero_warn
 
 from deepfake_lightning.calibration import label_shift_report
+from deepfake_lightning.callbacks._console import PrintsResults
 from deepfake_lightning.callbacks._figures import publish_figure
 from deepfake_lightning.callbacks.calibration import Calibration, collect_logits
 from deepfake_lightning.evaluation import (
@@ -26,13 +27,13 @@ from deepfake_lightning.evaluation import (
 from deepfake_lightning.files import atomic_path, write_json
 
 
-class EvaluationReport(Callback):
+class EvaluationReport(PrintsResults):
     """After ``deepfake test``, writes to the run directory:
 
     * ``report.json``: per labelled split (validation and test splits), accuracy, precision, recall, F1 (binary
       and macro), human-image and AI-image accuracy and confusion counts, at 0.5 and at the tuned threshold; AUROC,
       average precision, EER, ECE and the number of images;
-    * ``predictions/test_<split>.csv`` (``id,label,prob_ai``), the predictions the report was computed from;
+    * ``predictions/<split>.csv`` (``id,label,prob_ai``), the predictions the report was computed from;
     * ``plots/<split>.png``: ROC, precision-recall and confusion matrix (also in TensorBoard);
     * with ``robustness``: ``robustness.csv`` and ``robustness.png``, metrics on ``robustness_split`` under JPEG
       re-compression, Gaussian blur and down-scaling.
@@ -66,7 +67,7 @@ class EvaluationReport(Callback):
                 continue
             probs = pl_module.calibrator(logits.numpy())
             ids = np.asarray(dm.split_ids(split))[index.numpy()]
-            with atomic_path(run / "predictions" / f"test_{split}.csv") as tmp:
+            with atomic_path(run / "predictions" / f"{split}.csv") as tmp:
                 pd.DataFrame({"id": ids, "label": y, "prob_ai": probs}).to_csv(tmp, index=False)
             report["splits"][split] = split_report(probs, y, threshold)
 
@@ -77,8 +78,8 @@ class EvaluationReport(Callback):
         write_json(run / "report.json", report)
         self.report = report
         if report["splits"]:
-            rank_zero_info(f"\nEvaluation (threshold {threshold:.4f}, tuned on validation):\n{format_report(report)}"
-                           f"\nWritten to {run / 'report.json'}")
+            self.print_result(f"\nEvaluation (threshold {threshold:.4f}, tuned on validation):\n{format_report(report)}"
+                              f"\nWritten to {run / 'report.json'}")
 
     def _robustness(self, trainer: L.Trainer, pl_module, run: Path) -> str:
         dm = trainer.datamodule
@@ -105,11 +106,11 @@ class EvaluationReport(Callback):
         fig = plot_robustness(table)
         fig.suptitle(f"Robustness on {split}", y=1.02)
         publish_figure(trainer, fig, run / "robustness.png", "evaluation/robustness", bbox_inches="tight")
-        rank_zero_info(f"\nRobustness on {split}:\n{table.to_string(index=False, float_format=lambda v: f'{v:.4f}')}")
+        self.print_result(f"\nRobustness on {split}:\n{table.to_string(index=False, float_format=lambda v: f'{v:.4f}')}")
         return str(run / "robustness.csv")
 
 
-class PredictionWriter(BasePredictionWriter):
+class PredictionWriter(BasePredictionWriter, PrintsResults):
     """After ``deepfake predict``, writes ``predictions/<split>.csv`` (``id,prob_ai,label``: calibrated probability,
     label at the tuned threshold, or, for splits in ``calibration.adapt_splits``, at the threshold adapted to the
     split's AI share as EM estimates it from these predictions) and ``submission_<split>.csv`` in the Kaggle format (``id,label``: the split's
@@ -147,10 +148,9 @@ class PredictionWriter(BasePredictionWriter):
         if skipped:
             rank_zero_warn(f"{len(skipped)} image(s) could not be read and have no prediction: {skipped[:20]}"
                            + (" (no submission file written: it needs every id)" if split != "files" else ""))
-        rank_zero_info("\n".join(lines))
+        self.print_result("\n".join(lines))
 
-    @staticmethod
-    def _threshold(trainer: L.Trainer, pl_module, split: str, probs: np.ndarray) -> float:
+    def _threshold(self, trainer: L.Trainer, pl_module, split: str, probs: np.ndarray) -> float:
         """The tuned threshold, or, for a split listed in ``calibration.adapt_splits``, the threshold adapted to
         the AI share that EM estimates from these very predictions."""
         state = pl_module.calibration
@@ -159,9 +159,9 @@ class PredictionWriter(BasePredictionWriter):
             return pl_module.threshold
         report = label_shift_report(state["val_probs"].numpy(), state["val_labels"].numpy(), probs,
                                     pl_module.threshold, calibration.shift_tolerance)
-        rank_zero_info(f"{split}: estimated AI share {report['ai_share_em']:.3f} (validation: "
-                       f"{report['source_prior']:.3f}); threshold {pl_module.threshold:.4f} -> "
-                       f"{report['adapted_threshold']:.4f}")
+        self.print_result(f"{split}: estimated AI share {report['ai_share_em']:.3f} (validation: "
+                          f"{report['source_prior']:.3f}); threshold {pl_module.threshold:.4f} -> "
+                          f"{report['adapted_threshold']:.4f}")
         if report["images_changed"]:
             rank_zero_warn(f"{split}: EM and BBSE disagree (gap {report['disagreement']:.3f}): the images changed, "
                            "not only the share of AI images; the adapted threshold may not help.")

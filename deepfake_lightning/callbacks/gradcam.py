@@ -11,14 +11,16 @@ from lightning.pytorch.callbacks import Callback
 
 from deepfake_lightning.callbacks._figures import publish_figure
 from deepfake_lightning.data.dataset import BadImageError
-from deepfake_lightning.explain import CamExplainer, cam_grid, denormalize
+from deepfake_lightning.explain import CamExplainer, cam_grid, centre_view, denormalize
 
 
 class GradCamExport(Callback):
     """Every ``every_n_epochs`` validation epochs, and at test time, explains a fixed, seeded, class-balanced set
     of ``num_samples`` images plus the ``num_mistakes`` most confident mistakes of that epoch. Writes overlay
-    grids as PNG files under ``<run>/gradcam/epoch=<e>/`` (``gradcam/test_<split>/`` when testing) and as
-    TensorBoard figures; each tile shows the label, the AI probability and the prediction.
+    grids as PNG files under ``<run>/gradcam/epoch=<e>/`` (``gradcam/<split>/`` when testing) and as
+    TensorBoard figures; each tile shows the label, the AI probability and the prediction. With several test-time
+    views per image (``data.eval_views: 5``) the centre view is shown and explained, and the probability is the
+    multi-view one, as in the metrics.
 
     It never changes training: CAMs run in eval mode with frozen parameters and a forked RNG, on images read
     straight from the dataset (no extra loader), and only rank 0 computes and writes them.
@@ -80,7 +82,7 @@ class GradCamExport(Callback):
 
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module) -> None:
         for split in pl_module.test_splits:
-            self._export(trainer, pl_module, split, f"test_{split}")
+            self._export(trainer, pl_module, split, split)
 
     def _choose(self, labels: list[int], split: str, threshold: float) -> tuple[list[int], list[int]]:
         rng = np.random.default_rng(self.seed)
@@ -118,7 +120,7 @@ class GradCamExport(Callback):
                 images = torch.stack([it["image"] for it in items])
                 labels = [int(it["label"]) for it in items]
                 result = explainer(images)
-                fig = cam_grid(denormalize(images, dm.hparams.mean, dm.hparams.std), result, labels,
+                fig = cam_grid(denormalize(centre_view(images), dm.hparams.mean, dm.hparams.std), result, labels,
                                threshold=pl_module.threshold, per_layer=True)
                 publish_figure(trainer, fig, out / f"{name}.png", f"gradcam/{split}/{name}",
                                step=trainer.current_epoch, dpi=90)

@@ -32,12 +32,9 @@ def check_data_root(root: str | os.PathLike, train_csv: str = "train.csv") -> No
         return
     what = "does not exist" if not root.exists() else f"has no {train_csv}"
     raise FileNotFoundError(
-        f"Data root '{root}' {what}.\n"
-        f"  To use the Kaggle data: download the dataset '{KAGGLE_DATASET}'\n"
-        f"    (kaggle datasets download -d {KAGGLE_DATASET} && unzip ai-vs-human-generated-dataset.zip -d {root})\n"
-        f"    so that {root}/train.csv, {root}/train_data/ and {root}/test_data_v2/ exist,\n"
-        f"    or pass --data.root PATH to where it already is.\n"
-        f"  To try everything offline instead: deepfake fit --config configs/demo.yaml"
+        f"data root '{root}' {what}: get the Kaggle data with `kaggle datasets download -d {KAGGLE_DATASET}` and "
+        f"unzip it into {root}, pass --data.root PATH to where it is, or try everything offline with "
+        f"--config configs/demo.yaml"
     )
 
 
@@ -249,6 +246,16 @@ class DeepfakeDataModule(L.LightningDataModule):
             df = self.indexes[split]
             self.indexes[split] = df[~df["path"].isin(drop)].reset_index(drop=True)
 
+    # ---------------------------------------------------------------- checkpoint state
+    def state_dict(self) -> dict:
+        """Stored in every checkpoint: the data root as an absolute path, so that a relative ``root`` (the configs'
+        ``data/demo``) can be found again from another working directory, e.g. a notebook in ``notebooks/``
+        (``api.datamodule_for``)."""
+        return {"root_resolved": str(self.root.resolve())}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        pass  # nothing to restore: the root in use is the configured one
+
     # ---------------------------------------------------------------- loaders
     def test_splits(self) -> list[str]:
         """The splits ``deepfake test`` evaluates, in order: validation first, then every configured test split
@@ -344,6 +351,8 @@ class DeepfakeDataModule(L.LightningDataModule):
 
     def on_before_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
         # Runs in the main process, so the count of skipped images is exact even with workers.
+        if not isinstance(batch, dict):  # the model summary's example input
+            return batch
         skipped = batch.pop("skipped", [])
         if skipped:
             self.skipped_paths = getattr(self, "skipped_paths", []) + list(skipped)

@@ -11,11 +11,9 @@ import torch
 from PIL import Image, ImageOps
 from torch.utils.data import Dataset, default_collate
 
+from deepfake_lightning.errors import BadImageError  # noqa: F401 (re-exported)
+
 BadImagePolicy = Literal["fail", "skip"]
-
-
-class BadImageError(OSError):
-    """An image file that cannot be decoded; the message names the file."""
 
 
 def load_image(path: str | os.PathLike, draft_size: int | None = None) -> Image.Image:

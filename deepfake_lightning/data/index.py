@@ -12,12 +12,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from deepfake_lightning.errors import DataError  # noqa: F401 (re-exported)
+
 UNLABELED = -1
 _MAX_LISTED = 20  # rows listed in an error message before "... and N more"
-
-
-class DataError(ValueError):
-    """Bad dataset input: a CSV, a path, an image or a ``data.*`` setting that cannot be used as it is."""
 
 
 def _rows(df: pd.DataFrame, mask, values: pd.Series | None = None) -> str:

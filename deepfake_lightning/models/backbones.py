@@ -7,9 +7,7 @@ import os
 import timm
 import torch.nn as nn
 
-
-class PretrainedWeightsUnavailable(RuntimeError):
-    """ImageNet weights could not be fetched (no internet, no cache) and no local file was given."""
+from deepfake_lightning.errors import PretrainedWeightsUnavailable  # noqa: F401 (re-exported)
 
 
 def create_backbone(

@@ -155,20 +155,27 @@ class DeepfakeClassifier(L.LightningModule):
         return net(x).squeeze(-1)
 
     def setup(self, stage: str) -> None:
+        if stage == "fit" and self.example_input_array is None:
+            # Lets Lightning's model summary count real FLOPs (one image at the data module's size) instead of 0.
+            dm = getattr(self.trainer, "datamodule", None)
+            size = getattr(dm, "hparams", {}).get("img_size") or self.data_config["input_size"][-1]
+            self.example_input_array = torch.zeros(1, 3, size, size)
         options = self.hparams.get("compile", False)
         if options and stage == "fit" and "_compiled_net" not in self.__dict__:
             # Kept out of the module tree, so that state_dict keys and checkpoints are those of the eager net.
             self.__dict__["_compiled_net"] = torch.compile(self.net, **(options if isinstance(options, dict) else {}))
 
-    def predict_logits(self, images: torch.Tensor) -> torch.Tensor:
-        """Logits with test-time augmentation: ``images`` may hold several views per image, (B, V, 3, H, W)
-        (e.g. five crops); their logits are averaged, and with ``tta_flip`` those of the mirrored views too."""
+    def predict_logits(self, images: torch.Tensor, net: nn.Module | None = None) -> torch.Tensor:
+        """Evaluation logits, used alike by validation, calibration, test, predict and Grad-CAM: ``images`` may
+        hold several views per image, (B, V, 3, H, W) (e.g. ``data.eval_views: 5``); their logits are averaged,
+        and with ``tta_flip`` those of the mirrored views too. ``net`` defaults to the eager backbone."""
+        net = self.net if net is None else net
         views = images.unsqueeze(1) if images.ndim == 4 else images
         b, v = views.shape[:2]
         flat = views.flatten(0, 1)
-        logits = self(flat).float()
+        logits = self._logits(flat, net).float()
         if self.hparams.get("tta_flip", False):
-            logits = (logits + self(flat.flip(-1)).float()) / 2
+            logits = (logits + self._logits(flat.flip(-1), net).float()) / 2
         return logits.view(b, v).mean(1)
 
     def model_step(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -199,7 +206,10 @@ class DeepfakeClassifier(L.LightningModule):
     def validation_step(self, batch: dict, batch_idx: int) -> dict | None:
         if "image" not in batch:
             return None
-        loss, logits, labels = self.model_step(batch)
+        # Validated as tested (views, tta_flip), so that the calibration fitted on these logits fits the test ones.
+        logits = self.predict_logits(batch["image"], self.__dict__.get("_compiled_net", self.net))
+        labels = batch["label"].long()
+        loss = F.binary_cross_entropy_with_logits(logits, labels.float())
         self.val_metrics.update(logits.sigmoid(), labels)
         self.log("val/loss", loss, on_epoch=True, prog_bar=True, batch_size=len(labels), sync_dist=True)
         return {"logits": logits}  # for callbacks (e.g. GradCamExport's most confident mistakes)

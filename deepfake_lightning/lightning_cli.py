@@ -1,0 +1,325 @@
+"""``DeepfakeCLI``: LightningCLI's ``fit|validate|test|predict`` over the package's classes.
+
+Every ``__init__`` argument of ``DeepfakeClassifier``, ``DeepfakeDataModule`` and ``Trainer`` is a config key
+(``--model.backbone``, ``--data.root``, ``--trainer.max_epochs``...); ``--config`` files merge in order, and
+``--print_config`` shows the result. Settings shared by every config live here and in those signatures.
+
+How settings combine, lowest to highest: the signatures' defaults, the ``--config`` files in order, the settings
+stored with the model given as ``--ckpt_path`` (its ``model.*`` hyperparameters and the preprocessing
+``data.img_size`` / ``data.mode`` it was trained with), and the command line, which always wins. What was used is
+what the run's ``config.yaml`` records.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import logging
+import os
+import re
+import sys
+import warnings
+from pathlib import Path
+
+import torch
+from lightning.pytorch.callbacks import LearningRateMonitor
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
+
+from deepfake_lightning.callbacks import Calibration, EvaluationReport, MetricsJson, PredictionWriter, RunCheckpoint
+from deepfake_lightning.callbacks.run_summary import FitSummary
+from deepfake_lightning.data import DeepfakeDataModule
+from deepfake_lightning.data.datamodule import check_data_root
+from deepfake_lightning.errors import ConfigError, ExportError
+from deepfake_lightning.export import is_export, load_weights, read_export_config
+from deepfake_lightning.models import DeepfakeClassifier
+
+# Preprocessing that belongs to a trained model: taken from its checkpoint unless the command line says otherwise.
+STORED_DATA_KEYS = ("img_size", "mode")
+EVAL_SUBCOMMANDS = ("validate", "test", "predict")
+
+
+def resolve_precision(precision: str | int | None, accelerator: str | None, cuda_available: bool) -> str:
+    """The training precision to use.
+
+    ``None`` (not set) means ``16-mixed`` on CUDA and ``32-true`` elsewhere. CPUs have no float16 autocast,
+    so an explicit ``16-mixed`` on CPU falls back to ``32-true`` with a warning; ``bf16-mixed`` is kept.
+    """
+    accelerator = "auto" if accelerator is None else str(accelerator).lower()
+    on_cuda = accelerator in ("cuda", "gpu") or (accelerator == "auto" and cuda_available)
+    if precision is None:
+        return "16-mixed" if on_cuda else "32-true"
+    precision = str(precision)
+    if precision in ("16-mixed", "16") and not on_cuda and accelerator != "mps":
+        rank_zero_warn(
+            f"trainer.precision={precision} needs a CUDA GPU (CPUs have no float16 autocast); "
+            "training in 32-true instead. Use --trainer.precision bf16-mixed for bfloat16 autocast on CPU."
+        )
+        return "32-true"
+    return precision
+
+
+def stored_settings(ckpt_path: str | os.PathLike) -> dict[str, dict]:
+    """The ``model`` and ``data`` settings a checkpoint file or export directory was trained with."""
+    if is_export(ckpt_path):
+        config = read_export_config(ckpt_path)
+        model = {k: config[k] for k in ("backbone", "channels_last", "tta_flip") if k in config}
+        return {"model": model, "data": {k: config[k] for k in STORED_DATA_KEYS}}
+    # weights_only: hyperparameters are plain values; mmap: the weights themselves are not read.
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
+    model = {k: v for k, v in ckpt.get("hyper_parameters", {}).items() if not k.startswith("_")}
+    data = ckpt.get("datamodule_hyper_parameters", {})
+    return {"model": model, "data": {k: data[k] for k in STORED_DATA_KEYS if k in data}}
+
+
+def command_line_keys(argv: list[str]) -> list[str]:
+    """Config keys set on the command line (``--model.tta_flip true``, ``--data.img_size=64``), in order."""
+    return [a[2:].split("=", 1)[0] for a in argv if re.match(r"--(model|data|trainer)\.", a)]
+
+
+def evaluation_dir(ckpt_path: str, subcommand: str, default_root: str | None) -> Path:
+    """Where ``validate|test|predict`` of a model write: ``RUN/eval/<subcommand>_<checkpoint>/`` for a checkpoint in
+    a training run's ``checkpoints/`` folder (so training runs stay easy to find, each with its evaluations), and
+    ``<default_root_dir>/eval/<subcommand>_<name>/`` for an export directory or a checkpoint elsewhere. A repeated
+    evaluation gets ``_v1``, ``_v2``... rather than overwriting an earlier one."""
+    path = Path(ckpt_path)
+    in_run = path.is_file() and path.parent.name == "checkpoints"
+    base = path.parent.parent if in_run else Path(default_root or ".")
+    name = f"{subcommand}_{path.stem if path.is_file() else path.resolve().name}"
+    out, n = base / "eval" / name, 0
+    while out.exists():
+        n += 1
+        out = base / "eval" / f"{name}_v{n}"
+    return out
+
+
+class DeepfakeArgumentParser(LightningArgumentParser):
+    """LightningCLI's parser with a one-line error: the problem, a "did you mean" for a mistyped key, and where the
+    help is, instead of the whole usage."""
+
+    def error(self, message: str, ex: Exception | None = None):
+        if not self.exit_on_error:
+            return super().error(message, ex)
+        parser = getattr(ex, "subcommand_parser", None) or self
+        prog = parser.prog.replace(" [options]", "")
+        message = " ".join(str(message).split())  # jsonargparse wraps and indents its messages
+        hint = ""
+        unknown = re.search(r'(?:--|key ")([A-Za-z_][\w.]*)', message)
+        if unknown:
+            known = {o.lstrip("-") for a in parser._actions for o in a.option_strings if o.startswith("--")}
+            known |= {k for k in _nested_keys(parser) if "." in k}
+            close = difflib.get_close_matches(unknown.group(1), sorted(known), n=1, cutoff=0.75)
+            if close and close[0] != unknown.group(1):
+                hint = f" (did you mean --{close[0]}?)"
+        sys.stderr.write(f"deepfake: error: {message}{hint}\n  `{prog} --help` lists every option.\n")
+        sys.exit(2)
+
+
+def _nested_keys(parser) -> list[str]:
+    try:
+        return list(parser.get_defaults().keys())
+    except Exception:  # defaults that cannot be resolved: the option strings still give suggestions
+        return []
+
+
+class _LightningNoise(logging.Filter):
+    """Drops two of Lightning's info lines that say nothing to our users: the advert for its cloud logger, printed
+    on every command, and the note that the training loader is read to count the scheduler's steps."""
+
+    NOISE = ("💡 Tip: For seamless cloud logging", "Loading `train_dataloader` to estimate number of stepping batches")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.getMessage()).startswith(self.NOISE)
+
+
+def _install_noise_filter() -> None:
+    logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    if not any(isinstance(f, _LightningNoise) for f in logger.filters):
+        logger.addFilter(_LightningNoise())
+
+
+class DeepfakeCLI(LightningCLI):
+    _export_dir: str | None = None  # set when --ckpt_path names a `deepfake export` directory
+    _given: dict  # config keys set on the command line -> their parsed values
+
+    def init_parser(self, **kwargs) -> LightningArgumentParser:
+        kwargs.setdefault("dump_header", ["deepfake-lightning run configuration"])
+        parser = DeepfakeArgumentParser(**kwargs)
+        from jsonargparse import ActionConfigFile
+
+        parser.add_argument("-c", "--config", action=ActionConfigFile, help="Path to a configuration file (YAML).")
+        return parser
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        # Always-on callbacks, configurable as --checkpoint.* and --metrics_json.*.
+        parser.add_lightning_class_args(RunCheckpoint, "checkpoint")
+        parser.set_defaults(
+            {
+                "checkpoint.monitor": "val/auroc",
+                "checkpoint.mode": "max",
+                "checkpoint.save_last": True,
+                "checkpoint.filename": "best-epoch={epoch:02d}-auroc={val/auroc:.4f}",
+                "checkpoint.auto_insert_metric_name": False,
+            }
+        )
+        parser.add_lightning_class_args(Calibration, "calibration")
+        parser.add_lightning_class_args(MetricsJson, "metrics_json")
+        parser.add_lightning_class_args(EvaluationReport, "report")
+        parser.add_lightning_class_args(PredictionWriter, "predictions")
+        parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
+        # Normalization follows the backbone's own timm data config.
+        parser.link_arguments("model.data_config", "data.mean", compute_fn=lambda c: tuple(c["mean"]), apply_on="instantiate")
+        parser.link_arguments("model.data_config", "data.std", compute_fn=lambda c: tuple(c["std"]), apply_on="instantiate")
+
+    def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
+        # As LightningCLI's, minus its warning about `args` beside sys.argv (calibrate and sweeps pass `args` from a
+        # running `deepfake` command), plus a record of which keys the command line set: those win over the
+        # settings stored in a checkpoint (see `before_instantiate_classes`).
+        from jsonargparse import Namespace
+
+        if isinstance(args, (dict, Namespace)):
+            self.config, argv = parser.parse_object(args), []
+        else:
+            argv = list(sys.argv[1:] if args is None else args)
+            self.config = parser.parse_args(argv)
+        section = self.config.get(self.config.get("subcommand") or "", self.config)
+        self._given = {k: copy.deepcopy(section.get(k)) for k in command_line_keys(argv) if k in section}
+
+    def before_instantiate_classes(self) -> None:
+        cfg = self.config[self.subcommand] if self.subcommand else self.config
+        ckpt_path = cfg.get("ckpt_path")
+        if ckpt_path not in (None, "last", "best", "hpc", "registry"):
+            if os.path.isdir(ckpt_path) and not is_export(ckpt_path):
+                raise ExportError(f"--ckpt_path {ckpt_path} is a folder without detector.json: pass a .ckpt file "
+                                  "or a folder written by `deepfake export`")
+            if not os.path.exists(ckpt_path):
+                raise FileNotFoundError(f"--ckpt_path: no such checkpoint file or export folder {ckpt_path!r}")
+            if self.subcommand == "fit" and is_export(ckpt_path):
+                raise ConfigError(f"fit --ckpt_path {ckpt_path}: an export folder holds weights only (no optimizer "
+                                  f"state or epoch) and cannot be resumed; to train from its weights pass "
+                                  f"--model.weights {Path(ckpt_path) / 'model.safetensors'} instead")
+            self._apply_stored_settings(cfg, stored_settings(ckpt_path))
+        if not cfg.data.demo:
+            # Fail before the model is built (and ImageNet weights fetched) when the data is not there.
+            check_data_root(cfg.data.root, cfg.data.train_csv)
+        trainer = cfg.trainer
+        trainer.precision = resolve_precision(trainer.precision, trainer.accelerator, torch.cuda.is_available())
+        if self.subcommand in EVAL_SUBCOMMANDS and ckpt_path not in (None, "last", "best", "hpc", "registry"):
+            # Evaluations of a model go with that model's run, not into a new lightning_logs/version_N.
+            out = evaluation_dir(ckpt_path, self.subcommand, trainer.default_root_dir)
+            trainer.default_root_dir = str(out)
+            if trainer.logger in (None, True):
+                trainer.logger = _tensorboard(str(out.parent), name="", version=out.name)
+        if trainer.logger in (None, True) and not trainer.barebones:
+            trainer.logger = _tensorboard(trainer.default_root_dir or ".", name="lightning_logs")
+        if trainer.plugins is None:
+            # Checkpoints are written to a temporary file and renamed: a kill mid-write keeps the previous one.
+            trainer.plugins = [{"class_path": "deepfake_lightning.files.AtomicCheckpointIO"}]
+        if self.subcommand == "fit" and ckpt_path == "last":
+            self._resume_last(cfg)
+        if is_export(cfg.get("ckpt_path")):
+            # A `deepfake export` directory: the model it describes is built, then its safetensors weights are
+            # loaded in instantiate_classes; Lightning gets no checkpoint to unpickle.
+            self._export_dir, cfg.ckpt_path = cfg.ckpt_path, None
+        if torch.cuda.is_available():
+            torch.set_float32_matmul_precision("high")
+
+    def _apply_stored_settings(self, cfg, stored: dict[str, dict]) -> None:
+        """Config files < the model's stored settings < the command line (see the module docstring)."""
+        given_backbone = self._given.get("model.backbone")
+        if given_backbone is not None and given_backbone != stored["model"].get("backbone", given_backbone):
+            raise ConfigError(f"--model.backbone {given_backbone} contradicts --ckpt_path {cfg.ckpt_path}, a "
+                              f"{stored['model']['backbone']} model: its weights fit only that backbone")
+        for section, values in stored.items():
+            for key, value in values.items():
+                if f"{section}.{key}" in cfg:
+                    cfg[f"{section}.{key}"] = value
+        for key, value in self._given.items():  # Lightning's own checkpoint parsing may have overwritten them
+            cfg[key] = copy.deepcopy(value)
+        # The checkpoint supplies the weights: never fetch ImageNet weights only to overwrite them.
+        cfg.model.pretrained = False
+        cfg.model.weights = None
+
+    def instantiate_classes(self) -> None:
+        super().instantiate_classes()
+        if self._export_dir is not None:
+            load_weights(self.model, self._export_dir)
+
+    def instantiate_trainer(self, **kwargs):
+        """LightningCLI's, with the framework's callbacks stepping aside (one line each) when the user turned off
+        what they need, instead of Lightning refusing the combination."""
+        cfg = self.config[self.subcommand] if self.subcommand else self.config
+        trainer = cfg.trainer
+        parser = self._parser(self.subcommand)
+        keys = list(parser.callback_keys)
+        aside = {}
+        if trainer.enable_checkpointing is False or trainer.barebones:
+            aside["checkpoint"] = ("trainer.enable_checkpointing=false: no checkpoints are written; calibration "
+                                   "is fitted on the final weights and kept in memory only"
+                                   if self.subcommand == "fit" else "")
+        if trainer.logger is False or trainer.barebones:
+            aside["lr_monitor"] = ("trainer.logger=false: no TensorBoard logs and no learning-rate monitor; "
+                                   f"files go to trainer.default_root_dir ({Path(trainer.default_root_dir or '.').resolve()})")
+        for key, why in aside.items():
+            if why and key in keys:
+                rank_zero_info(why)
+        parser.callback_keys = [k for k in keys if k not in aside]
+        try:
+            return super().instantiate_trainer(**kwargs)
+        except (ValueError, MisconfigurationException) as e:  # Lightning's own checks of its arguments
+            raise ConfigError(f"trainer settings cannot be used together: {e}") from e
+        finally:
+            parser.callback_keys = keys
+
+    @staticmethod
+    def _resume_last(cfg) -> None:
+        """``fit --ckpt_path last``: continue the newest run that has a ``last.ckpt``, in its own run directory
+        (same TensorBoard version, same checkpoints folder) and with its saved train/val split."""
+        logger = cfg.trainer.logger
+        if not (isinstance(logger, dict) and logger.get("class_path", "").endswith("TensorBoardLogger")):
+            return  # a custom logger: leave "last" to Lightning's own lookup
+        args = logger.setdefault("init_args", {})
+        logs = Path(args.get("save_dir") or ".") / (args.get("name") or "lightning_logs")
+        found = sorted(logs.glob("*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
+        if not found:
+            raise FileNotFoundError(
+                f"--ckpt_path last: no {logs}/*/checkpoints/last.ckpt to resume; run without --ckpt_path to start anew"
+            )
+        run = found[-1].parent.parent
+        args["version"] = run.name
+        cfg.ckpt_path = str(found[-1])
+        if cfg.data.split_file is None and (run / "split.csv").is_file():
+            cfg.data.split_file = str(run / "split.csv")
+        print(f"Resuming {run} from {found[-1]}", file=sys.stderr)
+        warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")  # by design
+
+    def test(self, model, datamodule=None, ckpt_path=None, verbose: bool = True, **kwargs):
+        # Metric names already carry the split, so Lightning's per-dataloader table would repeat every one in
+        # every column; EvaluationReport prints one compact table instead.
+        return self.trainer.test(model, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False, **kwargs)
+
+
+def _tensorboard(save_dir: str, **init_args) -> dict:
+    return {"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+            "init_args": {"save_dir": save_dir, "default_hp_metric": False, **init_args}}
+
+
+def run_lightning_cli(args: list[str] | None = None, run: bool = True) -> DeepfakeCLI:
+    """Runs the CLI on ``args`` (default: ``sys.argv[1:]``)."""
+    _install_noise_filter()
+    # Every run has its own version directory by design, and the pytree deprecation is internal to Lightning.
+    warnings.filterwarnings("ignore", message="The dirpath has changed from")
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+    return DeepfakeCLI(
+        DeepfakeClassifier,
+        DeepfakeDataModule,
+        seed_everything_default=42,
+        trainer_defaults={"max_epochs": 10, "callbacks": [FitSummary()]},
+        save_config_kwargs={"overwrite": True},
+        auto_configure_optimizers=False,
+        parser_kwargs={"prog": "deepfake", "description": "Train, evaluate and predict with deepfake-lightning "
+                       "detectors. `deepfake --help` lists every command."},
+        args=args,
+        run=run,
+    )

@@ -1,0 +1,210 @@
+"""The README is a test: every `deepfake ...` command in its shell blocks is run here, in README order, from a
+fresh project directory (the configs, the notebooks and a demo data build), as a new user would after the
+quickstart. Commands run with tiny limits added (one short epoch, two-trial sweeps), and each must exit 0 and
+write the files the README says. Commands that need what this machine lacks are listed in CANNOT_RUN with the
+reason, and must fail with one clear `deepfake: error:` line. Both notebooks then run from `notebooks/` with
+no environment variables."""
+
+import glob
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from deepfake_lightning.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Substring of a command -> why it cannot run here. Each of these must fail with one `deepfake: error:` line.
+CANNOT_RUN = {
+    "configs/convnext.yaml": "needs the Kaggle data (and ImageNet weights from the Hugging Face hub)",
+    "configs/resnet50.yaml": "needs the Kaggle data (and ImageNet weights from the Hugging Face hub)",
+    "configs/efficientnet_b0.yaml": "needs the Kaggle data (and ImageNet weights from the Hugging Face hub)",
+    "configs/sweep_backbones.yaml": "needs the Kaggle data (and a GPU to finish in reasonable time)",
+    "@dbhost/": "needs a PostgreSQL server on the host dbhost",
+}
+# ... except these, which succeed without the data (printing the resolved config).
+RUNS_WITHOUT_DATA = ("--print_config",)
+# Added to every fit (and to every trial of a sweep): one short epoch.
+TINY_FIT = {"trainer.max_epochs": 1, "trainer.limit_train_batches": 3, "trainer.limit_val_batches": 2,
+            "data.num_workers": 0}
+# Commands run in a separate process: DDP starts its other ranks by running the command line again.
+IN_SUBPROCESS = ("--trainer.strategy ddp",)
+
+
+def readme_commands() -> list[str]:
+    """Every `deepfake` command in the README's bash blocks, continuation lines joined, comments dropped."""
+    text = (ROOT / "README.md").read_text()
+    commands = []
+    for block in re.findall(r"```bash\n(.*?)```", text, re.S):
+        for line in block.replace("\\\n", " ").splitlines():
+            for part in line.split("&&"):
+                part = part.split(" #")[0].strip()
+                if part.startswith("deepfake "):
+                    commands.append(" ".join(part.split()))
+    return commands
+
+
+COMMANDS = readme_commands()
+
+
+def _reason(command: str) -> str | None:
+    if any(flag in command for flag in RUNS_WITHOUT_DATA):
+        return None
+    return next((why for key, why in CANNOT_RUN.items() if key in command), None)
+
+
+@pytest.fixture(scope="module")
+def project(demo_root, tmp_path_factory) -> Path:
+    """A fresh project directory: configs and notebooks as committed, the demo data as built, user images, and
+    the sweep files shrunk to two one-epoch trials."""
+    d = tmp_path_factory.mktemp("project")
+    shutil.copytree(ROOT / "configs", d / "configs")
+    shutil.copytree(ROOT / "notebooks", d / "notebooks")
+    shutil.copytree(demo_root, d / "data" / "demo")
+    (d / "photos").mkdir()
+    for i, f in enumerate(pd.read_csv(demo_root / "test.csv")["id"][:3]):
+        shutil.copy(demo_root / f, d / "photos" / f"p{i}.jpg")
+    shutil.copy(demo_root / pd.read_csv(demo_root / "test_v1.csv")["id"][0], d / "photo.jpg")
+    for sweep in (d / "configs").glob("sweep_*demo.yaml"):
+        spec = yaml.safe_load(sweep.read_text())
+        spec["n_trials"] = 2
+        spec["overrides"] = {**spec.get("overrides", {}), **TINY_FIT}
+        sweep.write_text(yaml.safe_dump(spec))
+    return d
+
+
+def _argv(command: str, project: Path) -> list[str]:
+    argv = []
+    for token in shlex.split(command)[1:]:
+        matches = sorted(glob.glob(str(project / token))) if "*" in token else []
+        argv.append(str(Path(matches[-1]).relative_to(project)) if matches else token)
+    if argv[0] == "fit" and "--print_config" not in argv:
+        argv += [f"--{k}={v}" for k, v in TINY_FIT.items()]
+    elif argv[0] in ("test", "predict", "validate", "calibrate"):
+        argv += ["--data.num_workers=0"]
+    return argv
+
+
+def _outputs(argv: list[str], project: Path) -> list[Path]:
+    """The files the README says this command writes."""
+    def newest(pattern: str) -> Path:
+        found = sorted(project.glob(pattern), key=lambda p: p.stat().st_mtime)
+        assert found, f"nothing matches {pattern}"
+        return found[-1]
+
+    def option(name: str) -> str | None:
+        return argv[argv.index(name) + 1] if name in argv else None
+
+    sub = argv[0]
+    if sub == "fit":
+        run = newest("lightning_logs/version_*/config.yaml").parent
+        return [run / "metrics.json", run / "checkpoints" / "last.ckpt", run / "split.csv",
+                run / "calibration" / "calibration.json"]
+    if sub == "test":
+        run = newest("**/eval/test_*/report.json").parent
+        files = [run / "report.json", run / "config.yaml"]
+        files += [run / "predictions" / f"{s}.csv" for s in ("val", "test_v1", "test_v2")]
+        files += [run / "plots" / f"{s}.png" for s in ("val", "test_v1", "test_v2")]
+        if option("--report.robustness") == "true":
+            files += [run / "robustness.csv", run / "robustness.png"]
+        return files
+    if sub == "predict":
+        run = newest("**/eval/predict_*/config.yaml").parent
+        if option("--data.predict_paths"):
+            return [run / "predictions" / "files.csv"]
+        split = option("--data.predict_split") or "test_v2"
+        return [run / "predictions" / f"{split}.csv", run / f"submission_{split}.csv"]
+    if sub == "calibrate":
+        return [project / option("--out")] if option("--out") else [project / option("--ckpt_path")]
+    if sub == "explain":
+        return [project / option("--out") / "explanations.csv"]
+    if sub == "export":
+        return [project / option("--out") / "detector.json", project / option("--out") / "model.safetensors"]
+    if sub == "sweep":
+        study = yaml.safe_load((project / option("--config")).read_text())["study_name"]
+        files = [project / "sweeps" / study / "trials.csv", project / "sweeps" / study / "best.yaml"]
+        if "backbones" in study:
+            files.append(project / "sweeps" / study / "comparison.md")
+        return files
+    raise AssertionError(f"no expectation for {argv}")
+
+
+def _run_in_subprocess(argv: list[str], project: Path) -> tuple[int, str]:
+    out = subprocess.run(["deepfake", *argv], cwd=project, capture_output=True, text=True, timeout=600)
+    return out.returncode, out.stdout + out.stderr
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=[f"{i:02d}" for i in range(len(COMMANDS))])
+def test_readme_command(command, project, monkeypatch, capsys):
+    monkeypatch.chdir(project)
+    monkeypatch.setattr(sys, "argv", ["deepfake", *shlex.split(command)[1:]])
+    argv = _argv(command, project)
+    started = __import__("time").time()
+    if any(flag in command for flag in IN_SUBPROCESS):
+        code, output = _run_in_subprocess(argv, project)
+        err = output
+    else:
+        try:
+            main(argv)
+            code = 0
+        except SystemExit as e:
+            code = e.code or 0
+        captured = capsys.readouterr()
+        output, err = captured.out + captured.err, captured.err
+    reason = _reason(command)
+    if reason is not None:
+        assert code == 2, f"{command} should fail here ({reason}), exit {code}:\n{output[-2000:]}"
+        errors = [line for line in err.splitlines() if line.startswith("deepfake: error:")]
+        assert len(errors) == 1 and "Traceback" not in err, err[-2000:]
+        return
+    assert code == 0, f"{command} exited {code}:\n{output[-3000:]}"
+    if "--print_config" in command:
+        assert yaml.safe_load(output)["model"]["backbone"] == "convnext_tiny"
+        return
+    for path in _outputs(argv, project):
+        assert path.is_file() and path.stat().st_size > 0, f"{command}: {path} missing"
+        assert path.stat().st_mtime >= started - 1, f"{command}: {path} not written by this command"
+
+
+def test_every_readme_command_is_covered():
+    """A new README command is either runnable here or listed in CANNOT_RUN: the lists above stay honest."""
+    runnable = [c for c in COMMANDS if _reason(c) is None]
+    assert len(COMMANDS) >= 25 and len(runnable) >= 18
+    assert all(any(key in c for c in COMMANDS) for key in CANNOT_RUN)  # no stale exception
+
+
+def test_readme_commands_ran_what_they_said(project):
+    """Cross-checks after the commands above: the quickstart run holds only training runs at the top level, and
+    the flags of the test-time-augmentation command are what its evaluation recorded."""
+    runs = sorted(p.name for p in (project / "lightning_logs").iterdir())
+    assert all(name.startswith("version_") for name in runs)
+    configs = [yaml.safe_load(p.read_text()) for p in (project / "lightning_logs" / "version_0" / "eval").glob("test_*/config.yaml")]
+    assert any(c["model"]["tta_flip"] is True and c["data"]["eval_views"] == 5 for c in configs)
+    calibrated = torch.load(project / "calibrated.ckpt", map_location="cpu", weights_only=False)["calibration"]
+    assert calibrated["calibrator"]["method"] == "platt"
+
+
+def test_notebooks_run_from_their_folder_after_the_quickstart(project, monkeypatch):
+    import nbclient
+    import nbformat
+
+    for key in ("DEEPFAKE_CKPT", "DEEPFAKE_LOGS", "DEEPFAKE_DATA_ROOT", "DEEPFAKE_STUDY"):
+        monkeypatch.delenv(key, raising=False)
+    shutil.rmtree(project / "sweeps", ignore_errors=True)  # notebook 02 must work with runs only
+    texts = {}
+    for name in ("01_explore_checkpoint.ipynb", "02_compare_runs.ipynb"):
+        nb = nbformat.read(project / "notebooks" / name, as_version=4)
+        nbclient.NotebookClient(nb, timeout=300, kernel_name="python3",
+                                resources={"metadata": {"path": str(project / "notebooks")}}).execute()
+        outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+        texts[name] = "".join(str(o.get("data", {}).get("text/plain", "")) + o.get("text", "") for o in outputs)
+    assert "data/demo" in texts["01_explore_checkpoint.ipynb"] and "ai_share_em" in texts["01_explore_checkpoint.ipynb"]
+    assert "No sweep study" in texts["02_compare_runs.ipynb"] and "val/auroc" in texts["02_compare_runs.ipynb"]

@@ -1,0 +1,303 @@
+"""Where features meet: the command line against a checkpoint's stored settings, test-time views against every
+test-time consumer, Lightning's switches against the framework's callbacks, and the console. Each test here
+failed before the fix it covers (issue 13)."""
+
+import json
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from deepfake_lightning.api import newest_checkpoint
+from deepfake_lightning.cli import cli_main, export_main, main
+from tests.conftest import CONFIGS
+
+FAST = ["--data.num_workers=0", "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
+TINY_FIT = ["--trainer.max_epochs=1", "--trainer.limit_train_batches=3", "--trainer.limit_val_batches=2"]
+
+
+@pytest.fixture(scope="module")
+def export_dir(demo_run, tmp_path_factory) -> Path:
+    return export_main(["--ckpt_path", str(demo_run / "checkpoints" / "last.ckpt"),
+                        "--out", str(tmp_path_factory.mktemp("export") / "demo_v1")])
+
+
+def _run(subcommand: str, root: Path, out: Path, *extra: str):
+    return cli_main([subcommand, "--config", str(CONFIGS / "demo.yaml"), f"--data.root={root}",
+                     f"--trainer.default_root_dir={out}", *FAST, *extra])
+
+
+def _eval(subcommand, demo_run, demo_root, out, *extra, ckpt=None):
+    cli = _run(subcommand, demo_root, out, f"--ckpt_path={ckpt or demo_run / 'checkpoints' / 'last.ckpt'}", *extra)
+    return cli, Path(cli.trainer.log_dir)
+
+
+def _predictions(run: Path, split: str = "test_v2") -> pd.DataFrame:
+    return pd.read_csv(run / "predictions" / f"{split}.csv").set_index("id").sort_index()
+
+
+@pytest.fixture(scope="module")
+def plain(demo_run, demo_root, tmp_path_factory):
+    """Reference `test` and `predict` of the demo checkpoint with no extra flag."""
+    out = tmp_path_factory.mktemp("plain")
+    _, test_dir = _eval("test", demo_run, demo_root, out)
+    _, predict_dir = _eval("predict", demo_run, demo_root, out)
+    return {"test": _predictions(test_dir), "predict": _predictions(predict_dir)}
+
+
+# --------------------------------------------------------------------------- {test, predict} x flags
+@pytest.mark.parametrize("subcommand", ["test", "predict"])
+def test_command_line_beats_the_checkpoint_tta_flip(subcommand, demo_run, demo_root, plain, tmp_path):
+    cli, run = _eval(subcommand, demo_run, demo_root, tmp_path, "--model.tta_flip=true")
+    assert cli.model.hparams.tta_flip is True
+    assert yaml.safe_load((run / "config.yaml").read_text())["model"]["tta_flip"] is True  # what was used
+    diff = (_predictions(run)["prob_ai"] - plain[subcommand]["prob_ai"]).abs()
+    assert diff.max() > 1e-3  # mirrored views change the probabilities (they were identical before)
+
+
+@pytest.mark.parametrize("subcommand", ["test", "predict"])
+def test_five_views_reach_metrics_predictions_and_gradcam(subcommand, demo_run, demo_root, plain, tmp_path):
+    cli, run = _eval(subcommand, demo_run, demo_root, tmp_path, "--data.eval_views=5")
+    preds = _predictions(run)
+    assert len(preds) == len(plain[subcommand]) and (preds["prob_ai"] - plain[subcommand]["prob_ai"]).abs().max() > 1e-3
+    if subcommand == "test":
+        report = json.loads((run / "report.json").read_text())
+        assert report["splits"]["test_v2"]["n_images"] == 400
+        for split in ("val", "test_v1", "test_v2"):  # the demo config's GradCamExport at test time
+            assert (run / "gradcam" / split / "samples.png").stat().st_size > 5000
+
+
+def test_gradcam_tiles_carry_the_multi_view_probability(demo_run, demo_root):
+    from deepfake_lightning.api import datamodule_for, load_detector
+    from deepfake_lightning.explain import CamExplainer
+
+    ckpt = demo_run / "checkpoints" / "last.ckpt"
+    detector = load_detector(ckpt)
+    dm = datamodule_for(ckpt, root=str(demo_root), eval_views=5)
+    views = torch.stack([dm.dataset("test_v1")[i]["image"] for i in range(4)])
+    assert views.shape[1] == 5
+    with CamExplainer(detector.model) as explainer:
+        result = explainer(views)
+    with torch.no_grad():
+        expected = detector.model.calibrated_probs(detector.model.predict_logits(views)).numpy()
+    assert result.cam.shape == (4, 64, 64)  # the centre view's map
+    assert np.allclose(result.probs, expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("subcommand", ["test", "predict"])
+def test_no_logger_still_writes_the_evaluation_files(subcommand, demo_run, demo_root, plain, tmp_path):
+    _, run = _eval(subcommand, demo_run, demo_root, tmp_path, "--trainer.logger=false")
+    assert run.parent == demo_run / "eval" and not list(run.glob("events.out.tfevents.*"))
+    assert np.allclose(_predictions(run)["prob_ai"], plain[subcommand]["prob_ai"], atol=1e-9)
+
+
+@pytest.mark.parametrize("subcommand", ["test", "predict"])
+def test_checkpointing_off_is_accepted_at_evaluation(subcommand, demo_run, demo_root, plain, tmp_path):
+    _, run = _eval(subcommand, demo_run, demo_root, tmp_path, "--trainer.enable_checkpointing=false")
+    assert np.allclose(_predictions(run)["prob_ai"], plain[subcommand]["prob_ai"], atol=1e-9)
+
+
+@pytest.mark.parametrize("subcommand", ["test", "predict"])
+def test_bf16_evaluation(subcommand, demo_run, demo_root, plain, tmp_path):
+    cli, run = _eval(subcommand, demo_run, demo_root, tmp_path, "--trainer.precision=bf16-mixed")
+    assert cli.trainer.precision == "bf16-mixed"
+    assert yaml.safe_load((run / "config.yaml").read_text())["trainer"]["precision"] == "bf16-mixed"
+    diff = (_predictions(run)["prob_ai"] - plain[subcommand]["prob_ai"]).abs()
+    assert 0 < diff.max() < 0.05  # bfloat16 autocast really ran, and stays close to float32
+
+
+@pytest.mark.parametrize("subcommand", ["test", "predict"])
+def test_export_folder_as_ckpt_path(subcommand, demo_run, demo_root, plain, export_dir, tmp_path):
+    cli, run = _eval(subcommand, demo_run, demo_root, tmp_path, ckpt=export_dir)
+    assert run == tmp_path / "eval" / f"{subcommand}_demo_v1"  # outside any training run
+    assert np.allclose(_predictions(run)["prob_ai"], plain[subcommand]["prob_ai"], atol=1e-6)
+
+
+def test_export_folder_with_tta_flip_on_the_command_line(demo_run, demo_root, export_dir, tmp_path):
+    cli, run = _eval("predict", demo_run, demo_root, tmp_path, "--model.tta_flip=true", ckpt=export_dir)
+    assert cli.model.hparams.tta_flip is True
+    assert yaml.safe_load((run / "config.yaml").read_text())["model"]["tta_flip"] is True
+
+
+def test_checkpoint_settings_beat_the_config_file(demo_run, demo_root, tmp_path):
+    # demo.yaml says 64 px crop; the command line keeps the checkpoint's own preprocessing unless told otherwise
+    cli, run = _eval("test", demo_run, demo_root, tmp_path, "--data.img_size=48", "--trainer.limit_test_batches=1")
+    assert cli.datamodule.hparams.img_size == 48
+    config = json.loads(json.dumps(yaml.safe_load((run / "config.yaml").read_text())))
+    assert config["data"]["img_size"] == 48 and config["model"]["backbone"] == "test_resnet"
+
+
+def test_a_contradicting_backbone_is_one_clear_error(demo_run, demo_root, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["test", "--config", str(CONFIGS / "demo.yaml"), f"--data.root={demo_root}",
+              f"--ckpt_path={demo_run / 'checkpoints' / 'last.ckpt'}", "--model.backbone=resnet50"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "Traceback" not in err
+    assert err.count("deepfake: error:") == 1 and "contradicts" in err and "test_resnet" in err
+
+
+# --------------------------------------------------------------------------- fit x flags
+def test_fit_with_tta_flip_and_five_views_validates_and_calibrates_as_it_tests(demo_root, tmp_path):
+    cli = _run("fit", demo_root, tmp_path, *TINY_FIT, "--model.tta_flip=true", "--data.eval_views=5")
+    run = Path(cli.trainer.log_dir)
+    assert yaml.safe_load((run / "config.yaml").read_text())["model"]["tta_flip"] is True
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["hyper_parameters"]["tta_flip"] is True
+    assert cli.model.calibration["val_probs"].shape == (160,)  # every validation image, five views each
+
+
+def test_fit_without_checkpointing_steps_aside_with_one_line(demo_root, tmp_path, caplog):
+    cli = _run("fit", demo_root, tmp_path, *TINY_FIT, "--trainer.enable_checkpointing=false")
+    run = Path(cli.trainer.log_dir)
+    assert not (run / "checkpoints").exists()
+    assert cli.model.calibration is not None  # calibrated in memory
+    assert "calibration/threshold" in json.loads((run / "metrics.json").read_text())
+    assert sum("enable_checkpointing=false" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_fit_without_logger_steps_aside_with_one_line(demo_root, tmp_path, caplog):
+    cli = _run("fit", demo_root, tmp_path, *TINY_FIT, "--trainer.logger=false")
+    assert cli.trainer.log_dir == str(tmp_path) and not (tmp_path / "lightning_logs").exists()
+    assert (tmp_path / "checkpoints" / "last.ckpt").is_file() and (tmp_path / "metrics.json").is_file()
+    assert not list(tmp_path.glob("events.out.tfevents.*"))
+    assert sum("logger=false" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_fit_in_bf16(demo_root, tmp_path):
+    cli = _run("fit", demo_root, tmp_path, *TINY_FIT, "--trainer.precision=bf16-mixed")
+    run = Path(cli.trainer.log_dir)
+    assert yaml.safe_load((run / "config.yaml").read_text())["trainer"]["precision"] == "bf16-mixed"
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert np.isfinite(metrics["train/loss_epoch"]) and 0 <= metrics["val/auroc"] <= 1
+
+
+def test_fit_from_an_export_folder_says_how_to_start_from_its_weights(demo_root, export_dir, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(CONFIGS / "demo.yaml"), f"--data.root={demo_root}", f"--ckpt_path={export_dir}"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.count("deepfake: error:") == 1
+    assert f"--model.weights {export_dir / 'model.safetensors'}" in err
+    from deepfake_lightning.models import DeepfakeClassifier
+    from safetensors.torch import load_file
+
+    model = DeepfakeClassifier("test_resnet", pretrained=False, weights=str(export_dir / "model.safetensors"))
+    exported = load_file(export_dir / "model.safetensors")
+    assert torch.equal(model.net.conv1.weight, exported["conv1.weight"])  # the advice works
+
+
+def test_max_time_says_where_it_stopped(demo_root, tmp_path, caplog):
+    cli = _run("fit", demo_root, tmp_path, "--trainer.max_epochs=1000", "--trainer.max_time=00:00:00:03")
+    assert cli.trainer.current_epoch < 1000
+    lines = [r.getMessage() for r in caplog.records if "Stopped by trainer.max_time" in r.getMessage()]
+    assert len(lines) == 1 and f"epoch {cli.trainer.current_epoch}" in lines[0]
+
+
+def test_barebones_conflict_is_one_clear_error(demo_root, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:  # demo.yaml sets log_every_n_steps, which barebones refuses
+        main(["fit", "--config", str(CONFIGS / "demo.yaml"), f"--data.root={demo_root}", "--trainer.barebones=true",
+              f"--trainer.default_root_dir={tmp_path}"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "Traceback" not in err and "barebones" in err
+
+
+# --------------------------------------------------------------------------- console
+def test_console_has_no_library_noise_and_real_flops(demo_root, tmp_path, caplog):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        cli_main(["fit", "--config", str(CONFIGS / "demo.yaml"), f"--data.root={demo_root}",
+                  f"--trainer.default_root_dir={tmp_path}", "--data.num_workers=0", *TINY_FIT,
+                  "--trainer.enable_progress_bar=false"])
+    text = "\n".join(r.getMessage() for r in caplog.records)
+    assert "litlogger" not in text and "estimate number of stepping batches" not in text
+    flops = [line for line in text.splitlines() if line.endswith("Total Flops")]
+    assert len(flops) == 1 and flops[0].split()[0] not in ("0", "")  # counted on one 64-px image
+    assert not [w for w in caught if "not recommended" in str(w.message)]
+
+
+def test_calibrate_and_platt_are_quiet(demo_run, demo_root, tmp_path, monkeypatch):
+    from deepfake_lightning.cli import calibrate_main
+
+    monkeypatch.setattr(sys, "argv", ["deepfake", "calibrate", "--anything"])  # as from the console script
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # LightningCLI's "args ... not recommended", scikit-learn's FutureWarning
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        calibrate_main(["--config", str(CONFIGS / "demo.yaml"), f"--data.root={demo_root}", "--data.num_workers=0",
+                        f"--ckpt_path={demo_run / 'checkpoints' / 'last.ckpt'}", f"--out={tmp_path / 'p.ckpt'}",
+                        "--calibration.method=platt"])
+
+
+def test_results_are_printed_after_the_progress_bar_closes(demo_run, demo_root, tmp_path):
+    out = subprocess.run(
+        ["deepfake", "predict", "--config", str(CONFIGS / "demo.yaml"), f"--data.root={demo_root}",
+         f"--ckpt_path={demo_run / 'checkpoints' / 'last.ckpt'}", f"--trainer.default_root_dir={tmp_path}",
+         "--data.num_workers=0"], capture_output=True, text=True, timeout=300, env={**_env(), "COLUMNS": "100"},
+    )
+    assert out.returncode == 0, out.stderr
+    assert "Predicting DataLoader 0: 100%" in out.stderr  # the bar was drawn (stderr) ...
+    lines = out.stdout.splitlines()  # ... and each result is a line of its own, not drawn into the bar
+    assert any(line.startswith("Predictions for test_v2 (400 images") for line in lines)
+    assert any(line.startswith("Kaggle submission: ") for line in lines)
+
+
+def test_a_mistyped_key_gets_one_line_and_a_suggestion(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(CONFIGS / "demo.yaml"), "--data.img_sise", "64"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and len(err.strip().splitlines()) <= 2
+    assert err.startswith("deepfake: error:") and "did you mean --data.img_size?" in err
+
+
+def test_unknown_command_and_no_command(capsys):
+    with pytest.raises(SystemExit):
+        main(["fitt"])
+    assert "did you mean fit?" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([])
+    listed = capsys.readouterr().out
+    assert all(f"  {c} " in listed for c in ("fit", "calibrate", "explain", "export", "sweep"))
+
+
+def _env() -> dict:
+    import os
+
+    return {k: v for k, v in os.environ.items() if not k.startswith("PYTEST")}
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["sweep", "--help"], ["export", "--help"], ["calibrate", "--help"],
+                                  ["explain", "--help"]])
+def test_help_does_not_import_torch(argv):
+    code = ("import sys\nfrom deepfake_lightning.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit:\n"
+            "    pass\nimport deepfake_lightning\nprint('torch imported:', 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=120, env=_env())
+    assert "usage:" in out.stdout and out.stdout.strip().endswith("torch imported: False")
+
+
+# --------------------------------------------------------------------------- finding runs
+def test_newest_checkpoint_is_the_best_of_the_newest_training_run(tmp_path):
+    import os
+    import time
+
+    def run(name, files, when):
+        d = tmp_path / name
+        (d / "checkpoints").mkdir(parents=True)
+        (d / "config.yaml").write_text("x: 1")
+        for f in files:
+            (d / "checkpoints" / f).write_bytes(b"")
+        os.utime(d / "config.yaml", (when, when))
+        return d
+
+    now = time.time()
+    run("version_0", ["best-epoch=07-auroc=0.9000.ckpt", "last.ckpt"], now - 100)
+    newest = run("version_1", ["best-epoch=03-auroc=0.8000.ckpt", "last.ckpt"], now - 50)
+    # evaluations of the old run are newer, and have their own config.yaml: they are not runs
+    (tmp_path / "version_0" / "eval" / "test_last" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "version_0" / "eval" / "test_last" / "config.yaml").write_text("x: 1")
+    assert newest_checkpoint(tmp_path) == newest / "checkpoints" / "best-epoch=03-auroc=0.8000.ckpt"
+    assert newest_checkpoint(tmp_path, kind="last") == newest / "checkpoints" / "last.ckpt"
+    with pytest.raises(FileNotFoundError, match="deepfake fit --config configs/demo.yaml"):
+        newest_checkpoint(tmp_path / "nothing")
