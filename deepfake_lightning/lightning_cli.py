@@ -264,6 +264,9 @@ class DeepfakeCLI(LightningCLI):
         for key, why in aside.items():
             if why and key in keys:
                 rank_zero_info(why)
+        if "checkpoint" in aside and self.subcommand in EVAL_SUBCOMMANDS:
+            # Lightning's advice to re-create the callbacks that wrote the checkpoint: the user turned this one off.
+            warnings.filterwarnings("ignore", message="Be aware that when using `ckpt_path`, callbacks used to create")
         parser.callback_keys = [k for k in keys if k not in aside]
         try:
             return super().instantiate_trainer(**kwargs)
