@@ -5,6 +5,7 @@ from pathlib import Path
 import nbclient
 import nbformat
 import pytest
+import torch
 import yaml
 
 from deepfake_lightning.cli import export_main
@@ -33,17 +34,25 @@ def test_committed_notebooks_have_no_outputs(name):
     assert all(not c.get("outputs") and c.get("execution_count") is None for c in nb.cells if c.cell_type == "code")
 
 
-@pytest.mark.parametrize("source", ["checkpoint", "export"])
+@pytest.mark.parametrize("source", ["checkpoint", "export", "uncalibrated"])
 def test_explore_checkpoint_notebook(source, demo_run, demo_root, tmp_path, monkeypatch):
     ckpt = next((demo_run / "checkpoints").glob("best-*.ckpt"))
     if source == "export":  # a `deepfake export` directory works the same (no pickle involved)
         ckpt = export_main(["--ckpt_path", str(ckpt), "--out", str(tmp_path / "export")])
+    if source == "uncalibrated":  # e.g. trained with --calibration.method none, or a failed calibration
+        raw = torch.load(ckpt, map_location="cpu", weights_only=False)
+        del raw["calibration"]
+        ckpt = tmp_path / "uncalibrated.ckpt"
+        torch.save(raw, ckpt)
     outputs = _execute("01_explore_checkpoint.ipynb", {"DEEPFAKE_CKPT": ckpt, "DEEPFAKE_DATA_ROOT": demo_root},
                        monkeypatch)
     # ROC/PR/confusion per labelled split (3), threshold trade-off, reliability per split (3), Grad-CAM gallery
     assert _images(outputs) == 8
     text = "".join(str(o.get("data", {}).get("text/plain", "")) + o.get("text", "") for o in outputs)
-    assert "ai_share_em" in text and "test_v2" in text
+    if source == "uncalibrated":  # shown as such, with the command that fixes it; no share estimate
+        assert "UNCALIBRATED" in text and "deepfake calibrate" in text and "Not available" in text
+    else:
+        assert "ai_share_em" in text and "test_v2" in text
 
 
 def test_compare_runs_notebook(demo_run, kaggle_root, tmp_path, monkeypatch):

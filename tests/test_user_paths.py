@@ -21,6 +21,7 @@ from deepfake_lightning.cli import cli_main, export_main, main
 from tests.conftest import CONFIGS
 
 FAST = ["--data.num_workers=0", "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
+EVAL_LIMITS = ["--trainer.limit_test_batches=2", "--trainer.limit_predict_batches=2"]  # 128 images per split
 TINY_FIT = ["--trainer.max_epochs=1", "--trainer.limit_train_batches=3", "--trainer.limit_val_batches=2"]
 
 
@@ -53,7 +54,7 @@ def _run(subcommand: str, root: Path, out: Path, *extra: str):
 def _eval(subcommand, demo_run, demo_root, out, *extra, ckpt=None, cams=False):
     """`deepfake test|predict` of the demo checkpoint; without the demo config's Grad-CAM export unless ``cams``."""
     cli = _run(subcommand, demo_root, out, f"--ckpt_path={ckpt or demo_run / 'checkpoints' / 'last.ckpt'}",
-               *([] if cams else ["--trainer.callbacks=[]"]), *extra)
+               *([] if cams else ["--trainer.callbacks=[]"]), *EVAL_LIMITS, *extra)
     return cli, Path(cli.trainer.log_dir)
 
 
@@ -87,7 +88,7 @@ def test_five_views_reach_metrics_predictions_and_gradcam(subcommand, demo_run, 
     assert len(preds) == len(plain[subcommand]) and (preds["prob_ai"] - plain[subcommand]["prob_ai"]).abs().max() > 1e-3
     if subcommand == "test":
         report = json.loads((run / "report.json").read_text())
-        assert report["splits"]["test_v2"]["n_images"] == 400
+        assert report["splits"]["test_v2"]["n_images"] == 128
         for split in ("val", "test_v1", "test_v2"):  # the demo config's GradCamExport at test time
             assert (run / "gradcam" / split / "samples.png").stat().st_size > 5000
 
@@ -146,7 +147,7 @@ def test_export_folder_with_tta_flip_on_the_command_line(demo_run, demo_root, ex
 
 def test_checkpoint_settings_beat_the_config_file(demo_run, demo_root, tmp_path):
     # demo.yaml says 64 px crop; the command line keeps the checkpoint's own preprocessing unless told otherwise
-    cli, run = _eval("test", demo_run, demo_root, tmp_path, "--data.img_size=48", "--trainer.limit_test_batches=1")
+    cli, run = _eval("test", demo_run, demo_root, tmp_path, "--data.img_size=48")
     assert cli.datamodule.hparams.img_size == 48
     config = json.loads(json.dumps(yaml.safe_load((run / "config.yaml").read_text())))
     assert config["data"]["img_size"] == 48 and config["model"]["backbone"] == "test_resnet"

@@ -141,12 +141,16 @@ class PredictionWriter(BasePredictionWriter, PrintsResults):
         written = write_predictions(out, split, [ids[i] for i in index], probs, threshold,
                                     all_ids=None if split == "files" else ids)
         self.written = written
-        skipped = [i for i in ids if i not in set(ids[j] for j in index)] if len(index) < len(ids) else []
+        predicted = {ids[j] for j in index}
+        skipped = [i for i in ids if i not in predicted] if len(index) < len(ids) else []
         lines = [f"Predictions for {split} ({len(index)} images, threshold {threshold:.4f}): {written['predictions']}"]
         if "submission" in written:
             lines.append(f"Kaggle submission: {written['submission']}")
         if skipped:
-            rank_zero_warn(f"{len(skipped)} image(s) could not be read and have no prediction: {skipped[:20]}"
+            limit = trainer.limit_predict_batches
+            why = (f"were not predicted (trainer.limit_predict_batches={limit})" if limit not in (None, 1.0)
+                   else "could not be read and have no prediction")
+            rank_zero_warn(f"{len(skipped)} image(s) {why}: {skipped[:20]}"
                            + (" (no submission file written: it needs every id)" if split != "files" else ""))
         self.print_result("\n".join(lines))
 
