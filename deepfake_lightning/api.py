@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import inspect
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -17,6 +17,7 @@ from deepfake_lightning.data.dataset import collate_skip_bad
 from deepfake_lightning.data.transforms import IMAGENET_MEAN, IMAGENET_STD, create_transform
 from deepfake_lightning.export import CONFIG_FILE, is_export, load_export, read_export_config
 from deepfake_lightning.models import DeepfakeClassifier
+from deepfake_lightning.provenance import ModelFacts
 
 
 @dataclass
@@ -32,6 +33,7 @@ class Detector:
     img_size: int
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
+    facts: ModelFacts = field(default_factory=ModelFacts)  # training data, metrics, versions: see provenance.py
 
     @property
     def threshold(self) -> float:
@@ -60,7 +62,9 @@ def load_detector(ckpt_path: str | os.PathLike, map_location: str | torch.device
     mean = tuple(data.get("mean", cfg.get("mean", IMAGENET_MEAN)))
     std = tuple(data.get("std", cfg.get("std", IMAGENET_STD)))
     transform = create_transform(img_size, train=False, mode=data.get("mode", "resize"), mean=mean, std=std)
-    return Detector(model, transform, img_size, mean, std)
+    facts = model.facts or ModelFacts()
+    facts.source = str(ckpt_path)
+    return Detector(model, transform, img_size, mean, std, facts)
 
 
 def training_runs(logs_dir: str | os.PathLike = "lightning_logs") -> list[Path]:

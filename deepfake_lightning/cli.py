@@ -108,11 +108,15 @@ def explain_main(args: list[str]):
     a = parser.parse_args(args)
     from deepfake_lightning.api import load_detector
     from deepfake_lightning.explain import CAM_METHODS, expand_inputs, explain_files
+    from deepfake_lightning.provenance import DEMO_WARNING, outside_demo_data
 
     if a.method not in CAM_METHODS:
         parser.error(f"--method {a.method!r}: choose from {', '.join(sorted(CAM_METHODS))}")
     detector = load_detector(a.ckpt_path)
-    table = explain_files(detector, expand_inputs(a.inputs), a.out, batch_size=a.batch_size, method=a.method,
+    files = expand_inputs(a.inputs)
+    if outside_demo_data(detector.facts, files):
+        print(f"deepfake: warning: {DEMO_WARNING}", file=sys.stderr)
+    table = explain_files(detector, files, a.out, batch_size=a.batch_size, method=a.method,
                           layers=a.layers, n_layers=a.n_layers, target=a.target)
     bad = table[table["error"] != ""]
     for _, row in bad.iterrows():

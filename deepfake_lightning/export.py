@@ -25,11 +25,13 @@ import torch
 
 from deepfake_lightning.errors import ExportError  # noqa: F401 (re-exported)
 from deepfake_lightning.files import atomic_path
+from deepfake_lightning.provenance import export_facts, model_card
 
 FORMAT = "deepfake-lightning-detector"
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "detector.json"
+CARD_FILE = "README.md"
 
 
 def is_export(path: str | os.PathLike | None) -> bool:
@@ -50,8 +52,9 @@ def _plain(value: Any) -> Any:
 
 
 def export_checkpoint(ckpt_path: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
-    """Writes ``out_dir/model.safetensors`` and ``out_dir/detector.json`` from a ``deepfake fit`` checkpoint (a
-    pickle: export only checkpoints you trust; the export is then safe to share). Returns ``out_dir``."""
+    """Writes ``out_dir/model.safetensors``, ``out_dir/detector.json`` and a model card ``out_dir/README.md`` (Hugging
+    Face format, see ``provenance.model_card``) from a ``deepfake fit`` checkpoint (a pickle: export only
+    checkpoints you trust; the export is then safe to share). Returns ``out_dir``."""
     from safetensors.torch import save_file
 
     from deepfake_lightning import __version__
@@ -83,12 +86,15 @@ def export_checkpoint(ckpt_path: str | os.PathLike, out_dir: str | os.PathLike) 
         "calibration": _plain(calibration),
         "data": _plain(dict(data)),  # the data module's settings, for re-creating its splits (datamodule_for)
         "source": {"checkpoint": ckpt_path.name, "epoch": ckpt.get("epoch"), "global_step": ckpt.get("global_step")},
+        "provenance": _plain(ckpt.get("provenance")),  # training data, split, metrics, versions (provenance.py)
     }
     out.mkdir(parents=True, exist_ok=True)
     with atomic_path(out / WEIGHTS_FILE) as tmp:
         save_file(weights, str(tmp), metadata={"format": FORMAT, "backbone": hp["backbone"]})
     with atomic_path(out / CONFIG_FILE) as tmp:
         tmp.write_text(json.dumps(config, indent=2))
+    with atomic_path(out / CARD_FILE) as tmp:  # the Hugging Face model card
+        tmp.write_text(model_card(export_facts(config, source=str(out))))
     return out
 
 
@@ -143,3 +149,4 @@ def load_weights(model, export_dir: str | os.PathLike, config: dict | None = Non
         calibration["val_probs"] = torch.tensor(calibration["val_probs"], dtype=torch.float32)
         calibration["val_labels"] = torch.tensor(calibration["val_labels"], dtype=torch.int8)
     model.calibration = calibration
+    model.facts = export_facts(config, source=str(export_dir))

@@ -82,6 +82,21 @@ def demo_run(demo_root, tmp_path_factory) -> Path:
     return out / "lightning_logs" / "version_0"
 
 
+@pytest.fixture
+def console():
+    """What the console shows of Lightning's info lines and ours (both go through the `lightning.pytorch` logger,
+    whose handler holds the stream it was created with, out of reach of capsys/capfd)."""
+    import io
+    import logging
+
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    logger = logging.getLogger("lightning.pytorch")
+    logger.addHandler(handler)
+    yield stream
+    logger.removeHandler(handler)
+
+
 @pytest.fixture(scope="session")
 def postgres_url():
     """A throw-away PostgreSQL server on loopback (Debian's `postgresql` package, which .ci/run installs),

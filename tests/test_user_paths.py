@@ -2,9 +2,7 @@
 test-time consumer, Lightning's switches against the framework's callbacks, and the console. Each test here
 failed before the fix it covers (issue 13)."""
 
-import io
 import json
-import logging
 import subprocess
 import sys
 import warnings
@@ -29,17 +27,6 @@ TINY_FIT = ["--trainer.max_epochs=1", "--trainer.limit_train_batches=3", "--trai
 def export_dir(demo_run, tmp_path_factory) -> Path:
     return export_main(["--ckpt_path", str(demo_run / "checkpoints" / "last.ckpt"),
                         "--out", str(tmp_path_factory.mktemp("export") / "demo_v1")])
-
-
-@pytest.fixture
-def console():
-    """Lightning's info lines and ours (through its `lightning.pytorch` logger), as the console shows them."""
-    stream = io.StringIO()
-    handler = logging.StreamHandler(stream)
-    logger = logging.getLogger("lightning.pytorch")
-    logger.addHandler(handler)
-    yield stream
-    logger.removeHandler(handler)
 
 
 def _logged(console) -> str:

@@ -25,6 +25,7 @@ from deepfake_lightning.evaluation import (
     write_predictions,
 )
 from deepfake_lightning.files import atomic_path, write_json
+from deepfake_lightning.provenance import DEMO_WARNING, evaluation_record, outside_demo_data
 
 
 class EvaluationReport(PrintsResults):
@@ -77,9 +78,26 @@ class EvaluationReport(PrintsResults):
             report["robustness"] = self._robustness(trainer, pl_module, run)
         write_json(run / "report.json", report)
         self.report = report
+        self._record_in_checkpoint(trainer.ckpt_path, report, run)
         if report["splits"]:
             self.print_result(f"\nEvaluation (threshold {threshold:.4f}, tuned on validation):\n{format_report(report)}"
                               f"\nWritten to {run / 'report.json'}")
+
+    @staticmethod
+    def _record_in_checkpoint(ckpt_path: str | None, report: dict, run: Path) -> None:
+        """Adds this evaluation's per-split summary to the evaluated checkpoint's provenance (an export folder is
+        left as it is: it is a published artifact)."""
+        if not report["splits"] or not ckpt_path or not Path(ckpt_path).is_file():
+            return
+        try:
+            ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+            provenance = ckpt.setdefault("provenance", {})
+            provenance["test"] = evaluation_record(report)
+            provenance["test_report"] = str(run.resolve() / "report.json")
+            with atomic_path(Path(ckpt_path)) as tmp:
+                torch.save(ckpt, tmp)
+        except OSError as e:  # e.g. a read-only checkpoint: the report itself is written
+            rank_zero_warn(f"could not add the test results to {ckpt_path}: {e}")
 
     def _robustness(self, trainer: L.Trainer, pl_module, run: Path) -> str:
         dm = trainer.datamodule
@@ -146,6 +164,8 @@ class PredictionWriter(BasePredictionWriter, PrintsResults):
         lines = [f"Predictions for {split} ({len(index)} images, threshold {threshold:.4f}): {written['predictions']}"]
         if "submission" in written:
             lines.append(f"Kaggle submission: {written['submission']}")
+        if split == "files" and outside_demo_data(getattr(pl_module, "facts", None), [ids[i] for i in index]):
+            lines.append(f"deepfake: warning: {DEMO_WARNING}")
         if skipped:
             limit = trainer.limit_predict_batches
             why = (f"were not predicted (trainer.limit_predict_batches={limit})" if limit not in (None, 1.0)

@@ -256,6 +256,30 @@ class DeepfakeDataModule(L.LightningDataModule):
     def load_state_dict(self, state_dict: dict) -> None:
         pass  # nothing to restore: the root in use is the configured one
 
+    def data_identity(self) -> dict:
+        """What this data module trains on, for a checkpoint's provenance (``provenance.py``): the demo spec, or the
+        training CSV's path, row count, AI share and content hash; and a hash of the train/val split. Empty before
+        ``setup``."""
+        if "train" not in self.indexes:
+            return {}
+        if getattr(self, "_identity", None) is None:
+            from dataclasses import asdict
+
+            from deepfake_lightning.provenance import KAGGLE_DATASET, file_sha256, split_sha256
+
+            hp = self.hparams
+            parts = [(p, s) for s in ("train", "val") for p in self.indexes[s]["path"]]
+            labels = pd.concat([self.indexes["train"]["label"], self.indexes["val"]["label"]])
+            if hp.demo:
+                data = {"kind": "demo", "spec": asdict(DemoSpec(seed=hp.demo_seed)), "root": str(self.root.resolve())}
+            else:
+                csv = self.root / hp.train_csv
+                data = {"kind": "csv", "train_csv": str(csv.resolve()), "rows": int(len(labels)),
+                        "ai_share": float(labels.mean()), "sha256": file_sha256(csv),
+                        "kaggle": self.root.name == KAGGLE_DATASET.split("/")[1]}
+            self._identity = {"data": data, "split_sha256": split_sha256(parts)}
+        return self._identity
+
     # ---------------------------------------------------------------- loaders
     def test_splits(self) -> list[str]:
         """The splits ``deepfake test`` evaluates, in order: validation first, then every configured test split

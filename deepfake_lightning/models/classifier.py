@@ -27,6 +27,7 @@ from torchmetrics.classification import (
 
 from deepfake_lightning.calibration import Calibrator
 from deepfake_lightning.models.backbones import create_backbone
+from deepfake_lightning.provenance import ModelFacts, checkpoint_facts, training_record
 
 
 def make_metrics(threshold: float = 0.5) -> MetricCollection:
@@ -115,14 +116,21 @@ class DeepfakeClassifier(L.LightningModule):
         self.test_outputs: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
         # Set by the Calibration callback or `deepfake calibrate`; saved in and restored from checkpoints.
         self.calibration: dict | None = None
+        # What a loaded model was trained on (provenance.ModelFacts); None for a model that is being trained.
+        self.facts: ModelFacts | None = None
 
     # ------------------------------------------------------------------ calibration state
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         if self.calibration is not None:
             checkpoint["calibration"] = self.calibration
+        trainer = self._trainer
+        if trainer is not None and trainer.datamodule is not None and trainer.state.fn == "fit":
+            # What this model was trained on and how it scored: see provenance.py.
+            checkpoint["provenance"] = training_record(trainer.datamodule, trainer.callback_metrics)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.calibration = checkpoint.get("calibration")
+        self.facts = checkpoint_facts(checkpoint, source="checkpoint")
 
     @property
     def calibrator(self) -> Calibrator:

@@ -1,0 +1,283 @@
+"""What a model was trained on and how well it did: the provenance record in every checkpoint, the facts
+``load_detector`` exposes, and the Hugging Face model card that ``deepfake export`` writes.
+
+A checkpoint's ``provenance`` (written by ``DeepfakeClassifier.on_save_checkpoint``) holds:
+
+* ``data``: the training data's identity: for the demo, ``{"kind": "demo", "spec": {...}}``; otherwise
+  ``{"kind": "csv", "train_csv", "rows", "ai_share", "sha256"}`` (the CSV's content hash);
+* ``split_sha256``: a hash of the train/val split (sorted ``path,split`` lines);
+* ``validation``: the ``val/*`` metrics at the time of that checkpoint;
+* ``versions``: deepfake-lightning, torch, lightning, timm; ``git_commit`` when the package runs from a checkout;
+* ``test``: added by ``deepfake test`` on that checkpoint: per split, images, AUROC, AP, ECE and accuracy / macro F1
+  at the tuned threshold.
+
+The calibration and threshold are the checkpoint's own ``calibration`` entry. Anything missing (a checkpoint
+from before provenance existed) reads as ``"unknown"``, never as an error.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+UNKNOWN = "unknown"
+KAGGLE_DATASET = "alessandrasala79/ai-vs-human-generated-dataset"
+DEMO_WARNING = ("this detector was trained on the synthetic demo dataset (simulated up-sampling artifacts): it does "
+                "not detect real AI-generated images, and its probabilities on other images mean nothing")
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def split_sha256(paths_and_splits: list[tuple[str, str]]) -> str:
+    lines = "\n".join(f"{p},{s}" for p, s in sorted(paths_and_splits))
+    return hashlib.sha256(lines.encode()).hexdigest()
+
+
+def git_commit() -> str | None:
+    """The commit of the checkout this package runs from (``+dirty`` with uncommitted changes), or None."""
+    here = Path(__file__).resolve().parent
+    if not (here.parent / ".git").exists():
+        return None
+    try:
+        run = lambda *a: subprocess.run(["git", *a], cwd=here, capture_output=True, text=True, timeout=10)  # noqa: E731
+        commit = run("rev-parse", "HEAD").stdout.strip()
+        dirty = run("status", "--porcelain", "--untracked-files=no").stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return (commit + ("+dirty" if dirty else "")) or None
+
+
+def versions() -> dict[str, str]:
+    import lightning
+    import timm
+    import torch
+
+    from deepfake_lightning import __version__
+
+    # str(): torch's version is a str subclass, which torch.load(weights_only=True) refuses to unpickle
+    return {"deepfake-lightning": str(__version__), "torch": str(torch.__version__),
+            "lightning": str(lightning.__version__), "timm": str(timm.__version__)}
+
+
+def training_record(datamodule, metrics: dict[str, Any]) -> dict:
+    """The provenance of a checkpoint being saved during ``fit``: ``datamodule`` is the set-up data module,
+    ``metrics`` the trainer's current metrics (the ``val/*`` ones are kept)."""
+    record: dict[str, Any] = {"versions": versions(), "git_commit": git_commit()}
+    identity = getattr(datamodule, "data_identity", None)
+    if identity is not None:
+        record |= identity()
+    record["validation"] = {k: float(v) for k, v in metrics.items() if k.startswith("val/") and _scalar(v)}
+    return record
+
+
+def _scalar(v) -> bool:
+    try:
+        float(v)
+        return True
+    except (TypeError, ValueError):
+        return False
+
+
+@dataclass
+class ModelFacts:
+    """What is known about a trained detector (``load_detector(...).facts``); ``"unknown"`` where the checkpoint or
+    export does not say."""
+
+    backbone: str = UNKNOWN
+    frontend: str = "rgb"
+    img_size: int | str = UNKNOWN
+    mode: str = UNKNOWN
+    calibration: str = "none"
+    temperature: float | None = None
+    threshold: float = 0.5
+    threshold_criterion: str = UNKNOWN
+    training_data: dict | str = UNKNOWN
+    split_sha256: str = UNKNOWN
+    validation: dict | str = UNKNOWN
+    test: dict = field(default_factory=dict)
+    versions: dict | str = UNKNOWN
+    git_commit: str | None = None
+    source: str = UNKNOWN
+
+    @property
+    def trained_on_demo(self) -> bool:
+        return isinstance(self.training_data, dict) and self.training_data.get("kind") == "demo"
+
+    @property
+    def dataset(self) -> str:
+        """A one-line description of the training data."""
+        data = self.training_data
+        if not isinstance(data, dict):
+            return UNKNOWN
+        if data.get("kind") == "demo":
+            return f"the synthetic demo dataset (demo spec {data.get('spec')})"
+        return (f"{data.get('train_csv')}: {data.get('rows')} images, {100 * float(data.get('ai_share', 0)):.1f} % "
+                f"AI-generated (sha256 {str(data.get('sha256'))[:12]})")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_parts(cls, model_hparams: dict, data_hparams: dict, calibration: dict | None, provenance: dict | None,
+                   source: str) -> "ModelFacts":
+        """From a checkpoint's (or an export's) stored pieces; tolerant of any of them missing."""
+        provenance = provenance or {}
+        cal = calibration or {}
+        calibrator = cal.get("calibrator") or {}
+        training = provenance.get("data", UNKNOWN)
+        if training == UNKNOWN and data_hparams.get("demo"):  # older demo checkpoints: the hyperparameters say so
+            training = {"kind": "demo", "spec": {"seed": data_hparams.get("demo_seed", 0)}}
+        return cls(
+            backbone=model_hparams.get("backbone", UNKNOWN),
+            frontend=model_hparams.get("frontend", "rgb"),
+            img_size=data_hparams.get("img_size", UNKNOWN),
+            mode=data_hparams.get("mode", UNKNOWN),
+            calibration=calibrator.get("method", "none"),
+            temperature=calibrator.get("temperature") if calibrator.get("method") == "temperature" else None,
+            threshold=float(cal.get("threshold", 0.5)),
+            threshold_criterion=cal.get("criterion", UNKNOWN) if cal else "none (uncalibrated: 0.5)",
+            training_data=training,
+            split_sha256=provenance.get("split_sha256", UNKNOWN),
+            validation=provenance.get("validation", UNKNOWN),
+            test=provenance.get("test", {}),
+            versions=provenance.get("versions", UNKNOWN),
+            git_commit=provenance.get("git_commit"),
+            source=source,
+        )
+
+
+def outside_demo_data(facts: ModelFacts | None, files: list) -> bool:
+    """True when a demo-trained detector is asked about images that are not from its demo data set (then the
+    result means nothing, and the user is told so); False for other detectors and for the demo's own images."""
+    if facts is None or not facts.trained_on_demo:
+        return False
+    root = facts.training_data.get("root")
+    if root is None:  # an older checkpoint: where its demo data lay is not recorded
+        return bool(files)
+    return any(not Path(f).resolve().is_relative_to(Path(root)) for f in files)
+
+
+def checkpoint_facts(ckpt: dict, source: str) -> ModelFacts:
+    return ModelFacts.from_parts(ckpt.get("hyper_parameters", {}), ckpt.get("datamodule_hyper_parameters", {}),
+                                 ckpt.get("calibration"), ckpt.get("provenance"), source)
+
+
+def export_facts(config: dict, source: str) -> ModelFacts:
+    data = {**config.get("data", {}), **{k: config[k] for k in ("img_size", "mode") if k in config}}
+    return ModelFacts.from_parts({"backbone": config.get("backbone", UNKNOWN)}, data, config.get("calibration"),
+                                 config.get("provenance"), source)
+
+
+def evaluation_record(report: dict) -> dict:
+    """The per-split summary of a ``report.json`` that ``deepfake test`` adds to the checkpoint's provenance."""
+    return {split: {"n_images": r["n_images"], "auroc": r["auroc"], "ap": r["ap"], "ece": r["ece"],
+                    "acc": r["at_tuned"]["acc"], "f1_macro": r["at_tuned"]["f1_macro"]}
+            for split, r in report.get("splits", {}).items()}
+
+
+# --------------------------------------------------------------------------- the model card
+def model_card(facts: ModelFacts) -> str:
+    """A Hugging Face model card (README.md): YAML metadata, then what the model is, how it was trained and
+    evaluated, how to use it, and its limits."""
+    import yaml
+
+    results = []
+    if isinstance(facts.validation, dict) and facts.validation:
+        v = facts.validation
+        results.append(_result("validation", v.get("val/auroc"), v.get("val/f1"), v.get("val/acc"),
+                               "training run: F1 and accuracy at 0.5"))
+    for split, r in facts.test.items():
+        results.append(_result(split, r.get("auroc"), r.get("f1_macro"), r.get("acc"),
+                               "deepfake test: macro F1 and accuracy at the tuned threshold"))
+    metadata = {
+        "library_name": "deepfake-lightning",
+        "pipeline_tag": "image-classification",
+        "tags": ["ai-generated-image-detection", "deepfake-detection", "timm", "pytorch-lightning", facts.backbone]
+        + (["demo", "not-a-real-detector"] if facts.trained_on_demo else []),
+        "metrics": ["roc_auc", "f1", "accuracy"],
+    }
+    data = facts.training_data
+    if isinstance(data, dict) and data.get("kind") == "csv" and data.get("kaggle"):
+        metadata["datasets"] = [KAGGLE_DATASET]
+    if results:
+        metadata["model-index"] = [{"name": f"deepfake-lightning-{facts.backbone}",
+                                    "results": [{k: r[k] for k in ("task", "dataset", "metrics")}
+                                                for r in results if r["metrics"]]}]
+    lines = ["---", yaml.safe_dump(metadata, sort_keys=False).rstrip(), "---", "",
+             f"# AI-generated image detector: {facts.backbone}", ""]
+    if facts.trained_on_demo:
+        lines += [f"> **Not a detector.** {DEMO_WARNING[0].upper()}{DEMO_WARNING[1:]}.", ""]
+    lines += [
+        "Binary classifier: the probability that an image is AI-generated (label 1) rather than a photograph "
+        "(label 0), trained with deepfake-lightning on a timm backbone.", "",
+        "## Model", "",
+        "| | |", "|---|---|",
+        f"| backbone | `{facts.backbone}` (one logit) |",
+        f"| front-end | {facts.frontend} |",
+        f"| input | {facts.img_size} px, `{facts.mode}` mode |",
+        f"| calibration | {facts.calibration}" + (f", temperature {facts.temperature:.4f}" if facts.temperature else "") + " |",
+        f"| decision threshold | {facts.threshold:.4f} ({facts.threshold_criterion}, chosen on validation) |",
+        f"| versions | {_versions(facts.versions)} |",
+        f"| git commit | {facts.git_commit or UNKNOWN} |", "",
+        "## Training data", "", f"{facts.dataset}; train/val split sha256 `{facts.split_sha256}`.", "",
+        "## Evaluation", "",
+    ]
+    if results:
+        lines += ["| split | AUROC | F1 | accuracy | measured by |", "|---|---|---|---|---|"]
+        for r in results:
+            values = {m["type"]: m["value"] for m in r["metrics"]}
+            lines.append(f"| {r['dataset']['name']} | " + " | ".join(
+                f"{values[k]:.4f}" if k in values else "" for k in ("roc_auc", "f1", "accuracy")) + f" | {r['source']} |")
+        lines.append("")
+    else:
+        lines += [f"{UNKNOWN}: this checkpoint carries no metrics.", ""]
+    lines += [
+        "## Intended use", "",
+        "Screening images for likely AI generation, with a human in the loop; the probability is calibrated on "
+        "validation data from the training distribution.", "",
+        "## Limitations", "",
+        "- Detectors of AI-generated images generalize poorly to generators and post-processing they were not "
+        "trained on; calibration and the threshold do not transfer across such a change.",
+        "- Re-compression, resizing and blur reduce accuracy (see `deepfake test --report.robustness true`).",
+    ]
+    if facts.trained_on_demo:
+        lines.append(f"- {DEMO_WARNING[0].upper()}{DEMO_WARNING[1:]}.")
+    lines += ["", "## How to use", "", "With deepfake-lightning installed (`pip install -e .` in its checkout):", "",
+              "```bash",
+              "deepfake predict --config configs/demo.yaml --ckpt_path THIS_FOLDER --data.predict_paths '[photos/]'",
+              "deepfake explain photo.jpg --ckpt_path THIS_FOLDER --out cams/", "```", "",
+              "```python", "from deepfake_lightning import load_detector",
+              "detector = load_detector('THIS_FOLDER')   # safetensors + JSON: nothing is unpickled",
+              "print(detector.facts)", "```", ""]
+    return "\n".join(lines)
+
+
+def _result(name: str, auroc, f1, acc, source: str) -> dict:
+    metrics = [{"type": t, "value": round(float(v), 4)} for t, v in (("roc_auc", auroc), ("f1", f1), ("accuracy", acc))
+               if v is not None]
+    return {"task": {"type": "image-classification"}, "dataset": {"name": name, "type": name}, "metrics": metrics,
+            "source": source}
+
+
+def _versions(v) -> str:
+    return ", ".join(f"{k} {x}" for k, x in v.items()) if isinstance(v, dict) else UNKNOWN
+
+
+def read_card_metadata(path: str | os.PathLike) -> dict:
+    """The YAML metadata block of a model card."""
+    import yaml
+
+    text = Path(path).read_text()
+    if not text.startswith("---\n"):
+        return {}
+    return yaml.safe_load(text.split("---\n", 2)[1]) or {}

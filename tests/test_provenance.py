@@ -1,0 +1,144 @@
+"""Provenance in every checkpoint, model cards in every export, and demo models that say they are not detectors."""
+
+import hashlib
+import json
+import shutil
+import subprocess
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from deepfake_lightning.api import load_detector
+from deepfake_lightning.cli import cli_main, explain_main, export_main
+from deepfake_lightning.data.demo import DemoSpec
+from deepfake_lightning.provenance import DEMO_WARNING, UNKNOWN, read_card_metadata
+from tests.conftest import CONFIGS
+
+QUIET = ["--data.num_workers=0", "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
+
+
+def _split_hash(split_csv: Path) -> str:
+    df = pd.read_csv(split_csv)
+    return hashlib.sha256("\n".join(sorted(f"{p},{s}" for p, s in zip(df["path"], df["split"]))).encode()).hexdigest()
+
+
+def test_a_fresh_demo_checkpoint_records_its_provenance(demo_run, demo_root):
+    best = next((demo_run / "checkpoints").glob("best-*.ckpt"))
+    ckpt = torch.load(best, map_location="cpu", weights_only=True)  # plain values only: safe to load
+    p = ckpt["provenance"]
+    assert p["data"] == {"kind": "demo", "spec": asdict(DemoSpec()), "root": str(demo_root.resolve())}
+    assert p["split_sha256"] == _split_hash(demo_run / "split.csv")
+    assert f"auroc={p['validation']['val/auroc']:.4f}" in best.name  # the metrics of that very checkpoint
+    assert {"val/f1", "val/acc", "val/loss"} <= p["validation"].keys()
+    assert set(p["versions"]) == {"deepfake-lightning", "torch", "lightning", "timm"}
+    assert p["versions"]["torch"] == str(torch.__version__)
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True)
+    if head.returncode == 0:  # running from a checkout
+        assert p["git_commit"].removesuffix("+dirty") == head.stdout.strip()
+    assert ckpt["calibration"]["criterion"] == "f1"  # the calibration summary is the checkpoint's own entry
+
+
+def test_csv_training_data_is_identified_by_its_content(kaggle_root, tmp_path):
+    cli = cli_main(["fit", "--config", str(CONFIGS / "demo.yaml"), f"--data.root={kaggle_root}", "--data.demo=false",
+                    "--data.group_column=null", "--data.img_size=32", "--trainer.max_epochs=1",
+                    f"--trainer.default_root_dir={tmp_path}", "--trainer.callbacks=[]", *QUIET])
+    run = Path(cli.trainer.log_dir)
+    data = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["provenance"]["data"]
+    csv = kaggle_root / "train.csv"
+    assert data == {"kind": "csv", "train_csv": str(csv.resolve()), "rows": 40, "ai_share": 0.5,
+                    "sha256": hashlib.sha256(csv.read_bytes()).hexdigest(), "kaggle": False}
+
+
+@pytest.fixture(scope="module")
+def tested_copy(demo_run, demo_root, tmp_path_factory) -> Path:
+    """A copy of the demo run's best checkpoint in a run folder of its own, after `deepfake test` on it."""
+    run = tmp_path_factory.mktemp("copy") / "version_0"
+    (run / "checkpoints").mkdir(parents=True)
+    ckpt = run / "checkpoints" / "best.ckpt"
+    shutil.copy(next((demo_run / "checkpoints").glob("best-*.ckpt")), ckpt)
+    cli_main(["test", "--config", str(CONFIGS / "demo.yaml"), f"--data.root={demo_root}", f"--ckpt_path={ckpt}",
+              f"--data.split_file={demo_run / 'split.csv'}", "--trainer.callbacks=[]", *QUIET])
+    return ckpt
+
+
+def test_deepfake_test_adds_its_results_to_the_checkpoint(tested_copy):
+    report = json.loads((tested_copy.parent.parent / "eval" / "test_best" / "report.json").read_text())
+    recorded = torch.load(tested_copy, map_location="cpu", weights_only=True)["provenance"]
+    assert set(recorded["test"]) == {"val", "test_v1", "test_v2"}
+    for split, r in recorded["test"].items():
+        assert r["auroc"] == report["splits"][split]["auroc"] and r["n_images"] == report["splits"][split]["n_images"]
+        assert r["f1_macro"] == report["splits"][split]["at_tuned"]["f1_macro"]
+    assert recorded["data"]["kind"] == "demo"  # the training record is kept
+
+
+def test_export_writes_a_model_card_that_matches_the_checkpoint(tested_copy, tmp_path):
+    out = export_main(["--ckpt_path", str(tested_copy), "--out", str(tmp_path / "card")])
+    ckpt = torch.load(tested_copy, map_location="cpu", weights_only=True)
+    meta = read_card_metadata(out / "README.md")
+    assert meta["library_name"] == "deepfake-lightning" and meta["pipeline_tag"] == "image-classification"
+    assert {"test_resnet", "demo", "not-a-real-detector"} <= set(meta["tags"])
+    assert "datasets" not in meta  # the demo is no published dataset
+    results = {r["dataset"]["name"]: {m["type"]: m["value"] for m in r["metrics"]}
+               for r in meta["model-index"][0]["results"]}
+    val = ckpt["provenance"]["validation"]
+    assert results["validation"]["roc_auc"] == round(val["val/auroc"], 4)
+    for split, r in ckpt["provenance"]["test"].items():
+        assert results[split] == {"roc_auc": round(r["auroc"], 4), "f1": round(r["f1_macro"], 4),
+                                  "accuracy": round(r["acc"], 4)}
+    body = (out / "README.md").read_text()
+    assert "**Not a detector.**" in body and f"{ckpt['calibration']['threshold']:.4f}" in body
+    assert f"temperature {ckpt['calibration']['calibrator']['temperature']:.4f}" in body
+
+    facts, exported = load_detector(tested_copy).facts, load_detector(out).facts
+    assert facts.trained_on_demo and exported.trained_on_demo
+    for key in ("backbone", "img_size", "mode", "calibration", "temperature", "threshold", "threshold_criterion",
+                "training_data", "split_sha256", "validation", "test", "versions"):
+        assert getattr(exported, key) == getattr(facts, key), key
+    assert facts.img_size == 64 and facts.mode == "crop" and facts.threshold == ckpt["calibration"]["threshold"]
+    assert exported.source == str(out)
+
+
+def test_older_checkpoints_without_provenance_read_as_unknown(demo_run, tmp_path):
+    raw = torch.load(demo_run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    del raw["provenance"]
+    raw["datamodule_hyper_parameters"]["demo"] = False  # nothing says what it was trained on
+    old = tmp_path / "old.ckpt"
+    torch.save(raw, old)
+    facts = load_detector(old).facts
+    assert facts.training_data == UNKNOWN and facts.validation == UNKNOWN and facts.split_sha256 == UNKNOWN
+    assert facts.dataset == UNKNOWN and facts.test == {} and not facts.trained_on_demo
+    out = export_main(["--ckpt_path", str(old), "--out", str(tmp_path / "old_export")])
+    body = (out / "README.md").read_text()
+    assert "## Training data\n\nunknown" in body and "carries no metrics" in body
+    assert read_card_metadata(out / "README.md")["library_name"] == "deepfake-lightning"
+
+
+def _photo(path: Path) -> Path:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (80, 90, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+def test_demo_models_warn_on_images_that_are_not_demo_images(demo_run, demo_root, tmp_path, capsys, console):
+    ckpt = demo_run / "checkpoints" / "last.ckpt"
+    own = str(demo_root / pd.read_csv(demo_root / "test_v1.csv")["id"][0])
+    photo = str(_photo(tmp_path / "mine" / "photo.png"))
+
+    explain_main([own, "--ckpt_path", str(ckpt), "--out", str(tmp_path / "cams_demo")])
+    assert DEMO_WARNING not in capsys.readouterr().err
+    explain_main([photo, "--ckpt_path", str(ckpt), "--out", str(tmp_path / "cams_mine")])
+    assert capsys.readouterr().err.count(f"deepfake: warning: {DEMO_WARNING}") == 1
+
+    for files, warned in (([own], False), ([photo], True)):
+        console.seek(0)
+        console.truncate()
+        cli_main(["predict", "--config", str(CONFIGS / "demo.yaml"), f"--data.root={demo_root}", f"--ckpt_path={ckpt}",
+                  f"--data.predict_paths=[{','.join(files)}]", "--trainer.callbacks=[]", *QUIET])
+        shown = console.getvalue()
+        assert (DEMO_WARNING in shown) is warned, shown[-1500:]
