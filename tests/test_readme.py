@@ -19,6 +19,7 @@ import torch
 import yaml
 
 from deepfake_lightning.cli import main
+from deepfake_lightning.provenance import read_card_metadata
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -127,7 +128,7 @@ def _outputs(argv: list[str], project: Path) -> list[Path]:
     if sub == "explain":
         return [project / option("--out") / "explanations.csv"]
     if sub == "export":
-        return [project / option("--out") / "detector.json", project / option("--out") / "model.safetensors"]
+        return [project / option("--out") / name for name in ("detector.json", "model.safetensors", "README.md")]
     if sub == "sweep":
         study = yaml.safe_load((project / option("--config")).read_text())["study_name"]
         files = [project / "sweeps" / study / "trials.csv", project / "sweeps" / study / "best.yaml"]
@@ -190,6 +191,8 @@ def test_readme_commands_ran_what_they_said(project):
     assert any(c["model"]["tta_flip"] is True and c["data"]["eval_views"] == 5 for c in configs)
     calibrated = torch.load(project / "calibrated.ckpt", map_location="cpu", weights_only=False)["calibration"]
     assert calibrated["calibrator"]["method"] == "platt"
+    card = read_card_metadata(project / "models" / "demo_card" / "README.md")  # test results, then the export
+    assert {"validation", "val", "test_v1", "test_v2"} <= {r["dataset"]["name"] for r in card["model-index"][0]["results"]}
 
 
 def test_notebooks_run_from_their_folder_after_the_quickstart(project, monkeypatch):
