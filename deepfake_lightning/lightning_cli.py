@@ -38,6 +38,7 @@ from deepfake_lightning.models import DeepfakeClassifier
 # Preprocessing that belongs to a trained model: taken from its checkpoint unless the command line says otherwise.
 STORED_DATA_KEYS = ("img_size", "mode")
 EVAL_SUBCOMMANDS = ("validate", "test", "predict")
+LIGHTNING_CKPT_NAMES = (None, "last", "best", "hpc", "registry")  # --ckpt_path values that are not our files
 
 
 def resolve_precision(precision: str | int | None, accelerator: str | None, cuda_available: bool) -> str:
@@ -189,7 +190,7 @@ class DeepfakeCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         cfg = self.config[self.subcommand] if self.subcommand else self.config
         ckpt_path = cfg.get("ckpt_path")
-        if ckpt_path not in (None, "last", "best", "hpc", "registry"):
+        if ckpt_path not in LIGHTNING_CKPT_NAMES:
             if os.path.isdir(ckpt_path) and not is_export(ckpt_path):
                 raise ExportError(f"--ckpt_path {ckpt_path} is a folder without detector.json: pass a .ckpt file "
                                   "or a folder written by `deepfake export`")
@@ -205,7 +206,7 @@ class DeepfakeCLI(LightningCLI):
             check_data_root(cfg.data.root, cfg.data.train_csv)
         trainer = cfg.trainer
         trainer.precision = resolve_precision(trainer.precision, trainer.accelerator, torch.cuda.is_available())
-        if self.subcommand in EVAL_SUBCOMMANDS and ckpt_path not in (None, "last", "best", "hpc", "registry"):
+        if self.subcommand in EVAL_SUBCOMMANDS and ckpt_path not in LIGHTNING_CKPT_NAMES:
             # Evaluations of a model go with that model's run, not into a new lightning_logs/version_N.
             out = evaluation_dir(ckpt_path, self.subcommand, trainer.default_root_dir)
             trainer.default_root_dir = str(out)
