@@ -44,8 +44,7 @@ def one_fit(aug: float | None, work: Path, shared_data: Path | None) -> dict:
     val = json.loads((fit_dir / "metrics.json").read_text())
     run(["test", "--config", str(REPO / "configs" / "demo.yaml"), *extra, f"--ckpt_path={best}",
          f"--data.split_file={fit_dir / 'split.csv'}"], work)
-    test = json.loads((sorted(work.glob("lightning_logs/version_*"), key=lambda p: int(p.name.split("_")[1]))[-1]
-                       / "metrics.json").read_text())
+    test = json.loads((fit_dir / "eval" / f"test_{best.stem}" / "metrics.json").read_text())  # the run's evaluation
     return {
         "aug_strength": aug if aug is not None else "config",
         "fit_wall_s": round(fit_s, 1),

@@ -121,7 +121,8 @@ def explain_main(args: list[str]):
     bad = table[table["error"] != ""]
     for _, row in bad.iterrows():
         print(f"deepfake explain: skipped {row['file']}: {row['error']}", file=sys.stderr)
-    print(f"Explained {len(table) - len(bad)} image(s), skipped {len(bad)}; wrote {a.out}/explanations.csv and PNGs")
+    print(f"Explained {len(table) - len(bad)} image(s), skipped {len(bad)}; wrote {Path(a.out) / 'explanations.csv'} "
+          "and PNGs")
     return table
 
 

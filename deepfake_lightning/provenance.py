@@ -9,7 +9,7 @@ A checkpoint's ``provenance`` (written by ``DeepfakeClassifier.on_save_checkpoin
 * ``validation``: the ``val/*`` metrics at the time of that checkpoint;
 * ``versions``: deepfake-lightning, torch, lightning, timm; ``git_commit`` when the package runs from a checkout;
 * ``test``: added by ``deepfake test`` on that checkpoint: per split, images, AUROC, AP, ECE and accuracy / macro F1
-  at the tuned threshold.
+  at the tuned threshold; ``test_settings``: its test-time augmentation (``tta_flip``, ``eval_views``).
 
 The calibration and threshold are the checkpoint's own ``calibration`` entry. Anything missing (a checkpoint
 from before provenance existed) reads as ``"unknown"``, never as an error.
@@ -105,6 +105,7 @@ class ModelFacts:
     split_sha256: str = UNKNOWN
     validation: dict | str = UNKNOWN
     test: dict = field(default_factory=dict)
+    test_settings: dict = field(default_factory=dict)
     versions: dict | str = UNKNOWN
     git_commit: str | None = None
     source: str = UNKNOWN
@@ -150,6 +151,7 @@ class ModelFacts:
             split_sha256=provenance.get("split_sha256", UNKNOWN),
             validation=provenance.get("validation", UNKNOWN),
             test=provenance.get("test", {}),
+            test_settings=provenance.get("test_settings", {}),
             versions=provenance.get("versions", UNKNOWN),
             git_commit=provenance.get("git_commit"),
             source=source,
@@ -196,9 +198,13 @@ def model_card(facts: ModelFacts) -> str:
         v = facts.validation
         results.append(_result("validation", v.get("val/auroc"), v.get("val/f1"), v.get("val/acc"),
                                "training run: F1 and accuracy at 0.5"))
+    tta = facts.test_settings or {}
+    how = ", ".join(([f"{tta['eval_views']} views"] if tta.get("eval_views", 1) > 1 else [])
+                    + (["mirrored (tta_flip)"] if tta.get("tta_flip") else []))
     for split, r in facts.test.items():
         results.append(_result(split, r.get("auroc"), r.get("f1_macro"), r.get("acc"),
-                               "deepfake test: macro F1 and accuracy at the tuned threshold"))
+                               "deepfake test: macro F1 and accuracy at the tuned threshold"
+                               + (f"; test-time augmentation: {how}" if how else "")))
     metadata = {
         "library_name": "deepfake-lightning",
         "pipeline_tag": "image-classification",

@@ -142,3 +142,28 @@ def test_demo_models_warn_on_images_that_are_not_demo_images(demo_run, demo_root
                   f"--data.predict_paths=[{','.join(files)}]", "--trainer.callbacks=[]", *QUIET])
         shown = console.getvalue()
         assert (DEMO_WARNING in shown) is warned, shown[-1500:]
+
+
+def test_last_ckpt_is_the_final_state_and_exports_are_readable_by_others(demo_run, tmp_path):
+    """Lightning 2.6 stops refreshing last.ckpt after the best epoch; ours is the state at the end of training.
+    Exported files get the usual permissions (safetensors creates owner-only files)."""
+    import os
+    import stat
+
+    last = torch.load(demo_run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert last["epoch"] == 7 and last["global_step"] == 8 * 22  # demo.yaml: 8 epochs of 22 batches
+    out = export_main(["--ckpt_path", str(demo_run / "checkpoints" / "last.ckpt"), "--out", str(tmp_path / "e")])
+    mask = os.umask(0)
+    os.umask(mask)
+    for name in ("model.safetensors", "detector.json", "README.md"):
+        assert stat.S_IMODE((out / name).stat().st_mode) == 0o666 & ~mask, name
+
+
+def test_the_card_says_which_test_time_augmentation_its_test_figures_used():
+    from deepfake_lightning.provenance import ModelFacts, model_card
+
+    facts = ModelFacts(backbone="test_resnet", test={"test_v1": {"auroc": 0.9, "f1_macro": 0.8, "acc": 0.85}},
+                       test_settings={"tta_flip": True, "eval_views": 5})
+    assert "test-time augmentation: 5 views, mirrored (tta_flip)" in model_card(facts)
+    facts.test_settings = {"tta_flip": False, "eval_views": 1}
+    assert "test-time augmentation" not in model_card(facts)

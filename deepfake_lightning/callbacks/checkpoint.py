@@ -14,8 +14,9 @@ from lightning.pytorch.utilities import rank_zero_warn
 
 
 class RunCheckpoint(ModelCheckpoint):
-    """ModelCheckpoint (best checkpoints by the monitored metric at validation, ``last.ckpt``) that also rewrites
-    ``last.ckpt`` every ``last_every_n_steps`` optimizer steps, mid-epoch included: a kill loses at most that many
+    """ModelCheckpoint (best checkpoints by the monitored metric at validation, ``last.ckpt`` at every validation,
+    which Lightning 2.6 does only when a best checkpoint was saved) that also rewrites ``last.ckpt`` every
+    ``last_every_n_steps`` optimizer steps, mid-epoch included: a kill loses at most that many
     steps. Its state in the checkpoint carries the Python, NumPy and torch RNG states, restored on resume.
     Weights that are no longer finite are never written over ``last.ckpt``: after a numerical fault the last
     good checkpoint stays, and the error says where it is.
@@ -40,6 +41,16 @@ class RunCheckpoint(ModelCheckpoint):
         if not all(torch.isfinite(p).all() for p in pl_module.parameters()):
             rank_zero_warn(f"Non-finite weights at global step {step}: last.ckpt not refreshed, keeping "
                            f"{self.last_model_path or 'no checkpoint yet'}")
+            return
+        self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_validation_end(trainer, pl_module)
+        # Lightning (2.6) rewrites last.ckpt only when a top-k checkpoint was saved at this step, so after the best
+        # epoch last.ckpt would stop following training. It is the latest state: rewrite it at every validation.
+        step = trainer.global_step
+        if (not self.save_last or self._should_skip_saving_checkpoint(trainer) or self._last_global_step_saved == step
+                or not all(torch.isfinite(p).all() for p in pl_module.parameters())):
             return
         self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 

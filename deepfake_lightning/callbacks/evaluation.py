@@ -78,13 +78,15 @@ class EvaluationReport(PrintsResults):
             report["robustness"] = self._robustness(trainer, pl_module, run)
         write_json(run / "report.json", report)
         self.report = report
-        self._record_in_checkpoint(trainer.ckpt_path, report, run)
+        settings = {"tta_flip": bool(pl_module.hparams.get("tta_flip", False)),
+                    "eval_views": int(getattr(dm, "hparams", {}).get("eval_views", 1))}
+        self._record_in_checkpoint(trainer.ckpt_path, report, run, settings)
         if report["splits"]:
             self.print_result(f"\nEvaluation (threshold {threshold:.4f}, tuned on validation):\n{format_report(report)}"
                               f"\nWritten to {run / 'report.json'}")
 
     @staticmethod
-    def _record_in_checkpoint(ckpt_path: str | None, report: dict, run: Path) -> None:
+    def _record_in_checkpoint(ckpt_path: str | None, report: dict, run: Path, settings: dict) -> None:
         """Adds this evaluation's per-split summary to the evaluated checkpoint's provenance (an export folder is
         left as it is: it is a published artifact)."""
         if not report["splits"] or not ckpt_path or not Path(ckpt_path).is_file():
@@ -93,6 +95,7 @@ class EvaluationReport(PrintsResults):
             ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
             provenance = ckpt.setdefault("provenance", {})
             provenance["test"] = evaluation_record(report)
+            provenance["test_settings"] = settings  # test-time augmentation used for these figures
             provenance["test_report"] = str(run.resolve() / "report.json")
             with atomic_path(Path(ckpt_path)) as tmp:
                 torch.save(ckpt, tmp)
