@@ -167,3 +167,15 @@ def test_the_card_says_which_test_time_augmentation_its_test_figures_used():
     assert "test-time augmentation: 5 views, mirrored (tta_flip)" in model_card(facts)
     facts.test_settings = {"tta_flip": False, "eval_views": 1}
     assert "test-time augmentation" not in model_card(facts)
+
+
+def test_last_ckpt_keeps_following_training_after_the_best_epoch(kaggle_root, tmp_path):
+    # monitoring the step in "min" mode makes the first validation the best one, for certain
+    cli = cli_main(["fit", "--config", str(CONFIGS / "demo.yaml"), f"--data.root={kaggle_root}", "--data.demo=false",
+                    "--data.group_column=null", "--data.img_size=32", "--trainer.max_epochs=3",
+                    "--checkpoint.monitor=step", "--checkpoint.mode=min", f"--trainer.default_root_dir={tmp_path}",
+                    "--trainer.callbacks=[]", *QUIET])
+    folder = Path(cli.trainer.log_dir) / "checkpoints"
+    best = torch.load(next(folder.glob("best-*.ckpt")), map_location="cpu", weights_only=True)
+    last = torch.load(folder / "last.ckpt", map_location="cpu", weights_only=True)
+    assert best["epoch"] == 0 and last["epoch"] == 2 and last["global_step"] == cli.trainer.global_step

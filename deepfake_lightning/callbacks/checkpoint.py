@@ -44,13 +44,23 @@ class RunCheckpoint(ModelCheckpoint):
             return
         self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
+    # Lightning (2.6) rewrites last.ckpt only when a top-k checkpoint was saved at the same step, so after the best
+    # epoch last.ckpt would stop following training. It is the latest state: once ModelCheckpoint has done its
+    # end-of-epoch (or end-of-validation) saving, last.ckpt is rewritten if it was not already.
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        if self._should_save_on_train_epoch_end(trainer):
+            self._refresh_last(trainer, pl_module)
+
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         super().on_validation_end(trainer, pl_module)
-        # Lightning (2.6) rewrites last.ckpt only when a top-k checkpoint was saved at this step, so after the best
-        # epoch last.ckpt would stop following training. It is the latest state: rewrite it at every validation.
-        step = trainer.global_step
-        if (not self.save_last or self._should_skip_saving_checkpoint(trainer) or self._last_global_step_saved == step
-                or not all(torch.isfinite(p).all() for p in pl_module.parameters())):
+        if not self._should_save_on_train_epoch_end(trainer):
+            self._refresh_last(trainer, pl_module)
+
+    def _refresh_last(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not self.save_last or self._should_skip_saving_checkpoint(trainer):  # also: already saved at this step
+            return
+        if not all(torch.isfinite(p).all() for p in pl_module.parameters()):
             return
         self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
