@@ -298,6 +298,10 @@ class DeepfakeCLI(LightningCLI):
         print(f"Resuming {run} from {found[-1]}", file=sys.stderr)
         warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")  # by design
 
+    def validate(self, model, datamodule=None, ckpt_path=None, verbose: bool = True, **kwargs):
+        # One summary line from MetricsJson instead of Lightning's wide table of raw floats.
+        return self.trainer.validate(model, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False, **kwargs)
+
     def test(self, model, datamodule=None, ckpt_path=None, verbose: bool = True, **kwargs):
         # Metric names already carry the split, so Lightning's per-dataloader table would repeat every one in
         # every column; EvaluationReport prints one compact table instead.

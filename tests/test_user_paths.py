@@ -312,3 +312,12 @@ def test_newest_checkpoint_is_the_best_of_the_newest_training_run(tmp_path):
     assert newest_checkpoint(tmp_path, kind="last") == newest / "checkpoints" / "last.ckpt"
     with pytest.raises(FileNotFoundError, match="deepfake fit --config configs/demo.yaml"):
         newest_checkpoint(tmp_path / "nothing")
+
+
+def test_validate_prints_one_line_saying_where_it_wrote(demo_run, demo_root, tmp_path, console, capsys):
+    cli, run = _eval("validate", demo_run, demo_root, tmp_path)
+    assert run == demo_run / "eval" / "validate_last"
+    metrics = json.loads((run / "metrics.json").read_text())
+    lines = [line for line in _logged(console).splitlines() if line.startswith("Validation (160 images): AUROC")]
+    assert len(lines) == 1 and f"AUROC {metrics['val/auroc']:.4f}" in lines[0] and str(run / "metrics.json") in lines[0]
+    assert "Validate metric" not in capsys.readouterr().out  # not Lightning's wide table of raw floats

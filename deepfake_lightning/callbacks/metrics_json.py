@@ -7,12 +7,12 @@ import math
 from pathlib import Path
 
 import lightning as L
-from lightning.pytorch.callbacks import Callback
 
+from deepfake_lightning.callbacks._console import PrintsResults
 from deepfake_lightning.files import atomic_path
 
 
-class MetricsJson(Callback):
+class MetricsJson(PrintsResults):
     """After fit, validate and test, merges ``trainer.callback_metrics`` into ``<log_dir>/metrics.json``.
 
     Keys are the logged names (``val/auroc``, ``test/test_v1/f1``...), values plain floats; a later stage in the
@@ -42,6 +42,12 @@ class MetricsJson(Callback):
     def on_validation_end(self, trainer, pl_module) -> None:
         if trainer.state.fn == "validate":
             self._write(trainer)
+            m = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/") and v.numel() == 1}
+            if "val/auroc" in m:  # `deepfake validate`: one line, after the progress bar
+                where = f"; written to {Path(trainer.log_dir) / self.filename}" if trainer.log_dir else ""
+                n = int(sum(m.get(f"val/{k}", 0) for k in ("tp", "tn", "fp", "fn")))
+                self.print_result(f"Validation ({n} images): AUROC {m['val/auroc']:.4f}, F1 {m.get('val/f1', float('nan')):.4f} and accuracy "
+                                  f"{m.get('val/acc', float('nan')):.4f} at 0.5, loss {m.get('val/loss', float('nan')):.4f}{where}")
 
     def on_test_end(self, trainer, pl_module) -> None:
         self._write(trainer)
