@@ -17,6 +17,7 @@ from before provenance existed) reads as ``"unknown"``, never as an error.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import subprocess
@@ -43,6 +44,7 @@ def split_sha256(paths_and_splits: list[tuple[str, str]]) -> str:
     return hashlib.sha256(lines.encode()).hexdigest()
 
 
+@functools.cache  # asked at every checkpoint save: once per process is enough
 def git_commit() -> str | None:
     """The commit of the checkout this package runs from (``+dirty`` with uncommitted changes), or None."""
     here = Path(__file__).resolve().parent
@@ -57,7 +59,8 @@ def git_commit() -> str | None:
     return (commit + ("+dirty" if dirty else "")) or None
 
 
-def versions() -> dict[str, str]:
+@functools.cache
+def _versions_once() -> tuple[tuple[str, str], ...]:
     import lightning
     import timm
     import torch
@@ -65,8 +68,12 @@ def versions() -> dict[str, str]:
     from deepfake_lightning import __version__
 
     # str(): torch's version is a str subclass, which torch.load(weights_only=True) refuses to unpickle
-    return {"deepfake-lightning": str(__version__), "torch": str(torch.__version__),
-            "lightning": str(lightning.__version__), "timm": str(timm.__version__)}
+    return (("deepfake-lightning", str(__version__)), ("torch", str(torch.__version__)),
+            ("lightning", str(lightning.__version__)), ("timm", str(timm.__version__)))
+
+
+def versions() -> dict[str, str]:
+    return dict(_versions_once())
 
 
 def training_record(datamodule, metrics: dict[str, Any]) -> dict:

@@ -125,6 +125,7 @@ class DeepfakeDataModule(L.LightningDataModule):
         self.indexes: dict[str, pd.DataFrame] = {}
         self.cache: ResizedCache | None = None
         self._train_index: pd.DataFrame | None = None
+        self._identity: dict | None = None  # data_identity(), computed once after setup
 
     @property
     def num_workers(self) -> int:
@@ -262,7 +263,7 @@ class DeepfakeDataModule(L.LightningDataModule):
         ``setup``."""
         if "train" not in self.indexes:
             return {}
-        if getattr(self, "_identity", None) is None:
+        if self._identity is None:
             from dataclasses import asdict
 
             from deepfake_lightning.provenance import KAGGLE_DATASET, file_sha256, split_sha256
