@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import optuna
@@ -25,10 +26,9 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name, pruner in (("pruned", None), ("unpruned", {"type": "none"})):
-            spec = load_sweep(REPO / "configs" / "sweep_demo.yaml", study_name=f"demo_{name}")
-            spec["out_dir"] = tmp
+            spec = replace(load_sweep(REPO / "configs" / "sweep_demo.yaml", study_name=f"demo_{name}"), out_dir=tmp)
             if pruner:
-                spec["pruner"] = pruner
+                spec.pruner = pruner
             start = time.perf_counter()
             study = run_sweep(spec)
             wall = time.perf_counter() - start

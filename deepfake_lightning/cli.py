@@ -64,18 +64,18 @@ def calibrate_main(args: list[str]) -> dict:
     known, rest = calibrate_parser().parse_known_args(args)
     if not os.path.isfile(known.ckpt_path):
         raise FileNotFoundError(f"--ckpt_path: no such file {known.ckpt_path!r}")
-    from deepfake_lightning.callbacks import Calibration
-    from deepfake_lightning.callbacks.calibration import collect_logits, fit_calibration, summary, write_calibration
+    from deepfake_lightning.calibration import CalibrationState
     from deepfake_lightning.models import DeepfakeClassifier
+    from deepfake_lightning.models.outputs import collect_logits
 
     cli = cli_main([*rest, "--model.pretrained=false"], run=False)
-    callback = next(c for c in cli.trainer.callbacks if isinstance(c, Calibration))
+    settings = cli.config["calibration"]  # --calibration.method / --calibration.threshold, as `fit` reads them
     model = DeepfakeClassifier.load_from_checkpoint(known.ckpt_path, map_location="cpu")
     cli.datamodule.setup("validate")
     logits, labels = collect_logits(model, cli.datamodule.val_dataloader())
-    state = fit_calibration(logits, labels, callback.method, callback.threshold)
-    out = write_calibration(known.ckpt_path, state, known.out)
-    info = summary(state)
+    state = CalibrationState.fit(logits, labels, settings["method"], settings["threshold"])
+    out = state.write_into(known.ckpt_path, known.out)
+    info = state.summary()
     print(
         f"Calibrated {out} ({info['method']}): val ECE {info['val/ece_before']:.4f} -> {info['val/ece']:.4f}, "
         f"NLL {info['val/nll_before']:.4f} -> {info['val/nll']:.4f}; threshold ({info['criterion']}) {info['threshold']:.4f}"
@@ -152,18 +152,10 @@ def export_main(args: list[str]) -> Path:
     return out
 
 
-def sweep_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="deepfake sweep",
-        description="An Optuna study over any config key: each trial is one `deepfake fit` in sweeps/<study>/trial_<n>/ "
-        "with its own threshold tuned on validation; writes trials.csv, best.yaml and plots. Sweep files: "
-        "configs/sweep_*.yaml (see the README's Sweeps section).",
-    )
-    parser.add_argument("--config", required=True, help="sweep file (YAML), e.g. configs/sweep_demo.yaml")
-    parser.add_argument("--n_trials", type=int, default=None, help="total trials in the study (all workers)")
-    parser.add_argument("--storage", default=None, help="Optuna storage URL (default: SQLite under sweeps/)")
-    parser.add_argument("--study_name", default=None)
-    return parser
+def sweep_parser():
+    from deepfake_lightning.sweep_spec import sweep_parser
+
+    return sweep_parser()
 
 
 ARGPARSE_COMMANDS = {
@@ -184,7 +176,7 @@ def _dispatch(argv: list[str]) -> None:
     if command in ARGPARSE_COMMANDS:
         make_parser, run = ARGPARSE_COMMANDS[command]
         if {"-h", "--help"} & set(argv[1:]):
-            make_parser().parse_known_args(argv[1:])  # prints the help and exits, before anything heavy is imported
+            make_parser().parse_args(["--help"])  # prints the help and exits, before anything heavy is imported
         if run is None:
             from deepfake_lightning.sweep import sweep_main
 

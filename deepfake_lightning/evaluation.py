@@ -10,53 +10,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from PIL import Image, ImageFilter
-from sklearn.metrics import (
-    accuracy_score,
-    average_precision_score,
-    confusion_matrix,
-    f1_score,
-    precision_score,
-    recall_score,
-    roc_auc_score,
-    roc_curve,
-)
+from sklearn.metrics import average_precision_score, roc_auc_score
 
-from deepfake_lightning.calibration import calibration_metrics
+# equal_error_rate and thresholded_metrics are re-exported here for reports; they live in calibration.thresholds.
+from deepfake_lightning.calibration import calibration_metrics, equal_error_rate, thresholded_metrics  # noqa: F401
 from deepfake_lightning.files import atomic_path
 
 # --------------------------------------------------------------------------- reports
-def equal_error_rate(probs: np.ndarray, labels: np.ndarray) -> float:
-    """The rate where false positives and false negatives are equally frequent (ROC interpolation)."""
-    fpr, tpr, _ = roc_curve(labels, probs)
-    fnr = 1 - tpr
-    i = int(np.nanargmin(np.abs(fnr - fpr)))
-    if i == 0:
-        return float((fpr[0] + fnr[0]) / 2)
-    # linear interpolation between the two ROC points around the crossing
-    d0, d1 = fnr[i - 1] - fpr[i - 1], fnr[i] - fpr[i]
-    w = d0 / (d0 - d1) if d0 != d1 else 0.5
-    return float(fpr[i - 1] + w * (fpr[i] - fpr[i - 1]))
-
-
-def thresholded_metrics(probs: np.ndarray, labels: np.ndarray, threshold: float) -> dict[str, float]:
-    """Accuracy, precision, recall, F1 (binary and macro), accuracy on human and on AI images, and the
-    confusion counts, predicting AI when ``prob >= threshold``."""
-    y = np.asarray(labels).astype(int)
-    pred = (np.asarray(probs) >= threshold).astype(int)
-    tn, fp, fn, tp = confusion_matrix(y, pred, labels=[0, 1]).ravel()
-    return {
-        "threshold": float(threshold),
-        "acc": float(accuracy_score(y, pred)),
-        "precision": float(precision_score(y, pred, zero_division=0)),
-        "recall": float(recall_score(y, pred, zero_division=0)),
-        "f1": float(f1_score(y, pred, zero_division=0)),
-        "f1_macro": float(f1_score(y, pred, average="macro", zero_division=0)),
-        "acc_human": float(tn / max(1, tn + fp)),
-        "acc_ai": float(tp / max(1, tp + fn)),
-        "tn": int(tn), "fp": int(fp), "fn": int(fn), "tp": int(tp),
-    }
-
-
 def split_report(probs: np.ndarray, labels: np.ndarray, threshold: float) -> dict:
     """Everything ``report.json`` holds for one labelled split: threshold-free metrics (AUROC, AP, EER, ECE,
     image counts) and thresholded ones at 0.5 (``at_0.5``) and at the tuned threshold (``at_tuned``)."""

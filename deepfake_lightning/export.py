@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from deepfake_lightning.calibration import CalibrationState
 from deepfake_lightning.errors import ExportError  # noqa: F401 (re-exported)
 from deepfake_lightning.files import atomic_path
 from deepfake_lightning.provenance import export_facts, model_card
@@ -67,8 +68,7 @@ def export_checkpoint(ckpt_path: str | os.PathLike, out_dir: str | os.PathLike) 
         raise ExportError(f"{ckpt_path}: not a deepfake-lightning checkpoint (no hyper_parameters/state_dict)")
     hp, data = ckpt["hyper_parameters"], ckpt.get("datamodule_hyper_parameters", {})
     weights = {k.removeprefix("net."): v.contiguous() for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
-    calibration = ckpt.get("calibration")
-    calibrator = calibration["calibrator"] if calibration else {}
+    calibration = CalibrationState.from_checkpoint(ckpt.get("calibration"))
     config = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -81,9 +81,10 @@ def export_checkpoint(ckpt_path: str | os.PathLike, out_dir: str | os.PathLike) 
         "mode": data.get("mode", "resize"),
         "mean": [float(v) for v in data.get("mean", (0.485, 0.456, 0.406))],
         "std": [float(v) for v in data.get("std", (0.229, 0.224, 0.225))],
-        "temperature": calibrator.get("temperature") if calibrator.get("method") == "temperature" else None,
-        "threshold": float(calibration["threshold"]) if calibration else 0.5,
-        "calibration": _plain(calibration),
+        "temperature": (calibration.calibrator.temperature
+                        if calibration and calibration.calibrator.method == "temperature" else None),
+        "threshold": calibration.threshold if calibration else 0.5,
+        "calibration": calibration.to_json() if calibration else None,
         "data": _plain(dict(data)),  # the data module's settings, for re-creating its splits (datamodule_for)
         "source": {"checkpoint": ckpt_path.name, "epoch": ckpt.get("epoch"), "global_step": ckpt.get("global_step")},
         "provenance": _plain(ckpt.get("provenance")),  # training data, split, metrics, versions (provenance.py)
@@ -143,10 +144,8 @@ def load_weights(model, export_dir: str | os.PathLike, config: dict | None = Non
         model.net.load_state_dict(weights)
     except RuntimeError as e:
         raise ExportError(f"{path} does not fit backbone {config['backbone']!r}: {e}") from e
-    calibration = config.get("calibration")
-    if calibration:
-        calibration = dict(calibration)
-        calibration["val_probs"] = torch.tensor(calibration["val_probs"], dtype=torch.float32)
-        calibration["val_labels"] = torch.tensor(calibration["val_labels"], dtype=torch.int8)
-    model.calibration = calibration
+    try:
+        model.calibration = CalibrationState.from_json(config.get("calibration"))
+    except (ValueError, TypeError, KeyError) as e:
+        raise ExportError(f"{Path(export_dir) / CONFIG_FILE}: \"calibration\" cannot be read ({e})") from e
     model.facts = export_facts(config, source=str(export_dir))

@@ -168,6 +168,9 @@ class DeepfakeCLI(LightningCLI):
         parser.add_lightning_class_args(MetricsJson, "metrics_json")
         parser.add_lightning_class_args(EvaluationReport, "report")
         parser.add_lightning_class_args(PredictionWriter, "predictions")
+        # One label-shift setting for test (Calibration) and predict (PredictionWriter).
+        parser.link_arguments("calibration.adapt_splits", "predictions.adapt_splits")
+        parser.link_arguments("calibration.shift_tolerance", "predictions.shift_tolerance")
         parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
         # Normalization follows the backbone's own timm data config.
         parser.link_arguments("model.data_config", "data.mean", compute_fn=lambda c: tuple(c["mean"]), apply_on="instantiate")

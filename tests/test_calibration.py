@@ -1,5 +1,6 @@
 """Calibration math against independent peers: netcal, torchmetrics and scikit-learn."""
 
+import json
 import numpy as np
 import pytest
 import torch
@@ -183,3 +184,46 @@ def test_reliability_plot_has_a_curve_per_input(overconfident):
     labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
     assert labels[0] == "perfect calibration" and labels[1].startswith("before (ECE 0.11")
     assert labels[2].startswith("after (ECE 0.00")
+
+
+def test_equal_error_point_is_the_interpolated_crossing_and_its_nearest_threshold():
+    from deepfake_lightning.calibration import equal_error_point
+
+    rng = np.random.default_rng(5)
+    for n in (12, 60, 400):
+        y = (rng.random(n) < 0.5).astype(int)
+        y[:2] = (0, 1)
+        p = np.round(rng.random(n) * (0.6 + 0.4 * y), 2)  # ties included
+        eer, t = equal_error_point(p, y)
+        # brute force: the ROC points in threshold order, FNR - FPR crossing zero, linear in between
+        cuts = np.unique(p)[::-1]
+        fpr = np.array([np.mean(p[y == 0] >= c) for c in cuts])
+        fnr = np.array([np.mean(p[y == 1] < c) for c in cuts])
+        gap = fnr - fpr
+        i = int(np.argmax(gap <= 0))
+        expected = (fpr[i] + fnr[i]) / 2 if i == 0 or gap[i] == gap[i - 1] else \
+            fpr[i - 1] + gap[i - 1] / (gap[i - 1] - gap[i]) * (fpr[i] - fpr[i - 1])
+        assert eer == pytest.approx(expected)
+        assert t in (cuts[i], cuts[max(i - 1, 0)]) and abs(gap[list(cuts).index(t)]) == min(abs(gap[i]), abs(gap[max(i - 1, 0)]))
+        assert choose_threshold(p, y, "eer") == t  # the criterion and the report share the definition
+
+
+def test_calibration_state_round_trips_through_checkpoint_and_json():
+    from deepfake_lightning.calibration import CalibrationState
+
+    rng = np.random.default_rng(0)
+    y = (rng.random(300) < 0.4).astype(int)
+    z = rng.normal(3 * y - 1.5, 1.5)
+    for method in ("temperature", "platt", "isotonic"):
+        state = CalibrationState.fit(z, y, method, "youden")
+        for back in (CalibrationState.from_checkpoint(state.to_checkpoint()),
+                     CalibrationState.from_json(json.loads(json.dumps(state.to_json())))):
+            assert back.calibrator == state.calibrator and back.threshold == state.threshold
+            assert back.criterion == "youden" and back.val_after == state.val_after
+            np.testing.assert_array_equal(back.val_probs, state.val_probs)
+            np.testing.assert_array_equal(back.val_labels, state.val_labels)
+            np.testing.assert_allclose(back.probs(z), state.probs(z))
+    old = state.to_checkpoint() | {"adapted_thresholds": {"test_v2": 0.3}}  # written by earlier versions
+    assert CalibrationState.from_checkpoint(old).threshold == state.threshold
+    with pytest.raises(ValueError, match="without"):
+        CalibrationState.from_checkpoint({"threshold": 0.5})

@@ -33,11 +33,11 @@ def test_fit_stores_temperature_and_threshold_in_the_checkpoints(demo_run):
 
 def test_loaded_model_predicts_calibrated_probabilities(demo_run):
     model = DeepfakeClassifier.load_from_checkpoint(_best(demo_run), map_location="cpu")
-    t = model.calibration["calibrator"]["temperature"]
+    t = model.calibration.calibrator.temperature
     logits = torch.tensor([-3.0, 0.0, 0.4, 2.0])
     expected = torch.sigmoid(logits / t)
     assert torch.allclose(model.calibrated_probs(logits).float(), expected, atol=1e-6)
-    assert model.threshold == pytest.approx(model.calibration["threshold"])
+    assert model.threshold == pytest.approx(model.calibration.threshold)
 
 
 def test_deepfake_test_reports_calibration_and_thresholds(demo_run, demo_root, tmp_path):
@@ -57,11 +57,10 @@ def test_deepfake_test_reports_calibration_and_thresholds(demo_run, demo_root, t
     # the tuned threshold differs from 0.5, so the tuned confusion counts follow it (same images)
     assert m["test/test_v2/tuned/tp"] + m["test/test_v2/tuned/fn"] == m["test/test_v2/tp"] + m["test/test_v2/fn"] == 120
     adapted = m["test/test_v2/adapted_threshold"]
-    assert cli.model.calibration["adapted_thresholds"]["test_v2"] == pytest.approx(adapted)
     state = cli.model.calibration
-    prior, share = float(state["val_probs"].mean()), m["test/test_v2/ai_share_em"]
+    prior, share = float(state.val_probs.mean()), m["test/test_v2/ai_share_em"]
     logit = lambda p: math.log(p / (1 - p))  # noqa: E731
-    expected = logit(state["threshold"]) - (math.log(share / prior) - math.log((1 - share) / (1 - prior)))
+    expected = logit(state.threshold) - (math.log(share / prior) - math.log((1 - share) / (1 - prior)))
     assert logit(adapted) == pytest.approx(expected, abs=1e-6)
 
 
@@ -76,7 +75,7 @@ def test_calibrate_command_writes_a_calibrated_copy(demo_run, demo_root, tmp_pat
     assert src.read_bytes() == before  # the original is untouched
     saved = torch.load(out, map_location="cpu", weights_only=False)["calibration"]
     assert saved["calibrator"]["method"] == "platt" and saved["criterion"] == "youden"
-    assert saved["threshold"] == pytest.approx(state["threshold"])
+    assert saved["threshold"] == pytest.approx(state.threshold)
     assert "Calibrated" in capsys.readouterr().out
     model = DeepfakeClassifier.load_from_checkpoint(out, map_location="cpu")
     a, b = saved["calibrator"]["platt"]
@@ -85,12 +84,12 @@ def test_calibrate_command_writes_a_calibrated_copy(demo_run, demo_root, tmp_pat
 
 
 def test_failed_calibration_warns_and_keeps_the_trained_checkpoint(kaggle_root, tmp_path, monkeypatch):
-    import deepfake_lightning.callbacks.calibration as cal
+    from deepfake_lightning.calibration import CalibrationState
 
     def fail(*args, **kwargs):
         raise ValueError("need both classes among the labels")
 
-    monkeypatch.setattr(cal, "fit_calibration", fail)
+    monkeypatch.setattr(CalibrationState, "fit", fail)
     with pytest.warns(UserWarning, match="Calibration failed.*left uncalibrated"):
         cli = cli_main(["fit", "--config", str(CONFIGS / "demo.yaml"), f"--data.root={kaggle_root}",
                         "--data.demo=false", "--data.group_column=null", "--data.test_v1_csv=test_v1.csv",

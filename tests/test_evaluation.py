@@ -167,7 +167,7 @@ def test_predict_adapts_the_threshold_for_opted_in_splits(demo_run, demo_root, t
                "--calibration.adapt_splits=[test_v2]")
     pred = pd.read_csv(Path(cli.trainer.log_dir) / "predictions" / "test_v2.csv")
     state = cli.model.calibration
-    expected = label_shift_report(state["val_probs"].numpy(), state["val_labels"].numpy(), pred["prob_ai"].to_numpy(),
+    expected = label_shift_report(state.val_probs, state.val_labels, pred["prob_ai"].to_numpy(),
                                   cli.model.threshold)["adapted_threshold"]
     assert expected != pytest.approx(cli.model.threshold, abs=1e-4)
     assert (pred["label"].to_numpy() == (pred["prob_ai"].to_numpy() >= expected)).all()

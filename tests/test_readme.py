@@ -130,7 +130,7 @@ def _outputs(argv: list[str], project: Path) -> list[Path]:
     if sub == "export":
         return [project / option("--out") / name for name in ("detector.json", "model.safetensors", "README.md")]
     if sub == "sweep":
-        study = yaml.safe_load((project / option("--config")).read_text())["study_name"]
+        study = option("--study_name") or yaml.safe_load((project / option("--config")).read_text())["study_name"]
         files = [project / "sweeps" / study / "trials.csv", project / "sweeps" / study / "best.yaml"]
         if "backbones" in study:
             files.append(project / "sweeps" / study / "comparison.md")
@@ -168,7 +168,11 @@ def test_readme_command(command, project, monkeypatch, capsys):
         return
     assert code == 0, f"{command} exited {code}:\n{output[-3000:]}"
     if "--print_config" in command:
-        assert yaml.safe_load(output)["model"]["backbone"] == "convnext_tiny"
+        printed = yaml.safe_load(output)
+        if argv[0] == "sweep":  # the sweep file as parsed: the project's (shrunk) demo sweep
+            assert printed["study_name"] == "demo" and printed["n_trials"] == 2 and printed["workers"] == 1
+        else:
+            assert printed["model"]["backbone"] == "convnext_tiny"
         return
     for path in _outputs(argv, project):
         assert path.is_file() and path.stat().st_size > 0, f"{command}: {path} missing"

@@ -1,7 +1,9 @@
 """`deepfake sweep` on the Kaggle-layout fixture with very short trials."""
 
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import optuna
 import pandas as pd
@@ -54,21 +56,114 @@ def test_tiny_sweep_writes_trials_and_a_best_config_that_fit_accepts(tmp_path, k
     assert cli.trainer.state.finished and cli.datamodule.hparams.aug_strength == pytest.approx(
         best.params["data.aug_strength"])
 
+    # the console: one line per trial, Lightning's own output in the trial's fit.log
+    console = capsys.readouterr()
+    lines = [line for line in console.out.splitlines() if line.startswith("[sweep s] trial")]
+    assert len(lines) == 3 and all(re.search(r" -> val/f1_tuned [01]\.\d{4} \(\d+ s\)$", line) for line in lines), lines
+    assert "lr=" in lines[0] and "aug_strength=" in lines[0]
+    for noise in ("GPU available", "LOCAL_RANK", "litlogger", "Trainer.fit"):
+        assert noise not in console.out + console.err
+    assert "GPU available" in (out / f"trial_{best.number:03d}" / "fit.log").read_text()
+
     # rerunning the same command with a larger total resumes the study
     study = run_sweep(load_sweep(_sweep_file(tmp_path, kaggle_root), n_trials=5))
     assert len(study.trials) == 5 and len(pd.read_csv(out / "trials.csv")) == 5
+    # and with a smaller one says so in one line, runs nothing and exits 0
+    capsys.readouterr()
+    main(["sweep", "--config", str(_sweep_file(tmp_path, kaggle_root)), "--n_trials", "3"])  # no SystemExit: status 0
+    said = capsys.readouterr().out.strip().splitlines()
+    assert said[0] == (f"[sweep s] study 's' already has 5 of 3 trials; raise --n_trials to run more (results: "
+                       f"{out / 'trials.csv'})")
+    assert len(optuna.load_study(study_name="s", storage=f"sqlite:///{out / 'study.db'}").trials) == 5
 
 
-def test_two_concurrent_workers_share_one_study_exactly(tmp_path, kaggle_root):
+def test_two_workers_share_one_study_exactly(tmp_path, kaggle_root, capsys):
+    """`--workers 2`: two processes, each with its share of the cores, run the study's 4 trials between them."""
     path = _sweep_file(tmp_path, kaggle_root, name="shared", n_trials=4)
-    workers = [subprocess.Popen([sys.executable, "-c", "from deepfake_lightning.cli import main; main()", "sweep",
-                                 "--config", str(path)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-               for _ in range(2)]
-    logs = [w.communicate(timeout=600)[0] for w in workers]
-    assert all(w.returncode == 0 for w in workers), logs
-    study = optuna.load_study(study_name="shared", storage=f"sqlite:///{tmp_path / 'sweeps' / 'shared' / 'study.db'}")
-    assert len(study.trials) == 4 and all(t.state.is_finished() for t in study.trials)
-    assert all("[sweep shared] trial" in log for log in logs)  # both workers ran trials
+    main(["sweep", "--config", str(path), "--workers", "2"])
+    out = tmp_path / "sweeps" / "shared"
+    study = optuna.load_study(study_name="shared", storage=f"sqlite:///{out / 'study.db'}")
+    assert len(study.trials) == 4 and all(t.state.is_finished() for t in study.trials)  # exact total, no zombie
+    assert {t.user_attrs["worker"] for t in study.trials} == {0, 1}  # both workers ran trials
+    said = capsys.readouterr().out
+    assert "[sweep shared] 2 workers: worker 0 on 1 CPU thread(s); worker 1 on 1 CPU thread(s)" in said
+    assert sum(line.startswith("[sweep shared] trial") for line in said.splitlines()) == 4
+    assert len(pd.read_csv(out / "trials.csv")) == 4 and (out / "best.yaml").is_file()
+    for i in (0, 1):  # each worker process ended, with its log beside the study
+        assert (out / f"worker_{i}.log").is_file()
+    assert not [p for p in Path("/proc").glob("[0-9]*") if _is_our_worker(p, out)]
+
+
+def _is_our_worker(proc: Path, out: Path) -> bool:
+    try:
+        return str(out / "sweep.yaml") in (proc / "cmdline").read_bytes().decode(errors="ignore")
+    except OSError:
+        return False
+
+
+def test_worker_devices():
+    from deepfake_lightning.sweep import worker_environments
+
+    envs = worker_environments(2, 2, gpus=4, cpus=16)
+    assert [e["CUDA_VISIBLE_DEVICES"] for e in envs] == ["0,1", "2,3"]
+    assert [e["CUDA_VISIBLE_DEVICES"] for e in worker_environments(4, None, gpus=4)] == ["0", "1", "2", "3"]
+    with pytest.raises(SweepConfigError, match="needs 6 GPUs; this machine has 4"):
+        worker_environments(3, 2, gpus=4)
+    cpu = worker_environments(2, None, gpus=0, cpus=2)
+    assert [e["OMP_NUM_THREADS"] for e in cpu] == ["1", "1"] and cpu[0]["CUDA_VISIBLE_DEVICES"] == ""
+
+
+def test_a_dead_worker_is_reported_and_its_trial_failed(tmp_path, kaggle_root, capsys):
+    from deepfake_lightning.sweep import _worker_died
+
+    spec = load_sweep(_sweep_file(tmp_path, kaggle_root, name="dead"))
+    study = optuna.create_study(study_name="dead", storage=f"sqlite:///{tmp_path / 'dead.db'}")
+    trial = study.ask()
+    trial.set_user_attr("worker", 1)
+    _worker_died(spec, study, 1, -9)
+    assert study.trials[0].state == optuna.trial.TrialState.FAIL
+    assert capsys.readouterr().out.startswith("[sweep dead] worker 1 exited with code -9; its trial 0 is marked failed")
+
+
+def test_trial_table_puts_pruned_trials_after_complete_ones(tmp_path, kaggle_root):
+    """Optuna stores a pruned trial's last monitored value (val/auroc) as its value: it must not pass for an
+    objective (val/f1_tuned) in trials.csv, best.yaml or the plots."""
+    from optuna.distributions import FloatDistribution
+    from optuna.trial import TrialState, create_trial
+
+    from deepfake_lightning.sweep import write_outputs
+
+    spec = load_sweep(_sweep_file(tmp_path, kaggle_root, name="pruned",
+                                  search_space={"data.aug_strength": {"type": "float", "low": 0.0, "high": 1.0}}))
+    study = optuna.create_study(study_name="pruned", direction="maximize")
+    dist = {"data.aug_strength": FloatDistribution(0.0, 1.0)}
+    for value, state, aug in ((0.90, TrialState.COMPLETE, 0.1), (0.97, TrialState.PRUNED, 0.2),
+                              (0.94, TrialState.COMPLETE, 0.3), (None, TrialState.FAIL, 0.4),
+                              (0.96, TrialState.PRUNED, 0.5)):
+        study.add_trial(create_trial(state=state, value=value if state == TrialState.COMPLETE else None,
+                                     params={"data.aug_strength": aug}, distributions=dist,
+                                     intermediate_values={0: 0.5, 1: value} if state == TrialState.PRUNED else {}))
+    spec.folder.mkdir(parents=True)
+    written = write_outputs(study, spec)
+    table = pd.read_csv(written["trials"])
+    assert table["number"].tolist() == [2, 0, 1, 4, 3]  # best complete first, then pruned, then failed
+    assert table["state"].tolist() == ["COMPLETE", "COMPLETE", "PRUNED", "PRUNED", "FAIL"]
+    assert table["objective"].tolist()[:2] == [0.94, 0.90] and table["objective"][2:].isna().all()
+    assert table["last_val/auroc"].tolist()[2:4] == [0.97, 0.96]
+    best = written["best"].read_text()
+    assert best.startswith("# Best trial 2 of study 'pruned': val/f1_tuned = 0.9400")
+    assert yaml.safe_load(best)["data"]["aug_strength"] == 0.3
+
+
+def test_sweep_without_config_lists_the_sweep_files(monkeypatch, capsys):
+    monkeypatch.chdir(CONFIGS.parent)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["sweep"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("deepfake: error: --config is required: name a sweep file, e.g. "
+                                               "deepfake sweep --config configs/sweep_demo.yaml (configs/ has ")
+    assert "sweep_backbones.yaml" in err[0]
 
 
 def test_a_diverging_trial_fails_and_the_sweep_goes_on(tmp_path, kaggle_root):
@@ -139,7 +234,7 @@ def test_a_killed_worker_leaves_no_zombie_trial(tmp_path, kaggle_root):
     assert [t.state for t in killed] == [optuna.trial.TrialState.RUNNING]
     time.sleep(3)  # past the grace period (2 heartbeat intervals)
     spec = load_sweep(path)
-    spec["overrides"]["trainer.max_epochs"] = 1
+    spec.overrides["trainer.max_epochs"] = 1
     study = run_sweep(spec)
     states = [t.state for t in study.trials]
     assert optuna.trial.TrialState.RUNNING not in states

@@ -155,7 +155,7 @@ def test_fit_with_tta_flip_and_five_views_validates_and_calibrates_as_it_tests(d
     run = Path(cli.trainer.log_dir)
     assert yaml.safe_load((run / "config.yaml").read_text())["model"]["tta_flip"] is True
     assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["hyper_parameters"]["tta_flip"] is True
-    assert cli.model.calibration["val_probs"].shape == (160,)  # every validation image, five views each
+    assert cli.model.calibration.val_probs.shape == (160,)  # every validation image, five views each
 
 
 def test_fit_without_checkpointing_steps_aside_with_one_line(demo_root, tmp_path, console):

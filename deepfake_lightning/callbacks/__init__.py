@@ -1,4 +1,4 @@
-from deepfake_lightning.callbacks.calibration import Calibration, collect_logits, fit_calibration, write_calibration
+from deepfake_lightning.callbacks.calibration import Calibration
 from deepfake_lightning.callbacks.checkpoint import RunCheckpoint
 from deepfake_lightning.callbacks.evaluation import EvaluationReport, PredictionWriter
 from deepfake_lightning.callbacks.gradcam import GradCamExport
@@ -11,7 +11,4 @@ __all__ = [
     "MetricsJson",
     "PredictionWriter",
     "RunCheckpoint",
-    "collect_logits",
-    "fit_calibration",
-    "write_calibration",
 ]

@@ -5,105 +5,26 @@ from __future__ import annotations
 
 import os
 import warnings
-from contextlib import nullcontext
 from pathlib import Path
 
 import lightning as L
-import numpy as np
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
-from torch.utils.data import DistributedSampler
-from torchmetrics.utilities.distributed import gather_all_tensors
 
 from deepfake_lightning.callbacks._console import PrintsResults
 from deepfake_lightning.callbacks._figures import publish_figure
 from deepfake_lightning.calibration import (
     CalibrationMethod,
+    CalibrationState,
     Calibrator,
     calibration_metrics,
-    choose_threshold,
-    label_shift_report,
+    check_criterion,
     plot_reliability,
     sigmoid,
+    thresholded_metrics,
 )
-from deepfake_lightning.files import atomic_path, write_json
-
-
-@torch.inference_mode()
-def collect_logits(
-    model: L.LightningModule, dataloader, trainer: L.Trainer | None = None
-) -> tuple[np.ndarray, np.ndarray]:
-    """Runs ``model`` over ``dataloader`` in eval mode; returns (logits, labels) as NumPy arrays.
-
-    The model's train/eval mode is restored afterwards. Under a trainer, its precision context (autocast on GPU)
-    is used; logits are returned as float32 either way. Under DDP the data module's evaluation loaders give each
-    rank its own shard of the images; the shards are gathered here, so every rank returns every image's logits
-    (in rank order) and all ranks fit the same calibration.
-    """
-    was_training = model.training
-    model.eval()
-    context = trainer.precision_plugin.forward_context() if trainer is not None else nullcontext()
-    logits = [torch.empty(0, device=model.device)]
-    labels = [torch.empty(0, dtype=torch.long, device=model.device)]
-    try:
-        with context:
-            for batch in dataloader:
-                batch.pop("skipped", None)
-                if "image" not in batch:
-                    continue
-                images = batch["image"].to(model.device)
-                # The model's evaluation logits (test-time views, tta_flip), as validation, test and predict use.
-                predict = getattr(model, "predict_logits", model)
-                logits.append(predict(images).float())
-                labels.append(batch["label"].to(model.device).long())
-    finally:
-        model.train(was_training)
-    z, y = torch.cat(logits), torch.cat(labels)
-    if isinstance(getattr(dataloader, "sampler", None), DistributedSampler) and torch.distributed.is_initialized():
-        z, y = torch.cat(gather_all_tensors(z)), torch.cat(gather_all_tensors(y))
-    return z.cpu().numpy(), y.cpu().numpy()
-
-
-def fit_calibration(
-    logits: np.ndarray, labels: np.ndarray, method: CalibrationMethod = "temperature", threshold: str = "f1"
-) -> dict:
-    """The calibration state stored in a checkpoint: calibrator, threshold (chosen on the calibrated
-    validation probabilities), and the validation probabilities and metrics before and after."""
-    calibrator = Calibrator.fit(logits, labels, method)
-    probs = calibrator(logits)
-    return {
-        "calibrator": calibrator.state_dict(),
-        "threshold": choose_threshold(probs, labels, threshold),
-        "criterion": threshold,
-        "val_probs": torch.from_numpy(probs).float(),
-        "val_labels": torch.from_numpy(np.asarray(labels)).to(torch.int8),
-        "val_before": calibration_metrics(sigmoid(logits), labels),
-        "val_after": calibration_metrics(probs, labels),
-        "adapted_thresholds": {},
-    }
-
-
-def write_calibration(ckpt_path: str | os.PathLike, state: dict, out_path: str | os.PathLike | None = None) -> Path:
-    """Adds ``state`` to a checkpoint file (in place, or as ``out_path``), atomically."""
-    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-    ckpt["calibration"] = state
-    out = Path(out_path or ckpt_path)
-    with atomic_path(out) as tmp:
-        torch.save(ckpt, tmp)
-    return out
-
-
-def summary(state: dict) -> dict:
-    """Scalar view of a calibration state, for logs and ``calibration.json``."""
-    cal = state["calibrator"]
-    out = {"method": cal["method"], "threshold": state["threshold"], "criterion": state["criterion"]}
-    if cal["method"] == "temperature":
-        out["temperature"] = cal["temperature"]
-    if cal["method"] == "platt":
-        out["platt_a"], out["platt_b"] = cal["platt"]
-    out |= {f"val/{k}_before": v for k, v in state["val_before"].items()}
-    out |= {f"val/{k}": v for k, v in state["val_after"].items()}
-    return out
+from deepfake_lightning.files import write_json
+from deepfake_lightning.models.outputs import collect_logits
 
 
 class Calibration(PrintsResults):
@@ -118,7 +39,9 @@ class Calibration(PrintsResults):
     At ``test``: logs NLL, Brier, ECE and MCE before (``..._before``) and after calibration per labeled split,
     with a reliability diagram each; for every split, the estimated AI share (EM) and BBSE cross-check, warning
     when they disagree (the images changed, not just the share); for splits in ``adapt_splits``, the
-    prior-adapted threshold, stored in the module's calibration for prediction.
+    prior-adapted threshold and the accuracy and F1 at it (``test/<split>/adapted_threshold``, ``.../adapted/acc``,
+    ``.../adapted/f1``). At ``predict``, ``PredictionWriter`` applies the same adaptation: the CLI links
+    ``calibration.adapt_splits`` and ``calibration.shift_tolerance`` to its arguments.
 
     Args:
         method: ``temperature`` (default), ``platt``, ``isotonic`` or ``none``.
@@ -137,8 +60,10 @@ class Calibration(PrintsResults):
         n_bins: int = 15,
     ):
         Calibrator(method)  # validates the name early
-        if threshold.partition("=")[0] not in ("f1", "youden", "eer", "target_fpr", "fixed"):
-            raise ValueError(f"calibration.threshold: unknown criterion {threshold!r}")
+        try:
+            check_criterion(threshold)
+        except ValueError as e:
+            raise ValueError(f"calibration.threshold: {e}") from None
         self.method = method
         self.threshold = threshold
         self.adapt_splits = list(adapt_splits or [])
@@ -163,7 +88,7 @@ class Calibration(PrintsResults):
                 pl_module.load_state_dict(weights)
             z, y = collect_logits(pl_module, loader, trainer)
             try:
-                state = fit_calibration(z, y, self.method, self.threshold)
+                state = CalibrationState.fit(z, y, self.method, self.threshold)
             except ValueError as e:
                 # Training finished; do not throw the run away. The checkpoint stays uncalibrated, loudly.
                 rank_zero_warn(f"Calibration failed for {path or 'the final weights'}: {e}. The checkpoint is left "
@@ -171,18 +96,18 @@ class Calibration(PrintsResults):
                 state = None
                 continue
             if path is not None and trainer.is_global_zero:
-                write_calibration(path, state)
+                state.write_into(path)
             trainer.strategy.barrier()
         pl_module.calibration = state
         if state is None:
             return
-        scalars = {k: v for k, v in summary(state).items() if isinstance(v, float)}
+        scalars = {k: v for k, v in state.summary().items() if isinstance(v, float)}
         scalars = {k if "/" in k else f"calibration/{k}": v for k, v in scalars.items()}
         trainer.callback_metrics.update({k: torch.tensor(v) for k, v in scalars.items()})
         self.print_result(
-            f"Calibration ({self.method}): val ECE {state['val_before']['ece']:.4f} -> {state['val_after']['ece']:.4f}, "
-            f"NLL {state['val_before']['nll']:.4f} -> {state['val_after']['nll']:.4f}; "
-            f"threshold ({self.threshold}) {state['threshold']:.4f}"
+            f"Calibration ({self.method}): val ECE {state.val_before['ece']:.4f} -> {state.val_after['ece']:.4f}, "
+            f"NLL {state.val_before['nll']:.4f} -> {state.val_after['nll']:.4f}; "
+            f"threshold ({self.threshold}) {state.threshold:.4f}"
         )
         log_dir = trainer.log_dir  # a broadcast under DDP: every rank must ask
         if not trainer.is_global_zero or log_dir is None:
@@ -191,12 +116,12 @@ class Calibration(PrintsResults):
             logger.log_metrics(scalars, step=trainer.global_step)
         out = Path(log_dir) / "calibration"
         out.mkdir(parents=True, exist_ok=True)
-        write_json(out / "calibration.json", summary(state) | {"checkpoints": paths})
-        self._plot(trainer, log_dir, "val", {"before": (sigmoid(z), y), "after": (state["val_probs"].numpy(), y)})
+        write_json(out / "calibration.json", state.summary() | {"checkpoints": paths})
+        self._plot(trainer, log_dir, "val", {"before": (sigmoid(z), y), "after": (state.val_probs, y)})
 
     # ------------------------------------------------------------------ test
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module) -> None:
-        outputs = pl_module.gathered_test_outputs()
+        outputs = pl_module.test_outputs.gathered(trainer.world_size)
         log_dir = trainer.log_dir  # a broadcast under DDP: every rank must ask
         state = pl_module.calibration
         if state is None:
@@ -204,19 +129,18 @@ class Calibration(PrintsResults):
                 "This checkpoint has no calibration: probabilities are uncalibrated and the threshold is 0.5. "
                 "Run `deepfake calibrate --config C --ckpt_path P` to add one."
             )
-        calibrator, threshold = pl_module.calibrator, pl_module.threshold
-        for split, (logits, labels, _) in outputs.items():
-            z, y = logits.numpy(), labels.numpy()
+        calibrator = pl_module.calibrator
+        for split, out in outputs.items():
+            z, y = out.logits, out.labels
             probs = calibrator(z)
             logs = {}
-            if (y >= 0).all() and len(np.unique(y)) == 2:
+            if out.labeled:
                 before, after = calibration_metrics(sigmoid(z), y, self.n_bins), calibration_metrics(probs, y, self.n_bins)
                 logs |= {f"test/{split}/{k}_before": v for k, v in before.items()}
                 logs |= {f"test/{split}/{k}": v for k, v in after.items()}
                 self._plot(trainer, log_dir, split, {"before": (sigmoid(z), y), "after": (probs, y)})
             if state is not None:
-                report = label_shift_report(state["val_probs"].numpy(), state["val_labels"].numpy(), probs, threshold,
-                                            self.shift_tolerance)
+                report = state.label_shift(probs, self.shift_tolerance)
                 logs |= {f"test/{split}/ai_share_em": report["ai_share_em"],
                          f"test/{split}/ai_share_bbse": report["ai_share_bbse"],
                          f"test/{split}/shift_disagreement": report["disagreement"]}
@@ -229,13 +153,11 @@ class Calibration(PrintsResults):
                     )
                 if split in self.adapt_splits:
                     t = report["adapted_threshold"]
-                    state.setdefault("adapted_thresholds", {})[split] = t
                     logs[f"test/{split}/adapted_threshold"] = t
                     if (y >= 0).all():
-                        pred = probs >= t
-                        tp = float(np.sum(pred & (y == 1)))
-                        logs[f"test/{split}/adapted/acc"] = float(np.mean(pred == y))
-                        logs[f"test/{split}/adapted/f1"] = 2 * tp / max(1.0, float(pred.sum() + (y == 1).sum()))
+                        adapted = thresholded_metrics(probs, y, t)
+                        logs[f"test/{split}/adapted/acc"] = adapted["acc"]
+                        logs[f"test/{split}/adapted/f1"] = adapted["f1"]
             pl_module.log_dict({k: float(v) for k, v in logs.items()}, add_dataloader_idx=False, rank_zero_only=True)
 
     # ------------------------------------------------------------------ helpers

@@ -11,10 +11,8 @@ import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.utilities import rank_zero_warn
 
-from deepfake_lightning.calibration import label_shift_report
 from deepfake_lightning.callbacks._console import PrintsResults
 from deepfake_lightning.callbacks._figures import publish_figure
-from deepfake_lightning.callbacks.calibration import Calibration, collect_logits
 from deepfake_lightning.evaluation import (
     ROBUSTNESS_GRID,
     format_report,
@@ -25,6 +23,7 @@ from deepfake_lightning.evaluation import (
     write_predictions,
 )
 from deepfake_lightning.files import atomic_path, write_json
+from deepfake_lightning.models.outputs import collect_logits
 from deepfake_lightning.provenance import DEMO_WARNING, evaluation_record, outside_demo_data
 
 
@@ -52,7 +51,7 @@ class EvaluationReport(PrintsResults):
         self.report: dict | None = None
 
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module) -> None:
-        outputs = pl_module.gathered_test_outputs()  # collective: every rank takes part
+        outputs = pl_module.test_outputs.gathered(trainer.world_size)
         log_dir = trainer.log_dir  # a broadcast under DDP: every rank must ask
         if not trainer.is_global_zero or log_dir is None:
             return
@@ -62,12 +61,11 @@ class EvaluationReport(PrintsResults):
         (run / "predictions").mkdir(exist_ok=True)
         threshold = pl_module.threshold
         report = {"threshold": threshold, "calibrated": pl_module.calibration is not None, "splits": {}}
-        for split, (logits, labels, index) in outputs.items():
-            y = labels.numpy()
-            if (y < 0).any() or len(np.unique(y)) < 2:
+        for split, out in outputs.items():
+            if not out.labeled:
                 continue
-            probs = pl_module.calibrator(logits.numpy())
-            ids = np.asarray(dm.split_ids(split))[index.numpy()]
+            y, probs = out.labels, pl_module.calibrator(out.logits)
+            ids = np.asarray(dm.split_ids(split))[out.index]
             with atomic_path(run / "predictions" / f"{split}.csv") as tmp:
                 pd.DataFrame({"id": ids, "label": y, "prob_ai": probs}).to_csv(tmp, index=False)
             report["splits"][split] = split_report(probs, y, threshold)
@@ -133,12 +131,20 @@ class EvaluationReport(PrintsResults):
 
 class PredictionWriter(BasePredictionWriter, PrintsResults):
     """After ``deepfake predict``, writes ``predictions/<split>.csv`` (``id,prob_ai,label``: calibrated probability,
-    label at the tuned threshold, or, for splits in ``calibration.adapt_splits``, at the threshold adapted to the
-    split's AI share as EM estimates it from these predictions) and ``submission_<split>.csv`` in the Kaggle format (``id,label``: the split's
-    ids in its order, one row each) to the run directory, and prints where they are."""
+    label at the tuned threshold, or, for splits in ``adapt_splits``, at the threshold adapted to the split's AI
+    share as EM estimates it from these predictions) and ``submission_<split>.csv`` in the Kaggle format
+    (``id,label``: the split's ids in its order, one row each) to the run directory, and prints where they are.
 
-    def __init__(self):
+    Args:
+        adapt_splits: Splits whose threshold is adapted to their estimated AI share. The CLI links it to
+            ``calibration.adapt_splits``: one setting for ``test`` and ``predict``.
+        shift_tolerance: As ``calibration.shift_tolerance`` (linked likewise).
+    """
+
+    def __init__(self, adapt_splits: list[str] | None = None, shift_tolerance: float = 0.05):
         super().__init__(write_interval="epoch")
+        self.adapt_splits = list(adapt_splits or [])
+        self.shift_tolerance = shift_tolerance
         self.written: dict = {}
 
     def write_on_epoch_end(self, trainer: L.Trainer, pl_module, predictions, batch_indices) -> None:
@@ -178,14 +184,12 @@ class PredictionWriter(BasePredictionWriter, PrintsResults):
         self.print_result("\n".join(lines))
 
     def _threshold(self, trainer: L.Trainer, pl_module, split: str, probs: np.ndarray) -> float:
-        """The tuned threshold, or, for a split listed in ``calibration.adapt_splits``, the threshold adapted to
+        """The tuned threshold, or, for a split listed in ``adapt_splits``, the threshold adapted to
         the AI share that EM estimates from these very predictions."""
         state = pl_module.calibration
-        calibration = next((c for c in trainer.callbacks if isinstance(c, Calibration)), None)
-        if state is None or calibration is None or split not in calibration.adapt_splits:
+        if state is None or split not in self.adapt_splits:
             return pl_module.threshold
-        report = label_shift_report(state["val_probs"].numpy(), state["val_labels"].numpy(), probs,
-                                    pl_module.threshold, calibration.shift_tolerance)
+        report = state.label_shift(probs, self.shift_tolerance)
         self.print_result(f"{split}: estimated AI share {report['ai_share_em']:.3f} (validation: "
                           f"{report['source_prior']:.3f}); threshold {pl_module.threshold:.4f} -> "
                           f"{report['adapted_threshold']:.4f}")

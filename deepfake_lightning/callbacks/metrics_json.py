@@ -13,7 +13,7 @@ from deepfake_lightning.files import atomic_path
 
 
 class MetricsJson(PrintsResults):
-    """After fit, validate and test, merges ``trainer.callback_metrics`` into ``<log_dir>/metrics.json``.
+    """At the end of fit, validate and test, merges ``trainer.callback_metrics`` into ``<log_dir>/metrics.json``.
 
     Keys are the logged names (``val/auroc``, ``test/test_v1/f1``...), values plain floats; a later stage in the
     same run directory adds its keys to the file. The file is written to a temporary name and then renamed,
@@ -36,8 +36,11 @@ class MetricsJson(PrintsResults):
         with atomic_path(path) as tmp:
             tmp.write_text(json.dumps(dict(sorted(values.items())), indent=2))
 
-    def on_fit_end(self, trainer, pl_module) -> None:
-        self._write(trainer)
+    def teardown(self, trainer, pl_module, stage: str) -> None:
+        # After every callback's on_fit_end (e.g. Calibration's figures), whatever their order.
+        if stage == "fit" and not trainer.interrupted:
+            self._write(trainer)
+        super().teardown(trainer, pl_module, stage)
 
     def on_validation_end(self, trainer, pl_module) -> None:
         if trainer.state.fn == "validate":

@@ -141,7 +141,7 @@ class DeepfakeDataModule(L.LightningDataModule):
             build_demo_dataset(self.root, DemoSpec(seed=self.hparams.demo_seed))
         if self.hparams.cache_dir is not None:
             check_data_root(self.root, self.hparams.train_csv)
-            self.cache = self._ensure_cache()
+            self._ensure_cache()  # built here; opened in setup (Lightning: prepare_data assigns no state)
 
     def _read_train_index(self) -> pd.DataFrame:
         if self._train_index is None:
@@ -150,8 +150,7 @@ class DeepfakeDataModule(L.LightningDataModule):
         return self._train_index
 
     def _ensure_cache(self) -> ResizedCache:
-        # Built by prepare_data (once per node, before setup); setup in other processes finds it current and only
-        # opens it, while the process that ran prepare_data keeps the one it has (no second stat of every file).
+        # Built by prepare_data (once per node, before setup); setup, in every process, finds it current and opens it.
         hp = self.hparams
         return ensure_cache(hp.cache_dir, self.root, self._read_train_index()["path"], hp.img_size, hp.jpeg_draft,
                             self.num_workers, hp.bad_images)

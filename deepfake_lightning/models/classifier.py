@@ -2,66 +2,21 @@
 
 from __future__ import annotations
 
-import math
-
 import lightning as L
-import numpy as np
 import timm
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.callbacks import BaseFinetuning
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 from torchmetrics import MetricCollection
-from torchmetrics.utilities.distributed import gather_all_tensors
-from torchmetrics.classification import (
-    BinaryAccuracy,
-    BinaryAUROC,
-    BinaryAveragePrecision,
-    BinaryConfusionMatrix,
-    BinaryF1Score,
-    BinaryPrecision,
-    BinaryRecall,
-    BinarySpecificity,
-)
+from torchmetrics.classification import BinaryAccuracy
 
-from deepfake_lightning.calibration import Calibrator
+from deepfake_lightning.calibration import CalibrationState, Calibrator
 from deepfake_lightning.models.backbones import create_backbone
+from deepfake_lightning.models.training import FreezeBackbone, warmup_cosine
+from deepfake_lightning.models.metrics import flatten_metrics, make_metrics
+from deepfake_lightning.models.outputs import TestOutputs
 from deepfake_lightning.provenance import ModelFacts, checkpoint_facts, training_record
-
-
-def make_metrics(threshold: float = 0.5) -> MetricCollection:
-    """Per-stage metrics; thresholded ones predict AI when the probability is >= ``threshold`` (scikit-learn's
-    convention, which tuned thresholds follow; torchmetrics compares with >, hence the one-ulp nudge).
-    ``acc_human`` is the accuracy on human images (specificity), ``acc_ai`` the accuracy on AI images
-    (recall); ``tn/fp/fn/tp`` come from ``confmat``."""
-    t = math.nextafter(float(threshold), -math.inf)
-    return MetricCollection(
-        {
-            "acc": BinaryAccuracy(threshold=t),
-            "precision": BinaryPrecision(threshold=t),
-            "recall": BinaryRecall(threshold=t),
-            "f1": BinaryF1Score(threshold=t),
-            "auroc": BinaryAUROC(),
-            "ap": BinaryAveragePrecision(),
-            "acc_human": BinarySpecificity(threshold=t),
-            "acc_ai": BinaryRecall(threshold=t),
-            "confmat": BinaryConfusionMatrix(threshold=t),
-        },
-        compute_groups=False,
-    )
-
-
-def flatten_metrics(values: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
-    """Names metric values ``<prefix>/<name>`` and splits the confusion matrix into four counts."""
-    out = {}
-    for name, v in values.items():
-        if name == "confmat":
-            (tn, fp), (fn, tp) = v.float()
-            out.update({f"{prefix}/tn": tn, f"{prefix}/fp": fp, f"{prefix}/fn": fn, f"{prefix}/tp": tp})
-        else:
-            out[f"{prefix}/{name}"] = v.float()
-    return out
 
 
 class DeepfakeClassifier(L.LightningModule):
@@ -113,34 +68,34 @@ class DeepfakeClassifier(L.LightningModule):
         self.val_metrics = make_metrics()
         self.test_metrics = nn.ModuleDict()  # per labeled test split, at 0.5 and at the tuned threshold
         self.test_splits: list[str] = []
-        self.test_outputs: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+        self.test_outputs = TestOutputs()  # what report callbacks read at the end of `test`
         # Set by the Calibration callback or `deepfake calibrate`; saved in and restored from checkpoints.
-        self.calibration: dict | None = None
+        self.calibration: CalibrationState | None = None
         # What a loaded model was trained on (provenance.ModelFacts); None for a model that is being trained.
         self.facts: ModelFacts | None = None
 
     # ------------------------------------------------------------------ calibration state
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         if self.calibration is not None:
-            checkpoint["calibration"] = self.calibration
+            checkpoint["calibration"] = self.calibration.to_checkpoint()
         trainer = self._trainer
         if trainer is not None and trainer.datamodule is not None and trainer.state.fn == "fit":
             # What this model was trained on and how it scored: see provenance.py.
             checkpoint["provenance"] = training_record(trainer.datamodule, trainer.callback_metrics)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        self.calibration = checkpoint.get("calibration")
+        self.calibration = CalibrationState.from_checkpoint(checkpoint.get("calibration"))
         self.facts = checkpoint_facts(checkpoint, source="checkpoint")
 
     @property
     def calibrator(self) -> Calibrator:
         """Maps logits to calibrated AI probabilities (plain sigmoid when the model is not calibrated)."""
-        return Calibrator.from_state_dict(self.calibration["calibrator"]) if self.calibration else Calibrator()
+        return self.calibration.calibrator if self.calibration else Calibrator()
 
     @property
     def threshold(self) -> float:
         """Decision threshold on calibrated probabilities, chosen on validation data (0.5 if uncalibrated)."""
-        return float(self.calibration["threshold"]) if self.calibration else 0.5
+        return self.calibration.threshold if self.calibration else 0.5
 
     def calibrated_probs(self, logits: torch.Tensor) -> torch.Tensor:
         """Calibrated AI probabilities, in float64 (float32 on MPS) so that comparisons with the tuned threshold,
@@ -237,14 +192,14 @@ class DeepfakeClassifier(L.LightningModule):
         labeled = dm.labeled_test_splits() if hasattr(dm, "labeled_test_splits") else self.test_splits
         metrics = {s: make_metrics(0.5) for s in labeled} | {f"{s}/tuned": make_metrics(self.threshold) for s in labeled}
         self.test_metrics = nn.ModuleDict(metrics).to(self.device)
-        self.test_outputs = {s: [] for s in self.test_splits}
+        self.test_outputs.reset(self.test_splits)
 
     def test_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> dict | None:
         if "image" not in batch:
             return None
         split = self.test_splits[dataloader_idx]
         logits = self.predict_logits(batch["image"])
-        self.test_outputs[split].append((logits, batch["label"].long(), batch["index"].long()))
+        self.test_outputs.add(split, logits, batch["label"], batch["index"])
         if split not in self.test_metrics:  # unlabeled split: logits only (for share estimation)
             return {"logits": logits}
         labels = batch["label"].long()
@@ -261,20 +216,6 @@ class DeepfakeClassifier(L.LightningModule):
             self.log_dict(flatten_metrics(metrics.compute(), f"test/{name}"), add_dataloader_idx=False)
             metrics.reset()
 
-    def gathered_test_outputs(self) -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        """Every rank's test logits, labels (-1 where unknown) and dataset indices per split, on the CPU, one
-        entry per image (duplicates, should a padding sampler be used, removed), in dataset order."""
-        out = {}
-        for split, parts in self.test_outputs.items():
-            if not parts:
-                continue
-            logits, labels, index = (torch.cat([p[k] for p in parts]) for k in range(3))
-            if self.trainer.world_size > 1:  # shards may differ in length by one image: torchmetrics' gather pads
-                logits, labels, index = (torch.cat(gather_all_tensors(t)) for t in (logits, labels, index))
-            index, first = np.unique(index.cpu().numpy(), return_index=True)
-            out[split] = (logits.cpu()[first], labels.cpu()[first], torch.from_numpy(index))
-        return out
-
     # ------------------------------------------------------------------ predict
     def predict_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> dict:
         if "image" not in batch:
@@ -290,14 +231,7 @@ class DeepfakeClassifier(L.LightningModule):
             return {"optimizer": optimizer, "lr_scheduler": self.scheduler_factory(optimizer)}
         total = max(1, int(self.trainer.estimated_stepping_batches))
         epochs = self.trainer.max_epochs if self.trainer.max_epochs and self.trainer.max_epochs > 0 else 1
-        warmup = min(total - 1, round(self.hparams.warmup_epochs * total / epochs))
-
-        def cosine_with_warmup(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / (warmup + 1)
-            return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_with_warmup)
+        scheduler = warmup_cosine(optimizer, min(total - 1, round(self.hparams.warmup_epochs * total / epochs)), total)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def configure_callbacks(self) -> list:
@@ -305,26 +239,3 @@ class DeepfakeClassifier(L.LightningModule):
             return [FreezeBackbone(self.hparams.freeze_backbone_epochs)]
         return []
 
-
-class FreezeBackbone(BaseFinetuning):
-    """Trains only the classifier head for the first ``epochs`` epochs, then the whole network.
-
-    Frozen parameters stay in the optimizer with no gradient, which AdamW and SGD skip; unfreezing
-    therefore needs no new parameter group and keeps the learning-rate schedule intact.
-    """
-
-    def __init__(self, epochs: int):
-        super().__init__()
-        self.epochs = epochs
-
-    @staticmethod
-    def _body(pl_module: DeepfakeClassifier) -> list[nn.Module]:
-        head = pl_module.net.get_classifier()
-        return [m for m in pl_module.net.children() if m is not head and head not in list(m.modules())]
-
-    def freeze_before_training(self, pl_module: DeepfakeClassifier) -> None:
-        self.freeze(self._body(pl_module), train_bn=False)
-
-    def finetune_function(self, pl_module: DeepfakeClassifier, epoch: int, optimizer) -> None:
-        if epoch == self.epochs:
-            self.make_trainable(self._body(pl_module))

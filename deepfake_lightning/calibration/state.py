@@ -1,0 +1,140 @@
+"""``CalibrationState``: what calibrating a detector produced, the one object that the model, checkpoints, exports,
+evaluation, sweeps and the CLI share."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from deepfake_lightning.calibration.calibrators import CalibrationMethod, Calibrator, calibration_metrics, sigmoid
+from deepfake_lightning.calibration.label_shift import label_shift_report
+from deepfake_lightning.calibration.thresholds import choose_threshold
+
+
+@dataclass
+class CalibrationState:
+    """A fitted calibration, stored under ``"calibration"`` in checkpoints and in an export's ``detector.json``.
+
+    Fields:
+        calibrator: Maps logits to calibrated AI probabilities (method and parameters).
+        threshold: Decision threshold on calibrated probabilities (predict AI when ``prob >= threshold``).
+        criterion: How ``threshold`` was chosen on validation data (``f1``, ``youden``, ``eer``,
+            ``target_fpr=<a>``, ``fixed=<t>``).
+        val_probs: Calibrated probabilities of every validation image (float32), the reference for label-shift
+            estimation on unlabeled splits.
+        val_labels: Their labels (int8, 1 = AI-generated).
+        val_before: NLL, Brier, ECE and MCE of the uncalibrated validation probabilities.
+        val_after: The same after calibration.
+
+    In a checkpoint the state is a plain dict of these fields (the calibrator as its ``state_dict()``, the
+    validation arrays as torch tensors); in JSON the arrays are lists. Older files with an extra
+    ``adapted_thresholds`` key load unchanged (the key is ignored).
+    """
+
+    calibrator: Calibrator
+    threshold: float
+    criterion: str
+    val_probs: np.ndarray
+    val_labels: np.ndarray
+    val_before: dict[str, float] = field(default_factory=dict)
+    val_after: dict[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def fit(cls, logits: np.ndarray, labels: np.ndarray, method: CalibrationMethod = "temperature",
+            criterion: str = "f1") -> CalibrationState:
+        """Fits the calibrator on validation logits, then the threshold on the calibrated probabilities.
+
+        Raises:
+            ValueError: On single-class or non-finite inputs, or a calibrator that cannot be fitted.
+        """
+        calibrator = Calibrator.fit(logits, labels, method)
+        probs = calibrator(logits)
+        return cls(
+            calibrator=calibrator,
+            threshold=choose_threshold(probs, labels, criterion),
+            criterion=criterion,
+            val_probs=probs.astype(np.float32),
+            val_labels=np.asarray(labels).astype(np.int8),
+            val_before=calibration_metrics(sigmoid(logits), labels),
+            val_after=calibration_metrics(probs, labels),
+        )
+
+    # ------------------------------------------------------------------ use
+    def probs(self, logits: np.ndarray) -> np.ndarray:
+        """Calibrated AI probabilities (float64) of ``logits``."""
+        return self.calibrator(logits)
+
+    def label_shift(self, target_probs: np.ndarray, tolerance: float = 0.05) -> dict:
+        """:func:`label_shift_report` of an unlabeled split's calibrated probabilities against validation."""
+        return label_shift_report(self.val_probs.astype(np.float64), self.val_labels, target_probs, self.threshold,
+                                  tolerance)
+
+    def summary(self) -> dict[str, Any]:
+        """Scalar view for logs and ``calibration.json``: method, its parameters, threshold, criterion, and the
+        validation metrics before (``val/<m>_before``) and after (``val/<m>``)."""
+        cal = self.calibrator
+        out: dict[str, Any] = {"method": cal.method, "threshold": self.threshold, "criterion": self.criterion}
+        if cal.method == "temperature":
+            out["temperature"] = cal.temperature
+        if cal.method == "platt":
+            out["platt_a"], out["platt_b"] = cal.platt
+        out |= {f"val/{k}_before": v for k, v in self.val_before.items()}
+        out |= {f"val/{k}": v for k, v in self.val_after.items()}
+        return out
+
+    # ------------------------------------------------------------------ storage
+    def to_checkpoint(self) -> dict:
+        import torch
+
+        return {
+            "calibrator": self.calibrator.state_dict(),
+            "threshold": float(self.threshold),
+            "criterion": self.criterion,
+            "val_probs": torch.from_numpy(np.asarray(self.val_probs, dtype=np.float32)),
+            "val_labels": torch.from_numpy(np.asarray(self.val_labels, dtype=np.int8)),
+            "val_before": dict(self.val_before),
+            "val_after": dict(self.val_after),
+        }
+
+    @classmethod
+    def from_checkpoint(cls, state: dict | None) -> CalibrationState | None:
+        """The state stored by :meth:`to_checkpoint` (or :meth:`to_json`); None for None."""
+        if state is None:
+            return None
+        missing = [k for k in ("calibrator", "threshold", "criterion", "val_probs", "val_labels") if k not in state]
+        if missing:
+            raise ValueError(f"calibration state without {missing}")
+        return cls(
+            calibrator=Calibrator.from_state_dict(state["calibrator"]),
+            threshold=float(state["threshold"]),
+            criterion=str(state["criterion"]),
+            val_probs=np.asarray(state["val_probs"], dtype=np.float32),
+            val_labels=np.asarray(state["val_labels"], dtype=np.int8),
+            val_before={k: float(v) for k, v in state.get("val_before", {}).items()},
+            val_after={k: float(v) for k, v in state.get("val_after", {}).items()},
+        )
+
+    def to_json(self) -> dict:
+        out = self.to_checkpoint()
+        out["calibrator"]["platt"] = list(out["calibrator"]["platt"])
+        out["val_probs"], out["val_labels"] = self.val_probs.tolist(), self.val_labels.astype(int).tolist()
+        return out
+
+    from_json = from_checkpoint
+
+    def write_into(self, ckpt_path: str | os.PathLike, out_path: str | os.PathLike | None = None) -> Path:
+        """Stores this state in a checkpoint file (in place, or as a copy at ``out_path``), atomically."""
+        import torch
+
+        from deepfake_lightning.files import atomic_path
+
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        ckpt["calibration"] = self.to_checkpoint()
+        out = Path(out_path or ckpt_path)
+        with atomic_path(out) as tmp:
+            torch.save(ckpt, tmp)
+        return out

@@ -1,0 +1,140 @@
+"""The package's structure: no import cycles, light commands stay light, the private third-party members we rely
+on still exist (and their packages are capped), callbacks do not depend on their order."""
+
+import ast
+import json
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "deepfake_lightning"
+
+
+def _module_graph() -> dict[str, set[str]]:
+    """Module -> the package modules it imports, at the top or inside functions (lazy imports count too)."""
+    modules = {}
+    for f in PACKAGE.rglob("*.py"):
+        parts = list(f.relative_to(ROOT).with_suffix("").parts)
+        modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = f
+    graph = {m: set() for m in modules}
+    for name, f in modules.items():
+        for node in ast.walk(ast.parse(f.read_text())):
+            targets = []
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                targets = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            graph[name] |= {t for t in targets if t in modules and t != name}
+    return graph
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan)."""
+    index, low, stack, on_stack, found, counter = {}, {}, [], set(), [], [0]
+
+    def visit(v):
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on_stack.add(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for v in graph:
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_the_package_has_no_import_cycle():
+    graph = _module_graph()
+    assert "deepfake_lightning.calibration.state" in graph  # the walk sees the package
+    assert _cycles(graph) == []
+
+
+def test_the_cycle_check_finds_a_cycle():
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
+    assert _cycles(graph) == [["a", "b", "c"]]
+
+
+def test_fit_does_not_import_optuna():
+    code = ("import sys\nfrom deepfake_lightning.cli import main\n"
+            "try:\n    main(['fit', '--config', 'configs/demo.yaml', '--print_config'])\nexcept SystemExit:\n    pass\n"
+            "print('\\nIMPORTED', sorted(m for m in ('optuna', 'optuna_integration', 'litserve') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert "model:" in out.stdout, out.stderr  # the fit config was printed: the fit parser was built
+    assert out.stdout.strip().splitlines()[-1] == "IMPORTED []"
+
+
+# The private (or undocumented) members of other packages that this package uses, and where.
+PRIVATE_MEMBERS = [
+    ("lightning.pytorch.callbacks", "ModelCheckpoint", "_save_last_checkpoint", "callbacks/checkpoint.py"),
+    ("lightning.pytorch.callbacks", "ModelCheckpoint", "_monitor_candidates", "callbacks/checkpoint.py"),
+    ("lightning.pytorch.callbacks", "ModelCheckpoint", "_should_skip_saving_checkpoint", "callbacks/checkpoint.py"),
+    ("lightning.pytorch.callbacks", "ModelCheckpoint", "_should_save_on_train_epoch_end", "callbacks/checkpoint.py"),
+    ("lightning.fabric.utilities.seed", None, "_collect_rng_states", "callbacks/checkpoint.py"),
+    ("lightning.fabric.utilities.seed", None, "_set_rng_states", "callbacks/checkpoint.py"),
+    ("lightning.pytorch.cli", "LightningCLI", "_parser", "lightning_cli.py"),
+    ("optuna.trial", "Trial", "_trial_id", "sweep.py (heartbeats)"),
+    ("pytorch_grad_cam", "GradCAM", "compute_cam_per_layer", "explain.py"),
+]
+
+
+@pytest.mark.parametrize("module,owner,member,used_in", PRIVATE_MEMBERS, ids=lambda v: str(v))
+def test_private_members_we_use_still_exist(module, owner, member, used_in):
+    import importlib
+
+    obj = importlib.import_module(module)
+    if owner:
+        obj = getattr(obj, owner)
+    if member == "_trial_id":  # an instance attribute: look at a real trial
+        import optuna
+
+        obj = optuna.create_study().ask()
+    assert hasattr(obj, member), (f"{module}.{owner or ''}.{member} is gone in the installed version; update "
+                                  f"deepfake_lightning/{used_in} and the version cap in pyproject.toml")
+
+
+def test_packages_whose_internals_we_use_are_capped():
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    for name in ("lightning", "optuna", "grad-cam", "jsonargparse"):
+        spec = next(d for d in deps if d.split("[")[0].split(">")[0].split("<")[0].strip() == name)
+        assert "<" in spec, f"{name} is used through internals and needs an upper bound: {spec!r}"
+
+
+def test_metrics_json_holds_calibration_whatever_the_callback_order(kaggle_root, tmp_path):
+    """MetricsJson registered before Calibration (the order that lost the calibration keys) still records them."""
+    import lightning as L
+
+    from deepfake_lightning import DeepfakeClassifier, DeepfakeDataModule
+    from deepfake_lightning.callbacks import Calibration, MetricsJson, RunCheckpoint
+
+    L.seed_everything(0)
+    dm = DeepfakeDataModule(root=str(kaggle_root), demo=False, test_v1_csv="test_v1.csv", img_size=32, batch_size=8,
+                            num_workers=0)
+    model = DeepfakeClassifier("test_resnet", pretrained=False)
+    trainer = L.Trainer(max_epochs=1, default_root_dir=tmp_path, enable_progress_bar=False, enable_model_summary=False,
+                        log_every_n_steps=1, callbacks=[MetricsJson(), Calibration(method="platt"),
+                                                        RunCheckpoint(monitor="val/auroc", mode="max", save_last=True)])
+    trainer.fit(model, dm)
+    metrics = json.loads((Path(trainer.log_dir) / "metrics.json").read_text())
+    assert metrics["calibration/platt_a"] == pytest.approx(model.calibration.calibrator.platt[0])
+    assert metrics["val/ece"] == pytest.approx(model.calibration.val_after["ece"])
