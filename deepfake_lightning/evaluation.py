@@ -35,6 +35,52 @@ def split_report(probs: np.ndarray, labels: np.ndarray, threshold: float) -> dic
     }
 
 
+def group_report(probs: np.ndarray, labels: np.ndarray, groups: np.ndarray, threshold: float) -> dict[str, dict]:
+    """Per group of one split (e.g. each ``generator``): ``n_images``, ``n_ai``, ``auroc`` of the group's AI images
+    against all of the split's human images (None for a group without AI images, such as ``real``), and ``acc``, the
+    group's accuracy at ``threshold``. How AIGCDetectBenchmark and the NPR/UnivFD papers report generators."""
+    p, y, g = np.asarray(probs, dtype=np.float64), np.asarray(labels).astype(int), np.asarray(groups).astype(str)
+    human = y == 0
+    out = {}
+    for name in sorted(set(g)):
+        member = g == name
+        ai = member & (y == 1)
+        auroc = None
+        if ai.any() and human.any():
+            auroc = float(roc_auc_score(np.r_[np.zeros(human.sum()), np.ones(ai.sum())], np.r_[p[human], p[ai]]))
+        out[name] = {"n_images": int(member.sum()), "n_ai": int(ai.sum()), "auroc": auroc,
+                     "acc": float(np.mean((p[member] >= threshold) == y[member]))}
+    return out
+
+
+def format_groups(groups: dict[str, dict[str, dict]]) -> str:
+    """The per-group table of a report: one row per split and group."""
+    rows = [{"split": split, "group": name, "images": r["n_images"], "AI images": r["n_ai"], "AUROC": r["auroc"],
+             "acc@tuned": r["acc"]} for split, table in groups.items() for name, r in table.items()]
+    return pd.DataFrame(rows).to_string(index=False, float_format=lambda v: f"{v:.4f}", na_rep="-")
+
+
+def plot_groups(groups: dict[str, dict[str, dict]], column: str):
+    """Bar charts, one panel per split: AUROC (AI images of the group vs the split's human images) and accuracy at
+    the tuned threshold, per group. A matplotlib Figure."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(groups), figsize=(4.5 * len(groups), 4), squeeze=False)
+    for ax, (split, table) in zip(axes[0], groups.items()):
+        names = list(table)
+        x = np.arange(len(names))
+        auroc = [table[n]["auroc"] if table[n]["auroc"] is not None else np.nan for n in names]
+        ax.bar(x - 0.2, auroc, 0.4, label="AUROC vs human")
+        ax.bar(x + 0.2, [table[n]["acc"] for n in names], 0.4, label="accuracy (tuned)")
+        ax.set_xticks(x, [f"{n}\n({table[n]['n_images']})" for n in names], fontsize=8, rotation=20)
+        ax.set_ylim(0, 1.05)
+        ax.set_title(f"{split} by {column}")
+        ax.axhline(0.5, ls="--", c="grey", lw=1)
+    axes[0][0].legend(loc="lower left", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
 def format_report(report: dict) -> str:
     """A short human-readable table of a report: one row per split."""
     rows = []

@@ -74,6 +74,7 @@ def export_checkpoint(ckpt_path: str | os.PathLike, out_dir: str | os.PathLike) 
         "format_version": FORMAT_VERSION,
         "package_version": __version__,
         "backbone": hp["backbone"],
+        "frontend": hp.get("frontend", "rgb"),
         "num_classes": 1,
         "channels_last": bool(hp.get("channels_last", True)),
         "tta_flip": bool(hp.get("tta_flip", False)),
@@ -124,7 +125,7 @@ def load_export(export_dir: str | os.PathLike, map_location: str | torch.device 
 
     config = read_export_config(export_dir)
     model = DeepfakeClassifier(config["backbone"], pretrained=False, channels_last=config.get("channels_last", True),
-                               tta_flip=config.get("tta_flip", False))
+                               tta_flip=config.get("tta_flip", False), frontend=config.get("frontend", "rgb"))
     load_weights(model, export_dir, config)
     return model.to(map_location).eval(), config
 

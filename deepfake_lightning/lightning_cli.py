@@ -5,8 +5,9 @@ Every ``__init__`` argument of ``DeepfakeClassifier``, ``DeepfakeDataModule`` an
 ``--print_config`` shows the result. Settings shared by every config live here and in those signatures.
 
 How settings combine, lowest to highest: the signatures' defaults, the ``--config`` files in order, the settings
-stored with the model given as ``--ckpt_path`` (its ``model.*`` hyperparameters and the preprocessing
-``data.img_size`` / ``data.mode`` it was trained with), and the command line, which always wins. What was used is
+stored with the model given as ``--ckpt_path`` (its ``model.*`` hyperparameters, the preprocessing
+``data.img_size`` / ``data.mode`` and the training-row filter ``data.train_query`` it was trained with), and the
+command line, which always wins. What was used is
 what the run's ``config.yaml`` records.
 """
 
@@ -36,7 +37,8 @@ from deepfake_lightning.export import is_export, load_weights, read_export_confi
 from deepfake_lightning.models import DeepfakeClassifier
 
 # Preprocessing that belongs to a trained model: taken from its checkpoint unless the command line says otherwise.
-STORED_DATA_KEYS = ("img_size", "mode")
+# The data settings a model keeps: its preprocessing, and the training-row filter its train/val split came from.
+STORED_DATA_KEYS = ("img_size", "mode", "train_query")
 EVAL_SUBCOMMANDS = ("validate", "test", "predict")
 LIGHTNING_CKPT_NAMES = (None, "last", "best", "hpc", "registry")  # --ckpt_path values that are not our files
 
@@ -65,8 +67,9 @@ def stored_settings(ckpt_path: str | os.PathLike) -> dict[str, dict]:
     """The ``model`` and ``data`` settings a checkpoint file or export directory was trained with."""
     if is_export(ckpt_path):
         config = read_export_config(ckpt_path)
-        model = {k: config[k] for k in ("backbone", "channels_last", "tta_flip") if k in config}
-        return {"model": model, "data": {k: config[k] for k in STORED_DATA_KEYS}}
+        model = {k: config[k] for k in ("backbone", "frontend", "channels_last", "tta_flip") if k in config}
+        data = {**config.get("data", {}), **{k: config[k] for k in ("img_size", "mode") if k in config}}
+        return {"model": model, "data": {k: data[k] for k in STORED_DATA_KEYS if k in data}}
     # weights_only: hyperparameters are plain values; mmap: the weights themselves are not read.
     ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
     model = {k: v for k, v in ckpt.get("hyper_parameters", {}).items() if not k.startswith("_")}

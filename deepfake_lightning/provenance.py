@@ -183,8 +183,8 @@ def checkpoint_facts(ckpt: dict, source: str) -> ModelFacts:
 
 def export_facts(config: dict, source: str) -> ModelFacts:
     data = {**config.get("data", {}), **{k: config[k] for k in ("img_size", "mode") if k in config}}
-    return ModelFacts.from_parts({"backbone": config.get("backbone", UNKNOWN)}, data, config.get("calibration"),
-                                 config.get("provenance"), source)
+    model = {"backbone": config.get("backbone", UNKNOWN), "frontend": config.get("frontend", "rgb")}
+    return ModelFacts.from_parts(model, data, config.get("calibration"), config.get("provenance"), source)
 
 
 def evaluation_record(report: dict) -> dict:

@@ -310,11 +310,11 @@ def _started(study: optuna.Study) -> list[FrozenTrial]:
 def run_sweep(spec: SweepSpec, worker: int | None = None) -> optuna.Study:
     """Validates the sweep, then runs trials until the study holds ``n_trials`` (counting every worker's): here,
     or with ``spec.workers > 1`` in that many worker processes. ``worker`` is set inside a worker process."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own lines say what happens
     if worker is None:
         validate_search_space(spec)
     study, storage = _open_study(spec)
     spec.folder.mkdir(parents=True, exist_ok=True)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
     tag = f"[sweep {spec.study_name}]"
     if worker is None:
         have = len(_started(study))

@@ -29,10 +29,15 @@ def test_build_is_deterministic_for_a_seed(tmp_path):
 def test_layout_matches_kaggle_and_loads(tmp_path):
     root = build_demo_dataset(tmp_path / "d", SMALL)
     raw = pd.read_csv(root / "train.csv")
-    assert list(raw.columns) == ["Unnamed: 0", "file_name", "label", "group"]  # unnamed index column first
+    assert list(raw.columns) == ["Unnamed: 0", "file_name", "label", "group", "generator"]  # unnamed index first
     assert len(raw) == 24 and raw["label"].sum() == 12
     pairs = raw.groupby("group")["label"].agg(lambda v: tuple(sorted(v)))
     assert len(pairs) == 12 and set(pairs) == {(0, 1)}  # each pair: a photo and its fake
+    assert ((raw["generator"] == "real") == (raw["label"] == 0)).all()  # the generator column names each fake's
+    assert set(raw.loc[raw["label"] == 1, "generator"]) == {"tconv", "nearest_smooth", "bilinear_sharpen"}
+    v1, v2 = pd.read_csv(root / "test_v1.csv"), pd.read_csv(root / "test.csv")
+    assert ((v1["generator"] == "real") == (v1["label"] == 0)).all()
+    assert set(v2.loc[v2["label"] == 1, "generator"]) == {"subpixel_texture"}  # test_v2: the held-out generator
     dm = DeepfakeDataModule(str(root), test_v1_csv="test_v1.csv", group_column="group", img_size=32, num_workers=0)
     dm.setup("fit")
     assert dm.labeled_test_splits() == ["val", "test_v1", "test_v2"]

@@ -29,6 +29,7 @@ CANNOT_RUN = {
     "configs/resnet50.yaml": "needs the Kaggle data (and ImageNet weights from the Hugging Face hub)",
     "configs/efficientnet_b0.yaml": "needs the Kaggle data (and ImageNet weights from the Hugging Face hub)",
     "configs/sweep_backbones.yaml": "needs the Kaggle data (and a GPU to finish in reasonable time)",
+    "configs/clip_probe.yaml": "needs the Kaggle data and CLIP ViT-L/14 weights from the Hugging Face hub",
     "@dbhost/": "needs a PostgreSQL server on the host dbhost",
 }
 # ... except these, which succeed without the data (printing the resolved config).

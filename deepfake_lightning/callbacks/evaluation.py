@@ -15,9 +15,12 @@ from deepfake_lightning.callbacks._console import PrintsResults
 from deepfake_lightning.callbacks._figures import publish_figure
 from deepfake_lightning.evaluation import (
     ROBUSTNESS_GRID,
+    format_groups,
     format_report,
+    group_report,
     perturbation,
     plot_robustness,
+    plot_groups,
     plot_split,
     split_report,
     write_predictions,
@@ -36,18 +39,24 @@ class EvaluationReport(PrintsResults):
     * ``predictions/<split>.csv`` (``id,label,prob_ai``), the predictions the report was computed from;
     * ``plots/<split>.png``: ROC, precision-recall and confusion matrix (also in TensorBoard);
     * with ``robustness``: ``robustness.csv`` and ``robustness.png``, metrics on ``robustness_split`` under JPEG
-      re-compression, Gaussian blur and down-scaling.
+      re-compression, Gaussian blur and down-scaling;
+    * with ``group_by``: per split and per value of that CSV column (e.g. ``generator``), the image count, AUROC of
+      the group's AI images against the split's human images and accuracy at the tuned threshold, in
+      ``report.json`` (``groups``), ``plots/groups.png``, TensorBoard (``test/<split>/group/<value>/...``) and the
+      printed table; the column is added to ``predictions/<split>.csv``.
 
     It prints a short table at the end.
 
     Args:
         robustness: Also measure robustness curves.
         robustness_split: The split they are measured on.
+        group_by: A column of the splits' CSVs to break the results down by.
     """
 
-    def __init__(self, robustness: bool = False, robustness_split: str = "test_v1"):
+    def __init__(self, robustness: bool = False, robustness_split: str = "test_v1", group_by: str | None = None):
         self.robustness = robustness
         self.robustness_split = robustness_split
+        self.group_by = group_by
         self.report: dict | None = None
 
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module) -> None:
@@ -61,17 +70,24 @@ class EvaluationReport(PrintsResults):
         (run / "predictions").mkdir(exist_ok=True)
         threshold = pl_module.threshold
         report = {"threshold": threshold, "calibrated": pl_module.calibration is not None, "splits": {}}
+        groups = {}
         for split, out in outputs.items():
             if not out.labeled:
                 continue
             y, probs = out.labels, pl_module.calibrator(out.logits)
-            ids = np.asarray(dm.split_ids(split))[out.index]
+            table = pd.DataFrame({"id": np.asarray(dm.split_ids(split))[out.index], "label": y, "prob_ai": probs})
+            if self.group_by:
+                table[self.group_by] = dm.split_column(split, self.group_by).astype(str).to_numpy()[out.index]
+                groups[split] = group_report(probs, y, table[self.group_by], threshold)
             with atomic_path(run / "predictions" / f"{split}.csv") as tmp:
-                pd.DataFrame({"id": ids, "label": y, "prob_ai": probs}).to_csv(tmp, index=False)
+                table.to_csv(tmp, index=False)
             report["splits"][split] = split_report(probs, y, threshold)
 
             fig = plot_split(probs, y, threshold, f"{split}: {len(y)} images")
             publish_figure(trainer, fig, run / "plots" / f"{split}.png", f"evaluation/{split}")
+        if groups:
+            report["groups"] = {"column": self.group_by, **groups}
+            self._publish_groups(trainer, groups, run)
         if self.robustness:
             report["robustness"] = self._robustness(trainer, pl_module, run)
         write_json(run / "report.json", report)
@@ -80,8 +96,16 @@ class EvaluationReport(PrintsResults):
                     "eval_views": int(getattr(dm, "hparams", {}).get("eval_views", 1))}
         self._record_in_checkpoint(trainer.ckpt_path, report, run, settings)
         if report["splits"]:
+            by_group = f"\n\nBy {self.group_by}:\n{format_groups(groups)}" if groups else ""
             self.print_result(f"\nEvaluation (threshold {threshold:.4f}, tuned on validation):\n{format_report(report)}"
-                              f"\nWritten to {run / 'report.json'}")
+                              f"{by_group}\nWritten to {run / 'report.json'}")
+
+    def _publish_groups(self, trainer: L.Trainer, groups: dict, run: Path) -> None:
+        scalars = {f"test/{split}/group/{name}/{k}": r[k] for split, table in groups.items()
+                   for name, r in table.items() for k in ("auroc", "acc") if r[k] is not None}
+        for logger in trainer.loggers:
+            logger.log_metrics(scalars, step=trainer.global_step)
+        publish_figure(trainer, plot_groups(groups, self.group_by), run / "plots" / "groups.png", "evaluation/groups")
 
     @staticmethod
     def _record_in_checkpoint(ckpt_path: str | None, report: dict, run: Path, settings: dict) -> None:

@@ -51,6 +51,8 @@ class DeepfakeDataModule(L.LightningDataModule):
         demo: Build the offline demo dataset into ``root`` on first use (see ``data/demo.py``).
         demo_seed: Seed of the demo build.
         train_csv: Training CSV, relative to ``root``.
+        train_query: Keep only the training-CSV rows matching this pandas query, before the train/val split, e.g.
+            ``"generator != 'tconv'"`` to hold a generator out (leave-one-generator-out).
         test_v1_csv: CSV of the earlier test set (distributed separately from the Kaggle download), or None.
         test_v2_csv: CSV of the newer test set; Kaggle's ``test.csv``.
         group_column: Column of ``train_csv`` pairing related images, for a group-aware split.
@@ -88,6 +90,7 @@ class DeepfakeDataModule(L.LightningDataModule):
         demo: bool = False,
         demo_seed: int = 0,
         train_csv: str = "train.csv",
+        train_query: str | None = None,
         test_v1_csv: str | None = None,
         test_v2_csv: str | None = "test.csv",
         group_column: str | None = None,
@@ -146,7 +149,8 @@ class DeepfakeDataModule(L.LightningDataModule):
     def _read_train_index(self) -> pd.DataFrame:
         if self._train_index is None:
             hp = self.hparams
-            self._train_index = read_index(self.root / hp.train_csv, self.root, "file_name", "label", hp.group_column)
+            self._train_index = read_index(self.root / hp.train_csv, self.root, "file_name", "label", hp.group_column,
+                                           query=hp.train_query)
         return self._train_index
 
     def _ensure_cache(self) -> ResizedCache:
@@ -212,6 +216,8 @@ class DeepfakeDataModule(L.LightningDataModule):
             raise DataError(
                 f"{split_file} does not match {self.root / self.hparams.train_csv}: {len(missing)} training "
                 f"image(s) have no split, e.g. {missing.iloc[0]!r}"
+                + ("" if self.hparams.train_query else
+                   " (if that run used --data.train_query, pass the same query)")
             )
         split = df["path"].map(where)
         return {s: df[split == s].reset_index(drop=True) for s in ("train", "val")}
@@ -277,6 +283,8 @@ class DeepfakeDataModule(L.LightningDataModule):
                 data = {"kind": "csv", "train_csv": str(csv.resolve()), "rows": int(len(labels)),
                         "ai_share": float(labels.mean()), "sha256": file_sha256(csv),
                         "kaggle": self.root.name == KAGGLE_DATASET.split("/")[1]}
+            if hp.train_query:
+                data["train_query"] = hp.train_query
             self._identity = {"data": data, "split_sha256": split_sha256(parts)}
         return self._identity
 
@@ -327,6 +335,22 @@ class DeepfakeDataModule(L.LightningDataModule):
     def predict_name(self) -> str:
         """``files`` when predicting ``predict_paths``, else the split name."""
         return "files" if self.hparams.predict_paths else self.hparams.predict_split
+
+    def split_column(self, split: str, column: str) -> pd.Series:
+        """Column ``column`` of the CSV a split comes from (``train.csv`` for train and val), one value per image in
+        the split's order; e.g. the ``generator`` of each image, for per-group reports.
+
+        Raises:
+            DataError: If the CSV has no such column (naming the CSV and the columns it has).
+        """
+        hp = self.hparams
+        csv, key = ((hp.train_csv, "file_name") if split in ("train", "val")
+                    else ({"test_v1": hp.test_v1_csv, "test_v2": hp.test_v2_csv}[split], "id"))
+        table = pd.read_csv(self.root / csv, encoding="utf-8-sig", dtype={key: str})
+        if column not in table.columns:
+            columns = [c for c in table.columns if not str(c).startswith("Unnamed:")]
+            raise DataError(f"{self.root / csv}: no column {column!r} to group the {split} split by; columns: {columns}")
+        return table.set_index(key)[column].reindex(self.indexes[split]["path"]).reset_index(drop=True)
 
     def split_ids(self, split: str) -> list[str]:
         """Image ids of a split as its CSV lists them (paths relative to the root), in order."""

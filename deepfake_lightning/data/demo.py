@@ -16,11 +16,13 @@ up-sampling traces, which survive.
 
 Layout written under ``root``::
 
-    train.csv            ,file_name,label,group   (unnamed index column as in Kaggle; group pairs a crop and its fake)
+    train.csv            ,file_name,label,group,generator   (unnamed index column as in Kaggle; group pairs a crop
+                                                  and its fake; generator: the simulated generator, ``real`` for
+                                                  human images)
     train_data/<hex>.jpg
-    test_v1.csv          id,label
+    test_v1.csv          id,label,generator
     test_data_v1/<hex>.jpg
-    test.csv             id,label                 (test_v2)
+    test.csv             id,label,generator       (test_v2)
     test_data_v2/<hex>.jpg
     demo.json            the build parameters; a mismatch triggers a rebuild
 """
@@ -40,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageFilter
 
-DEMO_VERSION = 1
+DEMO_VERSION = 2  # 2: a generator column in every CSV (same images as 1)
 
 
 @dataclass(frozen=True)
@@ -179,12 +181,13 @@ def build_demo_dataset(root: str | os.PathLike, spec: DemoSpec = DemoSpec()) -> 
         rows = []
         for pair in range(spec.train_pairs):
             human = _random_crop(photos, spec.size, rng)
-            fake = simulate_generator(human, TRAIN_GENERATORS[pair % len(TRAIN_GENERATORS)], rng)
-            for label, img in ((0, human), (1, fake)):
+            generator = TRAIN_GENERATORS[pair % len(TRAIN_GENERATORS)]
+            fake = simulate_generator(human, generator, rng)
+            for label, img, source in ((0, human, "real"), (1, fake, generator)):
                 f = name("train_data")
                 _save(_to_pil(img), root / f, rng)
-                rows.append((f, label, f"pair{pair:05d}"))
-        train = pd.DataFrame(rows, columns=["file_name", "label", "group"])
+                rows.append((f, label, f"pair{pair:05d}", source))
+        train = pd.DataFrame(rows, columns=["file_name", "label", "group", "generator"])
         train = train.sample(frac=1.0, random_state=spec.seed).reset_index(drop=True)
         train.to_csv(root / "train.csv")  # keeps the unnamed index column, as Kaggle's file has
 
@@ -195,15 +198,16 @@ def build_demo_dataset(root: str | os.PathLike, spec: DemoSpec = DemoSpec()) -> 
             out = []
             for i, label in enumerate(labels):
                 img = _random_crop(photos, spec.size, rng)
+                source = generators[i % len(generators)] if label else "real"
                 if label:
-                    img = simulate_generator(img, generators[i % len(generators)], rng)
+                    img = simulate_generator(img, source, rng)
                 im = _to_pil(img)
                 if post is not None:
                     im = post(im, rng)
                 f = name(folder)
                 _save(im, root / f, rng)
-                out.append((f, int(label)))
-            return pd.DataFrame(out, columns=["id", "label"])
+                out.append((f, int(label), source))
+            return pd.DataFrame(out, columns=["id", "label", "generator"])
 
         test_split(spec.test_v1, 0.5, "test_data_v1", TRAIN_GENERATORS).to_csv(root / "test_v1.csv", index=False)
         test_split(spec.test_v2, spec.test_v2_ai_share, "test_data_v2", (HELD_OUT_GENERATOR,), _post_process_v2).to_csv(

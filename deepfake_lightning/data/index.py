@@ -37,6 +37,7 @@ def read_index(
     group_column: str | None = None,
     require_labels: bool = True,
     check_files: bool = True,
+    query: str | None = None,
 ) -> pd.DataFrame:
     """Reads one Kaggle-style CSV into a validated index.
 
@@ -49,6 +50,7 @@ def read_index(
         group_column: Optional column pairing related images (a photo and its AI counterpart).
         require_labels: Fail when the label column is missing.
         check_files: Fail when a row's image file does not exist.
+        query: A pandas query over the CSV's own columns (``"generator != 'tconv'"``); only matching rows are kept.
 
     Returns:
         DataFrame with columns ``path``, ``label`` (int) and ``group`` if configured, in CSV order.
@@ -66,6 +68,8 @@ def read_index(
     except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as e:
         raise DataError(f"{csv_path}: cannot be parsed as CSV ({e})") from e
     df = df.loc[:, [c for c in df.columns if not str(c).startswith("Unnamed:")]]
+    if query:
+        df = _query(df, query, csv_path)
 
     required = [path_column] + ([label_column] if require_labels and label_column else []) + (
         [group_column] if group_column else []
@@ -121,6 +125,20 @@ def read_index(
                 f"{_rows(out, ~exists)}"
             )
     return out
+
+
+def _query(df: pd.DataFrame, query: str, csv_path: Path) -> pd.DataFrame:
+    try:
+        kept = df.query(query, engine="python")
+    except pd.errors.UndefinedVariableError as e:
+        raise DataError(f"{csv_path}: query {query!r} names an unknown column ({e}); columns: {list(df.columns)}") from None
+    except (SyntaxError, ValueError, TypeError, KeyError) as e:
+        raise DataError(f"{csv_path}: query {query!r} cannot be evaluated ({type(e).__name__}: {e})") from None
+    if not isinstance(kept, pd.DataFrame):
+        raise DataError(f"{csv_path}: query {query!r} does not select rows")
+    if kept.empty:
+        raise DataError(f"{csv_path}: query {query!r} matches none of its {len(df)} rows")
+    return kept.reset_index(drop=True)
 
 
 def _check_files(paths: pd.Series, root: Path) -> tuple[pd.Series, pd.Series]:

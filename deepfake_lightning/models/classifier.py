@@ -7,12 +7,14 @@ import timm
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import BinaryAccuracy
 
 from deepfake_lightning.calibration import CalibrationState, Calibrator
 from deepfake_lightning.models.backbones import create_backbone
+from deepfake_lightning.models.frontends import PIXEL_LEVEL, Frontend, create_frontend
 from deepfake_lightning.models.training import FreezeBackbone, warmup_cosine
 from deepfake_lightning.models.metrics import flatten_metrics, make_metrics
 from deepfake_lightning.models.outputs import TestOutputs
@@ -33,6 +35,10 @@ class DeepfakeClassifier(L.LightningModule):
             decay to zero, stepped each optimizer step.
         warmup_epochs: Warmup length of the default schedule, in epochs (may be fractional).
         freeze_backbone_epochs: Train only the classifier head for this many epochs first (transfer learning).
+        freeze_backbone: Train only the classifier head for the whole run, on frozen features (a linear probe,
+            as UnivFD does on CLIP ViT-L/14): the backbone stays in eval mode and gets no gradients.
+        frontend: ``rgb`` (the image), ``npr`` or ``highpass`` (forensic residuals, see ``models/frontends.py``),
+            applied inside the network before the backbone.
         channels_last: Use the channels-last memory format (faster convolutions on GPU with mixed precision).
         tta_flip: At test and predict time, average the logits of each image and its horizontal mirror.
             (Multi-crop test-time augmentation comes from the data side: ``data.eval_views: 5``.)
@@ -52,14 +58,24 @@ class DeepfakeClassifier(L.LightningModule):
         scheduler: LRSchedulerCallable | None = None,
         warmup_epochs: float = 1.0,
         freeze_backbone_epochs: int = 0,
+        freeze_backbone: bool = False,
+        frontend: Frontend = "rgb",
         channels_last: bool = True,
         tta_flip: bool = False,
         compile: bool | dict = False,
     ):
         super().__init__()
+        if freeze_backbone and freeze_backbone_epochs:
+            raise ValueError("model.freeze_backbone (head only, whole run) and model.freeze_backbone_epochs (head "
+                             "only, then everything) exclude each other: set one")
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
         extra = {} if drop_path_rate is None else {"drop_path_rate": drop_path_rate}
+        self.frontend = create_frontend(frontend)
         self.net = create_backbone(backbone, pretrained=pretrained, weights=weights, drop_rate=drop_rate, **extra)
+        if freeze_backbone:
+            head = {id(p) for p in self.net.get_classifier().parameters()}
+            for p in self.net.parameters():
+                p.requires_grad_(id(p) in head)
         if channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
         self.optimizer_factory = optimizer
@@ -113,14 +129,26 @@ class DeepfakeClassifier(L.LightningModule):
         return self._logits(x, self.net)
 
     def _logits(self, x: torch.Tensor, net: nn.Module) -> torch.Tensor:
+        x = self.frontend(x)
         if self.hparams.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return net(x).squeeze(-1)
 
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.hparams.get("freeze_backbone", False):  # frozen features: batch norm and dropout in eval mode too
+            self.net.eval()
+            self.net.get_classifier().train(mode)
+        return self
+
     def setup(self, stage: str) -> None:
+        dm = getattr(self.trainer, "datamodule", None)
+        frontend = self.hparams.get("frontend", "rgb")
+        if frontend in PIXEL_LEVEL and getattr(dm, "hparams", {}).get("mode") == "resize":
+            rank_zero_warn(f"model.frontend={frontend} looks at pixel-level traces that data.mode=resize interpolates "
+                           "away: use data.mode=crop")
         if stage == "fit" and self.example_input_array is None:
             # Lets Lightning's model summary count real FLOPs (one image at the data module's size) instead of 0.
-            dm = getattr(self.trainer, "datamodule", None)
             size = getattr(dm, "hparams", {}).get("img_size") or self.data_config["input_size"][-1]
             self.example_input_array = torch.zeros(1, 3, size, size)
         options = self.hparams.get("compile", False)
