@@ -106,9 +106,13 @@ def validate_search_space(spec: SweepSpec) -> None:
 
 
 # --------------------------------------------------------------------------- Optuna objects
-def make_sampler(spec: SweepSpec) -> optuna.samplers.BaseSampler:
+def make_sampler(spec: SweepSpec, worker: int | None = None) -> optuna.samplers.BaseSampler:
+    """The sampler of ``spec.sampler``. Worker ``i`` of ``--workers`` seeds it with ``seed + i``: with one seed the
+    workers' samplers would propose the same parameters, in parallel."""
     s = dict(spec.sampler)
     kind = s.pop("type", "tpe")
+    if worker and s.get("seed") is not None:
+        s["seed"] = int(s["seed"]) + worker
     if kind == "tpe":
         return optuna.samplers.TPESampler(**s)
     if kind == "random":
@@ -154,13 +158,13 @@ def make_storage(spec: SweepSpec) -> str | optuna.storages.BaseStorage:
     return optuna.storages.RDBStorage(url, **kwargs)
 
 
-def _open_study(spec: SweepSpec) -> tuple[optuna.Study, Any]:
+def _open_study(spec: SweepSpec, worker: int | None = None) -> tuple[optuna.Study, Any]:
     """Creates or loads the study. Workers starting together race to create the schema: local storages take a
     file lock first; a server storage is retried once the other worker has created it."""
     def create():
         storage = make_storage(spec)
         study = optuna.create_study(
-            study_name=spec.study_name, storage=storage, sampler=make_sampler(spec), pruner=make_pruner(spec),
+            study_name=spec.study_name, storage=storage, sampler=make_sampler(spec, worker), pruner=make_pruner(spec),
             direction=spec.objective.direction, load_if_exists=True,
         )
         return study, storage
@@ -313,7 +317,7 @@ def run_sweep(spec: SweepSpec, worker: int | None = None) -> optuna.Study:
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own lines say what happens
     if worker is None:
         validate_search_space(spec)
-    study, storage = _open_study(spec)
+    study, storage = _open_study(spec, worker)
     spec.folder.mkdir(parents=True, exist_ok=True)
     tag = f"[sweep {spec.study_name}]"
     if worker is None:
@@ -441,11 +445,17 @@ def _run_workers(spec: SweepSpec, study: optuna.Study) -> None:
     procs = []
     for i, env in enumerate(envs):
         log = open(spec.folder / f"worker_{i}.log", "w")
-        code = f"from deepfake_lightning.sweep import worker_main; worker_main({i}, {str(spec_file)!r})"
+        code = f"from deepfake_lightning.sweep import worker_main; worker_main({i}, {str(spec_file)!r}, {os.getpid()})"
         procs.append((subprocess.Popen([sys.executable, "-c", code], env=os.environ | env, stdout=log,
                                        stderr=subprocess.STDOUT), log))
     print(f"[sweep {spec.study_name}] {spec.workers} workers: "
           + "; ".join(f"worker {i} on {_devices(env)}" for i, env in enumerate(envs)), flush=True)
+    import signal
+    import threading
+
+    main_thread = threading.current_thread() is threading.main_thread()
+    if main_thread:  # SIGTERM runs the finally below, which stops the workers
+        previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     try:
         alive = set(range(len(procs)))
         while alive:
@@ -466,6 +476,8 @@ def _run_workers(spec: SweepSpec, study: optuna.Study) -> None:
                 proc.wait(timeout=30)
             log.close()
         progress.close()
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def _devices(env: dict[str, str]) -> str:
@@ -488,8 +500,16 @@ def _worker_died(spec: SweepSpec, study: optuna.Study, worker: int, code: int) -
           f"{spec.folder / f'worker_{worker}.log'})", flush=True)
 
 
-def worker_main(worker: int, spec_file: str) -> None:
-    """Entry point of a worker process started by ``--workers``."""
+def worker_main(worker: int, spec_file: str, parent: int | None = None) -> None:
+    """Entry point of a worker process started by ``--workers``. It ends with its parent, however the parent ends
+    (Linux: the kernel sends it SIGTERM when the parent dies, even of SIGKILL)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        if parent is not None and os.getppid() != parent:  # the parent died before the line above
+            sys.exit(1)
     threads = os.environ.get("DEEPFAKE_CPUS")
     if threads:
         torch.set_num_threads(int(threads))

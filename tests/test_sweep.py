@@ -113,6 +113,20 @@ def test_worker_devices():
     assert [e["OMP_NUM_THREADS"] for e in cpu] == ["1", "1"] and cpu[0]["CUDA_VISIBLE_DEVICES"] == ""
 
 
+def test_workers_sample_with_their_own_seed(tmp_path, kaggle_root):
+    """With one seed, parallel workers' samplers would propose the same parameters (they did: trials 0 and 1 of a
+    2-worker demo sweep were identical); worker i seeds with seed + i."""
+    from deepfake_lightning.sweep import make_sampler, suggest
+
+    spec = load_sweep(_sweep_file(tmp_path, kaggle_root, name="seeds"))
+    proposals = []
+    for worker in (None, 0, 1, 2):
+        study = optuna.create_study(sampler=make_sampler(spec, worker))
+        proposals.append(suggest(study.ask(), spec))
+    assert proposals[0] == proposals[1]  # worker 0 and a single process: the configured seed
+    assert len({tuple(p.values()) for p in proposals[1:]}) == 3
+
+
 def test_a_dead_worker_is_reported_and_its_trial_failed(tmp_path, kaggle_root, capsys):
     from deepfake_lightning.sweep import _worker_died
 
@@ -240,3 +254,28 @@ def test_a_killed_worker_leaves_no_zombie_trial(tmp_path, kaggle_root):
     assert optuna.trial.TrialState.RUNNING not in states
     assert states[0] == optuna.trial.TrialState.FAIL and states[1] == optuna.trial.TrialState.COMPLETE
     assert study.trials[1].params == study.trials[0].params  # the failed trial's parameters were retried
+
+
+@pytest.mark.parametrize("how", ["SIGTERM", "SIGKILL"])
+def test_workers_end_with_their_parent(tmp_path, kaggle_root, how):
+    """Killing `deepfake sweep --workers 2` (politely, or with SIGKILL) leaves no worker process running."""
+    import signal
+    import time
+
+    path = _sweep_file(tmp_path, kaggle_root, name="orphans", n_trials=4,
+                       overrides={**yaml.safe_load(_sweep_file(tmp_path, kaggle_root).read_text())["overrides"],
+                                  "trainer.max_epochs": 50})
+    out = tmp_path / "sweeps" / "orphans"
+    parent = subprocess.Popen([sys.executable, "-c", "from deepfake_lightning.cli import main; main()", "sweep",
+                               "--config", str(path), "--workers", "2"], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    deadline = time.time() + 180
+    while len(list(out.glob("trial_*/lightning_logs/version_*/events.*"))) < 2 and time.time() < deadline:
+        time.sleep(0.5)
+    assert [p for p in Path("/proc").glob("[0-9]*") if _is_our_worker(p, out)]  # both workers are training
+    parent.send_signal(getattr(signal, how))
+    parent.wait(timeout=60)
+    deadline = time.time() + 60
+    while [p for p in Path("/proc").glob("[0-9]*") if _is_our_worker(p, out)] and time.time() < deadline:
+        time.sleep(0.5)
+    assert not [p for p in Path("/proc").glob("[0-9]*") if _is_our_worker(p, out)]
