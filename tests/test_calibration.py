@@ -227,3 +227,16 @@ def test_calibration_state_round_trips_through_checkpoint_and_json():
     assert CalibrationState.from_checkpoint(old).threshold == state.threshold
     with pytest.raises(ValueError, match="without"):
         CalibrationState.from_checkpoint({"threshold": 0.5})
+
+
+def test_temperature_on_perfectly_separated_logits_does_not_saturate():
+    """The NLL has no minimum when validation is perfectly separated; the scale stops before probabilities become
+    exactly 0 or 1, so that the tuned threshold stays a usable value strictly inside (0, 1)."""
+    z = np.array([-4.0, -3.0, -2.5, -1.0, 1.5, 2.0, 3.0, 5.0])
+    y = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+    t = fit_temperature(z, y)
+    probs = sigmoid(z / t)
+    assert np.all((probs > 0) & (probs < 1))
+    assert np.max(np.abs(z / t)) == pytest.approx(30.0)  # the cap: |z / T| <= 30
+    threshold = choose_threshold(probs, y, "f1")
+    assert 0 < threshold < 1 and np.all((probs >= threshold) == (y == 1))

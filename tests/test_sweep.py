@@ -46,7 +46,7 @@ def test_tiny_sweep_writes_trials_and_a_best_config_that_fit_accepts(tmp_path, k
     # each trial's objective is the validation F1 at its own tuned threshold
     best = study.best_trial
     assert best.value == pytest.approx(best.user_attrs["val/f1_tuned"])
-    assert 0 < best.user_attrs["threshold"] <= 1  # 1.0: this tiny validation set is perfectly separated
+    assert 0 < best.user_attrs["threshold"] < 1
     assert (out / f"trial_{best.number:03d}" / "lightning_logs" / "version_0" / "metrics.json").is_file()
     assert (out / "history.html").is_file() and (out / "history.png").is_file()
     config = yaml.safe_load((out / "best.yaml").read_text())

@@ -12,6 +12,7 @@ from sklearn.linear_model import LogisticRegression
 
 CalibrationMethod = Literal["temperature", "platt", "isotonic", "none"]
 _EPS = 1e-12
+MAX_SCALED_LOGIT = 30.0  # sigmoid(30) = 1 - 9e-14: still below 1.0 in float64 (sigmoid(37) rounds to 1.0)
 
 
 def sigmoid(z: np.ndarray) -> np.ndarray:
@@ -28,7 +29,10 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray, max_iter: int = 100,
     """Temperature T > 0 minimising the NLL of ``sigmoid(logits / T)``.
 
     The NLL is convex in ``w = 1 / T``; Newton's method with step halving runs until the gradient vanishes
-    (|grad| / n < ``tol``), so the answer does not depend on an early stop.
+    (|grad| / n < ``tol``), so the answer does not depend on an early stop. On perfectly separated logits the NLL
+    has no minimum (it falls as T -> 0); the scale is capped at ``|z / T| <= MAX_SCALED_LOGIT`` for every given
+    logit, so that no calibrated probability saturates to exactly 0 or 1 (and a threshold tuned on them stays
+    strictly inside (0, 1)).
 
     Raises:
         ValueError: If the optimum is not a positive temperature (logits anti-correlated with the labels),
@@ -40,7 +44,8 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray, max_iter: int = 100,
     def nll(w: float) -> float:
         return float(np.mean(np.logaddexp(0.0, w * z) - y * w * z))
 
-    w = 1.0
+    w_max = MAX_SCALED_LOGIT / max(float(np.abs(z).max()), _EPS)
+    w = min(1.0, w_max)
     for _ in range(max_iter):
         p = sigmoid(w * z)
         grad = float(np.dot(p - y, z)) / n
@@ -49,9 +54,11 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray, max_iter: int = 100,
         hess = float(np.dot(p * (1 - p), z * z)) / n
         step = grad / max(hess, _EPS)
         f0 = nll(w)
-        while nll(w - step) > f0 and abs(step) > 1e-15:
+        while nll(min(w - step, w_max)) > f0 and abs(step) > 1e-15:
             step /= 2
-        w -= step
+        if min(w - step, w_max) == w:  # at the cap and the NLL still falls beyond it: separated logits
+            break
+        w = min(w - step, w_max)
     if not w > 0:
         raise ValueError(f"temperature scaling failed: the fitted logit scale is {w:.4g} <= 0 (logits anti-correlated with labels?)")
     return 1.0 / w
