@@ -240,3 +240,15 @@ def test_temperature_on_perfectly_separated_logits_does_not_saturate():
     assert np.max(np.abs(z / t)) == pytest.approx(30.0)  # the cap: |z / T| <= 30
     threshold = choose_threshold(probs, y, "f1")
     assert 0 < threshold < 1 and np.all((probs >= threshold) == (y == 1))
+
+
+def test_the_temperature_cap_applies_only_to_separated_logits():
+    """An overlapping validation set with one extreme logit keeps its NLL optimum (|z / T| may exceed 30 there)."""
+    rng = np.random.default_rng(1)
+    y = (rng.random(400) < 0.5).astype(int)
+    z = rng.normal(2 * (2 * y - 1), 1.5)  # overlapping classes
+    z[np.argmax(z)] = 60.0  # one extremely confident image
+    t = fit_temperature(z, y)
+    w = 1 / t
+    grad = np.mean((sigmoid(w * z) - y) * z)
+    assert abs(grad) < 1e-8 and np.max(np.abs(z / t)) > 30  # the unconstrained optimum, not the cap

@@ -3,6 +3,7 @@ arrays of one-logit scores (1 = AI-generated)."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
@@ -29,10 +30,10 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray, max_iter: int = 100,
     """Temperature T > 0 minimising the NLL of ``sigmoid(logits / T)``.
 
     The NLL is convex in ``w = 1 / T``; Newton's method with step halving runs until the gradient vanishes
-    (|grad| / n < ``tol``), so the answer does not depend on an early stop. On perfectly separated logits the NLL
-    has no minimum (it falls as T -> 0); the scale is capped at ``|z / T| <= MAX_SCALED_LOGIT`` for every given
-    logit, so that no calibrated probability saturates to exactly 0 or 1 (and a threshold tuned on them stays
-    strictly inside (0, 1)).
+    (|grad| / n < ``tol``), so the answer does not depend on an early stop. Only on perfectly separated logits
+    (every AI logit above every human one) has the NLL no minimum (it falls as T -> 0): there the scale stops at
+    ``|z / T| <= MAX_SCALED_LOGIT`` for every given logit, so that no calibrated probability saturates to exactly
+    0 or 1 (and a threshold tuned on them stays strictly inside (0, 1)).
 
     Raises:
         ValueError: If the optimum is not a positive temperature (logits anti-correlated with the labels),
@@ -44,7 +45,8 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray, max_iter: int = 100,
     def nll(w: float) -> float:
         return float(np.mean(np.logaddexp(0.0, w * z) - y * w * z))
 
-    w_max = MAX_SCALED_LOGIT / max(float(np.abs(z).max()), _EPS)
+    separated = z[y == 0].max() < z[y == 1].min()
+    w_max = MAX_SCALED_LOGIT / max(float(np.abs(z).max()), _EPS) if separated else math.inf
     w = min(1.0, w_max)
     for _ in range(max_iter):
         p = sigmoid(w * z)
