@@ -17,6 +17,7 @@ import json
 import logging
 import math
 import os
+import re
 import subprocess
 import sys
 import time
@@ -179,9 +180,16 @@ def _open_study(spec: SweepSpec, worker: int | None = None) -> tuple[optuna.Stud
         except Exception as e:  # noqa: BLE001 - a concurrent schema creation; the next attempt loads it
             if attempt == 4:
                 reason = (str(getattr(e, "orig", None) or e).strip().splitlines() or [type(e).__name__])[0]
-                raise SweepConfigError(f"--storage {url}: cannot open the study after 5 attempts ({reason})") from e
+                shown = redact_url(url)
+                reason = reason.replace(url, shown)
+                raise SweepConfigError(f"--storage {shown}: cannot open the study after 5 attempts ({reason})") from e
             time.sleep(1 + attempt)
     raise AssertionError("unreachable")
+
+
+def redact_url(url: str) -> str:
+    """A storage URL fit to print: ``postgresql://user:secret@host/db`` -> ``postgresql://user:***@host/db``."""
+    return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", url)
 
 
 @contextlib.contextmanager
@@ -329,6 +337,7 @@ def run_sweep(spec: SweepSpec, worker: int | None = None) -> optuna.Study:
         if spec.workers > 1:
             _run_workers(spec, study)
             write_outputs(study, spec)
+            _print_summary(study, spec)
             return study
     progress = _Progress(spec, study, enabled=worker is None)
     heartbeat = bool(spec.heartbeat_interval) and hasattr(storage, "record_heartbeat")
@@ -358,7 +367,18 @@ def run_sweep(spec: SweepSpec, worker: int | None = None) -> optuna.Study:
     progress.close()
     if worker is None:
         write_outputs(study, spec)
+        _print_summary(study, spec)
     return study
+
+
+def _print_summary(study: optuna.Study, spec: SweepSpec) -> None:
+    out = spec.folder
+    if any(t.state == TrialState.COMPLETE for t in study.get_trials(deepcopy=False)):
+        print(f"Best trial {study.best_trial.number}: {spec.objective.metric} = {study.best_value:.4f} "
+              f"{study.best_params}\nWrote {out}/trials.csv and {out}/best.yaml "
+              f"(train it: deepfake fit --config {out}/best.yaml)")
+    else:
+        print(f"No trial completed; see {out}/trials.csv")
 
 
 class _Progress:
@@ -651,13 +671,4 @@ def sweep_main(args: list[str]) -> optuna.Study:
     """``deepfake sweep --config SWEEP.yaml [--n_trials N] [--workers N] [--storage URL] [--study_name NAME] ...``"""
     spec = parse_sweep(args)
     torch.set_float32_matmul_precision("high")
-    study = run_sweep(spec)
-    out = spec.folder
-    done = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
-    if done:
-        print(f"Best trial {study.best_trial.number}: {spec.objective.metric} = {study.best_value:.4f} "
-              f"{study.best_params}\nWrote {out}/trials.csv and {out}/best.yaml "
-              f"(train it: deepfake fit --config {out}/best.yaml)")
-    else:
-        print(f"No trial completed; see {out}/trials.csv")
-    return study
+    return run_sweep(spec)

@@ -216,3 +216,18 @@ def test_evaluating_a_filtered_run_reuses_its_filter(generator_root, tmp_path):
                      f"--data.split_file={run / 'split.csv'}"])
     assert test.datamodule.hparams.train_query == "generator != 'a'"
     assert set(test.datamodule.indexes["val"]["path"]) == set(fit.datamodule.indexes["val"]["path"])
+
+
+def test_group_by_column_is_checked_before_the_evaluation(demo_root):
+    """The column is looked up when `test` starts, not after every image has been scored."""
+    from types import SimpleNamespace
+
+    from deepfake_lightning.callbacks import EvaluationReport
+
+    dm = DeepfakeDataModule(root=str(demo_root), test_v1_csv="test_v1.csv", group_column="group", num_workers=0)
+    dm.setup("test")
+    trainer = SimpleNamespace(datamodule=dm)
+    EvaluationReport(group_by="generator").on_test_start(trainer, None)  # every split has it
+    with pytest.raises(DataError, match=r"test_v1\.csv: no column 'camera' to group the test_v1 split by|"
+                                        r"train\.csv: no column 'camera' to group the val split by"):
+        EvaluationReport(group_by="camera").on_test_start(trainer, None)

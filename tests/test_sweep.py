@@ -279,3 +279,10 @@ def test_workers_end_with_their_parent(tmp_path, kaggle_root, how):
     while [p for p in Path("/proc").glob("[0-9]*") if _is_our_worker(p, out)] and time.time() < deadline:
         time.sleep(0.5)
     assert not [p for p in Path("/proc").glob("[0-9]*") if _is_our_worker(p, out)]
+
+
+def test_storage_urls_are_printed_without_their_password():
+    from deepfake_lightning.sweep import redact_url
+
+    assert redact_url("postgresql+psycopg2://user:s3cr:et@dbhost:5432/optuna") == "postgresql+psycopg2://user:***@dbhost:5432/optuna"
+    assert redact_url("sqlite:///sweeps/demo/study.db") == "sqlite:///sweeps/demo/study.db"

@@ -59,6 +59,12 @@ class EvaluationReport(PrintsResults):
         self.group_by = group_by
         self.report: dict | None = None
 
+    def on_test_start(self, trainer: L.Trainer, pl_module) -> None:
+        dm = trainer.datamodule
+        if self.group_by and hasattr(dm, "split_column"):  # a wrong column fails now, not after the evaluation
+            for split in dm.labeled_test_splits():
+                dm.split_column(split, self.group_by)
+
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module) -> None:
         outputs = pl_module.test_outputs.gathered(trainer.world_size)
         log_dir = trainer.log_dir  # a broadcast under DDP: every rank must ask

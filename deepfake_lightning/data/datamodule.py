@@ -15,7 +15,7 @@ from torchvision.transforms import v2
 
 from deepfake_lightning.data.cache import ResizedCache, ensure_cache
 from deepfake_lightning.data.dataset import BadImageError, BadImagePolicy, ImageDataset, collate_skip_bad, load_image
-from deepfake_lightning.data.demo import DemoSpec, build_demo_dataset
+from deepfake_lightning.data.demo import DemoSpec, build_demo_dataset, demo_is_built
 from deepfake_lightning.data.index import UNLABELED, DataError, read_index
 from deepfake_lightning.data.transforms import IMAGENET_MEAN, IMAGENET_STD, TransformMode, create_transform
 from deepfake_lightning.files import atomic_path
@@ -139,8 +139,8 @@ class DeepfakeDataModule(L.LightningDataModule):
     # ---------------------------------------------------------------- setup
     def prepare_data(self) -> None:
         # Runs once per node before setup: the only place that writes into the data root.
-        if self.hparams.demo:
-            rank_zero_info(f"Preparing the demo dataset in {self.root} (built once, then reused)")
+        if self.hparams.demo and not demo_is_built(self.root, DemoSpec(seed=self.hparams.demo_seed)):
+            rank_zero_info(f"Building the demo dataset in {self.root} (once; later runs reuse it)")
             build_demo_dataset(self.root, DemoSpec(seed=self.hparams.demo_seed))
         if self.hparams.cache_dir is not None:
             check_data_root(self.root, self.hparams.train_csv)

@@ -146,6 +146,15 @@ def _save(im: Image.Image, path: Path, rng: np.random.Generator) -> None:
     im.convert("RGB").save(path, "JPEG", quality=int(rng.integers(88, 97)))
 
 
+def demo_is_built(root: str | os.PathLike, spec: DemoSpec = DemoSpec()) -> bool:
+    """Whether ``root`` holds a complete demo build of ``spec`` (what :func:`build_demo_dataset` would reuse)."""
+    marker = Path(root) / "demo.json"
+    try:
+        return marker.is_file() and json.loads(marker.read_text()) == asdict(spec)
+    except (OSError, json.JSONDecodeError):
+        return False
+
+
 def build_demo_dataset(root: str | os.PathLike, spec: DemoSpec = DemoSpec()) -> Path:
     """Builds the demo dataset under ``root`` unless an identical build is already there.
 
