@@ -12,15 +12,14 @@ from __future__ import annotations
 import argparse
 import os
 import tempfile
-import time
 from dataclasses import replace
 from pathlib import Path
 
-import optuna
 import pandas as pd
 from _results import publish  # benchmarks/_results.py, beside this script
+from _sweeps import timed_sweep
 
-from deepfake_lightning.sweep import load_sweep, run_sweep
+from deepfake_lightning.sweep import load_sweep
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -35,22 +34,7 @@ def main() -> None:
         for workers in args.workers:
             spec = replace(load_sweep("configs/sweep_demo.yaml"), study_name=f"demo_w{workers}", out_dir=tmp,
                            workers=workers)
-            start = time.perf_counter()
-            study = run_sweep(spec)
-            wall = time.perf_counter() - start
-            states = [t.state for t in study.trials]
-            rows.append({
-                "workers": workers,
-                "cpus": os.cpu_count(),
-                "trials": len(study.trials),
-                "pruned": states.count(optuna.trial.TrialState.PRUNED),
-                "failed": states.count(optuna.trial.TrialState.FAIL),
-                "total_epochs": sum(t.user_attrs.get("epochs", 0) for t in study.trials),
-                "wall_s": round(wall, 1),
-                "trials_per_min": round(60 * len(study.trials) / wall, 2),
-                "epochs_per_min": round(60 * sum(t.user_attrs.get("epochs", 0) for t in study.trials) / wall, 1),
-                "best_val_f1_tuned": round(study.best_value, 4),
-            })
+            rows.append({"workers": workers, "cpus": os.cpu_count(), **timed_sweep(spec)})
     publish(pd.DataFrame(rows), "sweep_parallel")
 
 

@@ -9,15 +9,14 @@ benchmarks/results/sweep_pruning.csv. Each variant is its own study in a tempora
 from __future__ import annotations
 
 import tempfile
-import time
 from dataclasses import replace
 from pathlib import Path
 
-import optuna
 import pandas as pd
 from _results import publish  # benchmarks/_results.py, beside this script
+from _sweeps import timed_sweep
 
-from deepfake_lightning.sweep import load_sweep, run_sweep
+from deepfake_lightning.sweep import load_sweep
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -29,19 +28,7 @@ def main() -> None:
             spec = replace(load_sweep(REPO / "configs" / "sweep_demo.yaml", study_name=f"demo_{name}"), out_dir=tmp)
             if pruner:
                 spec.pruner = pruner
-            start = time.perf_counter()
-            study = run_sweep(spec)
-            wall = time.perf_counter() - start
-            states = [t.state for t in study.trials]
-            rows.append({
-                "variant": name,
-                "trials": len(study.trials),
-                "pruned": states.count(optuna.trial.TrialState.PRUNED),
-                "failed": states.count(optuna.trial.TrialState.FAIL),
-                "total_epochs": sum(t.user_attrs.get("epochs", 0) for t in study.trials),
-                "wall_s": round(wall, 1),
-                "best_val_f1_tuned": round(study.best_value, 4),
-            })
+            rows.append({"variant": name, **timed_sweep(spec)})
     table = pd.DataFrame(rows)
     publish(table, "sweep_pruning")
 
