@@ -24,6 +24,7 @@ COMMANDS = {
     "explain": "Grad-CAM overlays for image files or folders",
     "export": "write a checkpoint as a pickle-free model folder (safetensors + JSON)",
     "sweep": "an Optuna study over any config key (learning rate, augmentation, threshold criterion...)",
+    "serve": "an HTTP API with server-side batching and a web page (LitServe; PyTorch or ONNX Runtime)",
 }
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
 
@@ -135,20 +136,26 @@ def export_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--ckpt_path", required=True, help="checkpoint written by deepfake fit")
     parser.add_argument("--out", required=True, help="output directory")
+    parser.add_argument("--format", nargs="+", default=["safetensors"], choices=["safetensors", "onnx"],
+                        help="weights to write: safetensors (default; PyTorch), onnx (ONNX Runtime, dynamic batch "
+                        "axis; for `deepfake serve --runtime onnx`), or both: --format safetensors onnx")
     return parser
 
 
 def export_main(args: list[str]) -> Path:
-    """``deepfake export --ckpt_path CKPT --out DIR``: see ``deepfake_lightning/export.py``."""
+    """``deepfake export --ckpt_path CKPT --out DIR [--format safetensors onnx]``: see
+    ``deepfake_lightning/export.py``."""
     a = export_parser().parse_args(args)
     from deepfake_lightning.export import CONFIG_FILE, WEIGHTS_FILE, export_checkpoint, read_export_config
+    from deepfake_lightning.onnx_export import ONNX_FILE
 
-    out = export_checkpoint(a.ckpt_path, a.out)
+    out = export_checkpoint(a.ckpt_path, a.out, a.format)
     config = read_export_config(out)
     temperature = f", temperature {config['temperature']:.4f}" if config["temperature"] is not None else ""
-    print(f"Exported {a.ckpt_path} -> {out / WEIGHTS_FILE} ({(out / WEIGHTS_FILE).stat().st_size / 1e6:.1f} MB) and "
-          f"{out / CONFIG_FILE}: {config['backbone']}, {config['img_size']} px {config['mode']}, threshold "
-          f"{config['threshold']:.4f}{temperature}")
+    files = [out / name for fmt, name in (("safetensors", WEIGHTS_FILE), ("onnx", ONNX_FILE)) if fmt in a.format]
+    written = ", ".join(f"{f} ({f.stat().st_size / 1e6:.1f} MB)" for f in files)
+    print(f"Exported {a.ckpt_path} -> {written} and {out / CONFIG_FILE}: {config['backbone']}, {config['img_size']} "
+          f"px {config['mode']}, threshold {config['threshold']:.4f}{temperature}")
     return out
 
 
@@ -158,11 +165,30 @@ def sweep_parser():
     return sweep_parser()
 
 
+def sweep_main(args: list[str]):
+    from deepfake_lightning.sweep import sweep_main
+
+    return sweep_main(args)
+
+
+def serve_parser():
+    from deepfake_lightning.serving.server import serve_parser
+
+    return serve_parser()
+
+
+def serve_main(args: list[str]):
+    from deepfake_lightning.serving.server import serve_main
+
+    return serve_main(args)
+
+
 ARGPARSE_COMMANDS = {
     "calibrate": (calibrate_parser, calibrate_main),
     "explain": (explain_parser, explain_main),
     "export": (export_parser, export_main),
-    "sweep": (sweep_parser, None),
+    "sweep": (sweep_parser, sweep_main),
+    "serve": (serve_parser, serve_main),
 }
 
 
@@ -177,10 +203,6 @@ def _dispatch(argv: list[str]) -> None:
         make_parser, run = ARGPARSE_COMMANDS[command]
         if {"-h", "--help"} & set(argv[1:]):
             make_parser().parse_args(["--help"])  # prints the help and exits, before anything heavy is imported
-        if run is None:
-            from deepfake_lightning.sweep import sweep_main
-
-            run = sweep_main
         run(argv[1:])
         return
     if command not in LIGHTNING_COMMANDS and not command.startswith("-"):

@@ -5,6 +5,7 @@ only tensors and JSON:
 
 * ``model.safetensors``: the backbone's weights under timm's own names, so that
   ``timm.create_model(backbone, num_classes=1).load_state_dict(safetensors.torch.load_file(...))`` works too;
+* ``model.onnx`` (with ``--format onnx``): the same network for ONNX Runtime, see ``onnx_export.py``;
 * ``detector.json``: everything else inference needs: backbone name, image size, transform mode, normalization,
   calibration (method and parameters, temperature, the validation probabilities behind adaptive thresholds),
   decision threshold, the data module's settings (to re-create its splits), and the package version that wrote it.
@@ -26,6 +27,7 @@ import torch
 from deepfake_lightning.calibration import CalibrationState
 from deepfake_lightning.errors import ExportError  # noqa: F401 (re-exported)
 from deepfake_lightning.files import atomic_path
+from deepfake_lightning.onnx_export import ONNX_FILE, write_onnx
 from deepfake_lightning.provenance import export_facts, model_card
 
 FORMAT = "deepfake-lightning-detector"
@@ -52,14 +54,23 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def export_checkpoint(ckpt_path: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
-    """Writes ``out_dir/model.safetensors``, ``out_dir/detector.json`` and a model card ``out_dir/README.md`` (Hugging
-    Face format, see ``provenance.model_card``) from a ``deepfake fit`` checkpoint (a pickle: export only
-    checkpoints you trust; the export is then safe to share). Returns ``out_dir``."""
+FORMATS = ("safetensors", "onnx")
+
+
+def export_checkpoint(ckpt_path: str | os.PathLike, out_dir: str | os.PathLike,
+                      formats: tuple[str, ...] | list[str] = ("safetensors",)) -> Path:
+    """Writes the weights in ``formats`` (``out_dir/model.safetensors`` and/or ``out_dir/model.onnx``),
+    ``out_dir/detector.json`` and a model card ``out_dir/README.md`` (Hugging Face format, see
+    ``provenance.model_card``) from a ``deepfake fit`` checkpoint (a pickle: export only checkpoints you trust; the
+    export is then safe to share). Returns ``out_dir``."""
     from safetensors.torch import save_file
 
     from deepfake_lightning import __version__
 
+    formats = list(dict.fromkeys(formats))
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown or not formats:
+        raise ExportError(f"--format {' '.join(unknown or formats)!s}: choose one or more of {', '.join(FORMATS)}")
     ckpt_path, out = Path(ckpt_path), Path(out_dir)
     if not ckpt_path.is_file():
         raise FileNotFoundError(f"--ckpt_path: no such checkpoint {str(ckpt_path)!r}")
@@ -89,15 +100,30 @@ def export_checkpoint(ckpt_path: str | os.PathLike, out_dir: str | os.PathLike) 
         "data": _plain(dict(data)),  # the data module's settings, for re-creating its splits (datamodule_for)
         "source": {"checkpoint": ckpt_path.name, "epoch": ckpt.get("epoch"), "global_step": ckpt.get("global_step")},
         "provenance": _plain(ckpt.get("provenance")),  # training data, split, metrics, versions (provenance.py)
+        "formats": formats,
+        "onnx": None,
     }
     out.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out / WEIGHTS_FILE) as tmp:
-        save_file(weights, str(tmp), metadata={"format": FORMAT, "backbone": hp["backbone"]})
+    if "safetensors" in formats:
+        with atomic_path(out / WEIGHTS_FILE) as tmp:
+            save_file(weights, str(tmp), metadata={"format": FORMAT, "backbone": hp["backbone"]})
+    if "onnx" in formats:
+        config["onnx"] = write_onnx(_network(config, weights), out / ONNX_FILE, config["img_size"])
     with atomic_path(out / CONFIG_FILE) as tmp:
         tmp.write_text(json.dumps(config, indent=2))
     with atomic_path(out / CARD_FILE) as tmp:  # the Hugging Face model card
         tmp.write_text(model_card(export_facts(config, source=str(out))))
     return out
+
+
+def _network(config: dict, weights: dict):
+    """The eval-mode ``DeepfakeClassifier`` of an export's ``config`` with ``weights`` (timm names)."""
+    from deepfake_lightning.models import DeepfakeClassifier
+
+    model = DeepfakeClassifier(config["backbone"], pretrained=False, channels_last=config.get("channels_last", True),
+                               tta_flip=config.get("tta_flip", False), frontend=config.get("frontend", "rgb"))
+    model.net.load_state_dict(weights)
+    return model.eval()
 
 
 def read_export_config(export_dir: str | os.PathLike) -> dict:
@@ -137,6 +163,10 @@ def load_weights(model, export_dir: str | os.PathLike, config: dict | None = Non
 
     config = config or read_export_config(export_dir)
     path = Path(export_dir) / WEIGHTS_FILE
+    if "safetensors" not in config.get("formats", ["safetensors"]):
+        raise ExportError(f"{Path(export_dir) / CONFIG_FILE}: this export holds only {', '.join(config['formats'])} "
+                          f"weights, not PyTorch ones ({WEIGHTS_FILE}): serve it with `deepfake serve --runtime onnx`, "
+                          "or export again with --format safetensors onnx")
     try:
         weights = load_file(str(path))
     except (OSError, SafetensorError) as e:

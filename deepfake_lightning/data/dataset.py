@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Callable, Sequence
-from typing import Literal
+from typing import BinaryIO, Literal
 
 import torch
 from PIL import Image, ImageOps
@@ -16,8 +16,8 @@ from deepfake_lightning.errors import BadImageError  # noqa: F401 (re-exported)
 BadImagePolicy = Literal["fail", "skip"]
 
 
-def load_image(path: str | os.PathLike, draft_size: int | None = None) -> Image.Image:
-    """Opens any image PIL can read as 8-bit RGB, honouring EXIF orientation.
+def load_image(path: str | os.PathLike | BinaryIO, draft_size: int | None = None) -> Image.Image:
+    """Opens any image PIL can read (a path or a binary file object) as 8-bit RGB, honouring EXIF orientation.
 
     Grayscale, palette, CMYK, 16-bit, PNG and WebP inputs all come back as RGB. Transparent images
     are composited onto white, so the hidden colour under transparent pixels is no cue.
@@ -40,7 +40,8 @@ def load_image(path: str | os.PathLike, draft_size: int | None = None) -> Image.
                 im.load()
                 return _to_rgb(im)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise BadImageError(f"cannot read image {os.fspath(path)!r}: {e}") from e
+        where = os.fspath(path) if isinstance(path, (str, os.PathLike)) else getattr(path, "name", "upload")
+        raise BadImageError(f"cannot read image {where!r}: {e}") from e
 
 
 def _to_rgb(im: Image.Image) -> Image.Image:

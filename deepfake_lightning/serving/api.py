@@ -1,0 +1,200 @@
+"""The inference side of ``deepfake serve``: :class:`Engine` (a detector on one runtime) and :class:`DetectorAPI`
+(LitServe's ``LitAPI``: decode, batch, predict, encode).
+
+LitServe runs the API in worker processes and forms batches of up to ``max_batch_size`` requests, waiting at most
+``batch_timeout`` seconds for a batch to fill. A batch fails as a whole when any of its methods raises, so nothing
+here raises for a bad upload: an image that cannot be decoded becomes an :class:`Upload` carrying its error, skips
+the forward pass, and is answered with its own 4xx JSON while the other requests of the batch get their verdicts.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from dataclasses import dataclass
+
+import litserve as ls
+import numpy as np
+import torch
+from PIL import Image
+
+from deepfake_lightning.serving.uploads import error
+
+
+@dataclass
+class Upload:
+    """One decoded request: the preprocessed image, or why there is none (``status``, ``code``, ``detail``)."""
+
+    filename: str
+    explain: bool
+    image: torch.Tensor | None = None
+    status: int = 200
+    code: str = ""
+    detail: str = ""
+
+
+class Engine:
+    """A detector ready to answer: preprocessing, logits on ``runtime`` (``torch``, or ``onnx`` for an export with a
+    ``model.onnx``), calibrated probabilities, the threshold, and Grad-CAM overlays (always on the PyTorch weights:
+    ONNX Runtime has no gradients; they are loaded on the first ``explain``).
+
+    Exports are read with safetensors, JSON and ONNX Runtime only: nothing is unpickled. A ``.ckpt`` (a pickle,
+    from ``deepfake fit``) is served with the PyTorch runtime.
+    """
+
+    def __init__(self, ckpt_path: str, runtime: str = "torch", device: str = "cpu"):
+        from deepfake_lightning import __version__
+        from deepfake_lightning.errors import ExportError
+        from deepfake_lightning.export import is_export
+
+        self.ckpt_path, self.runtime, self.device, self.version = str(ckpt_path), runtime, device, __version__
+        self._detector = None
+        if runtime == "onnx":
+            from deepfake_lightning.calibration import CalibrationState, Calibrator
+            from deepfake_lightning.data.transforms import create_transform
+            from deepfake_lightning.onnx_export import OnnxModel
+
+            if not is_export(ckpt_path):
+                raise ExportError(f"--runtime onnx serves an export folder with a model.onnx, not {ckpt_path!r}: "
+                                  f"deepfake export --ckpt_path {ckpt_path} --out DIR --format safetensors onnx")
+            self.onnx = OnnxModel(ckpt_path, providers=["CUDAExecutionProvider", "CPUExecutionProvider"]
+                                  if device.startswith("cuda") else None)
+            config = self.onnx.config
+            state = CalibrationState.from_json(config.get("calibration"))
+            self.calibrator = state.calibrator if state else Calibrator()
+            self.threshold = float(config["threshold"])
+            self.backbone = config["backbone"]
+            self.mean, self.std = tuple(config["mean"]), tuple(config["std"])
+            self.img_size = int(config["img_size"])
+            self.transform = create_transform(self.img_size, train=False, mode=config["mode"], mean=self.mean,
+                                              std=self.std)
+        elif runtime == "torch":
+            detector = self.detector  # loads it
+            self.calibrator, self.threshold = detector.model.calibrator, float(detector.threshold)
+            self.backbone = detector.model.hparams.backbone
+            self.mean, self.std, self.img_size = detector.mean, detector.std, detector.img_size
+            self.transform = detector.transform
+        else:
+            raise ValueError(f"--runtime {runtime!r}: choose torch or onnx")
+
+    @property
+    def detector(self):
+        """The PyTorch detector (``api.Detector``), loaded on first use."""
+        if self._detector is None:
+            from deepfake_lightning.api import load_detector
+
+            self._detector = load_detector(self.ckpt_path, map_location=self.device)
+        return self._detector
+
+    def info(self) -> dict:
+        """What the page and ``GET /info`` show about the model."""
+        return {"model": self.backbone, "version": self.version, "runtime": self.runtime,
+                "threshold": self.threshold, "img_size": self.img_size, "source": self.ckpt_path}
+
+    def decode(self, data: bytes, filename: str = "upload", explain: bool = False) -> Upload:
+        """Bytes to a preprocessed image; an undecodable upload becomes an :class:`Upload` with a 400 error."""
+        from deepfake_lightning.data.dataset import BadImageError, load_image
+
+        upload = Upload(filename, explain)
+        source = io.BytesIO(data)
+        source.name = filename
+        try:
+            upload.image = self.transform(load_image(source))
+        except BadImageError as e:
+            cause = e.__cause__
+            if isinstance(cause, (Image.DecompressionBombError, Image.DecompressionBombWarning)):
+                upload.code, upload.detail = "decompression_bomb", f"{filename}: decompression bomb refused: {cause}"
+            elif isinstance(cause, Image.UnidentifiedImageError):
+                upload.code, upload.detail = "not_an_image", f"{filename}: not an image (no image format recognised)"
+            else:
+                upload.code, upload.detail = "corrupt_image", f"{filename}: truncated or corrupt image data ({cause})"
+            upload.status = 400
+        return upload
+
+    @torch.inference_mode()
+    def logits(self, images: torch.Tensor) -> np.ndarray:
+        if self.runtime == "onnx":
+            return self.onnx.logits(images)
+        model = self.detector.model
+        return model.predict_logits(images.to(model.device)).float().cpu().numpy()
+
+    def probs(self, logits: np.ndarray) -> np.ndarray:
+        """Calibrated AI probabilities (the checkpoint's calibration, as ``deepfake predict`` applies it)."""
+        return self.calibrator(logits)
+
+    def explain(self, images: torch.Tensor, min_side: int = 256) -> list[bytes]:
+        """Grad-CAM overlays (PNG bytes) of the AI-generated logit, upscaled to at least ``min_side`` pixels."""
+        from deepfake_lightning.explain import CamExplainer, denormalize, overlay
+
+        with CamExplainer(self.detector.model) as explainer:
+            cams = explainer(images).cam
+        pngs = []
+        for rgb, cam in zip(denormalize(images, self.mean, self.std), cams):
+            picture = Image.fromarray(overlay(rgb, cam))
+            if min(picture.size) < min_side:
+                scale = min_side / min(picture.size)
+                picture = picture.resize((round(picture.width * scale), round(picture.height * scale)),
+                                         Image.Resampling.BILINEAR)
+            buffer = io.BytesIO()
+            picture.save(buffer, format="PNG")
+            pngs.append(buffer.getvalue())
+        return pngs
+
+
+class DetectorAPI(ls.LitAPI):
+    """``POST /predict``: one image in (raw bytes or multipart, see ``serving/uploads.py``), one verdict out::
+
+        {"prob_ai": 0.93, "label": 1, "verdict": "ai", "threshold": 0.52, "model": "convnext_tiny",
+         "version": "0.1.0", "runtime": "torch", "batch_size": 4, "filename": "cat.jpg"}
+
+    ``label`` is 1 (AI-generated) when the calibrated ``prob_ai`` reaches the checkpoint's ``threshold``;
+    ``batch_size`` is how many requests shared the forward pass; ``?explain=true`` adds ``gradcam_png``, a base64
+    PNG of the Grad-CAM overlay.
+    """
+
+    def __init__(self, ckpt_path: str, runtime: str = "torch", max_batch_size: int = 8, batch_timeout: float = 0.01,
+                 **kwargs):
+        super().__init__(max_batch_size=max_batch_size, batch_timeout=batch_timeout, **kwargs)
+        self.ckpt_path, self.runtime = str(ckpt_path), runtime
+
+    def setup(self, device: str) -> None:
+        self.engine = Engine(self.ckpt_path, self.runtime, device)
+
+    def decode_request(self, request) -> Upload:
+        return self.engine.decode(base64.b64decode(request["image"]), request.get("filename", "upload"),
+                                  bool(request.get("explain")))
+
+    def batch(self, inputs: list[Upload]) -> list[Upload]:
+        return list(inputs)
+
+    def unbatch(self, output: list[dict]) -> list[dict]:
+        return output
+
+    def predict(self, x: Upload | list[Upload]) -> dict | list[dict]:
+        uploads = x if isinstance(x, list) else [x]
+        good = [u for u in uploads if u.image is not None]
+        if good:
+            images = torch.stack([u.image for u in good])
+            probs = self.engine.probs(self.engine.logits(images))
+            wanted = [i for i, u in enumerate(good) if u.explain]
+            pngs = dict(zip(wanted, self.engine.explain(images[wanted]))) if wanted else {}
+        info, outputs, k = self.engine.info(), [], 0
+        for upload in uploads:
+            if upload.image is None:
+                outputs.append({"status": upload.status, "error": upload.code, "detail": upload.detail})
+                continue
+            prob = float(probs[k])
+            label = int(prob >= self.engine.threshold)
+            out = {"prob_ai": prob, "label": label, "verdict": "ai" if label else "human",
+                   "threshold": self.engine.threshold, "model": info["model"], "version": info["version"],
+                   "runtime": self.runtime, "batch_size": len(good), "filename": upload.filename}
+            if k in pngs:
+                out["gradcam_png"] = base64.b64encode(pngs[k]).decode("ascii")
+            outputs.append(out)
+            k += 1
+        return outputs if isinstance(x, list) else outputs[0]
+
+    def encode_response(self, output: dict):
+        if "status" in output:  # this request's own 4xx; the rest of its batch is answered normally
+            return error(output["status"], output["error"], output["detail"])
+        return output

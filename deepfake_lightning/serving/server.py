@@ -1,0 +1,88 @@
+"""``build_server`` (a configured ``litserve.LitServer``) and ``deepfake serve``."""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import os
+import socket
+import sys
+
+from deepfake_lightning.errors import DeepfakeError
+
+
+def serve_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="deepfake serve",
+        description="Serve a detector over HTTP (LitServe): POST /predict with one image (raw bytes or multipart) "
+        "returns its calibrated AI probability and verdict at the checkpoint's threshold (?explain=true adds a "
+        "Grad-CAM overlay); GET / is a page to drop images on; GET /health and /info. Requests are batched on "
+        "the server.",
+    )
+    parser.add_argument("--ckpt_path", required=True, help="a `deepfake export` folder (read without unpickling; "
+                        "needed for --runtime onnx) or a .ckpt from deepfake fit (a pickle: only files you trust)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine "
+                        "only; 0.0.0.0 for every interface)")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--runtime", default="torch", choices=["torch", "onnx"],
+                        help="torch (default), or onnx: ONNX Runtime on the export's model.onnx (deepfake export "
+                        "--format safetensors onnx); Grad-CAM overlays always use the PyTorch weights")
+    parser.add_argument("--max_batch_size", type=int, default=8,
+                        help="most requests answered by one forward pass (1 turns batching off)")
+    parser.add_argument("--batch_timeout", type=float, default=0.01,
+                        help="seconds a batch waits to fill up before it runs anyway (default 0.01)")
+    parser.add_argument("--max_upload_mb", type=float, default=20.0, help="largest accepted upload (default 20)")
+    parser.add_argument("--workers_per_device", type=int, default=1, help="inference processes per device")
+    parser.add_argument("--accelerator", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    parser.add_argument("--timeout", type=float, default=30.0, help="seconds a request may wait for its answer")
+    parser.add_argument("--log_level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    return parser
+
+
+def build_server(ckpt_path: str | os.PathLike, runtime: str = "torch", max_batch_size: int = 8,
+                 batch_timeout: float = 0.01, max_upload_mb: float = 20.0, workers_per_device: int = 1,
+                 accelerator: str = "auto", timeout: float = 30.0):
+    """A ``litserve.LitServer`` for the detector at ``ckpt_path``. The detector is loaded here once, so that a bad
+    path, export or ONNX file is an error now rather than in a worker process; the workers load their own copy."""
+    try:
+        import litserve as ls
+    except ImportError as e:
+        raise DeepfakeError("deepfake serve needs LitServe: pip install 'deepfake-lightning[serve]'") from e
+
+    from deepfake_lightning.serving.api import DetectorAPI, Engine
+    from deepfake_lightning.serving.uploads import UploadGate
+
+    if max_batch_size < 1 or batch_timeout < 0 or max_upload_mb <= 0 or workers_per_device < 1:
+        raise DeepfakeError("--max_batch_size and --workers_per_device must be >= 1, --batch_timeout >= 0 and "
+                            "--max_upload_mb > 0")
+    if not os.path.exists(ckpt_path):
+        raise FileNotFoundError(f"--ckpt_path: no checkpoint file or export folder at {str(ckpt_path)!r}")
+    info = Engine(str(ckpt_path), runtime).info()
+    api = DetectorAPI(str(ckpt_path), runtime, max_batch_size=max_batch_size, batch_timeout=batch_timeout)
+    return ls.LitServer(api, accelerator=accelerator, workers_per_device=workers_per_device, timeout=timeout,
+                        model_metadata=info,
+                        middlewares=[(UploadGate, {"api_path": api.api_path, "max_bytes": int(max_upload_mb * 2**20)})])
+
+
+def _check_port(host: str, port: int) -> None:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            why = "is in use" if e.errno == errno.EADDRINUSE else f"cannot be used ({e.strerror})"
+            raise DeepfakeError(f"--host {host} --port {port} {why}: choose another --port") from e
+
+
+def serve_main(args: list[str]) -> None:
+    """``deepfake serve --ckpt_path DIR|CKPT [--runtime torch|onnx] [--max_batch_size N] [--batch_timeout S] ...``"""
+    a = serve_parser().parse_args(args)
+    _check_port(a.host, a.port)
+    server = build_server(a.ckpt_path, a.runtime, a.max_batch_size, a.batch_timeout, a.max_upload_mb,
+                          a.workers_per_device, a.accelerator, a.timeout)
+    info = server.model_metadata
+    url = f"http://{'127.0.0.1' if a.host in ('0.0.0.0', '::') else a.host}:{a.port}"
+    print(f"Serving {info['model']} from {a.ckpt_path} (runtime {a.runtime}, threshold {info['threshold']:.4f}, "
+          f"batches of up to {a.max_batch_size}) at {url}/ : the page at {url}/, the API at POST {url}/predict",
+          file=sys.stderr, flush=True)
+    server.run(host=a.host, port=a.port, generate_client_file=False, log_level=a.log_level)
