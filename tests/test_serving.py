@@ -1,0 +1,313 @@
+"""`deepfake export --format onnx` and `deepfake serve`: ONNX Runtime parity, the HTTP API on loopback (good images,
+every kind of bad upload, batching under concurrent requests, Grad-CAM), and the page in a real browser."""
+
+import base64
+import io
+import json
+import os
+import shutil
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import requests
+import torch
+from PIL import Image
+
+from deepfake_lightning import __version__
+from deepfake_lightning.api import datamodule_for, load_detector, predict_split
+from deepfake_lightning.cli import export_main, main
+from deepfake_lightning.data.dataset import load_image
+from deepfake_lightning.errors import ExportError
+from deepfake_lightning.onnx_export import OnnxModel, sha256
+from deepfake_lightning.serving.api import Engine
+from deepfake_lightning.serving.process import ServerProcess
+from tests.test_export import _refuse_unpickling
+
+ROOT = Path(__file__).resolve().parents[1]
+ARTIFACTS = Path(os.environ.get("DEEPFAKE_TEST_ARTIFACTS", ROOT / "test-artifacts"))
+
+
+@pytest.fixture(scope="module")
+def export(demo_run, tmp_path_factory) -> Path:
+    """The demo model exported as the README says: safetensors and ONNX."""
+    ckpt = next((demo_run / "checkpoints").glob("best-*.ckpt"))
+    return export_main(["--ckpt_path", str(ckpt), "--out", str(tmp_path_factory.mktemp("serve") / "demo_v1"),
+                        "--format", "safetensors", "onnx"])
+
+
+@pytest.fixture(scope="module")
+def servers(export):
+    """Two servers started side by side: PyTorch with batching (up to 8 requests, 50 ms to fill up) and a 1 MB
+    upload limit, and ONNX Runtime with batching off."""
+    batched = ServerProcess(["--ckpt_path", str(export), "--max_batch_size", "8", "--batch_timeout", "0.05",
+                             "--max_upload_mb", "1", "--log_level", "warning"]).start()
+    onnx = ServerProcess(["--ckpt_path", str(export), "--runtime", "onnx", "--max_batch_size", "1",
+                          "--log_level", "warning"]).start()
+    try:
+        yield {"batched": batched.wait_ready(), "onnx": onnx.wait_ready()}
+    finally:
+        batched.close()
+        onnx.close()
+
+
+@pytest.fixture(scope="module")
+def images(demo_root) -> list[tuple[str, bytes]]:
+    """(name, bytes) of 40 of the demo's test_v1 images."""
+    ids = pd.read_csv(demo_root / "test_v1.csv")["id"][:40]
+    return [(Path(i).name, (demo_root / i).read_bytes()) for i in ids]
+
+
+@pytest.fixture(scope="module")
+def reference(export, images) -> dict[str, float]:
+    """Calibrated AI probabilities of the same images by the PyTorch detector in this process."""
+    detector = load_detector(export)
+    batch = torch.stack([detector.transform(load_image(io.BytesIO(data))) for _, data in images])
+    with torch.inference_mode():
+        probs = detector.model.calibrated_probs(detector.model.predict_logits(batch))
+    return {name: float(p) for (name, _), p in zip(images, probs)}
+
+
+def _post(url: str, data: bytes, content_type: str = "image/jpeg", explain: bool = False) -> requests.Response:
+    return requests.post(f"{url}/predict", params={"explain": "true"} if explain else None, data=data,
+                         headers={"Content-Type": content_type}, timeout=60)
+
+
+# --------------------------------------------------------------------------- ONNX export
+def test_onnx_export_matches_pytorch_on_the_demo_test_split(export, demo_root):
+    config = json.loads((export / "detector.json").read_text())
+    assert config["formats"] == ["safetensors", "onnx"]
+    assert config["onnx"]["sha256"] == sha256(export / "model.onnx") and config["onnx"]["input_shape"][0] == "batch"
+    detector = load_detector(export)
+    dm = datamodule_for(export, root=str(demo_root))
+    torch_table = predict_split(detector, dm, "test_v1", batch_size=16)
+    onnx = OnnxModel(export)
+    loader = torch.utils.data.DataLoader(dm.dataset("test_v1"), batch_size=7)  # another batch size: dynamic axis
+    logits = np.concatenate([onnx.logits(batch["image"]) for batch in loader])
+    probs = detector.model.calibrator(logits)
+    assert len(probs) == len(torch_table) == len(pd.read_csv(demo_root / "test_v1.csv")) > 100
+    assert np.abs(probs - torch_table["prob_ai"].to_numpy()).max() < 1e-4
+    assert np.abs(logits - torch_table["logit"].to_numpy()).max() < 1e-3
+    # Same verdicts, except for an image within 1e-4 of the threshold.
+    clear = np.abs(torch_table["prob_ai"].to_numpy() - detector.threshold) > 1e-4
+    assert ((probs >= detector.threshold) == torch_table["pred"].astype(bool))[clear].all()
+
+
+def test_broken_or_mismatched_onnx_files_are_clear_errors(export, tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    copy = Path(shutil.copytree(export, tmp_path / "copy"))
+    config_path = copy / "detector.json"
+    config = json.loads(config_path.read_text())
+
+    (copy / "model.onnx").write_bytes(b"\x08\x07garbage")  # damaged or replaced: not the file detector.json lists
+    with pytest.raises(ExportError, match=r"model.onnx is not the ONNX model detector.json was written with"):
+        OnnxModel(copy)
+    config["onnx"]["sha256"] = sha256(copy / "model.onnx")  # ...even when its checksum was updated
+    config_path.write_text(json.dumps(config))
+    with pytest.raises(ExportError, match=r"model.onnx: ONNX Runtime cannot load it"):
+        OnnxModel(copy)
+
+    # A valid ONNX model of another input size (another export's): refused with both shapes named.
+    graph = helper.make_graph([helper.make_node("ReduceMean", ["image"], ["logit"], axes=[1, 2, 3], keepdims=0)],
+                              "other", [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 3, 32, 32])],
+                              [helper.make_tensor_value_info("logit", TensorProto.FLOAT, ["batch"])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), copy / "model.onnx")
+    config["onnx"]["sha256"] = sha256(copy / "model.onnx")
+    config_path.write_text(json.dumps(config))
+    with pytest.raises(ExportError, match=r"does not fit .*detector.json: expected one input \(batch, 3, 64, 64\)"):
+        OnnxModel(copy)
+
+    config["onnx"] = None  # an export without ONNX: --runtime onnx says how to write one
+    config_path.write_text(json.dumps(config))
+    with pytest.raises(ExportError, match=r"has no ONNX model; write one with: deepfake export .*--format"):
+        Engine(str(copy), "onnx")
+
+
+def test_onnx_only_export_serves_with_onnx_runtime_and_says_so_elsewhere(demo_run, tmp_path, monkeypatch, capsys):
+    ckpt = demo_run / "checkpoints" / "last.ckpt"
+    main(["export", "--ckpt_path", str(ckpt), "--out", str(tmp_path / "onnx_only"), "--format", "onnx"])
+    assert "model.onnx" in capsys.readouterr().out
+    assert not (tmp_path / "onnx_only" / "model.safetensors").exists()
+    with pytest.raises(ExportError, match=r"holds only onnx weights.*deepfake serve --runtime onnx"):
+        load_detector(tmp_path / "onnx_only")
+    _refuse_unpickling(monkeypatch)  # an export is served without unpickling anything, on either runtime
+    engine = Engine(str(tmp_path / "onnx_only"), "onnx")
+    assert engine.info()["model"] == "test_resnet"
+    with pytest.raises(SystemExit):
+        main(["export", "--ckpt_path", str(ckpt), "--out", str(tmp_path / "x"), "--format", "tflite"])
+    assert "invalid choice: 'tflite'" in capsys.readouterr().err
+
+
+def test_engines_load_an_export_without_unpickling(export, monkeypatch):
+    _refuse_unpickling(monkeypatch)
+    for runtime in ("torch", "onnx"):
+        assert Engine(str(export), runtime).info()["runtime"] == runtime
+
+
+# --------------------------------------------------------------------------- the API
+def test_predict_returns_the_calibrated_verdict_raw_and_multipart(servers, images, reference, export):
+    url = servers["batched"].url
+    config = json.loads((export / "detector.json").read_text())
+    for name, data in images[:3]:
+        raw = _post(url, data)
+        form = requests.post(f"{url}/predict", files={"file": (name, data, "image/jpeg")}, timeout=60)
+        for response in (raw, form):
+            assert response.status_code == 200, response.text
+            body = response.json()
+            assert body["prob_ai"] == pytest.approx(reference[name], abs=1e-6)
+            assert body["label"] == int(body["prob_ai"] >= config["threshold"])
+            assert body["verdict"] == ("ai" if body["label"] else "human")
+            assert body["threshold"] == config["threshold"] and body["model"] == "test_resnet"
+            assert body["version"] == __version__ and body["runtime"] == "torch"
+            assert "gradcam_png" not in body
+        assert form.json()["filename"] == name
+    info = requests.get(f"{url}/info", timeout=10).json()["model"]
+    assert info["model"] == "test_resnet" and info["threshold"] == config["threshold"]
+
+
+def _png(b64: str) -> Image.Image:
+    image = Image.open(io.BytesIO(base64.b64decode(b64)))
+    image.load()
+    return image
+
+
+def test_explain_adds_a_gradcam_overlay(servers, images):
+    url = servers["batched"].url
+    name, data = images[0]
+    body = _post(url, data, explain=True).json()
+    overlay = _png(body["gradcam_png"])
+    assert overlay.format == "PNG" and overlay.size == (256, 256)
+    pixels = np.asarray(overlay.convert("RGB"), dtype=np.float32)
+    assert pixels.std() > 5  # a heat map over a picture, not a blank image
+    form = requests.post(f"{url}/predict", files={"file": (name, data)}, data={"explain": "true"}, timeout=60)
+    assert "gradcam_png" in form.json()
+    assert "gradcam_png" not in _post(url, data, explain=False).json()
+
+
+def _bad_uploads(images) -> dict[str, tuple[bytes, str, int, str]]:
+    """name -> (body, content type, expected status, expected error code)."""
+    good = images[0][1]
+    bomb = io.BytesIO()
+    Image.new("1", (12_000, 12_000)).save(bomb, format="PNG")  # 144 megapixels in 17 kB
+    return {
+        "text": (b"this is not an image", "image/jpeg", 400, "not_an_image"),
+        "truncated": (good[: len(good) // 2], "image/jpeg", 400, "corrupt_image"),
+        "bomb": (bomb.getvalue(), "image/png", 400, "decompression_bomb"),
+        "too_large": (os.urandom(int(1.5 * 2**20)), "image/jpeg", 413, "too_large"),
+        "json": (b'{"image": "x"}', "application/json", 415, "unsupported_media_type"),
+        "empty": (b"", "image/png", 400, "empty_upload"),
+    }
+
+
+def test_bad_uploads_get_a_4xx_json_error_and_the_server_keeps_serving(servers, images, reference):
+    url = servers["batched"].url
+    for kind, (body, content_type, status, code) in _bad_uploads(images).items():
+        response = _post(url, body, content_type)
+        assert response.status_code == status, (kind, response.text)
+        assert response.json()["error"] == code, kind
+        assert response.json()["detail"], kind
+    assert "1 MB (deepfake serve --max_upload_mb)" in _post(url, os.urandom(2 * 2**20)).json()["detail"]
+    no_file = requests.post(f"{url}/predict", data={"explain": "true"}, files={"x": ("", b"")}, timeout=10)
+    assert no_file.status_code == 400
+    name, data = images[1]
+    assert _post(url, data).json()["prob_ai"] == pytest.approx(reference[name], abs=1e-6)
+
+
+def test_concurrent_requests_form_batches_and_bad_ones_fail_alone(servers, images, reference):
+    url = servers["batched"].url
+    bad = _bad_uploads(images)
+    jobs = [(name, data, "image/jpeg") for name, data in images[:24]]
+    jobs[3::4] = [(kind, bad[kind][0], bad[kind][1]) for kind in ("text", "truncated", "bomb", "text", "truncated",
+                                                                  "bomb")]
+    with ThreadPoolExecutor(12) as pool:
+        responses = list(pool.map(lambda job: _post(url, job[1], job[2]), jobs))
+    sizes = []
+    for (name, _, _), response in zip(jobs, responses):
+        if name in bad:
+            assert response.status_code == 400 and response.json()["error"] == bad[name][3]
+            continue
+        assert response.status_code == 200, response.text
+        assert response.json()["prob_ai"] == pytest.approx(reference[name], abs=1e-6)  # the right answer to each
+        sizes.append(response.json()["batch_size"])
+    assert len(sizes) == 18 and max(sizes) > 1  # batches formed, bad uploads in them or not
+
+
+def test_onnx_runtime_without_batching(servers, images, reference):
+    url = servers["onnx"].url
+    with ThreadPoolExecutor(6) as pool:
+        responses = list(pool.map(lambda item: _post(url, item[1]), images[:12]))
+    for (name, _), response in zip(images, responses):
+        body = response.json()
+        assert body["runtime"] == "onnx" and body["batch_size"] == 1
+        assert body["prob_ai"] == pytest.approx(reference[name], abs=1e-4)
+    explained = _post(url, images[0][1], explain=True).json()  # Grad-CAM from the export's PyTorch weights
+    assert _png(explained["gradcam_png"]).size == (256, 256)
+    assert _post(url, b"GIF89a-not-really", "image/gif").json()["error"] == "not_an_image"
+
+
+def test_the_page_is_one_offline_file(servers):
+    page = requests.get(servers["batched"].url + "/", timeout=10)
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    html = page.text
+    assert 'type="file"' in html and "/predict?explain=" in html
+    assert "http://" not in html and "https://" not in html and "<link" not in html  # nothing fetched from elsewhere
+
+
+def test_serve_command_errors(export, tmp_path, demo_run, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["serve", "--ckpt_path", str(tmp_path / "missing")])
+    assert e.value.code == 2 and "no checkpoint file or export folder" in capsys.readouterr().err
+    ckpt = demo_run / "checkpoints" / "last.ckpt"
+    with pytest.raises(SystemExit):
+        main(["serve", "--ckpt_path", str(ckpt), "--runtime", "onnx", "--port", "0"])
+    assert "--runtime onnx serves an export folder with a model.onnx" in capsys.readouterr().err
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        with pytest.raises(SystemExit):
+            main(["serve", "--ckpt_path", str(export), "--port", str(taken.getsockname()[1])])
+    assert "is in use: choose another --port" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- the page, in Chromium
+def _chromium() -> str | None:
+    return os.environ.get("CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(_chromium() is None and not os.environ.get("DEEPFAKE_REQUIRE_BROWSER"),
+                    reason="needs Chromium (Debian's chromium package, which .ci/run installs)")
+def test_the_page_in_a_real_browser(servers, images, demo_root, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    name, data = images[0]
+    (tmp_path / name).write_bytes(data)
+    (tmp_path / "notes.txt").write_text("not an image")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=_chromium(), args=["--no-sandbox"])
+        try:
+            page = browser.new_page(viewport={"width": 1000, "height": 700})
+            page.goto(servers["batched"].url + "/")
+            page.wait_for_function("document.querySelector('#model').textContent.includes('test_resnet')",
+                                   timeout=15_000)  # the header, from GET /info
+            page.set_input_files("#files", [str(tmp_path / name), str(tmp_path / "notes.txt")])
+            card = page.locator(f'.card[data-file="{name}"]')
+            card.locator("img.gradcam").wait_for(timeout=30_000)
+            page.locator('.card[data-file="notes.txt"] .error').wait_for(timeout=30_000)
+            verdict = card.locator(".verdict").inner_text()
+            overlay = card.locator("img.gradcam").evaluate("img => [img.complete, img.naturalWidth]")
+            error = page.locator('.card[data-file="notes.txt"] .error').inner_text()
+            ARTIFACTS.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(ARTIFACTS / "serve_page.png"), full_page=True)
+        finally:
+            browser.close()
+    body = _post(servers["batched"].url, data).json()
+    assert verdict == ("AI-generated" if body["label"] else "Human-made")
+    assert overlay == [True, 256]
+    assert error.startswith("400: notes.txt: not an image")
+    assert Image.open(ARTIFACTS / "serve_page.png").size[0] == 1000
