@@ -41,20 +41,22 @@ TINY_FIT = {"trainer.max_epochs": 1, "trainer.limit_train_batches": 3, "trainer.
 IN_SUBPROCESS = ("--trainer.strategy ddp",)
 
 
-def readme_commands() -> list[str]:
-    """Every `deepfake` command in the README's bash blocks, continuation lines joined, comments dropped."""
+def readme_commands(program: str = "deepfake") -> list[str]:
+    """Every `deepfake` (or other ``program``) command in the README's bash blocks, continuation lines joined,
+    comments dropped."""
     text = (ROOT / "README.md").read_text()
     commands = []
     for block in re.findall(r"```bash\n(.*?)```", text, re.S):
         for line in block.replace("\\\n", " ").splitlines():
             for part in line.split("&&"):
                 part = part.split(" #")[0].strip()
-                if part.startswith("deepfake "):
+                if part.startswith(f"{program} "):
                     commands.append(" ".join(part.split()))
     return commands
 
 
 COMMANDS = readme_commands()
+CURLS = readme_commands("curl")  # the serving API's examples, sent to the README's `deepfake serve`
 
 
 def _reason(command: str) -> str | None:
@@ -129,7 +131,9 @@ def _outputs(argv: list[str], project: Path) -> list[Path]:
     if sub == "explain":
         return [project / option("--out") / "explanations.csv"]
     if sub == "export":
-        return [project / option("--out") / name for name in ("detector.json", "model.safetensors", "README.md")]
+        formats = argv[argv.index("--format") + 1:] if "--format" in argv else ["safetensors"]
+        names = ["detector.json", "README.md"] + [f"model.{f}" for f in formats]
+        return [project / option("--out") / name for name in names]
     if sub == "sweep":
         study = option("--study_name") or yaml.safe_load((project / option("--config")).read_text())["study_name"]
         files = [project / "sweeps" / study / "trials.csv", project / "sweeps" / study / "best.yaml"]
@@ -137,6 +141,31 @@ def _outputs(argv: list[str], project: Path) -> list[Path]:
             files.append(project / "sweeps" / study / "comparison.md")
         return files
     raise AssertionError(f"no expectation for {argv}")
+
+
+def _serve_and_send_the_curls(argv: list[str], project: Path) -> None:
+    """`deepfake serve ...` as the README shows it (on a free port instead of 8000), then every `curl` example
+    of the README against it, from the project directory, checking what each answers."""
+    import json
+
+    from PIL import Image
+
+    from deepfake_lightning.serving.process import ServerProcess
+
+    assert CURLS, "the README shows no curl example of the API"
+    with ServerProcess(argv[1:] + ["--log_level", "warning"], cwd=project) as server:
+        for curl in CURLS:
+            command = curl.replace("http://127.0.0.1:8000", server.url)
+            out = subprocess.run(command, shell=True, cwd=project, capture_output=True, text=True, timeout=120)
+            assert out.returncode == 0, f"{curl}\n{out.stdout}{out.stderr}"
+            if "| python" in curl:  # saves the Grad-CAM overlay
+                assert Image.open(project / "cam.png").format == "PNG", curl
+                continue
+            answer = json.loads(out.stdout)
+            if "@photo.jpg" in curl:
+                assert 0 <= answer["prob_ai"] <= 1 and answer["label"] == int(answer["prob_ai"] >= answer["threshold"])
+            else:  # the example of a bad upload
+                assert answer["error"] == "not_an_image", answer
 
 
 def _run_in_subprocess(argv: list[str], project: Path) -> tuple[int, str]:
@@ -150,6 +179,9 @@ def test_readme_command(command, project, monkeypatch, capsys):
     monkeypatch.setattr(sys, "argv", ["deepfake", *shlex.split(command)[1:]])
     argv = _argv(command, project)
     started = __import__("time").time()
+    if argv[0] == "serve":  # runs until stopped
+        _serve_and_send_the_curls(argv, project)
+        return
     if any(flag in command for flag in IN_SUBPROCESS):
         code, output = _run_in_subprocess(argv, project)
         err = output

