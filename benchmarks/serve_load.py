@@ -2,7 +2,7 @@
 
 For each model (the demo's tiny ``test_resnet`` at 64 px and ``convnext_tiny`` at 224 px, random weights: speed
 does not depend on them), exported with ``--format safetensors onnx``, and each runtime (``torch``, ``onnx``) and
-batching setting (on: the defaults, up to 8 requests per forward pass with a 10 ms wait; off:
+batching setting (on: the defaults, up to 16 requests per forward pass with a 10 ms wait; off:
 ``--max_batch_size 1``), one server is started and C concurrent clients (1, 8, 32) send raw JPEG uploads:
 
 * a clean run of ``--requests`` requests: throughput (answers/s), p50/p99 latency, errors;
@@ -42,9 +42,9 @@ from deepfake_lightning.export import export_checkpoint
 from deepfake_lightning.models import DeepfakeClassifier
 from deepfake_lightning.serving.process import ServerProcess
 
-MODELS = {  # name: backbone, image size, images, requests per clean run
+MODELS = {  # name: backbone, image size, images (all of them for `deepfake predict`), requests per clean run
     "demo": ("test_resnet", 64, 1024, 384),
-    "convnext": ("convnext_tiny", 224, 96, 96),
+    "convnext": ("convnext_tiny", 224, 288, 96),
 }
 CLIENTS = (1, 8, 32)
 
@@ -61,7 +61,8 @@ def make_export(backbone: str, size: int, out: Path) -> Path:
 
 
 def predict_baseline(export: Path, images: Path, out: Path) -> float:
-    """Images per second of `deepfake predict --ckpt_path EXPORT --data.predict_paths DIR` (the whole command)."""
+    """Images per second of `deepfake predict --ckpt_path EXPORT --data.predict_paths DIR`: the whole command
+    (its few seconds of set-up included, so enough images that inference dominates)."""
     root = images.parent  # the data module still wants a data root with a train.csv, even to predict files
     ids = [f"images/{f.name}" for f in sorted(images.iterdir())][:20]
     pd.DataFrame({"file_name": ids, "label": [0, 1] * (len(ids) // 2)}).to_csv(root / "train.csv")

@@ -27,7 +27,7 @@ import torch
 from deepfake_lightning.calibration import CalibrationState
 from deepfake_lightning.errors import ExportError  # noqa: F401 (re-exported)
 from deepfake_lightning.files import atomic_path
-from deepfake_lightning.onnx_export import ONNX_FILE, write_onnx
+from deepfake_lightning.onnx_export import ONNX_FILE, OnnxModel, write_onnx
 from deepfake_lightning.provenance import export_facts, model_card
 
 FORMAT = "deepfake-lightning-detector"
@@ -180,3 +180,9 @@ def load_weights(model, export_dir: str | os.PathLike, config: dict | None = Non
     except (ValueError, TypeError, KeyError) as e:
         raise ExportError(f"{Path(export_dir) / CONFIG_FILE}: \"calibration\" cannot be read ({e})") from e
     model.facts = export_facts(config, source=str(export_dir))
+
+
+def load_onnx(export_dir: str | os.PathLike, providers: list[str] | None = None) -> OnnxModel:
+    """An export's ``model.onnx`` in an ONNX Runtime session, checked against its ``detector.json`` (see
+    ``onnx_export.OnnxModel``)."""
+    return OnnxModel(export_dir, read_export_config(export_dir), providers)

@@ -59,27 +59,30 @@ def write_onnx(model: nn.Module, path: str | os.PathLike, img_size: int) -> dict
     example = torch.zeros(2, 3, img_size, img_size)
     batch = torch.export.Dim("batch", min=1)
     with atomic_path(path) as tmp, torch.no_grad():
-        program = torch.onnx.export(wrapper, (example,), dynamo=True, input_names=[INPUT], output_names=[OUTPUT],
-                                    dynamic_shapes={"image": {0: batch}}, opset_version=OPSET, verbose=False,
-                                    external_data=False)
+        try:
+            program = torch.onnx.export(wrapper, (example,), dynamo=True, input_names=[INPUT], output_names=[OUTPUT],
+                                        dynamic_shapes={"image": {0: batch}}, opset_version=OPSET, verbose=False,
+                                        external_data=False)
+        except Exception as e:  # torch.onnx raises its own error types for unsupported operators or shapes
+            backbone = model.hparams.get("backbone", type(model).__name__)
+            raise ExportError(f"--format onnx: torch.onnx cannot export {backbone} ({type(e).__name__}: {e}); "
+                              "the safetensors export works for every backbone") from e
         program.save(str(tmp))
     return {"file": Path(path).name, "sha256": sha256(path), "opset": OPSET, "input": INPUT, "output": OUTPUT,
             "input_shape": ["batch", 3, img_size, img_size], "torch": torch.__version__}
 
 
 class OnnxModel:
-    """An export's ``model.onnx`` in an ONNX Runtime session (CPU unless ``providers`` say otherwise), checked
+    """An export's ``model.onnx`` (use ``export.load_onnx(DIR)``) in an ONNX Runtime session (CPU unless ``providers`` say otherwise), checked
     against ``detector.json``: the file's SHA-256 and its input and output shapes. ``logits(images)`` takes
     normalized (B, 3, H, W) images (a tensor or an array) and returns (B,) float32 logits."""
 
-    def __init__(self, export_dir: str | os.PathLike, config: dict | None = None, providers: list[str] | None = None,
+    def __init__(self, export_dir: str | os.PathLike, config: dict, providers: list[str] | None = None,
                  threads: int | None = None):
-        from deepfake_lightning.export import CONFIG_FILE, read_export_config
-
         self.export_dir = Path(export_dir)
-        self.config = config or read_export_config(export_dir)
+        self.config = config  # its detector.json, read by export.read_export_config (export.load_onnx does both)
         entry = self.config.get("onnx")
-        detector_json = self.export_dir / CONFIG_FILE
+        detector_json = self.export_dir / "detector.json"
         if not entry:
             raise ExportError(f"{detector_json}: this export has no ONNX model; write one with: deepfake export "
                               f"--ckpt_path CKPT --out {self.export_dir} --format safetensors onnx")
@@ -97,9 +100,10 @@ class OnnxModel:
         if threads:
             options.intra_op_num_threads = threads
         options.log_severity_level = 3  # errors only
+        available = ort.get_available_providers()  # e.g. no CUDAExecutionProvider in the CPU-only package
+        providers = [p for p in providers or [] if p in available] or ["CPUExecutionProvider"]
         try:
-            self.session = ort.InferenceSession(str(self.path), options,
-                                                providers=providers or ["CPUExecutionProvider"])
+            self.session = ort.InferenceSession(str(self.path), options, providers=providers)
         except Exception as e:  # onnxruntime raises its own exception types (InvalidProtobuf, Fail...)
             raise ExportError(f"{self.path}: ONNX Runtime cannot load it ({type(e).__name__}: {e})") from e
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()

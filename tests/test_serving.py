@@ -21,8 +21,9 @@ from deepfake_lightning.api import datamodule_for, load_detector, predict_split
 from deepfake_lightning.cli import export_main, main
 from deepfake_lightning.data.dataset import load_image
 from deepfake_lightning.errors import ExportError
-from deepfake_lightning.onnx_export import OnnxModel, sha256
-from deepfake_lightning.serving.api import Engine
+from deepfake_lightning.export import load_onnx
+from deepfake_lightning.onnx_export import sha256
+from deepfake_lightning.serving.api import DetectorAPI, Engine
 from deepfake_lightning.serving.process import ServerProcess
 from tests.test_export import _refuse_unpickling
 
@@ -41,11 +42,11 @@ def export(demo_run, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def servers(export):
     """Two servers started side by side: PyTorch with batching (up to 8 requests, 50 ms to fill up) and a 1 MB
-    upload limit, and ONNX Runtime with batching off."""
+    upload limit, and ONNX Runtime with batching off in two worker processes."""
     batched = ServerProcess(["--ckpt_path", str(export), "--max_batch_size", "8", "--batch_timeout", "0.05",
                              "--max_upload_mb", "1", "--log_level", "warning"]).start()
     onnx = ServerProcess(["--ckpt_path", str(export), "--runtime", "onnx", "--max_batch_size", "1",
-                          "--log_level", "warning"]).start()
+                          "--workers_per_device", "2", "--log_level", "warning"]).start()
     try:
         yield {"batched": batched.wait_ready(), "onnx": onnx.wait_ready()}
     finally:
@@ -83,7 +84,7 @@ def test_onnx_export_matches_pytorch_on_the_demo_test_split(export, demo_root):
     detector = load_detector(export)
     dm = datamodule_for(export, root=str(demo_root))
     torch_table = predict_split(detector, dm, "test_v1", batch_size=16)
-    onnx = OnnxModel(export)
+    onnx = load_onnx(export)
     loader = torch.utils.data.DataLoader(dm.dataset("test_v1"), batch_size=7)  # another batch size: dynamic axis
     logits = np.concatenate([onnx.logits(batch["image"]) for batch in loader])
     probs = detector.model.calibrator(logits)
@@ -105,11 +106,11 @@ def test_broken_or_mismatched_onnx_files_are_clear_errors(export, tmp_path):
 
     (copy / "model.onnx").write_bytes(b"\x08\x07garbage")  # damaged or replaced: not the file detector.json lists
     with pytest.raises(ExportError, match=r"model.onnx is not the ONNX model detector.json was written with"):
-        OnnxModel(copy)
+        load_onnx(copy)
     config["onnx"]["sha256"] = sha256(copy / "model.onnx")  # ...even when its checksum was updated
     config_path.write_text(json.dumps(config))
     with pytest.raises(ExportError, match=r"model.onnx: ONNX Runtime cannot load it"):
-        OnnxModel(copy)
+        load_onnx(copy)
 
     # A valid ONNX model of another input size (another export's): refused with both shapes named.
     graph = helper.make_graph([helper.make_node("ReduceMean", ["image"], ["logit"], axes=[1, 2, 3], keepdims=0)],
@@ -119,7 +120,7 @@ def test_broken_or_mismatched_onnx_files_are_clear_errors(export, tmp_path):
     config["onnx"]["sha256"] = sha256(copy / "model.onnx")
     config_path.write_text(json.dumps(config))
     with pytest.raises(ExportError, match=r"does not fit .*detector.json: expected one input \(batch, 3, 64, 64\)"):
-        OnnxModel(copy)
+        load_onnx(copy)
 
     config["onnx"] = None  # an export without ONNX: --runtime onnx says how to write one
     config_path.write_text(json.dumps(config))
@@ -127,7 +128,8 @@ def test_broken_or_mismatched_onnx_files_are_clear_errors(export, tmp_path):
         Engine(str(copy), "onnx")
 
 
-def test_onnx_only_export_serves_with_onnx_runtime_and_says_so_elsewhere(demo_run, tmp_path, monkeypatch, capsys):
+def test_onnx_only_export_serves_with_onnx_runtime_and_says_so_elsewhere(demo_run, demo_root, tmp_path, monkeypatch,
+                                                                        capsys):
     ckpt = demo_run / "checkpoints" / "last.ckpt"
     main(["export", "--ckpt_path", str(ckpt), "--out", str(tmp_path / "onnx_only"), "--format", "onnx"])
     assert "model.onnx" in capsys.readouterr().out
@@ -135,17 +137,27 @@ def test_onnx_only_export_serves_with_onnx_runtime_and_says_so_elsewhere(demo_ru
     with pytest.raises(ExportError, match=r"holds only onnx weights.*deepfake serve --runtime onnx"):
         load_detector(tmp_path / "onnx_only")
     _refuse_unpickling(monkeypatch)  # an export is served without unpickling anything, on either runtime
-    engine = Engine(str(tmp_path / "onnx_only"), "onnx")
-    assert engine.info()["model"] == "test_resnet"
+    api = DetectorAPI(str(tmp_path / "onnx_only"), "onnx")
+    api.setup("cpu")
+    assert api.engine.info()["model"] == "test_resnet" and api.engine.info()["explain"] is False
+    image = base64.b64encode((demo_root / pd.read_csv(demo_root / "test_v1.csv")["id"][0]).read_bytes()).decode()
+    plain, explained = api.predict([api.decode_request({"image": image}),
+                                    api.decode_request({"image": image, "explain": True})])
+    assert 0 <= plain["prob_ai"] <= 1 and plain["batch_size"] == 1  # the verdict; explaining is what fails
+    response = api.encode_response(explained)
+    assert response.status_code == 422 and json.loads(response.body)["error"] == "explain_unavailable"
     with pytest.raises(SystemExit):
         main(["export", "--ckpt_path", str(ckpt), "--out", str(tmp_path / "x"), "--format", "tflite"])
     assert "invalid choice: 'tflite'" in capsys.readouterr().err
 
 
-def test_engines_load_an_export_without_unpickling(export, monkeypatch):
+def test_engines_load_an_export_without_unpickling(export, demo_run, monkeypatch):
+    ckpt = Engine(str(demo_run / "checkpoints" / "last.ckpt"), "torch")  # a .ckpt (a pickle) is served by PyTorch
+    assert ckpt.info()["model"] == "test_resnet" and ckpt.info()["source"] == "last.ckpt"
     _refuse_unpickling(monkeypatch)
     for runtime in ("torch", "onnx"):
-        assert Engine(str(export), runtime).info()["runtime"] == runtime
+        info = Engine(str(export), runtime).info()
+        assert (info["runtime"], info["explain"], info["source"]) == (runtime, True, "demo_v1")
 
 
 # --------------------------------------------------------------------------- the API
@@ -238,6 +250,7 @@ def test_concurrent_requests_form_batches_and_bad_ones_fail_alone(servers, image
 
 def test_onnx_runtime_without_batching(servers, images, reference):
     url = servers["onnx"].url
+    assert requests.get(f"{url}/info", timeout=10).json()["server"]["workers_per_device"] == 2
     with ThreadPoolExecutor(6) as pool:
         responses = list(pool.map(lambda item: _post(url, item[1]), images[:12]))
     for (name, _), response in zip(images, responses):

@@ -52,13 +52,12 @@ class Engine:
         if runtime == "onnx":
             from deepfake_lightning.calibration import CalibrationState, Calibrator
             from deepfake_lightning.data.transforms import create_transform
-            from deepfake_lightning.onnx_export import OnnxModel
+            from deepfake_lightning.export import load_onnx
 
             if not is_export(ckpt_path):
                 raise ExportError(f"--runtime onnx serves an export folder with a model.onnx, not {ckpt_path!r}: "
                                   f"deepfake export --ckpt_path {ckpt_path} --out DIR --format safetensors onnx")
-            self.onnx = OnnxModel(ckpt_path, providers=["CUDAExecutionProvider", "CPUExecutionProvider"]
-                                  if device.startswith("cuda") else None)
+            self.onnx = load_onnx(ckpt_path, ["CUDAExecutionProvider"] if device.startswith("cuda") else None)
             config = self.onnx.config
             state = CalibrationState.from_json(config.get("calibration"))
             self.calibrator = state.calibrator if state else Calibrator()
@@ -86,10 +85,20 @@ class Engine:
             self._detector = load_detector(self.ckpt_path, map_location=self.device)
         return self._detector
 
+    @property
+    def can_explain(self) -> bool:
+        """Grad-CAM needs the PyTorch weights: a ``.ckpt``, or an export with ``model.safetensors``."""
+        if self.runtime == "torch":
+            return True
+        return "safetensors" in self.onnx.config.get("formats", ["safetensors"])
+
     def info(self) -> dict:
         """What the page and ``GET /info`` show about the model."""
+        from pathlib import Path
+
         return {"model": self.backbone, "version": self.version, "runtime": self.runtime,
-                "threshold": self.threshold, "img_size": self.img_size, "source": self.ckpt_path}
+                "threshold": self.threshold, "img_size": self.img_size, "explain": self.can_explain,
+                "source": Path(self.ckpt_path).name}
 
     def decode(self, data: bytes, filename: str = "upload", explain: bool = False) -> Upload:
         """Bytes to a preprocessed image; an undecodable upload becomes an :class:`Upload` with a 400 error."""
@@ -152,7 +161,7 @@ class DetectorAPI(ls.LitAPI):
     PNG of the Grad-CAM overlay.
     """
 
-    def __init__(self, ckpt_path: str, runtime: str = "torch", max_batch_size: int = 8, batch_timeout: float = 0.01,
+    def __init__(self, ckpt_path: str, runtime: str = "torch", max_batch_size: int = 16, batch_timeout: float = 0.01,
                  **kwargs):
         super().__init__(max_batch_size=max_batch_size, batch_timeout=batch_timeout, **kwargs)
         self.ckpt_path, self.runtime = str(ckpt_path), runtime
@@ -161,8 +170,13 @@ class DetectorAPI(ls.LitAPI):
         self.engine = Engine(self.ckpt_path, self.runtime, device)
 
     def decode_request(self, request) -> Upload:
-        return self.engine.decode(base64.b64decode(request["image"]), request.get("filename", "upload"),
-                                  bool(request.get("explain")))
+        upload = self.engine.decode(base64.b64decode(request["image"]), request.get("filename", "upload"),
+                                    bool(request.get("explain")))
+        if upload.explain and upload.image is not None and not self.engine.can_explain:
+            upload.image, upload.status, upload.code = None, 422, "explain_unavailable"
+            upload.detail = ("this server cannot explain: its export has no PyTorch weights (model.safetensors) for "
+                             "Grad-CAM; export with --format safetensors onnx, or ask without explain=true")
+        return upload
 
     def batch(self, inputs: list[Upload]) -> list[Upload]:
         return list(inputs)

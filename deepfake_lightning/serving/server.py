@@ -27,7 +27,7 @@ def serve_parser() -> argparse.ArgumentParser:
     parser.add_argument("--runtime", default="torch", choices=["torch", "onnx"],
                         help="torch (default), or onnx: ONNX Runtime on the export's model.onnx (deepfake export "
                         "--format safetensors onnx); Grad-CAM overlays always use the PyTorch weights")
-    parser.add_argument("--max_batch_size", type=int, default=8,
+    parser.add_argument("--max_batch_size", type=int, default=16,
                         help="most requests answered by one forward pass (1 turns batching off)")
     parser.add_argument("--batch_timeout", type=float, default=0.01,
                         help="seconds a batch waits to fill up before it runs anyway (default 0.01)")
@@ -39,7 +39,7 @@ def serve_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def build_server(ckpt_path: str | os.PathLike, runtime: str = "torch", max_batch_size: int = 8,
+def build_server(ckpt_path: str | os.PathLike, runtime: str = "torch", max_batch_size: int = 16,
                  batch_timeout: float = 0.01, max_upload_mb: float = 20.0, workers_per_device: int = 1,
                  accelerator: str = "auto", timeout: float = 30.0):
     """A ``litserve.LitServer`` for the detector at ``ckpt_path``. The detector is loaded here once, so that a bad
