@@ -15,7 +15,8 @@ sending when it passes). The client threads share the machine's cores with the s
 
     python benchmarks/serve_load.py [--models demo convnext] [--requests N]
 
-Prints a table and writes benchmarks/results/serve_load.csv and serve_load_baseline.csv.
+Also (``--parts runtimes``) the network alone, batch 1 and 16, on PyTorch and ONNX Runtime. Prints the tables
+and writes benchmarks/results/serve_load.csv, serve_load_baseline.csv and serve_runtimes.csv.
 """
 
 from __future__ import annotations
@@ -74,6 +75,25 @@ def predict_baseline(export: Path, images: Path, out: Path) -> float:
     return len(list(images.iterdir())) / (time.perf_counter() - start)
 
 
+def runtime_throughput(export: Path, size: int, batch: int, seconds: float = 3.0) -> dict[str, float]:
+    """Images per second of the network alone (no HTTP, no decoding) on PyTorch and on ONNX Runtime."""
+    from deepfake_lightning.api import load_detector
+    from deepfake_lightning.export import load_onnx
+
+    x = torch.randn(batch, 3, size, size)
+    model, onnx = load_detector(export).model, load_onnx(export)
+    speeds = {}
+    for name, run in (("torch", lambda: model.predict_logits(x)), ("onnx", lambda: onnx.logits(x))):
+        with torch.inference_mode():
+            run()
+            start, n = time.perf_counter(), 0
+            while time.perf_counter() - start < seconds:
+                run()
+                n += batch
+        speeds[name] = n / (time.perf_counter() - start)
+    return speeds
+
+
 def bad_uploads(good: bytes) -> list[bytes]:
     bomb = io.BytesIO()
     Image.new("1", (12_000, 12_000)).save(bomb, format="PNG")
@@ -126,15 +146,26 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=None,
                         help="requests per clean run (mixed runs: half); default 384 (demo), 96 (convnext)")
     parser.add_argument("--time_limit", type=float, default=60.0, help="seconds per run at most")
+    parser.add_argument("--parts", nargs="+", default=["runtimes", "load"], choices=["runtimes", "load"],
+                        help="runtimes: the network alone on PyTorch and ONNX Runtime; load: the servers")
     parser.add_argument("--out", type=Path, default=None, help="CSV (default: benchmarks/results/serve_load.csv)")
     args = parser.parse_args()
-    rows, baselines = [], []
+    rows, baselines, runtimes = [], [], []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         for name in args.models:
             backbone, size, n, n_requests = MODELS[name]
             n_requests = args.requests or n_requests
             export = make_export(backbone, size, tmp)
+            if "runtimes" in args.parts:
+                for batch in (1, 16):
+                    speeds = runtime_throughput(export, size, batch)
+                    runtimes.append({"model": name, "batch": batch, "torch_img_s": round(speeds["torch"], 1),
+                                     "onnx_img_s": round(speeds["onnx"], 1),
+                                     "onnx_vs_torch": round(speeds["onnx"] / speeds["torch"], 2)})
+                    print(runtimes[-1], flush=True)
+            if "load" not in args.parts:
+                continue
             write_random_jpegs(tmp / name, "images", n, size)
             files = sorted((tmp / name / "images").iterdir())
             bodies = [f.read_bytes() for f in files]
@@ -172,8 +203,11 @@ def main() -> None:
                             })
                             print(rows[-1], flush=True)
     print(f"CPU threads: {torch.get_num_threads()}, cores: {os.cpu_count()}")
-    publish(pd.DataFrame(baselines), "serve_load_baseline")
-    publish(pd.DataFrame(rows), "serve_load", args.out)
+    if runtimes:
+        publish(pd.DataFrame(runtimes), "serve_runtimes")
+    if rows:
+        publish(pd.DataFrame(baselines), "serve_load_baseline")
+        publish(pd.DataFrame(rows), "serve_load", args.out)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ COMMANDS = {
     "predict": "calibrated predictions and a Kaggle submission for a split or for image files",
     "calibrate": "fit the calibrator and decision threshold of an existing checkpoint",
     "explain": "Grad-CAM overlays for image files or folders",
-    "export": "write a checkpoint as a pickle-free model folder (safetensors + JSON)",
+    "export": "write a checkpoint as a pickle-free model folder (safetensors and/or ONNX + JSON)",
     "sweep": "an Optuna study over any config key (learning rate, augmentation, threshold criterion...)",
     "serve": "an HTTP API with server-side batching and a web page (LitServe; PyTorch or ONNX Runtime)",
 }

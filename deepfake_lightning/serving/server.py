@@ -23,19 +23,23 @@ def serve_parser() -> argparse.ArgumentParser:
                         "needed for --runtime onnx) or a .ckpt from deepfake fit (a pickle: only files you trust)")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine "
                         "only; 0.0.0.0 for every interface)")
-    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--port", type=int, default=8000, help="default 8000")
     parser.add_argument("--runtime", default="torch", choices=["torch", "onnx"],
                         help="torch (default), or onnx: ONNX Runtime on the export's model.onnx (deepfake export "
                         "--format safetensors onnx); Grad-CAM overlays always use the PyTorch weights")
     parser.add_argument("--max_batch_size", type=int, default=16,
-                        help="most requests answered by one forward pass (1 turns batching off)")
+                        help="most requests answered by one forward pass (default 16; 1 turns batching off)")
     parser.add_argument("--batch_timeout", type=float, default=0.01,
                         help="seconds a batch waits to fill up before it runs anyway (default 0.01)")
     parser.add_argument("--max_upload_mb", type=float, default=20.0, help="largest accepted upload (default 20)")
-    parser.add_argument("--workers_per_device", type=int, default=1, help="inference processes per device")
-    parser.add_argument("--accelerator", default="auto", choices=["auto", "cpu", "cuda", "mps"])
-    parser.add_argument("--timeout", type=float, default=30.0, help="seconds a request may wait for its answer")
-    parser.add_argument("--log_level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    parser.add_argument("--workers_per_device", type=int, default=1, help="inference processes per device "
+                        "(default 1)")
+    parser.add_argument("--accelerator", default="auto", choices=["auto", "cpu", "cuda", "mps"],
+                        help="default auto: CUDA when there is a GPU")
+    parser.add_argument("--timeout", type=float, default=30.0, help="seconds a request may wait for its answer "
+                        "(default 30)")
+    parser.add_argument("--log_level", default="info", choices=["critical", "error", "warning", "info", "debug"],
+                        help="default info (one line per request)")
     return parser
 
 
