@@ -87,6 +87,6 @@ def serve_main(args: list[str]) -> None:
     info = server.model_metadata
     url = f"http://{'127.0.0.1' if a.host in ('0.0.0.0', '::') else a.host}:{a.port}"
     print(f"Serving {info['model']} from {a.ckpt_path} (runtime {a.runtime}, threshold {info['threshold']:.4f}, "
-          f"batches of up to {a.max_batch_size}) at {url}/ : the page at {url}/, the API at POST {url}/predict",
-          file=sys.stderr, flush=True)
+          f"batches of up to {a.max_batch_size}). Once the workers are up ('Application startup complete'): the "
+          f"page at {url}/, the API at POST {url}/predict", file=sys.stderr, flush=True)
     server.run(host=a.host, port=a.port, generate_client_file=False, log_level=a.log_level)
