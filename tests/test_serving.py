@@ -323,3 +323,18 @@ def test_the_page_in_a_real_browser(servers, images, demo_root, tmp_path):
     assert overlay == [True, 256]
     assert error.startswith("400: notes.txt: not an image")
     assert Image.open(ARTIFACTS / "serve_page.png").size[0] == 1000
+
+
+def test_ctrl_c_stops_the_server_and_its_workers(servers):
+    """Last in this file: it stops the ONNX server (two workers) as Ctrl+C in its terminal would."""
+    import subprocess
+
+    server = servers["onnx"]
+    assert server.interrupt() == 0
+    import time
+
+    deadline = time.monotonic() + 20  # the workers end after the command, within seconds
+    while (left := subprocess.run(["pgrep", "-g", str(server.process.pid)], capture_output=True,
+                                  text=True).stdout) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert left == "", f"processes left in the server's group 20 s after the command ended: {left}"

@@ -66,6 +66,11 @@ class ServerProcess:
         self.stop()
         raise TimeoutError(f"deepfake serve not ready after {self.startup_timeout:.0f} s:\n{self.log[-4000:]}")
 
+    def interrupt(self, timeout: float = 30.0) -> int:
+        """Ctrl+C in the server's terminal (SIGINT to its process group); returns its exit status."""
+        os.killpg(self.process.pid, signal.SIGINT)
+        return self.process.wait(timeout=timeout)
+
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGTERM)

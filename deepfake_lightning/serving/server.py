@@ -81,6 +81,8 @@ def _check_port(host: str, port: int) -> None:
 def serve_main(args: list[str]) -> None:
     """``deepfake serve --ckpt_path DIR|CKPT [--runtime torch|onnx] [--max_batch_size N] [--batch_timeout S] ...``"""
     a = serve_parser().parse_args(args)
+    if not os.path.exists(a.ckpt_path):
+        raise FileNotFoundError(f"--ckpt_path: no checkpoint file or export folder at {a.ckpt_path!r}")
     _check_port(a.host, a.port)
     server = build_server(a.ckpt_path, a.runtime, a.max_batch_size, a.batch_timeout, a.max_upload_mb,
                           a.workers_per_device, a.accelerator, a.timeout)
