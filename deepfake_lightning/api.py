@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from torchvision.transforms import v2
 from deepfake_lightning.data import DeepfakeDataModule
 from deepfake_lightning.data.dataset import collate_skip_bad
 from deepfake_lightning.data.transforms import IMAGENET_MEAN, IMAGENET_STD, create_transform
+from deepfake_lightning.errors import ExportError
 from deepfake_lightning.export import CONFIG_FILE, is_export, load_export, read_export_config
 from deepfake_lightning.models import DeepfakeClassifier
 from deepfake_lightning.provenance import ModelFacts
@@ -50,7 +52,13 @@ def load_detector(ckpt_path: str | os.PathLike, map_location: str | torch.device
     if is_export(ckpt_path):
         model, data = load_export(ckpt_path, map_location)
     elif os.path.isfile(ckpt_path):
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        try:
+            ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        except (pickle.UnpicklingError, EOFError, RuntimeError, ValueError) as e:
+            raise ExportError(f"--ckpt_path {ckpt_path}: not a checkpoint written by deepfake fit, nor an export "
+                              f"folder ({type(e).__name__}: {e})") from e
+        if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+            raise ExportError(f"--ckpt_path {ckpt_path}: not a checkpoint written by deepfake fit (no state_dict)")
         model = DeepfakeClassifier.load_from_checkpoint(ckpt_path, map_location=map_location, pretrained=False,
                                                         weights=None)
         model.eval()

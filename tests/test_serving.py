@@ -225,6 +225,11 @@ def test_bad_uploads_get_a_4xx_json_error_and_the_server_keeps_serving(servers, 
     assert "1 MB (deepfake serve --max_upload_mb)" in _post(url, os.urandom(2 * 2**20)).json()["detail"]
     no_file = requests.post(f"{url}/predict", data={"explain": "true"}, files={"x": ("", b"")}, timeout=10)
     assert no_file.status_code == 400
+    garbled = _post(url, b"garbage", "multipart/form-data; boundary=xyz")
+    two_files = requests.post(f"{url}/predict", files={"a": ("a.jpg", images[0][1]), "b": ("b.jpg", images[1][1])},
+                              timeout=10)
+    for response in (garbled, two_files):
+        assert response.status_code == 400 and response.json()["error"] == "bad_multipart", response.text
     name, data = images[1]
     assert _post(url, data).json()["prob_ai"] == pytest.approx(reference[name], abs=1e-6)
 
@@ -274,6 +279,9 @@ def test_serve_command_errors(export, tmp_path, demo_run, capsys):
     with pytest.raises(SystemExit) as e:
         main(["serve", "--ckpt_path", str(tmp_path / "missing")])
     assert e.value.code == 2 and "no checkpoint file or export folder" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # a file that is not a checkpoint
+        main(["serve", "--ckpt_path", str(export / "detector.json"), "--port", "0"])
+    assert "not a checkpoint written by deepfake fit" in capsys.readouterr().err
     ckpt = demo_run / "checkpoints" / "last.ckpt"
     with pytest.raises(SystemExit):
         main(["serve", "--ckpt_path", str(ckpt), "--runtime", "onnx", "--port", "0"])

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import io
+import warnings
 from dataclasses import dataclass
 
 import litserve as ls
@@ -163,7 +164,9 @@ class DetectorAPI(ls.LitAPI):
 
     def __init__(self, ckpt_path: str, runtime: str = "torch", max_batch_size: int = 16, batch_timeout: float = 0.01,
                  **kwargs):
-        super().__init__(max_batch_size=max_batch_size, batch_timeout=batch_timeout, **kwargs)
+        with warnings.catch_warnings():  # LitServe warns that batch/unbatch exist while batching is off (size 1)
+            warnings.filterwarnings("ignore", message="The LitServer has both batch and unbatch methods")
+            super().__init__(max_batch_size=max_batch_size, batch_timeout=batch_timeout, **kwargs)
         self.ckpt_path, self.runtime = str(ckpt_path), runtime
 
     def setup(self, device: str) -> None:

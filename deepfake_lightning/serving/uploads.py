@@ -16,6 +16,7 @@ import json
 from importlib import resources
 from urllib.parse import parse_qs, unquote
 
+from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse
@@ -56,8 +57,9 @@ class UploadGate:
         try:
             payload = await self._read(scope, receive)
         except UploadTooLarge as e:
-            response = error(413, "too_large", f"upload is {e}, over the server's limit of "
-                             f"{self.max_bytes / 2**20:g} MB (deepfake serve --max_upload_mb)")
+            upload = f"upload of {e}" if str(e) else "upload"  # a streamed one is stopped at the limit, size unknown
+            response = error(413, "too_large", f"{upload} is over the server's limit of {self.max_bytes / 2**20:g} "
+                             "MB (deepfake serve --max_upload_mb)")
             await response(scope, receive, send)
             return
         if isinstance(payload, JSONResponse):
@@ -89,7 +91,7 @@ class UploadGate:
             message = await receive()
             limited.total += len(message.get("body", b""))
             if limited.total > self.max_bytes:
-                raise UploadTooLarge(f"over {self.max_bytes / 2**20:g} MB")
+                raise UploadTooLarge()
             return message
 
         limited.total = 0
@@ -97,8 +99,9 @@ class UploadGate:
         if content_type == "multipart/form-data":
             try:
                 form = await request.form(max_files=1, max_fields=10)
-            except MultiPartException as e:
-                return error(400, "bad_multipart", f"the multipart form cannot be read: {e.message}")
+            except (MultiPartException, HTTPException) as e:  # Starlette >= 0.4x raises the latter for the former
+                message = getattr(e, "message", None) or getattr(e, "detail", None) or str(e)
+                return error(400, "bad_multipart", f"the multipart form cannot be read: {message}")
             uploads = [v for v in form.values() if hasattr(v, "read")]
             if not uploads:
                 return error(400, "no_file", "the multipart form has no file: send the image as a file field "
