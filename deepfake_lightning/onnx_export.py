@@ -11,7 +11,6 @@ another model's answers.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 
@@ -20,18 +19,11 @@ import torch
 from torch import nn
 
 from deepfake_lightning.errors import ExportError
+from deepfake_lightning.provenance import file_sha256
 
 ONNX_FILE = "model.onnx"
 OPSET = 18
 INPUT, OUTPUT = "image", "logit"
-
-
-def sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 class _EvalLogits(nn.Module):
@@ -68,7 +60,7 @@ def write_onnx(model: nn.Module, path: str | os.PathLike, img_size: int) -> dict
             raise ExportError(f"--format onnx: torch.onnx cannot export {backbone} ({type(e).__name__}: {e}); "
                               "the safetensors export works for every backbone") from e
         program.save(str(tmp))
-    return {"file": Path(path).name, "sha256": sha256(path), "opset": OPSET, "input": INPUT, "output": OUTPUT,
+    return {"file": Path(path).name, "sha256": file_sha256(path), "opset": OPSET, "input": INPUT, "output": OUTPUT,
             "input_shape": ["batch", 3, img_size, img_size], "torch": torch.__version__}
 
 
@@ -89,7 +81,7 @@ class OnnxModel:
         self.path = self.export_dir / entry.get("file", ONNX_FILE)
         if not self.path.is_file():
             raise ExportError(f"{self.path}: missing (detector.json lists an ONNX model)")
-        if sha256(self.path) != entry.get("sha256"):
+        if file_sha256(self.path) != entry.get("sha256"):
             raise ExportError(f"{self.path} is not the ONNX model detector.json was written with (its SHA-256 "
                               f"differs): a file from another export, or damaged; export again with --format onnx")
         try:

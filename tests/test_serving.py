@@ -22,7 +22,7 @@ from deepfake_lightning.cli import export_main, main
 from deepfake_lightning.data.dataset import load_image
 from deepfake_lightning.errors import ExportError
 from deepfake_lightning.export import load_onnx
-from deepfake_lightning.onnx_export import sha256
+from deepfake_lightning.provenance import file_sha256
 from deepfake_lightning.serving.api import DetectorAPI, Engine
 from deepfake_lightning.serving.process import ServerProcess
 from tests.test_export import _refuse_unpickling
@@ -80,7 +80,8 @@ def _post(url: str, data: bytes, content_type: str = "image/jpeg", explain: bool
 def test_onnx_export_matches_pytorch_on_the_demo_test_split(export, demo_root):
     config = json.loads((export / "detector.json").read_text())
     assert config["formats"] == ["safetensors", "onnx"]
-    assert config["onnx"]["sha256"] == sha256(export / "model.onnx") and config["onnx"]["input_shape"][0] == "batch"
+    assert config["onnx"]["sha256"] == file_sha256(export / "model.onnx")
+    assert config["onnx"]["input_shape"][0] == "batch"
     detector = load_detector(export)
     dm = datamodule_for(export, root=str(demo_root))
     torch_table = predict_split(detector, dm, "test_v1", batch_size=16)
@@ -107,7 +108,7 @@ def test_broken_or_mismatched_onnx_files_are_clear_errors(export, tmp_path):
     (copy / "model.onnx").write_bytes(b"\x08\x07garbage")  # damaged or replaced: not the file detector.json lists
     with pytest.raises(ExportError, match=r"model.onnx is not the ONNX model detector.json was written with"):
         load_onnx(copy)
-    config["onnx"]["sha256"] = sha256(copy / "model.onnx")  # ...even when its checksum was updated
+    config["onnx"]["sha256"] = file_sha256(copy / "model.onnx")  # ...even when its checksum was updated
     config_path.write_text(json.dumps(config))
     with pytest.raises(ExportError, match=r"model.onnx: ONNX Runtime cannot load it"):
         load_onnx(copy)
@@ -117,7 +118,7 @@ def test_broken_or_mismatched_onnx_files_are_clear_errors(export, tmp_path):
                               "other", [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 3, 32, 32])],
                               [helper.make_tensor_value_info("logit", TensorProto.FLOAT, ["batch"])])
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), copy / "model.onnx")
-    config["onnx"]["sha256"] = sha256(copy / "model.onnx")
+    config["onnx"]["sha256"] = file_sha256(copy / "model.onnx")
     config_path.write_text(json.dumps(config))
     with pytest.raises(ExportError, match=r"does not fit .*detector.json: expected one input \(batch, 3, 64, 64\)"):
         load_onnx(copy)
