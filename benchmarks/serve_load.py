@@ -145,6 +145,9 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     parser.add_argument("--requests", type=int, default=None,
                         help="requests per clean run (mixed runs: half); default 384 (demo), 96 (convnext)")
+    parser.add_argument("--clients", nargs="+", type=int, default=list(CLIENTS), help="concurrent clients per run")
+    parser.add_argument("--runtimes", nargs="+", default=["torch", "onnx"], choices=["torch", "onnx"])
+    parser.add_argument("--batching", nargs="+", default=["on", "off"], choices=["on", "off"])
     parser.add_argument("--time_limit", type=float, default=60.0, help="seconds per run at most")
     parser.add_argument("--parts", nargs="+", default=["runtimes", "load"], choices=["runtimes", "load"],
                         help="runtimes: the network alone on PyTorch and ONNX Runtime; load: the servers")
@@ -174,14 +177,14 @@ def main() -> None:
                               "deepfake_predict_img_s": round(predict_img_s, 1)})
             print(f"{name}: deepfake predict {predict_img_s:.1f} img/s", flush=True)
             bad = bad_uploads(bodies[0])
-            for runtime in ("torch", "onnx"):
-                for batching in ("on", "off"):
+            for runtime in args.runtimes:
+                for batching in args.batching:
                     flags = ["--ckpt_path", str(export), "--runtime", runtime, "--log_level", "warning"]
                     flags += ["--max_batch_size", "1"] if batching == "off" else []
                     with ServerProcess(flags) as server:
                         load(server.url, bodies[:8], 4, 60)  # warm-up: first batches, lazy allocations
                         memory_start = server_memory_mb(server.process.pid)
-                        for clients in CLIENTS:
+                        for clients in args.clients:
                             clean = [bodies[i % n] for i in range(n_requests)]
                             wall, latency, status = load(server.url, clean, clients, args.time_limit)
                             mixed = [bad[(i // 10) % 3] if i % 10 == 9 else bodies[i % n]

@@ -91,10 +91,38 @@ def test_failed_calibration_warns_and_keeps_the_trained_checkpoint(kaggle_root, 
 
     monkeypatch.setattr(CalibrationState, "fit", fail)
     with pytest.warns(UserWarning, match="Calibration failed.*left uncalibrated"):
-        cli = cli_main(["fit", "--config", str(CONFIGS / "demo.yaml"), f"--data.root={kaggle_root}",
-                        "--data.demo=false", "--data.group_column=null", "--data.test_v1_csv=test_v1.csv",
-                        f"--trainer.default_root_dir={tmp_path}", "--trainer.max_epochs=1", "--data.num_workers=0",
-                        "--data.img_size=32", "--trainer.enable_progress_bar=false"])
+        cli = cli_main(_tiny_fit(kaggle_root, tmp_path))
     assert cli.model.calibration is None and cli.model.threshold == 0.5
     last = tmp_path / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
     assert "calibration" not in torch.load(last, map_location="cpu", weights_only=False)
+
+
+def test_the_result_line_says_which_checkpoint_it_calibrated_when_another_failed(kaggle_root, tmp_path, monkeypatch,
+                                                                                 console):
+    """last.ckpt fails (a warning), the best checkpoint is calibrated: the result line says its figures are the
+    best checkpoint's, not the one the warning just named."""
+    from deepfake_lightning.calibration import CalibrationState
+
+    fit, calls = CalibrationState.fit, []
+
+    def fail_first(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:  # last.ckpt comes first
+            raise ValueError("need both classes among the labels")
+        return fit(*args, **kwargs)
+
+    monkeypatch.setattr(CalibrationState, "fit", fail_first)
+    with pytest.warns(UserWarning, match="Calibration failed for .*last.ckpt"):
+        cli_main(_tiny_fit(kaggle_root, tmp_path))
+    checkpoints = tmp_path / "lightning_logs" / "version_0" / "checkpoints"
+    best = next(checkpoints.glob("best-*.ckpt"))
+    assert "calibration" in torch.load(best, map_location="cpu", weights_only=False)
+    assert "calibration" not in torch.load(checkpoints / "last.ckpt", map_location="cpu", weights_only=False)
+    lines = [line for line in console.getvalue().splitlines() if line.startswith("Calibration (temperature)")]
+    assert len(lines) == 1 and lines[0].endswith(f"(for {best.name}; last.ckpt left uncalibrated)")
+
+
+def _tiny_fit(root, out) -> list[str]:
+    return ["fit", "--config", str(CONFIGS / "demo.yaml"), f"--data.root={root}", "--data.demo=false",
+            "--data.group_column=null", "--data.test_v1_csv=test_v1.csv", f"--trainer.default_root_dir={out}",
+            "--trainer.max_epochs=1", "--data.num_workers=0", "--data.img_size=32", "--trainer.enable_progress_bar=false"]

@@ -144,8 +144,9 @@ def _fit(root, out, callbacks):
     model = DeepfakeClassifier("test_resnet", pretrained=False, optimizer=partial(torch.optim.AdamW, lr=3e-3))
     dm = DeepfakeDataModule(str(root), test_v1_csv="test_v1.csv", img_size=32, batch_size=8, num_workers=0,
                             aug_strength=0.5, mean=(0.5,) * 3, std=(0.5,) * 3)
+    # CPU: the comparison below is bit-for-bit, which CUDA's non-deterministic kernels do not give run to run
     trainer = L.Trainer(max_epochs=2, default_root_dir=str(out), callbacks=callbacks, enable_progress_bar=False,
-                        enable_model_summary=False, enable_checkpointing=False)
+                        enable_model_summary=False, enable_checkpointing=False, accelerator="cpu")
     trainer.fit(model, dm)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     trainer.test(model, dm, verbose=False)

@@ -3,6 +3,8 @@ test-time consumer, Lightning's switches against the framework's callbacks, and 
 failed before the fix it covers (issue 13)."""
 
 import json
+import logging
+import re
 import subprocess
 import sys
 import warnings
@@ -215,16 +217,19 @@ def test_barebones_conflict_is_one_clear_error(demo_root, tmp_path, capsys):
 
 
 # --------------------------------------------------------------------------- console
-def test_console_has_no_library_noise_and_real_flops(demo_root, tmp_path, console):
+def test_console_has_no_library_noise_and_real_flops(demo_root, tmp_path, console, capsys):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         cli_main(["fit", "--config", str(CONFIGS / "demo.yaml"), f"--data.root={demo_root}",
                   f"--trainer.default_root_dir={tmp_path}", "--data.num_workers=0", *TINY_FIT,
                   "--trainer.enable_progress_bar=false"])
-    text = _logged(console)
+    # Lightning's ModelSummary logs "32.8 M    Total Flops"; its RichModelSummary (the default when `rich` is
+    # installed) prints "Total FLOPs: 32.8 M" to stdout
+    text = _logged(console) + capsys.readouterr().out
     assert "litlogger" not in text and "estimate number of stepping batches" not in text
-    flops = [line for line in text.splitlines() if line.endswith("Total Flops")]
-    assert len(flops) == 1 and flops[0].split()[0] not in ("0", "")  # counted on one 64-px image
+    flops = [line.replace("Total FLOPs:", "").replace("Total Flops", "").strip() for line in text.splitlines()
+             if re.search(r"Total Flops$|^Total FLOPs:", line.strip())]
+    assert len(flops) == 1 and flops[0] not in ("0", "")  # counted on one 64-px image
     assert not [w for w in caught if "not recommended" in str(w.message)]
 
 
@@ -249,10 +254,35 @@ def test_results_are_printed_after_the_progress_bar_closes(demo_run, demo_root, 
     )
     console = out.stdout  # the bar and the info lines, interleaved as a terminal shows them
     assert out.returncode == 0, console
-    bar, result = console.rfind("Predicting DataLoader 0: 100%"), console.find("Predictions for test_v2 (400 images")
+    # "Predicting DataLoader 0: 100%" (tqdm), or "Predicting ━━━ 7/7" (Lightning's RichProgressBar, with `rich`)
+    bar, result = console.rfind("Predicting"), console.find("Predictions for test_v2 (400 images")
     assert 0 <= bar < result  # the bar was drawn, and the result comes after it ...
     assert console[result - 1] == "\n"  # ... on a line of its own, not drawn into the bar
     assert "\nKaggle submission: " in console[result:]
+
+
+def test_result_lines_wait_for_a_live_progress_bar_to_stop(demo_root, tmp_path, console):
+    """Lightning's RichProgressBar (its default when `rich` is installed) keeps a live display until its own
+    teardown, which Lightning runs after ours, and redraws it over lines printed beneath: the calibration line
+    vanished from the terminal. A stand-in bar that says when it stops: the result line comes after that."""
+    from lightning.pytorch.callbacks import ProgressBar, TQDMProgressBar
+
+    class LiveBar(TQDMProgressBar):
+        def teardown(self, trainer, pl_module, stage):
+            if not getattr(self, "stopped", False):
+                logging.getLogger("lightning.pytorch").info("<live display stopped>")
+                self.stopped = True
+
+    cli = cli_main(["--config", str(CONFIGS / "demo.yaml"), f"--data.root={demo_root}", "--data.num_workers=0",
+                    f"--trainer.default_root_dir={tmp_path}", *TINY_FIT], run=False)
+    trainer = cli.trainer
+    trainer.callbacks = [LiveBar() if isinstance(c, ProgressBar) else c for c in trainer.callbacks]
+    assert isinstance(trainer.progress_bar_callback, LiveBar)
+    trainer.fit(cli.model, datamodule=cli.datamodule)
+    lines = _logged(console).splitlines()
+    calibration = [i for i, line in enumerate(lines) if line.startswith("Calibration (temperature)")]
+    assert lines.count("<live display stopped>") == 1 and calibration
+    assert lines.index("<live display stopped>") < calibration[0]
 
 
 def test_a_mistyped_key_gets_one_line_and_a_suggestion(capsys):

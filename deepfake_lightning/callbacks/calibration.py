@@ -81,7 +81,7 @@ class Calibration(PrintsResults):
         ckpt = trainer.checkpoint_callback
         paths = [p for p in (getattr(ckpt, "last_model_path", ""), getattr(ckpt, "best_model_path", "")) if p]
         paths = list(dict.fromkeys(p for p in paths if os.path.isfile(p)))  # last first, best last
-        state = None
+        state, failed = None, []
         for path in paths or [None]:
             if path is not None:
                 weights = torch.load(path, map_location=pl_module.device, weights_only=False)["state_dict"]
@@ -94,6 +94,7 @@ class Calibration(PrintsResults):
                 rank_zero_warn(f"Calibration failed for {path or 'the final weights'}: {e}. The checkpoint is left "
                                "uncalibrated (threshold 0.5); `deepfake calibrate` can retry with another method.")
                 state = None
+                failed.append(Path(path).name if path else "the final weights")
                 continue
             if path is not None and trainer.is_global_zero:
                 state.write_into(path)
@@ -108,6 +109,8 @@ class Calibration(PrintsResults):
             f"Calibration ({self.method}): val ECE {state.val_before['ece']:.4f} -> {state.val_after['ece']:.4f}, "
             f"NLL {state.val_before['nll']:.4f} -> {state.val_after['nll']:.4f}; "
             f"threshold ({self.threshold}) {state.threshold:.4f}"
+            # which weights these figures are for, when the warning above says another checkpoint failed
+            + (f" (for {Path(paths[-1]).name}; {', '.join(failed)} left uncalibrated)" if failed else "")
         )
         log_dir = trainer.log_dir  # a broadcast under DDP: every rank must ask
         if not trainer.is_global_zero or log_dir is None:

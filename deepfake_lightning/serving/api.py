@@ -128,6 +128,15 @@ class Engine:
         model = self.detector.model
         return model.predict_logits(images.to(model.device)).float().cpu().numpy()
 
+    def warm_up(self, max_batch_size: int) -> list[int]:
+        """Runs the network once at every batch size up to ``max_batch_size`` on a GPU (once, at batch 1, on a
+        CPU), so that no request pays for the first pass at a new batch shape: on CUDA that is cuDNN's choice of
+        algorithms and lazily loaded kernels. Returns the batch sizes run."""
+        sizes = list(range(1, max_batch_size + 1)) if self.device.startswith("cuda") else [1]
+        for n in sizes:
+            self.logits(torch.zeros(n, 3, self.img_size, self.img_size))
+        return sizes
+
     def probs(self, logits: np.ndarray) -> np.ndarray:
         """Calibrated AI probabilities (the checkpoint's calibration, as ``deepfake predict`` applies it)."""
         return self.calibrator(logits)
@@ -171,6 +180,7 @@ class DetectorAPI(ls.LitAPI):
 
     def setup(self, device: str) -> None:
         self.engine = Engine(self.ckpt_path, self.runtime, device)
+        self.engine.warm_up(self.max_batch_size)
 
     def decode_request(self, request) -> Upload:
         upload = self.engine.decode(base64.b64decode(request["image"]), request.get("filename", "upload"),
