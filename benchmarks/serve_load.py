@@ -14,6 +14,7 @@ Memory is the server's (API process, inference worker and the command: their pro
 sending when it passes). The client threads share the machine's cores with the server.
 
     python benchmarks/serve_load.py [--models demo convnext] [--requests N]
+    python benchmarks/serve_load.py --models convnext --parts load --runtimes torch --batching on --clients 8 32
 
 Also (``--parts runtimes``) the network alone, batch 1 and 16, on PyTorch and ONNX Runtime. Prints the tables
 and writes benchmarks/results/serve_load.csv, serve_load_baseline.csv and serve_runtimes.csv.
