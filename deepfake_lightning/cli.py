@@ -108,12 +108,16 @@ def explain_main(args: list[str]):
     parser = explain_parser()
     a = parser.parse_args(args)
     from deepfake_lightning.api import load_detector
-    from deepfake_lightning.explain import CAM_METHODS, expand_inputs, explain_files
+    from deepfake_lightning.explain import CAM_METHODS, expand_inputs, explain_files, resolve_layers
     from deepfake_lightning.provenance import DEMO_WARNING, outside_demo_data
 
     if a.method not in CAM_METHODS:
         parser.error(f"--method {a.method!r}: choose from {', '.join(sorted(CAM_METHODS))}")
     detector = load_detector(a.ckpt_path)
+    try:  # before any work or folder: a mistyped layer name is one error line
+        resolve_layers(getattr(detector.model, "net", detector.model), a.layers, a.n_layers)
+    except ValueError as e:
+        parser.error(f"--layers: {e}")
     files = expand_inputs(a.inputs)
     if outside_demo_data(detector.facts, files):
         print(f"deepfake: warning: {DEMO_WARNING}", file=sys.stderr)

@@ -71,6 +71,18 @@ def default_target_layers(net: nn.Module, n_layers: int = 1) -> list[str]:
     return (earlier[-(n_layers - 1):] if n_layers > 1 else []) + [deep]
 
 
+def resolve_layers(net: nn.Module, layers: list[str] | None, n_layers: int = 1) -> list[str]:
+    """The modules of ``net`` to explain: ``layers`` by name (a ``ValueError`` names any that ``net`` lacks and
+    lists its top-level modules), or else its last ``n_layers`` stages."""
+    names = list(layers) if layers else default_target_layers(net, n_layers)
+    modules = dict(net.named_modules())
+    unknown = [n for n in names if n not in modules]
+    if unknown:
+        top = [n for n in modules if n and "." not in n]
+        raise ValueError(f"unknown layer name(s) {unknown} in {type(net).__name__}; top-level modules: {top}")
+    return names
+
+
 def vit_reshape(net: nn.Module):
     """Token sequence (B, prefix + H*W, C) to a feature map (B, C, H, W), for ViT-style timm models."""
     prefix = int(getattr(net, "num_prefix_tokens", 1))
@@ -123,17 +135,12 @@ class CamExplainer:
             raise ValueError(f"target must be 'ai' or 'human', got {target!r}")
         self.model = model
         self.net = getattr(model, "net", model)
-        self.layer_names = list(layers) if layers else default_target_layers(self.net, n_layers)
-        modules = dict(self.net.named_modules())
-        unknown = [n for n in self.layer_names if n not in modules]
-        if unknown:
-            top = [n for n in modules if n and "." not in n]
-            raise ValueError(f"unknown layer name(s) {unknown} in {type(self.net).__name__}; top-level modules: {top}")
+        self.layer_names = resolve_layers(self.net, layers, n_layers)
         self.target = BinaryClassifierOutputTarget(1 if target == "ai" else 0)
         reshape = vit_reshape(self.net) if _is_vit(self.net) else None
         was_training = self.model.training
         self._cam = CAM_METHODS[method](
-            model=_Logit(self.model), target_layers=[modules[n] for n in self.layer_names],
+            model=_Logit(self.model), target_layers=[self.net.get_submodule(n) for n in self.layer_names],
             reshape_transform=reshape,
         )
         # Gradients flow from a grad-requiring input instead of the (temporarily frozen) parameters.

@@ -165,6 +165,17 @@ def test_callback_writes_pngs_and_tensorboard_without_changing_training(kaggle_r
     assert {"gradcam/val/samples", "gradcam/test_v1/samples"} <= set(events.Tags()["images"])
 
 
+def test_explain_command_with_an_unknown_layer_is_one_error_line(demo_run, demo_root, tmp_path, capsys):
+    image = demo_root / pd.read_csv(demo_root / "test_v1.csv")["id"][0]
+    with pytest.raises(SystemExit) as exit_info:
+        main(["explain", str(image), "--ckpt_path", str(demo_run / "checkpoints" / "last.ckpt"),
+              "--out", str(tmp_path / "out"), "--layers", "layer9"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "Traceback" not in err
+    assert "--layers: unknown layer name(s) ['layer9'] in ResNet; top-level modules:" in err and "'layer4'" in err
+    assert not (tmp_path / "out").exists()  # checked before any work: no empty folder left
+
+
 def test_explain_command_writes_pngs_and_csv_and_reports_bad_files(demo_run, demo_root, tmp_path, monkeypatch,
                                                                    capsys):
     images = tmp_path / "in"

@@ -6,6 +6,7 @@ import io
 import json
 import os
 import shutil
+import signal
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -356,16 +357,26 @@ def test_the_page_in_a_real_browser(servers, images, demo_root, tmp_path):
     assert Image.open(ARTIFACTS / "serve_page.png").size[0] == 1000
 
 
-def test_ctrl_c_stops_the_server_and_its_workers(servers):
-    """Last in this file: it stops the ONNX server (two workers) as Ctrl+C in its terminal would."""
+@pytest.mark.parametrize("how", ["ctrl_c", "kill"])
+def test_ctrl_c_or_kill_stops_the_server_and_its_workers(servers, how):
+    """Last in this file: Ctrl+C in its terminal (SIGINT to the process group) stops the ONNX server (two workers);
+    `kill PID` (SIGTERM to the command alone) stops the PyTorch one. `kill` used to end the command alone: its API
+    processes and worker went on answering on the port."""
     import subprocess
-
-    server = servers["onnx"]
-    assert server.interrupt() == 0
     import time
 
+    if how == "ctrl_c":
+        server = servers["onnx"]
+        assert server.interrupt() == 0
+    else:
+        server = servers["batched"]
+        assert str(server.process.pid) in server.log  # the start-up line names the PID to kill
+        server.process.send_signal(signal.SIGTERM)
+        assert server.process.wait(timeout=30) == 0
     deadline = time.monotonic() + 20  # the workers end after the command, within seconds
     while (left := subprocess.run(["pgrep", "-g", str(server.process.pid)], capture_output=True,
                                   text=True).stdout) and time.monotonic() < deadline:
         time.sleep(0.5)
     assert left == "", f"processes left in the server's group 20 s after the command ended: {left}"
+    with pytest.raises(requests.ConnectionError):
+        requests.get(f"{server.url}/health", timeout=5)

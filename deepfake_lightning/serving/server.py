@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import errno
 import os
+import signal
 import socket
 import sys
 
@@ -89,6 +90,14 @@ def serve_main(args: list[str]) -> None:
     info = server.model_metadata
     url = f"http://{'127.0.0.1' if a.host in ('0.0.0.0', '::') else a.host}:{a.port}"
     print(f"Serving {info['model']} from {a.ckpt_path} (runtime {a.runtime}, threshold {info['threshold']:.4f}, "
-          f"batches of up to {a.max_batch_size}). Once the workers are up ('Application startup complete'): the "
-          f"page at {url}/, the API at POST {url}/predict", file=sys.stderr, flush=True)
+          f"batches of up to {a.max_batch_size}). Once the workers are up (GET {url}/health says ok): the "
+          f"page at {url}/, the API at POST {url}/predict. Ctrl+C or `kill {os.getpid()}` stops it.",
+          file=sys.stderr, flush=True)
+    # `kill PID` (SIGTERM) stops the server as Ctrl+C does: LitServe shuts its API processes and inference workers
+    # down on KeyboardInterrupt. Without this the command died alone and its workers went on answering on the port.
+    signal.signal(signal.SIGTERM, _interrupt)
     server.run(host=a.host, port=a.port, generate_client_file=False, log_level=a.log_level)
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
