@@ -653,6 +653,8 @@ def write_comparison(table: pd.DataFrame, out: Path) -> dict[str, Path]:
     comparison = done[[c for c in columns if c in done]].rename(columns=columns)
     if "parameters" in comparison:
         comparison["parameters"] = comparison["parameters"].astype(int)
+    if "train images/s" in comparison:  # a speed: whole images per second, not four decimals
+        comparison["train images/s"] = comparison["train images/s"].round().astype(int)
     comparison.to_csv(out / "comparison.csv", index=False)
     (out / "comparison.md").write_text(_markdown(comparison))
     return {"comparison_csv": out / "comparison.csv", "comparison_md": out / "comparison.md"}

@@ -286,3 +286,17 @@ def test_storage_urls_are_printed_without_their_password():
 
     assert redact_url("postgresql+psycopg2://user:s3cr:et@dbhost:5432/optuna") == "postgresql+psycopg2://user:***@dbhost:5432/optuna"
     assert redact_url("sqlite:///sweeps/demo/study.db") == "sqlite:///sweeps/demo/study.db"
+
+
+def test_backbone_comparison_lists_complete_trials_with_whole_images_per_second(tmp_path):
+    from deepfake_lightning.sweep import write_comparison
+
+    table = pd.DataFrame({"state": ["COMPLETE", "PRUNED", "COMPLETE"],
+                          "param:model.backbone": ["test_resnet", "test_convnext", "test_efficientnet"],
+                          "val/auroc": [0.99587, 0.5, 0.97231], "params": [372785.0, 207193.0, 99453.0],
+                          "train_images_per_s": [195.035, 209.3526, 222.4725]})
+    write_comparison(table, tmp_path)
+    lines = (tmp_path / "comparison.md").read_text().splitlines()
+    assert lines[0] == "| backbone | AUROC | parameters | train images/s |"
+    assert lines[2:] == ["| test_resnet | 0.9959 | 372785 | 195 |", "| test_efficientnet | 0.9723 | 99453 | 222 |"]
+    assert pd.read_csv(tmp_path / "comparison.csv")["train images/s"].tolist() == [195, 222]

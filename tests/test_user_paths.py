@@ -173,6 +173,8 @@ def test_fit_without_logger_steps_aside_with_one_line(demo_root, tmp_path, conso
     cli = _run("fit", demo_root, tmp_path, *TINY_FIT, "--trainer.logger=false")
     assert cli.trainer.log_dir == str(tmp_path) and not (tmp_path / "lightning_logs").exists()
     assert (tmp_path / "checkpoints" / "last.ckpt").is_file() and (tmp_path / "metrics.json").is_file()
+    split = pd.read_csv(tmp_path / "split.csv")  # beside the checkpoints, where `deepfake test` looks for it
+    assert (split["split"] == "val").sum() == len(cli.datamodule.indexes["val"])
     assert not list(tmp_path.glob("events.out.tfevents.*"))
     assert _logged(console).count("logger=false") == 1
 

@@ -224,8 +224,8 @@ class DeepfakeDataModule(L.LightningDataModule):
 
     def _save_split(self) -> None:
         trainer = self.trainer
-        if trainer is None or not getattr(trainer, "loggers", [None]):
-            return  # no logger, no run directory: do not litter the working directory
+        if trainer is None or not (getattr(trainer, "loggers", [None]) or trainer.checkpoint_callback is not None):
+            return  # neither logs nor checkpoints, so no run directory: do not litter the working directory
         log_dir = trainer.log_dir  # a broadcast under DDP: every rank asks
         if log_dir is None or not trainer.is_global_zero:
             return

@@ -40,7 +40,7 @@ def create_backbone(
         return timm.create_model(name, pretrained=True, num_classes=1, **kwargs)
     except Exception as e:  # network, hub and cache errors come in many types; all mean "no weights"
         raise PretrainedWeightsUnavailable(
-            f"Could not load ImageNet weights for '{name}' ({type(e).__name__}: {e}).\n"
+            f"Could not load the pretrained weights of '{name}' ({type(e).__name__}: {e}).\n"
             "  Either train from scratch: --model.pretrained false\n"
             "  or use a local weights file for this architecture: --model.weights PATH "
             "(e.g. timm's model.safetensors copied from a machine with internet access)."
