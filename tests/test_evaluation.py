@@ -108,7 +108,7 @@ def test_predict_writes_kaggle_submission_in_split_order(demo_run, demo_root, tm
     assert (pred["label"].to_numpy() == sub["label"].to_numpy()).all()
 
 
-def test_predict_on_a_folder_skips_and_reports_unreadable_files(demo_run, demo_root, tmp_path):
+def test_predict_on_a_folder_skips_and_reports_unreadable_files(demo_run, demo_root, tmp_path, console):
     folder = tmp_path / "in"
     folder.mkdir()
     ids = pd.read_csv(demo_root / "test_v1.csv")["id"][:3]
@@ -120,6 +120,10 @@ def test_predict_on_a_folder_skips_and_reports_unreadable_files(demo_run, demo_r
     table = pd.read_csv(Path(cli.trainer.log_dir) / "predictions" / "files.csv")
     assert sorted(table["id"].map(lambda p: p.split("/")[-1])) == sorted(f.split("/")[-1] for f in ids)
     assert table["prob_ai"].between(0, 1).all()
+    lines = console.getvalue().splitlines()  # reported once more after the bar, with the result
+    missing = [line for line in lines if line.startswith("deepfake: warning: 1 image(s) could not be read")]
+    assert len(missing) == 1 and missing[0].endswith(f"['{folder / 'broken.jpg'}']")
+    assert lines.index(missing[0]) > next(i for i, line in enumerate(lines) if line.startswith("Predictions for files"))
 
 
 def test_no_submission_when_an_id_has_no_prediction(tmp_path):

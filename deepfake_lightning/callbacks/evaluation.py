@@ -209,8 +209,9 @@ class PredictionWriter(BasePredictionWriter, PrintsResults):
             limit = trainer.limit_predict_batches
             why = (f"were not predicted (trainer.limit_predict_batches={limit})" if limit not in (None, 1.0)
                    else "could not be read and have no prediction")
-            rank_zero_warn(f"{len(skipped)} image(s) {why}: {skipped[:20]}"
-                           + (" (no submission file written: it needs every id)" if split != "files" else ""))
+            # a line of the result, after the progress bar, rather than a Python warning drawn into the bar
+            lines.append(f"deepfake: warning: {len(skipped)} image(s) {why}: {skipped[:20]}"
+                         + (" (no submission file written: it needs every id)" if split != "files" else ""))
         self.print_result("\n".join(lines))
 
     def _threshold(self, trainer: L.Trainer, pl_module, split: str, probs: np.ndarray) -> float:
