@@ -23,7 +23,7 @@ from deepfake_lightning.cli import export_main, main
 from deepfake_lightning.data.dataset import load_image
 from deepfake_lightning.errors import ExportError
 from deepfake_lightning.export import load_onnx
-from deepfake_lightning.provenance import file_sha256
+from deepfake_lightning.provenance import DEMO_WARNING, file_sha256
 from deepfake_lightning.serving.api import DetectorAPI, Engine
 from deepfake_lightning.serving.process import ServerProcess
 from tests.test_export import _refuse_unpickling
@@ -181,6 +181,7 @@ def test_engines_load_an_export_without_unpickling(export, demo_run, monkeypatch
     for runtime in ("torch", "onnx"):
         info = Engine(str(export), runtime).info()
         assert (info["runtime"], info["explain"], info["source"]) == (runtime, True, "demo_v1")
+        assert info["warning"] == DEMO_WARNING  # trained on the demo data: the page says so
 
 
 # --------------------------------------------------------------------------- the API
@@ -339,6 +340,7 @@ def test_the_page_in_a_real_browser(servers, images, demo_root, tmp_path):
             page.goto(servers["batched"].url + "/")
             page.wait_for_function("document.querySelector('#model').textContent.includes('test_resnet')",
                                    timeout=15_000)  # the header, from GET /info
+            warning = page.locator("#warning").inner_text()  # a demo model says it is not a real detector
             page.set_input_files("#files", [str(tmp_path / name), str(tmp_path / "notes.txt")])
             card = page.locator(f'.card[data-file="{name}"]')
             card.locator("img.gradcam").wait_for(timeout=30_000)
@@ -354,6 +356,7 @@ def test_the_page_in_a_real_browser(servers, images, demo_root, tmp_path):
     assert verdict == ("AI-generated" if body["label"] else "Human-made")
     assert overlay == [True, 256]
     assert error.startswith("400: notes.txt: not an image")
+    assert warning == f"Warning: {DEMO_WARNING}."
     assert Image.open(ARTIFACTS / "serve_page.png").size[0] == 1000
 
 

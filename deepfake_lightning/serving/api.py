@@ -54,6 +54,7 @@ class Engine:
             from deepfake_lightning.calibration import CalibrationState, Calibrator
             from deepfake_lightning.data.transforms import create_transform
             from deepfake_lightning.export import load_onnx
+            from deepfake_lightning.provenance import export_facts
 
             if not is_export(ckpt_path):
                 raise ExportError(f"--runtime onnx serves an export folder with a model.onnx, not {ckpt_path!r}: "
@@ -66,6 +67,7 @@ class Engine:
             self.backbone = config["backbone"]
             self.mean, self.std = tuple(config["mean"]), tuple(config["std"])
             self.img_size = int(config["img_size"])
+            self.facts = export_facts(config, source=self.ckpt_path)
             self.transform = create_transform(self.img_size, train=False, mode=config["mode"], mean=self.mean,
                                               std=self.std)
         elif runtime == "torch":
@@ -73,7 +75,7 @@ class Engine:
             self.calibrator, self.threshold = detector.model.calibrator, float(detector.threshold)
             self.backbone = detector.model.hparams.backbone
             self.mean, self.std, self.img_size = detector.mean, detector.std, detector.img_size
-            self.transform = detector.transform
+            self.transform, self.facts = detector.transform, detector.facts
         else:
             raise ValueError(f"--runtime {runtime!r}: choose torch or onnx")
 
@@ -97,9 +99,12 @@ class Engine:
         """What the page and ``GET /info`` show about the model."""
         from pathlib import Path
 
+        from deepfake_lightning.provenance import DEMO_WARNING
+
+        # every upload comes from outside the demo data, so a demo model always carries the CLI's warning
         return {"model": self.backbone, "version": self.version, "runtime": self.runtime,
                 "threshold": self.threshold, "img_size": self.img_size, "explain": self.can_explain,
-                "source": Path(self.ckpt_path).name}
+                "source": Path(self.ckpt_path).name, "warning": DEMO_WARNING if self.facts.trained_on_demo else None}
 
     def decode(self, data: bytes, filename: str = "upload", explain: bool = False) -> Upload:
         """Bytes to a preprocessed image; an undecodable upload becomes an :class:`Upload` with a 400 error."""
