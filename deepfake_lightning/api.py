@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import inspect
 import os
-import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,8 +15,8 @@ from torchvision.transforms import v2
 from deepfake_lightning.data import DeepfakeDataModule
 from deepfake_lightning.data.dataset import collate_skip_bad
 from deepfake_lightning.data.transforms import IMAGENET_MEAN, IMAGENET_STD, create_transform
-from deepfake_lightning.errors import ExportError
-from deepfake_lightning.export import CONFIG_FILE, is_export, load_export, read_export_config
+from deepfake_lightning.checkpoints import is_export, load_checkpoint, model_from_checkpoint, stored_settings
+from deepfake_lightning.export import load_export
 from deepfake_lightning.models import DeepfakeClassifier
 from deepfake_lightning.provenance import ModelFacts
 
@@ -47,24 +46,16 @@ def load_detector(ckpt_path: str | os.PathLike, map_location: str | torch.device
 
     * a directory written by ``deepfake export`` (safetensors + JSON: nothing is unpickled, safe to share), or
     * a ``.ckpt`` written by ``deepfake fit``, taking the preprocessing from the data-module hyperparameters stored
-      in it. Checkpoints are pickles: load only files you trust.
+      in it. It is read with ``torch.load(weights_only=True)``: a file holding anything beyond plain values and
+      tensors is refused with a :class:`~deepfake_lightning.errors.CheckpointError`, never run.
     """
     if is_export(ckpt_path):
-        model, data = load_export(ckpt_path, map_location)
-    elif os.path.isfile(ckpt_path):
-        try:
-            ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-        except (pickle.UnpicklingError, EOFError, RuntimeError, ValueError) as e:
-            raise ExportError(f"--ckpt_path {ckpt_path}: not a checkpoint written by deepfake fit, nor an export "
-                              f"folder ({type(e).__name__}: {e})") from e
-        if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
-            raise ExportError(f"--ckpt_path {ckpt_path}: not a checkpoint written by deepfake fit (no state_dict)")
-        model = DeepfakeClassifier.load_from_checkpoint(ckpt_path, map_location=map_location, pretrained=False,
-                                                        weights=None)
-        model.eval()
-        data = ckpt.get("datamodule_hyper_parameters", {})
+        model, _ = load_export(ckpt_path, map_location)
+        data = stored_settings(ckpt_path)["data"]
     else:
-        raise FileNotFoundError(f"no checkpoint file or export directory (with {CONFIG_FILE}) at {ckpt_path}")
+        ckpt = load_checkpoint(ckpt_path)  # read once, weights_only: a crafted pickle is refused, never run
+        model = model_from_checkpoint(ckpt, map_location)
+        data = stored_settings(ckpt)["data"]
     cfg = model.data_config
     img_size = int(data.get("img_size", cfg["input_size"][-1]))
     mean = tuple(data.get("mean", cfg.get("mean", IMAGENET_MEAN)))
@@ -106,11 +97,10 @@ def datamodule_for(ckpt_path: str | os.PathLike, **overrides) -> DeepfakeDataMod
     ``root``)."""
     resolved = None
     if is_export(ckpt_path):
-        config = read_export_config(ckpt_path)
-        stored = {**config.get("data", {}), **{k: config[k] for k in ("img_size", "mode", "mean", "std")}}
+        stored = stored_settings(ckpt_path)["data"]
     else:
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-        stored = ckpt.get("datamodule_hyper_parameters", {})
+        ckpt = load_checkpoint(ckpt_path, metadata_only=True)
+        stored = stored_settings(ckpt)["data"]
         resolved = ckpt.get("DeepfakeDataModule", {}).get("root_resolved")
     hparams = {**stored, **overrides}
     root = hparams.get("root")

@@ -58,20 +58,22 @@ def calibrate_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def calibrate_main(args: list[str]) -> dict:
+def calibrate_main(args: list[str]):
     """``deepfake calibrate --config C --ckpt_path P [--out P2] [--calibration.method ...] [--data.split_file ...]``:
     fits the calibrator and threshold of an existing checkpoint on the config's validation split and writes
     them into the checkpoint (or a copy at ``--out``). Returns the calibration state."""
     known, rest = calibrate_parser().parse_known_args(args)
-    if not os.path.isfile(known.ckpt_path):
-        raise FileNotFoundError(f"--ckpt_path: no such file {known.ckpt_path!r}")
     from deepfake_lightning.calibration import CalibrationState
-    from deepfake_lightning.models import DeepfakeClassifier
+    from deepfake_lightning.checkpoints import is_export, load_checkpoint, model_from_checkpoint
+    from deepfake_lightning.errors import ConfigError
     from deepfake_lightning.models.outputs import collect_logits
 
+    if is_export(known.ckpt_path):
+        raise ConfigError(f"--ckpt_path {known.ckpt_path} is an export folder, a published model that is not "
+                          "changed: calibrate the checkpoint it was exported from, then export it again")
+    model = model_from_checkpoint(load_checkpoint(known.ckpt_path))  # refused before anything else runs
     cli = cli_main([*rest, "--model.pretrained=false"], run=False)
     settings = cli.config["calibration"]  # --calibration.method / --calibration.threshold, as `fit` reads them
-    model = DeepfakeClassifier.load_from_checkpoint(known.ckpt_path, map_location="cpu")
     cli.datamodule.setup("validate")
     logits, labels = collect_logits(model, cli.datamodule.val_dataloader())
     state = CalibrationState.fit(logits, labels, settings["method"], settings["threshold"])

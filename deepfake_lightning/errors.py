@@ -33,3 +33,8 @@ class SweepConfigError(DeepfakeError, ValueError):
 
 class ConfigError(DeepfakeError, ValueError):
     """Settings that cannot be combined, e.g. a command-line ``--model.backbone`` that contradicts the checkpoint."""
+
+
+class CheckpointError(DeepfakeError, ValueError):
+    """A model file that is refused: not a checkpoint, or holding more than plain values and tensors (a pickle that
+    would run code). The message names the file and what was refused."""

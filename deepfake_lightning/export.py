@@ -25,20 +25,24 @@ import numpy as np
 import torch
 
 from deepfake_lightning.calibration import CalibrationState
-from deepfake_lightning.errors import ExportError  # noqa: F401 (re-exported)
+from deepfake_lightning.checkpoints import (
+    CONFIG_FILE,
+    FORMAT,
+    FORMAT_VERSION,
+    export_calibration,
+    is_export,
+    load_checkpoint,
+    read_export_config,
+    stored_settings,
+)
+from deepfake_lightning.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from deepfake_lightning.errors import ExportError
 from deepfake_lightning.files import atomic_path
 from deepfake_lightning.onnx_export import ONNX_FILE, OnnxModel, write_onnx
 from deepfake_lightning.provenance import export_facts, model_card
 
-FORMAT = "deepfake-lightning-detector"
-FORMAT_VERSION = 1
 WEIGHTS_FILE = "model.safetensors"
-CONFIG_FILE = "detector.json"
 CARD_FILE = "README.md"
-
-
-def is_export(path: str | os.PathLike | None) -> bool:
-    return path is not None and Path(path).is_dir() and (Path(path) / CONFIG_FILE).is_file()
 
 
 def _plain(value: Any) -> Any:
@@ -72,12 +76,11 @@ def export_checkpoint(ckpt_path: str | os.PathLike, out_dir: str | os.PathLike,
     if unknown or not formats:
         raise ExportError(f"--format {' '.join(unknown or formats)!s}: choose one or more of {', '.join(FORMATS)}")
     ckpt_path, out = Path(ckpt_path), Path(out_dir)
-    if not ckpt_path.is_file():
-        raise FileNotFoundError(f"--ckpt_path: no such checkpoint {str(ckpt_path)!r}")
-    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-    if "hyper_parameters" not in ckpt or "state_dict" not in ckpt:
-        raise ExportError(f"{ckpt_path}: not a deepfake-lightning checkpoint (no hyper_parameters/state_dict)")
-    hp, data = ckpt["hyper_parameters"], ckpt.get("datamodule_hyper_parameters", {})
+    ckpt = load_checkpoint(ckpt_path)  # weights_only: a crafted pickle is refused, never run
+    settings = stored_settings(ckpt)
+    hp, data = settings["model"], settings["data"]
+    if "backbone" not in hp:
+        raise ExportError(f"{ckpt_path}: not a deepfake-lightning checkpoint (no backbone in its hyper_parameters)")
     weights = {k.removeprefix("net."): v.contiguous() for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
     calibration = CalibrationState.from_checkpoint(ckpt.get("calibration"))
     config = {
@@ -91,12 +94,13 @@ def export_checkpoint(ckpt_path: str | os.PathLike, out_dir: str | os.PathLike,
         "tta_flip": bool(hp.get("tta_flip", False)),
         "img_size": int(data.get("img_size", 224)),
         "mode": data.get("mode", "resize"),
-        "mean": [float(v) for v in data.get("mean", (0.485, 0.456, 0.406))],
-        "std": [float(v) for v in data.get("std", (0.229, 0.224, 0.225))],
+        "mean": [float(v) for v in data.get("mean", IMAGENET_MEAN)],
+        "std": [float(v) for v in data.get("std", IMAGENET_STD)],
         "temperature": (calibration.calibrator.temperature
                         if calibration and calibration.calibrator.method == "temperature" else None),
+        # The one decision threshold (PyTorch and ONNX Runtime both read it); "calibration" holds the rest.
         "threshold": calibration.threshold if calibration else 0.5,
-        "calibration": calibration.to_json() if calibration else None,
+        "calibration": calibration.to_json(threshold=False) if calibration else None,
         "data": _plain(dict(data)),  # the data module's settings, for re-creating its splits (datamodule_for)
         "source": {"checkpoint": ckpt_path.name, "epoch": ckpt.get("epoch"), "global_step": ckpt.get("global_step")},
         "provenance": _plain(ckpt.get("provenance")),  # training data, split, metrics, versions (provenance.py)
@@ -124,24 +128,6 @@ def _network(config: dict, weights: dict):
                                tta_flip=config.get("tta_flip", False), frontend=config.get("frontend", "rgb"))
     model.net.load_state_dict(weights)
     return model.eval()
-
-
-def read_export_config(export_dir: str | os.PathLike) -> dict:
-    """``detector.json`` of an export, checked."""
-    path = Path(export_dir) / CONFIG_FILE
-    try:
-        config = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise ExportError(f"{path}: cannot be read as JSON ({e})") from e
-    if not isinstance(config, dict) or config.get("format") != FORMAT:
-        raise ExportError(f"{path}: not a deepfake-lightning export (\"format\" must be {FORMAT!r})")
-    if config.get("format_version", 0) > FORMAT_VERSION:
-        raise ExportError(f"{path}: format_version {config['format_version']} is newer than this package reads "
-                          f"({FORMAT_VERSION}); upgrade deepfake-lightning")
-    missing = [k for k in ("backbone", "img_size", "mode", "mean", "std", "threshold") if k not in config]
-    if missing:
-        raise ExportError(f"{path}: missing key(s) {missing}")
-    return config
 
 
 def load_export(export_dir: str | os.PathLike, map_location: str | torch.device = "cpu"):
@@ -176,7 +162,7 @@ def load_weights(model, export_dir: str | os.PathLike, config: dict | None = Non
     except RuntimeError as e:
         raise ExportError(f"{path} does not fit backbone {config['backbone']!r}: {e}") from e
     try:
-        model.calibration = CalibrationState.from_json(config.get("calibration"))
+        model.calibration = CalibrationState.from_json(export_calibration(config))
     except (ValueError, TypeError, KeyError) as e:
         raise ExportError(f"{Path(export_dir) / CONFIG_FILE}: \"calibration\" cannot be read ({e})") from e
     model.facts = export_facts(config, source=str(export_dir))

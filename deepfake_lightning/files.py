@@ -7,9 +7,6 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
-
-from lightning.fabric.plugins import TorchCheckpointIO
 
 
 @contextmanager
@@ -40,11 +37,3 @@ def write_json(path: str | os.PathLike, data: dict) -> None:
     """Writes ``data`` as indented JSON, atomically."""
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(data, indent=2))
-
-
-class AtomicCheckpointIO(TorchCheckpointIO):
-    """Lightning's ``torch.save`` checkpoint writer, through :func:`atomic_path`."""
-
-    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
-        with atomic_path(path) as tmp:
-            super().save_checkpoint(checkpoint, tmp, storage_options)

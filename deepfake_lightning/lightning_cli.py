@@ -16,7 +16,6 @@ from __future__ import annotations
 import copy
 import difflib
 import logging
-import os
 import re
 import sys
 import warnings
@@ -33,7 +32,8 @@ from deepfake_lightning.callbacks.run_summary import FitSummary
 from deepfake_lightning.data import DeepfakeDataModule
 from deepfake_lightning.data.datamodule import check_data_root
 from deepfake_lightning.errors import ConfigError, ExportError
-from deepfake_lightning.export import is_export, load_weights, read_export_config
+from deepfake_lightning.checkpoints import is_export, load_checkpoint, stored_settings
+from deepfake_lightning.export import load_weights
 from deepfake_lightning.models import DeepfakeClassifier
 
 # Preprocessing that belongs to a trained model: taken from its checkpoint unless the command line says otherwise.
@@ -61,20 +61,6 @@ def resolve_precision(precision: str | int | None, accelerator: str | None, cuda
         )
         return "32-true"
     return precision
-
-
-def stored_settings(ckpt_path: str | os.PathLike) -> dict[str, dict]:
-    """The ``model`` and ``data`` settings a checkpoint file or export directory was trained with."""
-    if is_export(ckpt_path):
-        config = read_export_config(ckpt_path)
-        model = {k: config[k] for k in ("backbone", "frontend", "channels_last", "tta_flip") if k in config}
-        data = {**config.get("data", {}), **{k: config[k] for k in ("img_size", "mode") if k in config}}
-        return {"model": model, "data": {k: data[k] for k in STORED_DATA_KEYS if k in data}}
-    # weights_only: hyperparameters are plain values; mmap: the weights themselves are not read.
-    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
-    model = {k: v for k, v in ckpt.get("hyper_parameters", {}).items() if not k.startswith("_")}
-    data = ckpt.get("datamodule_hyper_parameters", {})
-    return {"model": model, "data": {k: data[k] for k in STORED_DATA_KEYS if k in data}}
 
 
 def command_line_keys(argv: list[str]) -> list[str]:
@@ -193,19 +179,24 @@ class DeepfakeCLI(LightningCLI):
         section = self.config.get(self.config.get("subcommand") or "", self.config)
         self._given = {k: copy.deepcopy(section.get(k)) for k in command_line_keys(argv) if k in section}
 
+    def _parse_ckpt_path(self) -> None:
+        # Lightning reads --ckpt_path's hyperparameters here with torch.load(weights_only=True) and lets a refusal
+        # through as a traceback: the file is read through checkpoints.py first, whose error is one line.
+        subcommand = self.config.get("subcommand")
+        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if ckpt_path and Path(ckpt_path).is_file():
+            load_checkpoint(ckpt_path, metadata_only=True)
+        super()._parse_ckpt_path()
+
     def before_instantiate_classes(self) -> None:
         cfg = self.config[self.subcommand] if self.subcommand else self.config
         ckpt_path = cfg.get("ckpt_path")
         if ckpt_path not in LIGHTNING_CKPT_NAMES:
-            if os.path.isdir(ckpt_path) and not is_export(ckpt_path):
-                raise ExportError(f"--ckpt_path {ckpt_path} is a folder without detector.json: pass a .ckpt file "
-                                  "or a folder written by `deepfake export`")
-            if not os.path.exists(ckpt_path):
-                raise FileNotFoundError(f"--ckpt_path: no such checkpoint file or export folder {ckpt_path!r}")
             if self.subcommand == "fit" and is_export(ckpt_path):
                 raise ConfigError(f"fit --ckpt_path {ckpt_path}: an export folder holds weights only (no optimizer "
                                   f"state or epoch) and cannot be resumed; to train from its weights pass "
                                   f"--model.weights {Path(ckpt_path) / 'model.safetensors'} instead")
+            # Read with weights_only (checkpoints.py): a crafted checkpoint is refused here, before anything runs.
             self._apply_stored_settings(cfg, stored_settings(ckpt_path))
         if not cfg.data.demo:
             # Fail before the model is built (and ImageNet weights fetched) when the data is not there.
@@ -221,8 +212,8 @@ class DeepfakeCLI(LightningCLI):
         if trainer.logger in (None, True) and not trainer.barebones:
             trainer.logger = _tensorboard(trainer.default_root_dir or ".", name="lightning_logs")
         if trainer.plugins is None:
-            # Checkpoints are written to a temporary file and renamed: a kill mid-write keeps the previous one.
-            trainer.plugins = [{"class_path": "deepfake_lightning.files.AtomicCheckpointIO"}]
+            # Checkpoints are read with weights_only and written to a temporary file then renamed (checkpoints.py).
+            trainer.plugins = [{"class_path": "deepfake_lightning.checkpoints.SafeCheckpointIO"}]
         if self.subcommand == "fit" and ckpt_path == "last":
             self._resume_last(cfg)
         if is_export(cfg.get("ckpt_path")):
@@ -234,11 +225,16 @@ class DeepfakeCLI(LightningCLI):
 
     def _apply_stored_settings(self, cfg, stored: dict[str, dict]) -> None:
         """Config files < the model's stored settings < the command line (see the module docstring)."""
+        backbone = stored["model"].get("backbone")
         given_backbone = self._given.get("model.backbone")
-        if given_backbone is not None and given_backbone != stored["model"].get("backbone", given_backbone):
+        if given_backbone is not None and given_backbone != (backbone or given_backbone):
             raise ConfigError(f"--model.backbone {given_backbone} contradicts --ckpt_path {cfg.ckpt_path}, a "
-                              f"{stored['model']['backbone']} model: its weights fit only that backbone")
-        for section, values in stored.items():
+                              f"{backbone} model: its weights fit only that backbone")
+        if self.subcommand == "fit" and backbone and cfg.model.backbone != backbone and given_backbone is None:
+            rank_zero_info(f"--ckpt_path {cfg.ckpt_path} is a {backbone} model: its backbone is used instead of the "
+                           f"configured {cfg.model.backbone}")
+        data = {k: v for k, v in stored["data"].items() if k in STORED_DATA_KEYS}
+        for section, values in {"model": stored["model"], "data": data}.items():
             for key, value in values.items():
                 if f"{section}.{key}" in cfg:
                     cfg[f"{section}.{key}"] = value
@@ -297,6 +293,11 @@ class DeepfakeCLI(LightningCLI):
                 f"--ckpt_path last: no {logs}/*/checkpoints/last.ckpt to resume; run without --ckpt_path to start anew"
             )
         run = found[-1].parent.parent
+        backbone = stored_settings(found[-1])["model"].get("backbone")
+        if backbone and backbone != cfg.model.backbone:
+            raise ConfigError(f"--ckpt_path last: the newest run {run} is a {backbone} model, but this run configures "
+                              f"{cfg.model.backbone}; resume a {cfg.model.backbone} run by passing its checkpoint "
+                              f"(--ckpt_path RUN/checkpoints/last.ckpt), or train anew without --ckpt_path")
         args["version"] = run.name
         cfg.ckpt_path = str(found[-1])
         if cfg.data.split_file is None and (run / "split.csv").is_file():

@@ -25,6 +25,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from deepfake_lightning.checkpoints import export_calibration, export_settings, stored_settings
+
 UNKNOWN = "unknown"
 KAGGLE_DATASET = "alessandrasala79/ai-vs-human-generated-dataset"
 DEMO_WARNING = ("this detector was trained on the synthetic demo dataset (simulated up-sampling artifacts): it does "
@@ -177,14 +179,15 @@ def outside_demo_data(facts: ModelFacts | None, files: list) -> bool:
 
 
 def checkpoint_facts(ckpt: dict, source: str) -> ModelFacts:
-    return ModelFacts.from_parts(ckpt.get("hyper_parameters", {}), ckpt.get("datamodule_hyper_parameters", {}),
-                                 ckpt.get("calibration"), ckpt.get("provenance"), source)
+    settings = stored_settings(ckpt)
+    return ModelFacts.from_parts(settings["model"], settings["data"], ckpt.get("calibration"), ckpt.get("provenance"),
+                                 source)
 
 
 def export_facts(config: dict, source: str) -> ModelFacts:
-    data = {**config.get("data", {}), **{k: config[k] for k in ("img_size", "mode") if k in config}}
-    model = {"backbone": config.get("backbone", UNKNOWN), "frontend": config.get("frontend", "rgb")}
-    return ModelFacts.from_parts(model, data, config.get("calibration"), config.get("provenance"), source)
+    settings = export_settings(config)
+    return ModelFacts.from_parts(settings["model"], settings["data"], export_calibration(config),
+                                 config.get("provenance"), source)
 
 
 def evaluation_record(report: dict) -> dict:

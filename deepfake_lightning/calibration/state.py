@@ -118,8 +118,12 @@ class CalibrationState:
             val_after={k: float(v) for k, v in state.get("val_after", {}).items()},
         )
 
-    def to_json(self) -> dict:
+    def to_json(self, threshold: bool = True) -> dict:
+        """JSON-ready :meth:`to_checkpoint`; ``threshold=False`` leaves the threshold out (an export folder keeps
+        its one threshold at the top level of ``detector.json``)."""
         out = self.to_checkpoint()
+        if not threshold:
+            del out["threshold"]
         out["calibrator"]["platt"] = list(out["calibrator"]["platt"])
         out["val_probs"], out["val_labels"] = self.val_probs.tolist(), self.val_labels.astype(int).tolist()
         return out
@@ -128,13 +132,6 @@ class CalibrationState:
 
     def write_into(self, ckpt_path: str | os.PathLike, out_path: str | os.PathLike | None = None) -> Path:
         """Stores this state in a checkpoint file (in place, or as a copy at ``out_path``), atomically."""
-        import torch
+        from deepfake_lightning.checkpoints import update_checkpoint
 
-        from deepfake_lightning.files import atomic_path
-
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-        ckpt["calibration"] = self.to_checkpoint()
-        out = Path(out_path or ckpt_path)
-        with atomic_path(out) as tmp:
-            torch.save(ckpt, tmp)
-        return out
+        return update_checkpoint(ckpt_path, lambda ckpt: ckpt.update(calibration=self.to_checkpoint()), out_path)

@@ -23,6 +23,7 @@ from deepfake_lightning.calibration import (
     sigmoid,
     thresholded_metrics,
 )
+from deepfake_lightning.checkpoints import load_checkpoint
 from deepfake_lightning.files import write_json
 from deepfake_lightning.models.outputs import collect_logits
 
@@ -84,7 +85,7 @@ class Calibration(PrintsResults):
         state, failed = None, []
         for path in paths or [None]:
             if path is not None:
-                weights = torch.load(path, map_location=pl_module.device, weights_only=False)["state_dict"]
+                weights = load_checkpoint(path, map_location=pl_module.device)["state_dict"]
                 pl_module.load_state_dict(weights)
             z, y = collect_logits(pl_module, loader, trainer)
             try:

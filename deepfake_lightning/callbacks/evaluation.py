@@ -13,6 +13,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 
 from deepfake_lightning.callbacks._console import PrintsResults
 from deepfake_lightning.callbacks._figures import publish_figure
+from deepfake_lightning.checkpoints import update_checkpoint
 from deepfake_lightning.evaluation import (
     ROBUSTNESS_GRID,
     format_groups,
@@ -119,14 +120,14 @@ class EvaluationReport(PrintsResults):
         left as it is: it is a published artifact)."""
         if not report["splits"] or not ckpt_path or not Path(ckpt_path).is_file():
             return
-        try:
-            ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        def record(ckpt: dict) -> None:
             provenance = ckpt.setdefault("provenance", {})
             provenance["test"] = evaluation_record(report)
             provenance["test_settings"] = settings  # test-time augmentation used for these figures
             provenance["test_report"] = str(run.resolve() / "report.json")
-            with atomic_path(Path(ckpt_path)) as tmp:
-                torch.save(ckpt, tmp)
+
+        try:
+            update_checkpoint(ckpt_path, record)
         except OSError as e:  # e.g. a read-only checkpoint: the report itself is written
             rank_zero_warn(f"could not add the test results to {ckpt_path}: {e}")
 

@@ -39,14 +39,14 @@ class Engine:
     ``model.onnx``), calibrated probabilities, the threshold, and Grad-CAM overlays (always on the PyTorch weights:
     ONNX Runtime has no gradients; they are loaded on the first ``explain``).
 
-    Exports are read with safetensors, JSON and ONNX Runtime only: nothing is unpickled. A ``.ckpt`` (a pickle,
-    from ``deepfake fit``) is served with the PyTorch runtime.
+    Exports are read with safetensors, JSON and ONNX Runtime only; a ``.ckpt`` (from ``deepfake fit``) with
+    ``torch.load(weights_only=True)`` (checkpoints.py) and served with the PyTorch runtime: nothing is unpickled.
     """
 
     def __init__(self, ckpt_path: str, runtime: str = "torch", device: str = "cpu"):
         from deepfake_lightning import __version__
+        from deepfake_lightning.checkpoints import export_calibration, is_export
         from deepfake_lightning.errors import ExportError
-        from deepfake_lightning.export import is_export
 
         self.ckpt_path, self.runtime, self.device, self.version = str(ckpt_path), runtime, device, __version__
         self._detector = None
@@ -61,7 +61,7 @@ class Engine:
                                   f"deepfake export --ckpt_path {ckpt_path} --out DIR --format safetensors onnx")
             self.onnx = load_onnx(ckpt_path, ["CUDAExecutionProvider"] if device.startswith("cuda") else None)
             config = self.onnx.config
-            state = CalibrationState.from_json(config.get("calibration"))
+            state = CalibrationState.from_json(export_calibration(config))
             self.calibrator = state.calibrator if state else Calibrator()
             self.threshold = float(config["threshold"])
             self.backbone = config["backbone"]
