@@ -45,11 +45,12 @@ def is_export(path: str | os.PathLike | None) -> bool:
 def _refusal(error: Exception) -> str:
     """torch's reason in a few words ("Unsupported global: GLOBAL posix.system") rather than its page of advice."""
     text = str(error)
-    if isinstance(error, pickle.UnpicklingError) and text.startswith("Weights only load failed"):
-        found = re.search(r"GLOBAL ([\w.]+)", text)
-        # torch's paragraphs: advice, the reason, a link to its documentation
-        reason = f"Unsupported global: GLOBAL {found.group(1)}" if found else " ".join(text.split("\n\n")[1:2]).strip()
-        return f"refused to unpickle it ({' '.join(reason.split())[:200]}): only plain values and tensors are loaded"
+    found = re.search(r"GLOBAL ([\w.]+)", text) if isinstance(error, pickle.UnpicklingError) else None
+    if found:
+        return (f"refused to unpickle it (Unsupported global: GLOBAL {found.group(1)}): only plain values and "
+                "tensors are loaded")
+    if text.startswith("Weights only load failed"):  # torch's paragraphs: advice, the reason, a documentation link
+        text = " ".join(text.split("\n\n")[1:2])
     return f"not a PyTorch checkpoint ({type(error).__name__}: {' '.join(text.split())[:160]})"
 
 
@@ -66,7 +67,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu", metadata
         raise FileNotFoundError(f"no such checkpoint file or export folder: {str(path)!r}")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True, mmap=metadata_only)
-    except (pickle.UnpicklingError, EOFError, RuntimeError, ValueError, AttributeError, ImportError) as e:
+    except Exception as e:  # garbage makes the unpickler raise almost anything (KeyError, EOFError, RuntimeError...)
         raise CheckpointError(f"{path}: {_refusal(e)}") from None
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise CheckpointError(f"{path}: not a checkpoint written by deepfake fit (no state_dict)")

@@ -117,10 +117,11 @@ def test_python_loaders_raise_checkpoint_error(evil):
 
 
 def test_a_file_that_is_not_a_checkpoint_is_one_clear_error(tmp_path, capsys):
-    junk = tmp_path / "notes.ckpt"
-    junk.write_text("not a checkpoint")
-    with pytest.raises(CheckpointError, match="not a PyTorch checkpoint"):
-        load_checkpoint(junk)
+    for i, text in enumerate(["not a checkpoint", "hello", ""]):
+        (tmp_path / f"{i}.ckpt").write_text(text)
+        with pytest.raises(CheckpointError, match="not a PyTorch checkpoint"):
+            load_checkpoint(tmp_path / f"{i}.ckpt")
+    junk = tmp_path / "0.ckpt"
     torch.save({"weights": torch.zeros(1)}, tmp_path / "other.ckpt")
     with pytest.raises(CheckpointError, match="no state_dict"):
         load_checkpoint(tmp_path / "other.ckpt")
