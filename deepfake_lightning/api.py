@@ -15,7 +15,7 @@ from torchvision.transforms import v2
 from deepfake_lightning.data import DeepfakeDataModule
 from deepfake_lightning.data.dataset import collate_skip_bad
 from deepfake_lightning.data.transforms import IMAGENET_MEAN, IMAGENET_STD, create_transform
-from deepfake_lightning.checkpoints import is_export, load_checkpoint, model_from_checkpoint, stored_settings
+from deepfake_lightning.checkpoints import is_export, load_checkpoint, stored_settings
 from deepfake_lightning.export import load_export
 from deepfake_lightning.models import DeepfakeClassifier
 from deepfake_lightning.provenance import ModelFacts
@@ -54,7 +54,7 @@ def load_detector(ckpt_path: str | os.PathLike, map_location: str | torch.device
         data = stored_settings(ckpt_path)["data"]
     else:
         ckpt = load_checkpoint(ckpt_path)  # read once, weights_only: a crafted pickle is refused, never run
-        model = model_from_checkpoint(ckpt, map_location)
+        model = DeepfakeClassifier.from_checkpoint(ckpt, map_location)
         data = stored_settings(ckpt)["data"]
     cfg = model.data_config
     img_size = int(data.get("img_size", cfg["input_size"][-1]))

@@ -9,14 +9,12 @@ strings, numbers) and tensors and refuses anything else, with no fallback. A ref
 * :func:`update_checkpoint`: changes some entries and writes the file (or a copy) atomically;
 * :func:`stored_settings`: the ``model`` / ``data`` settings of a checkpoint or an export folder (one merge for
   the CLI, the notebook loaders and the model card);
-* :func:`model_from_checkpoint`: the ``DeepfakeClassifier`` of a loaded checkpoint, without reading it again;
 * :class:`SafeCheckpointIO`: Lightning's checkpoint plugin, reading through :func:`load_checkpoint` (so ``fit``
   resuming, ``validate``, ``test`` and ``predict`` refuse what the rest refuses) and writing atomically.
 """
 
 from __future__ import annotations
 
-import inspect
 import json
 import os
 import pickle
@@ -129,19 +127,6 @@ def export_calibration(config: dict) -> dict | None:
     top-level ``threshold``, which ONNX Runtime serving reads too; older exports also kept a copy inside)."""
     calibration = config.get("calibration")
     return None if calibration is None else {**calibration, "threshold": config["threshold"]}
-
-
-def model_from_checkpoint(ckpt: dict, map_location: Any = "cpu"):
-    """The eval-mode ``DeepfakeClassifier`` of a checkpoint dict from :func:`load_checkpoint`: built from its
-    hyperparameters (no pretrained weights fetched), its weights, calibration and provenance restored."""
-    from deepfake_lightning.models import DeepfakeClassifier
-
-    accepted = inspect.signature(DeepfakeClassifier).parameters
-    hparams = {k: v for k, v in stored_settings(ckpt)["model"].items() if k in accepted}
-    model = DeepfakeClassifier(**{**hparams, "pretrained": False, "weights": None})
-    model.on_load_checkpoint(ckpt)
-    model.load_state_dict(ckpt["state_dict"])
-    return model.to(map_location).eval()
 
 
 class SafeCheckpointIO(TorchCheckpointIO):

@@ -64,14 +64,15 @@ def calibrate_main(args: list[str]):
     them into the checkpoint (or a copy at ``--out``). Returns the calibration state."""
     known, rest = calibrate_parser().parse_known_args(args)
     from deepfake_lightning.calibration import CalibrationState
-    from deepfake_lightning.checkpoints import is_export, load_checkpoint, model_from_checkpoint
+    from deepfake_lightning.checkpoints import is_export, load_checkpoint
+    from deepfake_lightning.models import DeepfakeClassifier
     from deepfake_lightning.errors import ConfigError
     from deepfake_lightning.models.outputs import collect_logits
 
     if is_export(known.ckpt_path):
         raise ConfigError(f"--ckpt_path {known.ckpt_path} is an export folder, a published model that is not "
                           "changed: calibrate the checkpoint it was exported from, then export it again")
-    model = model_from_checkpoint(load_checkpoint(known.ckpt_path))  # refused before anything else runs
+    model = DeepfakeClassifier.from_checkpoint(load_checkpoint(known.ckpt_path))  # refused before anything else runs
     cli = cli_main([*rest, "--model.pretrained=false"], run=False)
     settings = cli.config["calibration"]  # --calibration.method / --calibration.threshold, as `fit` reads them
     cli.datamodule.setup("validate")
@@ -152,7 +153,8 @@ def export_main(args: list[str]) -> Path:
     """``deepfake export --ckpt_path CKPT --out DIR [--format safetensors onnx]``: see
     ``deepfake_lightning/export.py``."""
     a = export_parser().parse_args(args)
-    from deepfake_lightning.export import CONFIG_FILE, WEIGHTS_FILE, export_checkpoint, read_export_config
+    from deepfake_lightning.checkpoints import CONFIG_FILE, read_export_config
+    from deepfake_lightning.export import WEIGHTS_FILE, export_checkpoint
     from deepfake_lightning.onnx_export import ONNX_FILE
 
     out = export_checkpoint(a.ckpt_path, a.out, a.format)

@@ -12,7 +12,6 @@ from deepfake_lightning.api import datamodule_for
 from deepfake_lightning.checkpoints import (
     SafeCheckpointIO,
     load_checkpoint,
-    model_from_checkpoint,
     stored_settings,
     update_checkpoint,
 )
@@ -139,7 +138,7 @@ def test_a_plain_checkpoint_loads_once_with_its_settings(tmp_path, model, kaggle
     settings = stored_settings(path)
     assert settings["model"]["backbone"] == "test_resnet"
     assert settings["data"] == {"root": str(kaggle_root), "demo": False, "img_size": 32, "mode": "crop"}
-    rebuilt = model_from_checkpoint(load_checkpoint(path))
+    rebuilt = DeepfakeClassifier.from_checkpoint(load_checkpoint(path))
     assert not rebuilt.training
     for key, value in model.state_dict().items():
         assert torch.equal(rebuilt.state_dict()[key], value), key

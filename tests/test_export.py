@@ -15,7 +15,8 @@ from safetensors.torch import load_file
 from deepfake_lightning import __version__
 from deepfake_lightning.api import datamodule_for, load_detector, predict_split
 from deepfake_lightning.cli import cli_main, explain_main, export_main, main
-from deepfake_lightning.export import ExportError, load_export
+from deepfake_lightning.errors import ExportError
+from deepfake_lightning.export import load_export
 from tests.conftest import CONFIGS
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 import lightning as L
 import timm
 import torch
@@ -13,6 +15,7 @@ from torchmetrics import MetricCollection
 from torchmetrics.classification import BinaryAccuracy
 
 from deepfake_lightning.calibration import CalibrationState, Calibrator
+from deepfake_lightning.checkpoints import stored_settings
 from deepfake_lightning.models.backbones import create_backbone
 from deepfake_lightning.models.frontends import PIXEL_LEVEL, Frontend, create_frontend
 from deepfake_lightning.models.training import FreezeBackbone, warmup_cosine
@@ -89,6 +92,18 @@ class DeepfakeClassifier(L.LightningModule):
         self.calibration: CalibrationState | None = None
         # What a loaded model was trained on (provenance.ModelFacts); None for a model that is being trained.
         self.facts: ModelFacts | None = None
+
+    @classmethod
+    def from_checkpoint(cls, ckpt: dict, map_location: str | torch.device = "cpu") -> DeepfakeClassifier:
+        """The eval-mode model of a checkpoint dict from ``checkpoints.load_checkpoint`` (read once, never
+        unpickled): built from its hyperparameters without fetching pretrained weights, then its weights,
+        calibration and provenance restored."""
+        accepted = inspect.signature(cls).parameters
+        hparams = {k: v for k, v in stored_settings(ckpt)["model"].items() if k in accepted}
+        model = cls(**{**hparams, "pretrained": False, "weights": None})
+        model.on_load_checkpoint(ckpt)
+        model.load_state_dict(ckpt["state_dict"])
+        return model.to(map_location).eval()
 
     # ------------------------------------------------------------------ calibration state
     def on_save_checkpoint(self, checkpoint: dict) -> None:
