@@ -16,6 +16,7 @@ def write_random_jpegs(root: Path, folder: str, n: int, size: int) -> list[str]:
     files = []
     for i in range(n):
         files.append(f"{folder}/{i:032x}.jpg")
-        Image.fromarray(rng.integers(0, 256, (size + 32, size + 32, 3), dtype=np.uint8)).save(root / files[-1],
-                                                                                              quality=90)
+        Image.fromarray(rng.integers(0, 256, (size + 32, size + 32, 3), dtype=np.uint8)).save(
+            root / files[-1], quality=90
+        )
     return files

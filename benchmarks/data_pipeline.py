@@ -27,6 +27,7 @@ from deepfake_lightning.data.cache import ensure_cache
 from deepfake_lightning.data.dataset import load_image
 from deepfake_lightning.data.transforms import create_transform
 
+
 def make_photos(folder: Path, size: tuple[int, int], n: int) -> list[Path]:
     """Photograph-like JPEGs: smooth structure plus fine sensor-like noise (so the encoder has real work)."""
     rng = np.random.default_rng(0)
@@ -56,8 +57,13 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=224)
     args = parser.parse_args()
     s = args.size
-    naive_tf = transforms.Compose([transforms.Resize((s, s)), transforms.ToTensor(),
-                                   transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])
+    naive_tf = transforms.Compose(
+        [
+            transforms.Resize((s, s)),
+            transforms.ToTensor(),
+            transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
+        ]
+    )
     resize_tf = create_transform(s, train=False, mode="resize")
     crop_tf = create_transform(s, train=False, mode="crop")
     paths_by = {
@@ -71,13 +77,19 @@ def main() -> None:
         for size in ((3000, 2000), (768, 512)):
             photos = make_photos(Path(tmp), size, args.n)
             cache = ensure_cache(Path(tmp) / f"cache{size[0]}", tmp, [p.name for p in photos], s, jpeg_draft=True)
-            cached = {"resize mode, pre-resized cache": lambda p: resize_tf(cache.image(p.name))}
+            cached = {"resize mode, pre-resized cache": lambda p, cache=cache: resize_tf(cache.image(p.name))}
             naive = None
             for name, fn in (paths_by | cached).items():
                 r = rate(fn, photos)
                 naive = naive or r
-                rows.append({"images": f"{size[0]}x{size[1]}", "path": name, "img_per_s": round(r, 1),
-                             "vs_naive": round(r / naive, 2)})
+                rows.append(
+                    {
+                        "images": f"{size[0]}x{size[1]}",
+                        "path": name,
+                        "img_per_s": round(r, 1),
+                        "vs_naive": round(r / naive, 2),
+                    }
+                )
     table = pd.DataFrame(rows)
     print(f"one process, output {s}x{s}")
     publish(table, "data_pipeline")

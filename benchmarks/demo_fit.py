@@ -28,8 +28,11 @@ REPO = Path(__file__).resolve().parents[1]
 def run(args: list[str], cwd: Path) -> float:
     start = time.perf_counter()
     subprocess.run(
-        ["deepfake", *args, "--trainer.enable_progress_bar=false"], cwd=cwd, check=True,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        ["deepfake", *args, "--trainer.enable_progress_bar=false"],
+        cwd=cwd,
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     return time.perf_counter() - start
 
@@ -42,8 +45,17 @@ def one_fit(aug: float | None, work: Path, shared_data: Path | None) -> dict:
     fit_dir = runs[-1]
     best = next((fit_dir / "checkpoints").glob("best-*.ckpt"))
     val = json.loads((fit_dir / "metrics.json").read_text())
-    run(["test", "--config", str(REPO / "configs" / "demo.yaml"), *extra, f"--ckpt_path={best}",
-         f"--data.split_file={fit_dir / 'split.csv'}"], work)
+    run(
+        [
+            "test",
+            "--config",
+            str(REPO / "configs" / "demo.yaml"),
+            *extra,
+            f"--ckpt_path={best}",
+            f"--data.split_file={fit_dir / 'split.csv'}",
+        ],
+        work,
+    )
     test = json.loads((fit_dir / "eval" / f"test_{best.stem}" / "metrics.json").read_text())  # the run's evaluation
     return {
         "aug_strength": aug if aug is not None else "config",
@@ -80,7 +92,9 @@ def main() -> None:
         for aug in args.aug or []:
             rows.append(one_fit(aug, work, work / "data" / "demo") | {"includes_data_build": False})
     table = pd.DataFrame(rows)
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, python {sys.version.split()[0]}")
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, python {sys.version.split()[0]}"
+    )
     publish(table, "demo_fit", args.out, transpose=True)
 
 

@@ -43,8 +43,15 @@ VARIANTS = {
 
 
 def fit_and_test(variant: str, out: Path, query: str | None = None) -> tuple[dict, dict, Path, float]:
-    base = ["--config", "configs/demo.yaml", "--trainer.callbacks=[]", "--trainer.enable_progress_bar=false",
-            "--trainer.enable_model_summary=false", f"--trainer.default_root_dir={out}", *VARIANTS[variant]]
+    base = [
+        "--config",
+        "configs/demo.yaml",
+        "--trainer.callbacks=[]",
+        "--trainer.enable_progress_bar=false",
+        "--trainer.enable_model_summary=false",
+        f"--trainer.default_root_dir={out}",
+        *VARIANTS[variant],
+    ]
     if query:
         base.append(f"--data.train_query={query}")  # test too: its split file covers the filtered rows only
     started = time.perf_counter()
@@ -52,8 +59,16 @@ def fit_and_test(variant: str, out: Path, query: str | None = None) -> tuple[dic
     fit_s = time.perf_counter() - started
     run = Path(fit.trainer.log_dir)
     best = fit.trainer.checkpoint_callback.best_model_path
-    test = cli_main(["test", *base, f"--ckpt_path={best}", f"--data.split_file={run / 'split.csv'}",
-                     "--report.group_by=generator", "--calibration.adapt_splits=[test_v2]"])
+    test = cli_main(
+        [
+            "test",
+            *base,
+            f"--ckpt_path={best}",
+            f"--data.split_file={run / 'split.csv'}",
+            "--report.group_by=generator",
+            "--calibration.adapt_splits=[test_v2]",
+        ]
+    )
     folder = Path(test.trainer.log_dir)
     report = json.loads((folder / "report.json").read_text())
     metrics = json.loads((folder / "metrics.json").read_text())

@@ -63,14 +63,36 @@ def model_only(backbone: str, size: int, batch: int, precision: str, device: str
     return steps * batch / (time.perf_counter() - start)
 
 
-def fit(root: Path, out: Path, backbone: str, size: int, batch: int, precision: str, accelerator: str,
-        epochs: int, n_train: int) -> float:
-    cli = cli_main([f"--model.backbone={backbone}", "--model.pretrained=false", f"--data.root={root}",
-                    "--data.test_v2_csv=null", f"--data.img_size={size}", "--data.mode=resize",
-                    f"--data.batch_size={batch}", f"--trainer.accelerator={accelerator}", "--trainer.devices=1",
-                    f"--trainer.precision={precision}", f"--trainer.max_epochs={epochs}",
-                    f"--trainer.default_root_dir={out}", "--trainer.enable_progress_bar=false",
-                    "--trainer.enable_model_summary=false"], run=False)
+def fit(
+    root: Path,
+    out: Path,
+    backbone: str,
+    size: int,
+    batch: int,
+    precision: str,
+    accelerator: str,
+    epochs: int,
+    n_train: int,
+) -> float:
+    cli = cli_main(
+        [
+            f"--model.backbone={backbone}",
+            "--model.pretrained=false",
+            f"--data.root={root}",
+            "--data.test_v2_csv=null",
+            f"--data.img_size={size}",
+            "--data.mode=resize",
+            f"--data.batch_size={batch}",
+            f"--trainer.accelerator={accelerator}",
+            "--trainer.devices=1",
+            f"--trainer.precision={precision}",
+            f"--trainer.max_epochs={epochs}",
+            f"--trainer.default_root_dir={out}",
+            "--trainer.enable_progress_bar=false",
+            "--trainer.enable_model_summary=false",
+        ],
+        run=False,
+    )
     marks = EpochMarks()
     cli.trainer.callbacks.append(marks)
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
@@ -102,11 +124,29 @@ def main() -> None:
         pd.DataFrame({"file_name": files, "label": [i % 2 for i in range(len(files))]}).to_csv(root / "train.csv")
         for precision in args.precisions:
             model_rate = model_only(args.backbone, args.size, args.batch, precision, args.accelerator, args.steps)
-            fit_rate = fit(root, Path(tmp) / "runs", args.backbone, args.size, args.batch, precision,
-                           args.accelerator, args.epochs, args.images)
-            rows.append({"device": device_name, "backbone": args.backbone, "px": args.size, "batch": args.batch,
-                         "precision": precision, "model_img_s": round(model_rate, 1), "fit_img_s": round(fit_rate, 1),
-                         "loader_share": round(fit_rate / model_rate, 3)})
+            fit_rate = fit(
+                root,
+                Path(tmp) / "runs",
+                args.backbone,
+                args.size,
+                args.batch,
+                precision,
+                args.accelerator,
+                args.epochs,
+                args.images,
+            )
+            rows.append(
+                {
+                    "device": device_name,
+                    "backbone": args.backbone,
+                    "px": args.size,
+                    "batch": args.batch,
+                    "precision": precision,
+                    "model_img_s": round(model_rate, 1),
+                    "fit_img_s": round(fit_rate, 1),
+                    "loader_share": round(fit_rate / model_rate, 3),
+                }
+            )
     publish(pd.DataFrame(rows), "gpu_precision", args.out)
 
 

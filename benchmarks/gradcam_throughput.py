@@ -13,8 +13,8 @@ import time
 from pathlib import Path
 
 import pandas as pd
-from _results import publish  # benchmarks/_results.py, beside this script
 import torch
+from _results import publish  # benchmarks/_results.py, beside this script
 
 from deepfake_lightning import DeepfakeClassifier
 from deepfake_lightning.explain import CamExplainer
@@ -40,7 +40,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--out", type=Path, default=None, help="CSV (default: benchmarks/results/gradcam_throughput.csv)")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="CSV (default: benchmarks/results/gradcam_throughput.csv)"
+    )
     args = parser.parse_args()
     torch.manual_seed(0)
     rows = []
@@ -51,9 +53,17 @@ def main() -> None:
             with CamExplainer(model, method=method, n_layers=n_layers) as explainer:
                 one = rate(explainer, images, batched=False, repeats=args.repeats)
                 batched = rate(explainer, images, batched=True, repeats=args.repeats)
-            rows.append({"backbone": name, "px": size, "method": method, "layers": n_layers,
-                         "one_at_a_time_img_s": round(one, 1), f"batched_{args.batch}_img_s": round(batched, 1),
-                         "speedup": round(batched / one, 2)})
+            rows.append(
+                {
+                    "backbone": name,
+                    "px": size,
+                    "method": method,
+                    "layers": n_layers,
+                    "one_at_a_time_img_s": round(one, 1),
+                    f"batched_{args.batch}_img_s": round(batched, 1),
+                    "speedup": round(batched / one, 2),
+                }
+            )
     table = pd.DataFrame(rows)
     print(f"CPU threads: {torch.get_num_threads()}, cores: {os.cpu_count()}")
     publish(table, "gradcam_throughput", args.out)

@@ -21,6 +21,7 @@ from _results import publish  # benchmarks/_results.py, beside this script
 
 from deepfake_lightning.data import DeepfakeDataModule
 
+
 def make_root(root: Path, rows: int) -> None:
     (root / "train_data").mkdir(parents=True)
     (root / "test_data_v2").mkdir()
@@ -52,8 +53,14 @@ def main() -> None:
             _, peak = tracemalloc.get_traced_memory()
             tracemalloc.stop()
             index_mb = sum(df.memory_usage(deep=True).sum() for df in dm.indexes.values()) / 2**20
-            out_rows.append({"train_rows": rows, "setup_s": round(seconds, 2), "peak_alloc_mb": round(peak / 2**20, 1),
-                             "index_mb": round(index_mb, 1)})
+            out_rows.append(
+                {
+                    "train_rows": rows,
+                    "setup_s": round(seconds, 2),
+                    "peak_alloc_mb": round(peak / 2**20, 1),
+                    "index_mb": round(index_mb, 1),
+                }
+            )
     table = pd.DataFrame(out_rows)
     publish(table, "index_scale")
 

@@ -18,10 +18,10 @@ import time
 from pathlib import Path
 
 import pandas as pd
-from _images import write_random_jpegs  # benchmarks/_images.py, beside this script
-from _results import publish  # benchmarks/_results.py, beside this script
 import timm
 import torch
+from _images import write_random_jpegs  # benchmarks/_images.py, beside this script
+from _results import publish  # benchmarks/_results.py, beside this script
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
@@ -57,8 +57,9 @@ def plain_loop(root: Path, backbone: str, size: int, batch: int, workers: int) -
     torch.manual_seed(42)
     model = timm.create_model(backbone, pretrained=False, num_classes=1).eval()
     cfg = timm.data.resolve_model_data_config(model)
-    tf = transforms.Compose([transforms.Resize((size, size)), transforms.ToTensor(),
-                             transforms.Normalize(cfg["mean"], cfg["std"])])
+    tf = transforms.Compose(
+        [transforms.Resize((size, size)), transforms.ToTensor(), transforms.Normalize(cfg["mean"], cfg["std"])]
+    )
     ids = pd.read_csv(root / "test.csv")["id"].tolist()
     loader = DataLoader(PlainDataset(root, ids, tf), batch_size=batch, num_workers=workers)
     start = time.perf_counter()
@@ -72,10 +73,22 @@ def plain_loop(root: Path, backbone: str, size: int, batch: int, workers: int) -
 
 def framework(root: Path, out: Path, backbone: str, size: int, batch: int, workers: int) -> float:
     start = time.perf_counter()
-    cli_main(["predict", f"--model.backbone={backbone}", "--model.pretrained=false", f"--data.root={root}",
-              "--data.predict_split=test_v2", f"--data.img_size={size}", "--data.mode=resize",
-              f"--data.batch_size={batch}", f"--data.num_workers={workers}", f"--trainer.default_root_dir={out}",
-              "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"])
+    cli_main(
+        [
+            "predict",
+            f"--model.backbone={backbone}",
+            "--model.pretrained=false",
+            f"--data.root={root}",
+            "--data.predict_split=test_v2",
+            f"--data.img_size={size}",
+            "--data.mode=resize",
+            f"--data.batch_size={batch}",
+            f"--data.num_workers={workers}",
+            f"--trainer.default_root_dir={out}",
+            "--trainer.enable_progress_bar=false",
+            "--trainer.enable_model_summary=false",
+        ]
+    )
     return time.perf_counter() - start
 
 
@@ -83,7 +96,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--workers", type=int, default=1)
-    parser.add_argument("--out", type=Path, default=None, help="CSV (default: benchmarks/results/predict_throughput.csv)")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="CSV (default: benchmarks/results/predict_throughput.csv)"
+    )
     args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -91,12 +106,21 @@ def main() -> None:
             root = Path(tmp) / backbone
             make_images(root, n, size)
             plain_t, fw_t = [], []
-            for r in range(args.repeats):  # alternate, so drifts in machine load hit both
+            for _r in range(args.repeats):  # alternate, so drifts in machine load hit both
                 plain_t.append(plain_loop(root, backbone, size, batch, args.workers))
                 fw_t.append(framework(root, Path(tmp) / f"runs_{backbone}", backbone, size, batch, args.workers))
-            rows.append({"backbone": backbone, "px": size, "images": n, "batch": batch, "workers": args.workers,
-                         "plain_img_s": round(n / min(plain_t), 1), "deepfake_predict_img_s": round(n / min(fw_t), 1),
-                         "ratio": round(min(plain_t) / min(fw_t), 3)})
+            rows.append(
+                {
+                    "backbone": backbone,
+                    "px": size,
+                    "images": n,
+                    "batch": batch,
+                    "workers": args.workers,
+                    "plain_img_s": round(n / min(plain_t), 1),
+                    "deepfake_predict_img_s": round(n / min(fw_t), 1),
+                    "ratio": round(min(plain_t) / min(fw_t), 3),
+                }
+            )
     table = pd.DataFrame(rows)
     print(f"CPU threads: {torch.get_num_threads()}, cores: {os.cpu_count()}")
     publish(table, "predict_throughput", args.out)

@@ -10,8 +10,8 @@ batching setting (on: the defaults, up to 16 requests per forward pass with a 10
   errors among the good requests (must be 0) and bad uploads answered 4xx.
 
 Memory is the server's (API process, inference worker and the command: their proportional set sizes summed from
-/proc) after start-up and after the runs. Bounded: ``--requests`` per run and ``--time_limit`` seconds per run (the run stops
-sending when it passes). The client threads share the machine's cores with the server.
+/proc) after start-up and after the runs. Bounded: ``--requests`` per run and ``--time_limit`` seconds per run (the
+run stops sending when it passes). The client threads share the machine's cores with the server.
 
     python benchmarks/serve_load.py [--models demo convnext] [--requests N]
     python benchmarks/serve_load.py --models convnext --parts load --runtimes torch --batching on --clients 8 32
@@ -56,9 +56,19 @@ def make_export(backbone: str, size: int, out: Path) -> Path:
     torch.manual_seed(0)
     model = DeepfakeClassifier(backbone, pretrained=False)
     ckpt = out / f"{backbone}.ckpt"
-    torch.save({"hyper_parameters": dict(model.hparams), "state_dict": model.state_dict(),
-                "datamodule_hyper_parameters": {"img_size": size, "mode": "resize", "mean": [0.485, 0.456, 0.406],
-                                                "std": [0.229, 0.224, 0.225]}}, ckpt)
+    torch.save(
+        {
+            "hyper_parameters": dict(model.hparams),
+            "state_dict": model.state_dict(),
+            "datamodule_hyper_parameters": {
+                "img_size": size,
+                "mode": "resize",
+                "mean": [0.485, 0.456, 0.406],
+                "std": [0.229, 0.224, 0.225],
+            },
+        },
+        ckpt,
+    )
     return export_checkpoint(ckpt, out / f"{backbone}_export", ["safetensors", "onnx"])
 
 
@@ -69,10 +79,20 @@ def predict_baseline(export: Path, images: Path, out: Path) -> float:
     ids = [f"images/{f.name}" for f in sorted(images.iterdir())][:20]
     pd.DataFrame({"file_name": ids, "label": [0, 1] * (len(ids) // 2)}).to_csv(root / "train.csv")
     start = time.perf_counter()
-    cli_main(["predict", f"--ckpt_path={export}", f"--data.root={root}", f"--data.predict_paths=[{images}]",
-              "--data.test_v1_csv=null", "--data.test_v2_csv=null",
-              "--data.num_workers=1",
-              "--data.batch_size=32", f"--trainer.default_root_dir={out}", "--trainer.enable_progress_bar=false"])
+    cli_main(
+        [
+            "predict",
+            f"--ckpt_path={export}",
+            f"--data.root={root}",
+            f"--data.predict_paths=[{images}]",
+            "--data.test_v1_csv=null",
+            "--data.test_v2_csv=null",
+            "--data.num_workers=1",
+            "--data.batch_size=32",
+            f"--trainer.default_root_dir={out}",
+            "--trainer.enable_progress_bar=false",
+        ]
+    )
     return len(list(images.iterdir())) / (time.perf_counter() - start)
 
 
@@ -129,8 +149,9 @@ def load(url: str, bodies: list[bytes], clients: int, time_limit: float) -> tupl
         local.session = session
         start = time.perf_counter()
         try:
-            status = session.post(f"{url}/predict", data=body, headers={"Content-Type": "image/jpeg"},
-                                  timeout=120).status_code
+            status = session.post(
+                f"{url}/predict", data=body, headers={"Content-Type": "image/jpeg"}, timeout=120
+            ).status_code
         except requests.RequestException:
             status = 0
         return time.perf_counter() - start, status
@@ -144,14 +165,23 @@ def load(url: str, bodies: list[bytes], clients: int, time_limit: float) -> tupl
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
-    parser.add_argument("--requests", type=int, default=None,
-                        help="requests per clean run (mixed runs: half); default 384 (demo), 96 (convnext)")
+    parser.add_argument(
+        "--requests",
+        type=int,
+        default=None,
+        help="requests per clean run (mixed runs: half); default 384 (demo), 96 (convnext)",
+    )
     parser.add_argument("--clients", nargs="+", type=int, default=list(CLIENTS), help="concurrent clients per run")
     parser.add_argument("--runtimes", nargs="+", default=["torch", "onnx"], choices=["torch", "onnx"])
     parser.add_argument("--batching", nargs="+", default=["on", "off"], choices=["on", "off"])
     parser.add_argument("--time_limit", type=float, default=60.0, help="seconds per run at most")
-    parser.add_argument("--parts", nargs="+", default=["runtimes", "load"], choices=["runtimes", "load"],
-                        help="runtimes: the network alone on PyTorch and ONNX Runtime; load: the servers")
+    parser.add_argument(
+        "--parts",
+        nargs="+",
+        default=["runtimes", "load"],
+        choices=["runtimes", "load"],
+        help="runtimes: the network alone on PyTorch and ONNX Runtime; load: the servers",
+    )
     parser.add_argument("--out", type=Path, default=None, help="CSV (default: benchmarks/results/serve_load.csv)")
     args = parser.parse_args()
     rows, baselines, runtimes = [], [], []
@@ -164,9 +194,15 @@ def main() -> None:
             if "runtimes" in args.parts:
                 for batch in (1, 16):
                     speeds = runtime_throughput(export, size, batch)
-                    runtimes.append({"model": name, "batch": batch, "torch_img_s": round(speeds["torch"], 1),
-                                     "onnx_img_s": round(speeds["onnx"], 1),
-                                     "onnx_vs_torch": round(speeds["onnx"] / speeds["torch"], 2)})
+                    runtimes.append(
+                        {
+                            "model": name,
+                            "batch": batch,
+                            "torch_img_s": round(speeds["torch"], 1),
+                            "onnx_img_s": round(speeds["onnx"], 1),
+                            "onnx_vs_torch": round(speeds["onnx"] / speeds["torch"], 2),
+                        }
+                    )
                     print(runtimes[-1], flush=True)
             if "load" not in args.parts:
                 continue
@@ -174,8 +210,15 @@ def main() -> None:
             files = sorted((tmp / name / "images").iterdir())
             bodies = [f.read_bytes() for f in files]
             predict_img_s = max(predict_baseline(export, tmp / name / "images", tmp / "runs") for _ in range(2))
-            baselines.append({"model": name, "backbone": backbone, "px": size, "images": n,
-                              "deepfake_predict_img_s": round(predict_img_s, 1)})
+            baselines.append(
+                {
+                    "model": name,
+                    "backbone": backbone,
+                    "px": size,
+                    "images": n,
+                    "deepfake_predict_img_s": round(predict_img_s, 1),
+                }
+            )
             print(f"{name}: deepfake predict {predict_img_s:.1f} img/s", flush=True)
             bad = bad_uploads(bodies[0])
             for runtime in args.runtimes:
@@ -188,23 +231,31 @@ def main() -> None:
                         for clients in args.clients:
                             clean = [bodies[i % n] for i in range(n_requests)]
                             wall, latency, status = load(server.url, clean, clients, args.time_limit)
-                            mixed = [bad[(i // 10) % 3] if i % 10 == 9 else bodies[i % n]
-                                     for i in range(n_requests // 2)]
+                            mixed = [
+                                bad[(i // 10) % 3] if i % 10 == 9 else bodies[i % n] for i in range(n_requests // 2)
+                            ]
                             _, _, mixed_status = load(server.url, mixed, clients, args.time_limit)
                             is_bad = [i % 10 == 9 for i in range(len(mixed_status))]
-                            rows.append({
-                                "model": name, "runtime": runtime, "batching": batching, "clients": clients,
-                                "requests": len(status), "req_s": round(len(status) / wall, 1),
-                                "vs_predict": round(len(status) / wall / predict_img_s, 2),
-                                "p50_ms": round(1000 * float(np.median(latency)), 1),
-                                "p99_ms": round(1000 * float(np.percentile(latency, 99)), 1),
-                                "errors": sum(s != 200 for s in status),
-                                "mixed_good_errors": sum(s != 200 for s, b in zip(mixed_status, is_bad) if not b),
-                                "mixed_bad_4xx": f"{sum(400 <= s < 500 for s, b in zip(mixed_status, is_bad) if b)}"
-                                                 f"/{sum(is_bad)}",
-                                "memory_start_mb": round(memory_start),
-                                "memory_end_mb": round(server_memory_mb(server.process.pid)),
-                            })
+                            good_answers = [(s, b) for s, b in zip(mixed_status, is_bad, strict=True) if not b]
+                            bad_answers = [(s, b) for s, b in zip(mixed_status, is_bad, strict=True) if b]
+                            rows.append(
+                                {
+                                    "model": name,
+                                    "runtime": runtime,
+                                    "batching": batching,
+                                    "clients": clients,
+                                    "requests": len(status),
+                                    "req_s": round(len(status) / wall, 1),
+                                    "vs_predict": round(len(status) / wall / predict_img_s, 2),
+                                    "p50_ms": round(1000 * float(np.median(latency)), 1),
+                                    "p99_ms": round(1000 * float(np.percentile(latency, 99)), 1),
+                                    "errors": sum(s != 200 for s in status),
+                                    "mixed_good_errors": sum(s != 200 for s, b in good_answers),
+                                    "mixed_bad_4xx": f"{sum(400 <= s < 500 for s, b in bad_answers)}/{sum(is_bad)}",
+                                    "memory_start_mb": round(memory_start),
+                                    "memory_end_mb": round(server_memory_mb(server.process.pid)),
+                                }
+                            )
                             print(rows[-1], flush=True)
     print(f"CPU threads: {torch.get_num_threads()}, cores: {os.cpu_count()}")
     if runtimes:

@@ -32,8 +32,9 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for workers in args.workers:
-            spec = replace(load_sweep("configs/sweep_demo.yaml"), study_name=f"demo_w{workers}", out_dir=tmp,
-                           workers=workers)
+            spec = replace(
+                load_sweep("configs/sweep_demo.yaml"), study_name=f"demo_w{workers}", out_dir=tmp, workers=workers
+            )
             rows.append({"workers": workers, "cpus": os.cpu_count(), **timed_sweep(spec)})
     publish(pd.DataFrame(rows), "sweep_parallel")
 

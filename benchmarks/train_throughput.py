@@ -70,19 +70,28 @@ class PlainDataset(Dataset):
         return self.transform(Image.open(self.root / self.files[i]).convert("RGB")), float(self.labels[i])
 
 
-def plain_loop(root: Path, split: pd.DataFrame, backbone: str, size: int, batch: int, workers: int, epochs: int,
-               out: Path) -> tuple[list[float], float]:
+def plain_loop(
+    root: Path, split: pd.DataFrame, backbone: str, size: int, batch: int, workers: int, epochs: int, out: Path
+) -> tuple[list[float], float]:
     start = time.perf_counter()
     torch.manual_seed(42)
     model = timm.create_model(backbone, pretrained=False, num_classes=1)
     cfg = timm.data.resolve_model_data_config(model)
-    tf = transforms.Compose([transforms.Resize((size, size)), transforms.ToTensor(),
-                             transforms.Normalize(cfg["mean"], cfg["std"])])
+    tf = transforms.Compose(
+        [transforms.Resize((size, size)), transforms.ToTensor(), transforms.Normalize(cfg["mean"], cfg["std"])]
+    )
     parts = {s: split[split["split"] == s] for s in ("train", "val")}
-    loaders = {s: DataLoader(PlainDataset(root, df["path"].tolist(), df["label"].tolist(), tf), batch_size=batch,
-                             shuffle=s == "train", drop_last=s == "train", num_workers=workers,
-                             persistent_workers=workers > 0)
-               for s, df in parts.items()}
+    loaders = {
+        s: DataLoader(
+            PlainDataset(root, df["path"].tolist(), df["label"].tolist(), tf),
+            batch_size=batch,
+            shuffle=s == "train",
+            drop_last=s == "train",
+            num_workers=workers,
+            persistent_workers=workers > 0,
+        )
+        for s, df in parts.items()
+    }
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     marks = []
     for _ in range(epochs):
@@ -118,15 +127,38 @@ class EpochMarks(Callback):
         self.marks.append(time.perf_counter())
 
 
-def framework(root: Path, split_file: Path, backbone: str, size: int, batch: int, workers: int, epochs: int,
-              out: Path, extra: list[str]) -> tuple[list[float], float]:
+def framework(
+    root: Path,
+    split_file: Path,
+    backbone: str,
+    size: int,
+    batch: int,
+    workers: int,
+    epochs: int,
+    out: Path,
+    extra: list[str],
+) -> tuple[list[float], float]:
     start = time.perf_counter()
-    cli = cli_main([f"--model.backbone={backbone}", "--model.pretrained=false", "--model.warmup_epochs=0",
-                    f"--data.root={root}",
-                    "--data.test_v2_csv=null", f"--data.split_file={split_file}", f"--data.img_size={size}",
-                    "--data.mode=resize", f"--data.batch_size={batch}", f"--data.num_workers={workers}",
-                    f"--trainer.max_epochs={epochs}", f"--trainer.default_root_dir={out}",
-                    "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false", *extra], run=False)
+    cli = cli_main(
+        [
+            f"--model.backbone={backbone}",
+            "--model.pretrained=false",
+            "--model.warmup_epochs=0",
+            f"--data.root={root}",
+            "--data.test_v2_csv=null",
+            f"--data.split_file={split_file}",
+            f"--data.img_size={size}",
+            "--data.mode=resize",
+            f"--data.batch_size={batch}",
+            f"--data.num_workers={workers}",
+            f"--trainer.max_epochs={epochs}",
+            f"--trainer.default_root_dir={out}",
+            "--trainer.enable_progress_bar=false",
+            "--trainer.enable_model_summary=false",
+            *extra,
+        ],
+        run=False,
+    )
     marks = EpochMarks()
     cli.trainer.callbacks.append(marks)
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
@@ -149,8 +181,9 @@ def main() -> None:
             if not root.exists():
                 make_images(root, n_train + n_val, size)
             index = pd.read_csv(root / "train.csv")
-            split = pd.DataFrame({"path": index["file_name"], "label": index["label"],
-                                  "split": ["train"] * n_train + ["val"] * n_val})
+            split = pd.DataFrame(
+                {"path": index["file_name"], "label": index["label"], "split": ["train"] * n_train + ["val"] * n_val}
+            )
             split_file = root / "split.csv"
             split.to_csv(split_file, index=False)  # both sides train and validate on exactly the same images
             steady = n_train // batch * batch * (args.epochs - 1)
@@ -158,16 +191,29 @@ def main() -> None:
             for _ in range(args.repeats):  # alternate, so drifts in machine load hit both
                 marks, total = plain_loop(root, split, backbone, size, batch, workers, args.epochs, Path(tmp))
                 plain.append((steady / (marks[-1] - marks[1]), total))
-                marks, total = framework(root, split_file, backbone, size, batch, workers, args.epochs,
-                                         Path(tmp) / "runs", extra)
+                marks, total = framework(
+                    root, split_file, backbone, size, batch, workers, args.epochs, Path(tmp) / "runs", extra
+                )
                 fw.append((steady / (marks[-1] - marks[1]), total))
             p_rate, f_rate = max(r for r, _ in plain), max(r for r, _ in fw)
             p_total, f_total = min(t for _, t in plain), min(t for _, t in fw)
-            rows.append({"backbone": backbone, "px": size, "train": n_train, "val": n_val, "batch": batch,
-                         "epochs": args.epochs, "workers": workers, "deepfake_args": " ".join(extra) or "-",
-                         "plain_epoch_img_s": round(p_rate, 1), "deepfake_epoch_img_s": round(f_rate, 1),
-                         "epoch_ratio": round(f_rate / p_rate, 3), "plain_total_s": round(p_total, 1),
-                         "deepfake_total_s": round(f_total, 1)})
+            rows.append(
+                {
+                    "backbone": backbone,
+                    "px": size,
+                    "train": n_train,
+                    "val": n_val,
+                    "batch": batch,
+                    "epochs": args.epochs,
+                    "workers": workers,
+                    "deepfake_args": " ".join(extra) or "-",
+                    "plain_epoch_img_s": round(p_rate, 1),
+                    "deepfake_epoch_img_s": round(f_rate, 1),
+                    "epoch_ratio": round(f_rate / p_rate, 3),
+                    "plain_total_s": round(p_total, 1),
+                    "deepfake_total_s": round(f_total, 1),
+                }
+            )
     table = pd.DataFrame(rows)
     print(f"CPU threads: {torch.get_num_threads()}, cores: {os.cpu_count()}, best of {args.repeats} alternating runs")
     publish(table, "train_throughput", args.out, transpose=True)

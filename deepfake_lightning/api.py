@@ -12,10 +12,10 @@ import torch
 from torch.utils.data import DataLoader
 from torchvision.transforms import v2
 
+from deepfake_lightning.checkpoints import is_export, load_checkpoint, stored_settings
 from deepfake_lightning.data import DeepfakeDataModule
 from deepfake_lightning.data.dataset import collate_skip_bad
 from deepfake_lightning.data.transforms import IMAGENET_MEAN, IMAGENET_STD, create_transform
-from deepfake_lightning.checkpoints import is_export, load_checkpoint, stored_settings
 from deepfake_lightning.export import load_export
 from deepfake_lightning.models import DeepfakeClassifier
 from deepfake_lightning.provenance import ModelFacts
@@ -71,8 +71,11 @@ def training_runs(logs_dir: str | os.PathLike = "lightning_logs") -> list[Path]:
     ``checkpoints/`` folder), oldest first by when their ``config.yaml`` was written. Evaluations (``RUN/eval/...``)
     are not runs."""
     logs = Path(logs_dir)
-    runs = [c.parent for c in logs.rglob("checkpoints") if c.is_dir() and (c.parent / "config.yaml").is_file()
-            and "eval" not in c.parent.relative_to(logs).parts]
+    runs = [
+        c.parent
+        for c in logs.rglob("checkpoints")
+        if c.is_dir() and (c.parent / "config.yaml").is_file() and "eval" not in c.parent.relative_to(logs).parts
+    ]
     return sorted(runs, key=lambda run: (run / "config.yaml").stat().st_mtime)
 
 
@@ -85,8 +88,10 @@ def newest_checkpoint(logs_dir: str | os.PathLike = "lightning_logs", kind: str 
         found = best[-1:] if kind == "best" and best else [last] if last.is_file() else []
         if found:
             return found[0]
-    raise FileNotFoundError(f"no training run with a checkpoint under {Path(logs_dir).resolve()}; train one from the "
-                            "project root with: deepfake fit --config configs/demo.yaml")
+    raise FileNotFoundError(
+        f"no training run with a checkpoint under {Path(logs_dir).resolve()}; train one from the "
+        "project root with: deepfake fit --config configs/demo.yaml"
+    )
 
 
 def datamodule_for(ckpt_path: str | os.PathLike, **overrides) -> DeepfakeDataModule:
@@ -127,8 +132,16 @@ def predict_split(detector: Detector, datamodule: DeepfakeDataModule, split: str
             continue
         logits = detector.model.predict_logits(batch["image"].to(detector.model.device))
         probs = detector.model.calibrated_probs(logits)
-        rows.append(pd.DataFrame({"id": [ids[i] for i in batch["index"].tolist()], "label": batch["label"].long().numpy(),
-                                  "logit": logits.cpu().numpy(), "prob_ai": probs.cpu().numpy()}))
+        rows.append(
+            pd.DataFrame(
+                {
+                    "id": [ids[i] for i in batch["index"].tolist()],
+                    "label": batch["label"].long().numpy(),
+                    "logit": logits.cpu().numpy(),
+                    "prob_ai": probs.cpu().numpy(),
+                }
+            )
+        )
     table = pd.concat(rows, ignore_index=True)
     table["pred"] = (table["prob_ai"] >= detector.threshold).astype(int)
     return table
@@ -151,8 +164,11 @@ def load_runs(logs_dir: str | os.PathLike = "lightning_logs") -> pd.DataFrame:
         if (run / "config.yaml").is_file():
             cfg = yaml.safe_load((run / "config.yaml").read_text())
             model, data = cfg.get("model", {}), cfg.get("data", {})
-            row |= {"backbone": model.get("backbone"), "aug_strength": data.get("aug_strength"),
-                    "lr": ((model.get("optimizer") or {}).get("init_args") or {}).get("lr")}
+            row |= {
+                "backbone": model.get("backbone"),
+                "aug_strength": data.get("aug_strength"),
+                "lr": ((model.get("optimizer") or {}).get("init_args") or {}).get("lr"),
+            }
         rows.append(row)
     return pd.DataFrame(rows)
 

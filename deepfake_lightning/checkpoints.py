@@ -45,8 +45,10 @@ def _refusal(error: Exception) -> str:
     text = str(error)
     found = re.search(r"GLOBAL ([\w.]+)", text) if isinstance(error, pickle.UnpicklingError) else None
     if found:
-        return (f"refused to unpickle it (Unsupported global: GLOBAL {found.group(1)}): only plain values and "
-                "tensors are loaded")
+        return (
+            f"refused to unpickle it (Unsupported global: GLOBAL {found.group(1)}): only plain values and "
+            "tensors are loaded"
+        )
     if text.startswith("Weights only load failed"):  # torch's paragraphs: advice, the reason, a documentation link
         text = " ".join(text.split("\n\n")[1:2])
     return f"not a PyTorch checkpoint ({type(error).__name__}: {' '.join(text.split())[:160]})"
@@ -59,8 +61,9 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu", metadata
     and ``FileNotFoundError`` for a missing one."""
     path = Path(path)
     if path.is_dir():
-        raise CheckpointError(f"{path} is a folder without {CONFIG_FILE}: pass a .ckpt file or a folder written by "
-                              "`deepfake export`")
+        raise CheckpointError(
+            f"{path} is a folder without {CONFIG_FILE}: pass a .ckpt file or a folder written by `deepfake export`"
+        )
     if not path.is_file():
         raise FileNotFoundError(f"no such checkpoint file or export folder: {str(path)!r}")
     try:
@@ -72,7 +75,9 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu", metadata
     return ckpt
 
 
-def update_checkpoint(path: str | os.PathLike, edit: Callable[[dict], None], out: str | os.PathLike | None = None) -> Path:
+def update_checkpoint(
+    path: str | os.PathLike, edit: Callable[[dict], None], out: str | os.PathLike | None = None
+) -> Path:
     """Loads the checkpoint at ``path``, lets ``edit`` change its dict in place, and writes it back (or to ``out``)
     atomically: a crash leaves the old file. Returns the path written."""
     ckpt = load_checkpoint(path)
@@ -91,10 +96,12 @@ def read_export_config(export_dir: str | os.PathLike) -> dict:
     except (OSError, json.JSONDecodeError) as e:
         raise ExportError(f"{path}: cannot be read as JSON ({e})") from e
     if not isinstance(config, dict) or config.get("format") != FORMAT:
-        raise ExportError(f"{path}: not a deepfake-lightning export (\"format\" must be {FORMAT!r})")
+        raise ExportError(f'{path}: not a deepfake-lightning export ("format" must be {FORMAT!r})')
     if config.get("format_version", 0) > FORMAT_VERSION:
-        raise ExportError(f"{path}: format_version {config['format_version']} is newer than this package reads "
-                          f"({FORMAT_VERSION}); upgrade deepfake-lightning")
+        raise ExportError(
+            f"{path}: format_version {config['format_version']} is newer than this package reads "
+            f"({FORMAT_VERSION}); upgrade deepfake-lightning"
+        )
     missing = [k for k in ("backbone", "img_size", "mode", "mean", "std", "threshold") if k not in config]
     if missing:
         raise ExportError(f"{path}: missing key(s) {missing}")

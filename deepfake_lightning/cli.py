@@ -32,9 +32,11 @@ LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
 def usage() -> str:
     width = max(map(len, COMMANDS))
     lines = [f"  {name:<{width}}  {text}" for name, text in COMMANDS.items()]
-    return ("usage: deepfake COMMAND [options]\n\nTrain, evaluate, calibrate, explain, export and tune detectors of "
-            "AI-generated images.\n\ncommands:\n" + "\n".join(lines) + "\n\n`deepfake COMMAND --help` shows a "
-            "command's options.\n")
+    return (
+        "usage: deepfake COMMAND [options]\n\nTrain, evaluate, calibrate, explain, export and tune detectors of "
+        "AI-generated images.\n\ncommands:\n" + "\n".join(lines) + "\n\n`deepfake COMMAND --help` shows a "
+        "command's options.\n"
+    )
 
 
 def cli_main(args: list[str] | None = None, run: bool = True):
@@ -65,13 +67,15 @@ def calibrate_main(args: list[str]):
     known, rest = calibrate_parser().parse_known_args(args)
     from deepfake_lightning.calibration import CalibrationState
     from deepfake_lightning.checkpoints import is_export, load_checkpoint
-    from deepfake_lightning.models import DeepfakeClassifier
     from deepfake_lightning.errors import ConfigError
+    from deepfake_lightning.models import DeepfakeClassifier
     from deepfake_lightning.models.outputs import collect_logits
 
     if is_export(known.ckpt_path):
-        raise ConfigError(f"--ckpt_path {known.ckpt_path} is an export folder, a published model that is not "
-                          "changed: calibrate the checkpoint it was exported from, then export it again")
+        raise ConfigError(
+            f"--ckpt_path {known.ckpt_path} is an export folder, a published model that is not "
+            "changed: calibrate the checkpoint it was exported from, then export it again"
+        )
     model = DeepfakeClassifier.from_checkpoint(load_checkpoint(known.ckpt_path))  # refused before anything else runs
     cli = cli_main([*rest, "--model.pretrained=false"], run=False)
     settings = cli.config["calibration"]  # --calibration.method / --calibration.threshold, as `fit` reads them
@@ -82,7 +86,8 @@ def calibrate_main(args: list[str]):
     info = state.summary()
     print(
         f"Calibrated {out} ({info['method']}): val ECE {info['val/ece_before']:.4f} -> {info['val/ece']:.4f}, "
-        f"NLL {info['val/nll_before']:.4f} -> {info['val/nll']:.4f}; threshold ({info['criterion']}) {info['threshold']:.4f}"
+        f"NLL {info['val/nll_before']:.4f} -> {info['val/nll']:.4f}; "
+        f"threshold ({info['criterion']}) {info['threshold']:.4f}"
         + (f"; temperature {info['temperature']:.4f}" if "temperature" in info else "")
     )
     return state
@@ -97,8 +102,12 @@ def explain_parser() -> argparse.ArgumentParser:
     parser.add_argument("inputs", nargs="+", help="image files and/or directories (searched recursively)")
     parser.add_argument("--ckpt_path", required=True, help="a .ckpt file or a `deepfake export` folder")
     parser.add_argument("--out", required=True, help="output directory")
-    parser.add_argument("--method", default="gradcam", help="gradcam (default), gradcam++, hirescam, xgradcam, "
-                        "layercam, eigencam, eigengradcam, gradcamelementwise, scorecam")
+    parser.add_argument(
+        "--method",
+        default="gradcam",
+        help="gradcam (default), gradcam++, hirescam, xgradcam, "
+        "layercam, eigencam, eigengradcam, gradcamelementwise, scorecam",
+    )
     parser.add_argument("--layers", nargs="+", default=None, help="module names to explain (default: by backbone)")
     parser.add_argument("--n_layers", type=int, default=1, help="multi-layer mode: explain this many stages")
     parser.add_argument("--target", default="ai", choices=["ai", "human"])
@@ -124,13 +133,23 @@ def explain_main(args: list[str]):
     files = expand_inputs(a.inputs)
     if outside_demo_data(detector.facts, files):
         print(f"deepfake: warning: {DEMO_WARNING}", file=sys.stderr)
-    table = explain_files(detector, files, a.out, batch_size=a.batch_size, method=a.method,
-                          layers=a.layers, n_layers=a.n_layers, target=a.target)
+    table = explain_files(
+        detector,
+        files,
+        a.out,
+        batch_size=a.batch_size,
+        method=a.method,
+        layers=a.layers,
+        n_layers=a.n_layers,
+        target=a.target,
+    )
     bad = table[table["error"] != ""]
     for _, row in bad.iterrows():
         print(f"deepfake explain: skipped {row['file']}: {row['error']}", file=sys.stderr)
-    print(f"Explained {len(table) - len(bad)} image(s), skipped {len(bad)}; wrote {Path(a.out) / 'explanations.csv'} "
-          "and PNGs")
+    print(
+        f"Explained {len(table) - len(bad)} image(s), skipped {len(bad)}; wrote {Path(a.out) / 'explanations.csv'} "
+        "and PNGs"
+    )
     return table
 
 
@@ -143,9 +162,14 @@ def export_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--ckpt_path", required=True, help="checkpoint written by deepfake fit")
     parser.add_argument("--out", required=True, help="output directory")
-    parser.add_argument("--format", nargs="+", default=["safetensors"], choices=["safetensors", "onnx"],
-                        help="weights to write: safetensors (default; PyTorch), onnx (ONNX Runtime, dynamic batch "
-                        "axis; for `deepfake serve --runtime onnx`), or both: --format safetensors onnx")
+    parser.add_argument(
+        "--format",
+        nargs="+",
+        default=["safetensors"],
+        choices=["safetensors", "onnx"],
+        help="weights to write: safetensors (default; PyTorch), onnx (ONNX Runtime, dynamic batch "
+        "axis; for `deepfake serve --runtime onnx`), or both: --format safetensors onnx",
+    )
     return parser
 
 
@@ -162,8 +186,10 @@ def export_main(args: list[str]) -> Path:
     temperature = f", temperature {config['temperature']:.4f}" if config["temperature"] is not None else ""
     files = [out / name for fmt, name in (("safetensors", WEIGHTS_FILE), ("onnx", ONNX_FILE)) if fmt in a.format]
     written = ", ".join(f"{f} ({f.stat().st_size / 1e6:.1f} MB)" for f in files)
-    print(f"Exported {a.ckpt_path} -> {written} and {out / CONFIG_FILE}: {config['backbone']}, {config['img_size']} "
-          f"px {config['mode']}, threshold {config['threshold']:.4f}{temperature}")
+    print(
+        f"Exported {a.ckpt_path} -> {written} and {out / CONFIG_FILE}: {config['backbone']}, {config['img_size']} "
+        f"px {config['mode']}, threshold {config['threshold']:.4f}{temperature}"
+    )
     return out
 
 

@@ -13,8 +13,9 @@ from PIL import Image, ImageFilter
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 # equal_error_rate and thresholded_metrics are re-exported here for reports; they live in calibration.thresholds.
-from deepfake_lightning.calibration import calibration_metrics, equal_error_rate, thresholded_metrics  # noqa: F401
+from deepfake_lightning.calibration import calibration_metrics, equal_error_rate, thresholded_metrics
 from deepfake_lightning.files import atomic_path
+
 
 # --------------------------------------------------------------------------- reports
 def split_report(probs: np.ndarray, labels: np.ndarray, threshold: float) -> dict:
@@ -48,15 +49,29 @@ def group_report(probs: np.ndarray, labels: np.ndarray, groups: np.ndarray, thre
         auroc = None
         if ai.any() and human.any():
             auroc = float(roc_auc_score(np.r_[np.zeros(human.sum()), np.ones(ai.sum())], np.r_[p[human], p[ai]]))
-        out[name] = {"n_images": int(member.sum()), "n_ai": int(ai.sum()), "auroc": auroc,
-                     "acc": float(np.mean((p[member] >= threshold) == y[member]))}
+        out[name] = {
+            "n_images": int(member.sum()),
+            "n_ai": int(ai.sum()),
+            "auroc": auroc,
+            "acc": float(np.mean((p[member] >= threshold) == y[member])),
+        }
     return out
 
 
 def format_groups(groups: dict[str, dict[str, dict]]) -> str:
     """The per-group table of a report: one row per split and group."""
-    rows = [{"split": split, "group": name, "images": r["n_images"], "AI images": r["n_ai"], "AUROC": r["auroc"],
-             "acc@tuned": r["acc"]} for split, table in groups.items() for name, r in table.items()]
+    rows = [
+        {
+            "split": split,
+            "group": name,
+            "images": r["n_images"],
+            "AI images": r["n_ai"],
+            "AUROC": r["auroc"],
+            "acc@tuned": r["acc"],
+        }
+        for split, table in groups.items()
+        for name, r in table.items()
+    ]
     return pd.DataFrame(rows).to_string(index=False, float_format=lambda v: f"{v:.4f}", na_rep="-")
 
 
@@ -66,7 +81,7 @@ def plot_groups(groups: dict[str, dict[str, dict]], column: str):
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, len(groups), figsize=(4.5 * len(groups), 4), squeeze=False)
-    for ax, (split, table) in zip(axes[0], groups.items()):
+    for ax, (split, table) in zip(axes[0], groups.items(), strict=False):
         names = list(table)
         x = np.arange(len(names))
         auroc = [table[n]["auroc"] if table[n]["auroc"] is not None else np.nan for n in names]
@@ -86,10 +101,22 @@ def format_report(report: dict) -> str:
     rows = []
     for split, r in report["splits"].items():
         t = r["at_tuned"]
-        rows.append({"split": split, "images": r["n_images"], "AUROC": r["auroc"], "AP": r["ap"], "EER": r["eer"],
-                     "ECE": r["ece"], "acc@0.5": r["at_0.5"]["acc"], "F1@0.5": r["at_0.5"]["f1"],
-                     f"acc@{t['threshold']:.3f}": t["acc"], "macroF1@tuned": t["f1_macro"],
-                     "acc human": t["acc_human"], "acc AI": t["acc_ai"]})
+        rows.append(
+            {
+                "split": split,
+                "images": r["n_images"],
+                "AUROC": r["auroc"],
+                "AP": r["ap"],
+                "EER": r["eer"],
+                "ECE": r["ece"],
+                "acc@0.5": r["at_0.5"]["acc"],
+                "F1@0.5": r["at_0.5"]["f1"],
+                f"acc@{t['threshold']:.3f}": t["acc"],
+                "macroF1@tuned": t["f1_macro"],
+                "acc human": t["acc_human"],
+                "acc AI": t["acc_ai"],
+            }
+        )
     return pd.DataFrame(rows).to_string(index=False, float_format=lambda v: f"{v:.4f}")
 
 
@@ -105,8 +132,9 @@ def plot_split(probs: np.ndarray, labels: np.ndarray, threshold: float, title: s
     axes[0].set_title("ROC")
     PrecisionRecallDisplay.from_predictions(y, probs, ax=axes[1], name="detector")
     axes[1].set_title("Precision-recall (AI = positive)")
-    ConfusionMatrixDisplay.from_predictions(y, (np.asarray(probs) >= threshold).astype(int), ax=axes[2],
-                                            display_labels=["human", "AI"], colorbar=False)
+    ConfusionMatrixDisplay.from_predictions(
+        y, (np.asarray(probs) >= threshold).astype(int), ax=axes[2], display_labels=["human", "AI"], colorbar=False
+    )
     axes[2].set_title(f"Confusion matrix at threshold {threshold:.3f}")
     fig.suptitle(title)
     fig.tight_layout()
@@ -134,8 +162,14 @@ def plot_threshold_tradeoff(probs: np.ndarray, labels: np.ndarray, threshold: fl
 
 
 # --------------------------------------------------------------------------- submissions
-def write_predictions(out_dir: str | os.PathLike, split: str, ids: list[str], probs: np.ndarray,
-                      threshold: float, all_ids: list[str] | None = None) -> dict[str, Path]:
+def write_predictions(
+    out_dir: str | os.PathLike,
+    split: str,
+    ids: list[str],
+    probs: np.ndarray,
+    threshold: float,
+    all_ids: list[str] | None = None,
+) -> dict[str, Path]:
     """Writes ``predictions/<split>.csv`` (``id,prob_ai,label``) and, when every id of the split has a prediction,
     ``submission_<split>.csv`` in Kaggle's format (``id,label``; the split's ids, in its order, one row each).
 
@@ -187,8 +221,9 @@ def perturbation(kind: str, level: float) -> Callable[[Image.Image], Image.Image
     if kind == "downscale":
         if level >= 1.0:
             return lambda im: im
-        return lambda im: im.resize((max(1, round(im.width * level)), max(1, round(im.height * level))),
-                                    Image.Resampling.BICUBIC)
+        return lambda im: im.resize(
+            (max(1, round(im.width * level)), max(1, round(im.height * level))), Image.Resampling.BICUBIC
+        )
     raise ValueError(f"unknown perturbation {kind!r}; choose from {list(ROBUSTNESS_GRID)}")
 
 
@@ -198,7 +233,7 @@ def plot_robustness(table: pd.DataFrame):
 
     kinds = list(dict.fromkeys(table["perturbation"]))
     fig, axes = plt.subplots(1, len(kinds), figsize=(4.2 * len(kinds), 3.6), squeeze=False)
-    for ax, kind in zip(axes[0], kinds):
+    for ax, kind in zip(axes[0], kinds, strict=False):
         rows = table[table["perturbation"] == kind]
         ax.plot(rows["level"], rows["auroc"], marker="o", label="AUROC")
         ax.plot(rows["level"], rows["acc"], marker="s", label="accuracy (tuned threshold)")

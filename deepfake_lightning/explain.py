@@ -68,7 +68,7 @@ def default_target_layers(net: nn.Module, n_layers: int = 1) -> list[str]:
             deep, earlier = stages[-1], stages[:-1]
         else:
             raise ValueError(f"cannot pick a CAM target layer for {type(net).__name__}; pass layers=[module names]")
-    return (earlier[-(n_layers - 1):] if n_layers > 1 else []) + [deep]
+    return (earlier[-(n_layers - 1) :] if n_layers > 1 else []) + [deep]
 
 
 def resolve_layers(net: nn.Module, layers: list[str] | None, n_layers: int = 1) -> list[str]:
@@ -140,7 +140,8 @@ class CamExplainer:
         reshape = vit_reshape(self.net) if _is_vit(self.net) else None
         was_training = self.model.training
         self._cam = CAM_METHODS[method](
-            model=_Logit(self.model), target_layers=[self.net.get_submodule(n) for n in self.layer_names],
+            model=_Logit(self.model),
+            target_layers=[self.net.get_submodule(n) for n in self.layer_names],
             reshape_transform=reshape,
         )
         # Gradients flow from a grad-requiring input instead of the (temporarily frozen) parameters.
@@ -162,8 +163,12 @@ class CamExplainer:
             for p in model.parameters():  # gradients flow from the input: no parameter .grad is touched
                 p.requires_grad_(False)
             # Also callable from Lightning's evaluation hooks, which run under inference mode and autocast.
-            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), \
-                    torch.inference_mode(False), torch.enable_grad(), torch.autocast(device.type, enabled=False):
+            with (
+                torch.random.fork_rng(devices=[device] if device.type == "cuda" else []),
+                torch.inference_mode(False),
+                torch.enable_grad(),
+                torch.autocast(device.type, enabled=False),
+            ):
                 x = images.to(device=device, dtype=torch.float32).clone()  # a normal tensor, even from inference mode
                 targets = [self.target] * len(x)
                 cam = self._cam(input_tensor=x, targets=targets)
@@ -174,7 +179,7 @@ class CamExplainer:
                 with torch.no_grad():
                     logits = predict_logits(views.to(device)).float()
         finally:
-            for p, f in zip(model.parameters(), flags):
+            for p, f in zip(model.parameters(), flags, strict=False):
                 p.requires_grad_(f)
             model.train(was_training)
             self._cam.activations_and_grads.gradients = []
@@ -183,7 +188,7 @@ class CamExplainer:
         probs = calibrated(logits) if calibrated is not None else torch.sigmoid(logits)
         return CamResult(
             cam=cam.astype(np.float32),
-            per_layer={n: m[:, 0].astype(np.float32) for n, m in zip(self.layer_names, per_layer)},
+            per_layer={n: m[:, 0].astype(np.float32) for n, m in zip(self.layer_names, per_layer, strict=False)},
             logits=logits.cpu().numpy(),
             probs=probs.cpu().numpy(),
         )
@@ -191,7 +196,7 @@ class CamExplainer:
     def close(self) -> None:
         self._cam.activations_and_grads.release()
 
-    def __enter__(self) -> "CamExplainer":
+    def __enter__(self) -> CamExplainer:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -228,13 +233,16 @@ def overlay(rgb: np.ndarray, cam: np.ndarray) -> np.ndarray:
     return show_cam_on_image(rgb.astype(np.float32), cam, use_rgb=True)
 
 
-def cam_grid(rgb: np.ndarray, result: CamResult, labels=None, threshold: float = 0.5, columns: int = 4,
-             per_layer: bool = False):
+def cam_grid(
+    rgb: np.ndarray, result: CamResult, labels=None, threshold: float = 0.5, columns: int = 4, per_layer: bool = False
+):
     """A matplotlib Figure: per image, the picture and its overlay (and each layer's map with ``per_layer``),
     titled with the true label (if known), the AI probability and the prediction at ``threshold``."""
     import matplotlib.pyplot as plt
 
-    maps = [("combined", result.cam)] + (list(result.per_layer.items()) if per_layer and len(result.per_layer) > 1 else [])
+    maps = [("combined", result.cam)] + (
+        list(result.per_layer.items()) if per_layer and len(result.per_layer) > 1 else []
+    )
     panels = 1 + len(maps)
     n = len(rgb)
     columns = max(1, min(columns, n))
@@ -303,8 +311,12 @@ def explain_files(detector, files: list[Path], out_dir: str | Path, batch_size: 
             rgb = denormalize(images, detector.mean, detector.std)
             for i, f in enumerate(batch_files):
                 prob = float(result.probs[i])
-                single = CamResult(result.cam[i : i + 1], {k: v[i : i + 1] for k, v in result.per_layer.items()},
-                                   result.logits[i : i + 1], result.probs[i : i + 1])
+                single = CamResult(
+                    result.cam[i : i + 1],
+                    {k: v[i : i + 1] for k, v in result.per_layer.items()},
+                    result.logits[i : i + 1],
+                    result.probs[i : i + 1],
+                )
                 fig = cam_grid(rgb[i : i + 1], single, threshold=detector.threshold, columns=1, per_layer=True)
                 fig.axes[0].set_title(f"{f.name}\n{fig.axes[0].get_title()}", fontsize=7)
                 fig.tight_layout()

@@ -30,7 +30,6 @@ from deepfake_lightning.checkpoints import (
     FORMAT,
     FORMAT_VERSION,
     export_calibration,
-    is_export,
     load_checkpoint,
     read_export_config,
     stored_settings,
@@ -61,8 +60,9 @@ def _plain(value: Any) -> Any:
 FORMATS = ("safetensors", "onnx")
 
 
-def export_checkpoint(ckpt_path: str | os.PathLike, out_dir: str | os.PathLike,
-                      formats: tuple[str, ...] | list[str] = ("safetensors",)) -> Path:
+def export_checkpoint(
+    ckpt_path: str | os.PathLike, out_dir: str | os.PathLike, formats: tuple[str, ...] | list[str] = ("safetensors",)
+) -> Path:
     """Writes the weights in ``formats`` (``out_dir/model.safetensors`` and/or ``out_dir/model.onnx``),
     ``out_dir/detector.json`` and a model card ``out_dir/README.md`` (Hugging Face format, see
     ``provenance.model_card``) from a ``deepfake fit`` checkpoint (a pickle: export only checkpoints you trust; the
@@ -96,8 +96,11 @@ def export_checkpoint(ckpt_path: str | os.PathLike, out_dir: str | os.PathLike,
         "mode": data.get("mode", "resize"),
         "mean": [float(v) for v in data.get("mean", IMAGENET_MEAN)],
         "std": [float(v) for v in data.get("std", IMAGENET_STD)],
-        "temperature": (calibration.calibrator.temperature
-                        if calibration and calibration.calibrator.method == "temperature" else None),
+        "temperature": (
+            calibration.calibrator.temperature
+            if calibration and calibration.calibrator.method == "temperature"
+            else None
+        ),
         # The one decision threshold (PyTorch and ONNX Runtime both read it); "calibration" holds the rest.
         "threshold": calibration.threshold if calibration else 0.5,
         "calibration": calibration.to_json(threshold=False) if calibration else None,
@@ -124,8 +127,13 @@ def _network(config: dict, weights: dict):
     """The eval-mode ``DeepfakeClassifier`` of an export's ``config`` with ``weights`` (timm names)."""
     from deepfake_lightning.models import DeepfakeClassifier
 
-    model = DeepfakeClassifier(config["backbone"], pretrained=False, channels_last=config.get("channels_last", True),
-                               tta_flip=config.get("tta_flip", False), frontend=config.get("frontend", "rgb"))
+    model = DeepfakeClassifier(
+        config["backbone"],
+        pretrained=False,
+        channels_last=config.get("channels_last", True),
+        tta_flip=config.get("tta_flip", False),
+        frontend=config.get("frontend", "rgb"),
+    )
     model.net.load_state_dict(weights)
     return model.eval()
 
@@ -136,8 +144,13 @@ def load_export(export_dir: str | os.PathLike, map_location: str | torch.device 
     from deepfake_lightning.models import DeepfakeClassifier
 
     config = read_export_config(export_dir)
-    model = DeepfakeClassifier(config["backbone"], pretrained=False, channels_last=config.get("channels_last", True),
-                               tta_flip=config.get("tta_flip", False), frontend=config.get("frontend", "rgb"))
+    model = DeepfakeClassifier(
+        config["backbone"],
+        pretrained=False,
+        channels_last=config.get("channels_last", True),
+        tta_flip=config.get("tta_flip", False),
+        frontend=config.get("frontend", "rgb"),
+    )
     load_weights(model, export_dir, config)
     return model.to(map_location).eval(), config
 
@@ -150,9 +163,11 @@ def load_weights(model, export_dir: str | os.PathLike, config: dict | None = Non
     config = config or read_export_config(export_dir)
     path = Path(export_dir) / WEIGHTS_FILE
     if "safetensors" not in config.get("formats", ["safetensors"]):
-        raise ExportError(f"{Path(export_dir) / CONFIG_FILE}: this export holds only {', '.join(config['formats'])} "
-                          f"weights, not PyTorch ones ({WEIGHTS_FILE}): serve it with `deepfake serve --runtime onnx`, "
-                          "or export again with --format safetensors onnx")
+        raise ExportError(
+            f"{Path(export_dir) / CONFIG_FILE}: this export holds only {', '.join(config['formats'])} "
+            f"weights, not PyTorch ones ({WEIGHTS_FILE}): serve it with `deepfake serve --runtime onnx`, "
+            "or export again with --format safetensors onnx"
+        )
     try:
         weights = load_file(str(path))
     except (OSError, SafetensorError) as e:
@@ -164,7 +179,7 @@ def load_weights(model, export_dir: str | os.PathLike, config: dict | None = Non
     try:
         model.calibration = CalibrationState.from_json(export_calibration(config))
     except (ValueError, TypeError, KeyError) as e:
-        raise ExportError(f"{Path(export_dir) / CONFIG_FILE}: \"calibration\" cannot be read ({e})") from e
+        raise ExportError(f'{Path(export_dir) / CONFIG_FILE}: "calibration" cannot be read ({e})') from e
     model.facts = export_facts(config, source=str(export_dir))
 
 

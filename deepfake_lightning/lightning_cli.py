@@ -29,10 +29,10 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from deepfake_lightning.callbacks import Calibration, EvaluationReport, MetricsJson, PredictionWriter, RunCheckpoint
 from deepfake_lightning.callbacks.run_summary import FitSummary
+from deepfake_lightning.checkpoints import is_export, load_checkpoint, stored_settings
 from deepfake_lightning.data import DeepfakeDataModule
 from deepfake_lightning.data.datamodule import check_data_root
-from deepfake_lightning.errors import ConfigError, ExportError
-from deepfake_lightning.checkpoints import is_export, load_checkpoint, stored_settings
+from deepfake_lightning.errors import ConfigError
 from deepfake_lightning.export import load_weights
 from deepfake_lightning.models import DeepfakeClassifier
 
@@ -162,8 +162,12 @@ class DeepfakeCLI(LightningCLI):
         parser.link_arguments("calibration.shift_tolerance", "predictions.shift_tolerance")
         parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
         # Normalization follows the backbone's own timm data config.
-        parser.link_arguments("model.data_config", "data.mean", compute_fn=lambda c: tuple(c["mean"]), apply_on="instantiate")
-        parser.link_arguments("model.data_config", "data.std", compute_fn=lambda c: tuple(c["std"]), apply_on="instantiate")
+        parser.link_arguments(
+            "model.data_config", "data.mean", compute_fn=lambda c: tuple(c["mean"]), apply_on="instantiate"
+        )
+        parser.link_arguments(
+            "model.data_config", "data.std", compute_fn=lambda c: tuple(c["std"]), apply_on="instantiate"
+        )
 
     def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
         # As LightningCLI's, minus its warning about `args` beside sys.argv (calibrate and sweeps pass `args` from a
@@ -193,9 +197,11 @@ class DeepfakeCLI(LightningCLI):
         ckpt_path = cfg.get("ckpt_path")
         if ckpt_path not in LIGHTNING_CKPT_NAMES:
             if self.subcommand == "fit" and is_export(ckpt_path):
-                raise ConfigError(f"fit --ckpt_path {ckpt_path}: an export folder holds weights only (no optimizer "
-                                  f"state or epoch) and cannot be resumed; to train from its weights pass "
-                                  f"--model.weights {Path(ckpt_path) / 'model.safetensors'} instead")
+                raise ConfigError(
+                    f"fit --ckpt_path {ckpt_path}: an export folder holds weights only (no optimizer "
+                    f"state or epoch) and cannot be resumed; to train from its weights pass "
+                    f"--model.weights {Path(ckpt_path) / 'model.safetensors'} instead"
+                )
             # Read with weights_only (checkpoints.py): a crafted checkpoint is refused here, before anything runs.
             self._apply_stored_settings(cfg, stored_settings(ckpt_path))
         if not cfg.data.demo:
@@ -228,11 +234,15 @@ class DeepfakeCLI(LightningCLI):
         backbone = stored["model"].get("backbone")
         given_backbone = self._given.get("model.backbone")
         if given_backbone is not None and given_backbone != (backbone or given_backbone):
-            raise ConfigError(f"--model.backbone {given_backbone} contradicts --ckpt_path {cfg.ckpt_path}, a "
-                              f"{backbone} model: its weights fit only that backbone")
+            raise ConfigError(
+                f"--model.backbone {given_backbone} contradicts --ckpt_path {cfg.ckpt_path}, a "
+                f"{backbone} model: its weights fit only that backbone"
+            )
         if self.subcommand == "fit" and backbone and cfg.model.backbone != backbone and given_backbone is None:
-            rank_zero_info(f"--ckpt_path {cfg.ckpt_path} is a {backbone} model: its backbone is used instead of the "
-                           f"configured {cfg.model.backbone}")
+            rank_zero_info(
+                f"--ckpt_path {cfg.ckpt_path} is a {backbone} model: its backbone is used instead of the "
+                f"configured {cfg.model.backbone}"
+            )
         data = {k: v for k, v in stored["data"].items() if k in STORED_DATA_KEYS}
         for section, values in {"model": stored["model"], "data": data}.items():
             for key, value in values.items():
@@ -258,12 +268,17 @@ class DeepfakeCLI(LightningCLI):
         keys = list(parser.callback_keys)
         aside = {}
         if trainer.enable_checkpointing is False or trainer.barebones:
-            aside["checkpoint"] = ("trainer.enable_checkpointing=false: no checkpoints are written; calibration "
-                                   "is fitted on the final weights and kept in memory only"
-                                   if self.subcommand == "fit" else "")
+            aside["checkpoint"] = (
+                "trainer.enable_checkpointing=false: no checkpoints are written; calibration "
+                "is fitted on the final weights and kept in memory only"
+                if self.subcommand == "fit"
+                else ""
+            )
         if trainer.logger is False or trainer.barebones:
-            aside["lr_monitor"] = ("trainer.logger=false: no TensorBoard logs and no learning-rate monitor; "
-                                   f"files go to trainer.default_root_dir ({Path(trainer.default_root_dir or '.').resolve()})")
+            aside["lr_monitor"] = (
+                "trainer.logger=false: no TensorBoard logs and no learning-rate monitor; "
+                f"files go to trainer.default_root_dir ({Path(trainer.default_root_dir or '.').resolve()})"
+            )
         for key, why in aside.items():
             if why and key in keys:
                 rank_zero_info(why)
@@ -295,9 +310,11 @@ class DeepfakeCLI(LightningCLI):
         run = found[-1].parent.parent
         backbone = stored_settings(found[-1])["model"].get("backbone")
         if backbone and backbone != cfg.model.backbone:
-            raise ConfigError(f"--ckpt_path last: the newest run {run} is a {backbone} model, but this run configures "
-                              f"{cfg.model.backbone}; resume a {cfg.model.backbone} run by passing its checkpoint "
-                              f"(--ckpt_path RUN/checkpoints/last.ckpt), or train anew without --ckpt_path")
+            raise ConfigError(
+                f"--ckpt_path last: the newest run {run} is a {backbone} model, but this run configures "
+                f"{cfg.model.backbone}; resume a {cfg.model.backbone} run by passing its checkpoint "
+                f"(--ckpt_path RUN/checkpoints/last.ckpt), or train anew without --ckpt_path"
+            )
         args["version"] = run.name
         cfg.ckpt_path = str(found[-1])
         if cfg.data.split_file is None and (run / "split.csv").is_file():
@@ -316,8 +333,10 @@ class DeepfakeCLI(LightningCLI):
 
 
 def _tensorboard(save_dir: str, **init_args) -> dict:
-    return {"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
-            "init_args": {"save_dir": save_dir, "default_hp_metric": False, **init_args}}
+    return {
+        "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+        "init_args": {"save_dir": save_dir, "default_hp_metric": False, **init_args},
+    }
 
 
 def run_lightning_cli(args: list[str] | None = None, run: bool = True) -> DeepfakeCLI:
@@ -333,8 +352,11 @@ def run_lightning_cli(args: list[str] | None = None, run: bool = True) -> Deepfa
         trainer_defaults={"max_epochs": 10, "callbacks": [FitSummary()]},
         save_config_kwargs={"overwrite": True},
         auto_configure_optimizers=False,
-        parser_kwargs={"prog": "deepfake", "description": "Train, evaluate and predict with deepfake-lightning "
-                       "detectors. `deepfake --help` lists every command."},
+        parser_kwargs={
+            "prog": "deepfake",
+            "description": "Train, evaluate and predict with deepfake-lightning "
+            "detectors. `deepfake --help` lists every command.",
+        },
         args=args,
         run=run,
     )

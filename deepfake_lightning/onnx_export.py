@@ -43,8 +43,9 @@ def write_onnx(model: nn.Module, path: str | os.PathLike, img_size: int) -> dict
     try:
         import onnxscript  # noqa: F401  (torch.onnx's exporter needs it; say so before a deep ImportError)
     except ImportError as e:
-        raise ExportError("--format onnx needs the onnx and onnxscript packages: pip install "
-                          "'deepfake-lightning[serve]'") from e
+        raise ExportError(
+            "--format onnx needs the onnx and onnxscript packages: pip install 'deepfake-lightning[serve]'"
+        ) from e
     from deepfake_lightning.files import atomic_path
 
     wrapper = _EvalLogits(model.eval()).eval()
@@ -52,38 +53,65 @@ def write_onnx(model: nn.Module, path: str | os.PathLike, img_size: int) -> dict
     batch = torch.export.Dim("batch", min=1)
     with atomic_path(path) as tmp, torch.no_grad():
         try:
-            program = torch.onnx.export(wrapper, (example,), dynamo=True, input_names=[INPUT], output_names=[OUTPUT],
-                                        dynamic_shapes={"image": {0: batch}}, opset_version=OPSET, verbose=False,
-                                        external_data=False)
+            program = torch.onnx.export(
+                wrapper,
+                (example,),
+                dynamo=True,
+                input_names=[INPUT],
+                output_names=[OUTPUT],
+                dynamic_shapes={"image": {0: batch}},
+                opset_version=OPSET,
+                verbose=False,
+                external_data=False,
+            )
         except Exception as e:  # torch.onnx raises its own error types for unsupported operators or shapes
             backbone = model.hparams.get("backbone", type(model).__name__)
-            raise ExportError(f"--format onnx: torch.onnx cannot export {backbone} ({type(e).__name__}: {e}); "
-                              "the safetensors export works for every backbone") from e
+            raise ExportError(
+                f"--format onnx: torch.onnx cannot export {backbone} ({type(e).__name__}: {e}); "
+                "the safetensors export works for every backbone"
+            ) from e
         program.save(str(tmp))
-    return {"file": Path(path).name, "sha256": file_sha256(path), "opset": OPSET, "input": INPUT, "output": OUTPUT,
-            "input_shape": ["batch", 3, img_size, img_size], "torch": torch.__version__}
+    return {
+        "file": Path(path).name,
+        "sha256": file_sha256(path),
+        "opset": OPSET,
+        "input": INPUT,
+        "output": OUTPUT,
+        "input_shape": ["batch", 3, img_size, img_size],
+        "torch": torch.__version__,
+    }
 
 
 class OnnxModel:
-    """An export's ``model.onnx`` (use ``export.load_onnx(DIR)``) in an ONNX Runtime session (CPU unless ``providers`` say otherwise), checked
-    against ``detector.json``: the file's SHA-256 and its input and output shapes. ``logits(images)`` takes
-    normalized (B, 3, H, W) images (a tensor or an array) and returns (B,) float32 logits."""
+    """An export's ``model.onnx`` (use ``export.load_onnx(DIR)``) in an ONNX Runtime session (CPU unless
+    ``providers`` say otherwise), checked against ``detector.json``: the file's SHA-256 and its input and output
+    shapes. ``logits(images)`` takes normalized (B, 3, H, W) images (a tensor or an array) and returns (B,) float32
+    logits."""
 
-    def __init__(self, export_dir: str | os.PathLike, config: dict, providers: list[str] | None = None,
-                 threads: int | None = None):
+    def __init__(
+        self,
+        export_dir: str | os.PathLike,
+        config: dict,
+        providers: list[str] | None = None,
+        threads: int | None = None,
+    ):
         self.export_dir = Path(export_dir)
         self.config = config  # its detector.json, read by export.read_export_config (export.load_onnx does both)
         entry = self.config.get("onnx")
         detector_json = self.export_dir / "detector.json"
         if not entry:
-            raise ExportError(f"{detector_json}: this export has no ONNX model; write one with: deepfake export "
-                              f"--ckpt_path CKPT --out {self.export_dir} --format safetensors onnx")
+            raise ExportError(
+                f"{detector_json}: this export has no ONNX model; write one with: deepfake export "
+                f"--ckpt_path CKPT --out {self.export_dir} --format safetensors onnx"
+            )
         self.path = self.export_dir / entry.get("file", ONNX_FILE)
         if not self.path.is_file():
             raise ExportError(f"{self.path}: missing (detector.json lists an ONNX model)")
         if file_sha256(self.path) != entry.get("sha256"):
-            raise ExportError(f"{self.path} is not the ONNX model detector.json was written with (its SHA-256 "
-                              f"differs): a file from another export, or damaged; export again with --format onnx")
+            raise ExportError(
+                f"{self.path} is not the ONNX model detector.json was written with (its SHA-256 "
+                f"differs): a file from another export, or damaged; export again with --format onnx"
+            )
         try:
             import onnxruntime as ort
         except ImportError as e:
@@ -101,12 +129,22 @@ class OnnxModel:
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
         size = int(self.config["img_size"])
         shape = list(inputs[0].shape) if len(inputs) == 1 else None
-        if shape is None or len(shape) != 4 or shape[1:] != [3, size, size] or len(outputs) != 1 \
-                or len(outputs[0].shape) != 1:
-            found = ", ".join(f"{i.name} {i.shape}" for i in inputs) + " -> " + ", ".join(
-                f"{o.name} {o.shape}" for o in outputs)
-            raise ExportError(f"{self.path} does not fit {detector_json}: expected one input (batch, 3, {size}, "
-                              f"{size}) and one output (batch,), found {found}")
+        if (
+            shape is None
+            or len(shape) != 4
+            or shape[1:] != [3, size, size]
+            or len(outputs) != 1
+            or len(outputs[0].shape) != 1
+        ):
+            found = (
+                ", ".join(f"{i.name} {i.shape}" for i in inputs)
+                + " -> "
+                + ", ".join(f"{o.name} {o.shape}" for o in outputs)
+            )
+            raise ExportError(
+                f"{self.path} does not fit {detector_json}: expected one input (batch, 3, {size}, "
+                f"{size}) and one output (batch,), found {found}"
+            )
         self.input_name, self.output_name = inputs[0].name, outputs[0].name
 
     def logits(self, images: torch.Tensor | np.ndarray) -> np.ndarray:

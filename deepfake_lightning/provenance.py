@@ -29,8 +29,10 @@ from deepfake_lightning.checkpoints import export_calibration, export_settings, 
 
 UNKNOWN = "unknown"
 KAGGLE_DATASET = "alessandrasala79/ai-vs-human-generated-dataset"
-DEMO_WARNING = ("this detector was trained on the synthetic demo dataset (simulated up-sampling artifacts): it does "
-                "not detect real AI-generated images, and its probabilities on other images mean nothing")
+DEMO_WARNING = (
+    "this detector was trained on the synthetic demo dataset (simulated up-sampling artifacts): it does "
+    "not detect real AI-generated images, and its probabilities on other images mean nothing"
+)
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -70,8 +72,12 @@ def _versions_once() -> tuple[tuple[str, str], ...]:
     from deepfake_lightning import __version__
 
     # str(): torch's version is a str subclass, which torch.load(weights_only=True) refuses to unpickle
-    return (("deepfake-lightning", str(__version__)), ("torch", str(torch.__version__)),
-            ("lightning", str(lightning.__version__)), ("timm", str(timm.__version__)))
+    return (
+        ("deepfake-lightning", str(__version__)),
+        ("torch", str(torch.__version__)),
+        ("lightning", str(lightning.__version__)),
+        ("timm", str(timm.__version__)),
+    )
 
 
 def versions() -> dict[str, str]:
@@ -131,15 +137,18 @@ class ModelFacts:
             return UNKNOWN
         if data.get("kind") == "demo":
             return f"the synthetic demo dataset (demo spec {data.get('spec')})"
-        return (f"{data.get('train_csv')}: {data.get('rows')} images, {100 * float(data.get('ai_share', 0)):.1f} % "
-                f"AI-generated (sha256 {str(data.get('sha256'))[:12]})")
+        return (
+            f"{data.get('train_csv')}: {data.get('rows')} images, {100 * float(data.get('ai_share', 0)):.1f} % "
+            f"AI-generated (sha256 {str(data.get('sha256'))[:12]})"
+        )
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
-    def from_parts(cls, model_hparams: dict, data_hparams: dict, calibration: dict | None, provenance: dict | None,
-                   source: str) -> "ModelFacts":
+    def from_parts(
+        cls, model_hparams: dict, data_hparams: dict, calibration: dict | None, provenance: dict | None, source: str
+    ) -> ModelFacts:
         """From a checkpoint's (or an export's) stored pieces; tolerant of any of them missing."""
         provenance = provenance or {}
         cal = calibration or {}
@@ -180,21 +189,31 @@ def outside_demo_data(facts: ModelFacts | None, files: list) -> bool:
 
 def checkpoint_facts(ckpt: dict, source: str) -> ModelFacts:
     settings = stored_settings(ckpt)
-    return ModelFacts.from_parts(settings["model"], settings["data"], ckpt.get("calibration"), ckpt.get("provenance"),
-                                 source)
+    return ModelFacts.from_parts(
+        settings["model"], settings["data"], ckpt.get("calibration"), ckpt.get("provenance"), source
+    )
 
 
 def export_facts(config: dict, source: str) -> ModelFacts:
     settings = export_settings(config)
-    return ModelFacts.from_parts(settings["model"], settings["data"], export_calibration(config),
-                                 config.get("provenance"), source)
+    return ModelFacts.from_parts(
+        settings["model"], settings["data"], export_calibration(config), config.get("provenance"), source
+    )
 
 
 def evaluation_record(report: dict) -> dict:
     """The per-split summary of a ``report.json`` that ``deepfake test`` adds to the checkpoint's provenance."""
-    return {split: {"n_images": r["n_images"], "auroc": r["auroc"], "ap": r["ap"], "ece": r["ece"],
-                    "acc": r["at_tuned"]["acc"], "f1_macro": r["at_tuned"]["f1_macro"]}
-            for split, r in report.get("splits", {}).items()}
+    return {
+        split: {
+            "n_images": r["n_images"],
+            "auroc": r["auroc"],
+            "ap": r["ap"],
+            "ece": r["ece"],
+            "acc": r["at_tuned"]["acc"],
+            "f1_macro": r["at_tuned"]["f1_macro"],
+        }
+        for split, r in report.get("splits", {}).items()
+    }
 
 
 # --------------------------------------------------------------------------- the model card
@@ -206,15 +225,31 @@ def model_card(facts: ModelFacts) -> str:
     results = []
     if isinstance(facts.validation, dict) and facts.validation:
         v = facts.validation
-        results.append(_result("validation", v.get("val/auroc"), v.get("val/f1"), v.get("val/acc"),
-                               "training run: F1 and accuracy at 0.5"))
+        results.append(
+            _result(
+                "validation",
+                v.get("val/auroc"),
+                v.get("val/f1"),
+                v.get("val/acc"),
+                "training run: F1 and accuracy at 0.5",
+            )
+        )
     tta = facts.test_settings or {}
-    how = ", ".join(([f"{tta['eval_views']} views"] if tta.get("eval_views", 1) > 1 else [])
-                    + (["mirrored (tta_flip)"] if tta.get("tta_flip") else []))
+    how = ", ".join(
+        ([f"{tta['eval_views']} views"] if tta.get("eval_views", 1) > 1 else [])
+        + (["mirrored (tta_flip)"] if tta.get("tta_flip") else [])
+    )
     for split, r in facts.test.items():
-        results.append(_result(split, r.get("auroc"), r.get("f1_macro"), r.get("acc"),
-                               "deepfake test: macro F1 and accuracy at the tuned threshold"
-                               + (f"; test-time augmentation: {how}" if how else "")))
+        results.append(
+            _result(
+                split,
+                r.get("auroc"),
+                r.get("f1_macro"),
+                r.get("acc"),
+                "deepfake test: macro F1 and accuracy at the tuned threshold"
+                + (f"; test-time augmentation: {how}" if how else ""),
+            )
+        )
     metadata = {
         "library_name": "deepfake-lightning",
         "pipeline_tag": "image-classification",
@@ -226,63 +261,106 @@ def model_card(facts: ModelFacts) -> str:
     if isinstance(data, dict) and data.get("kind") == "csv" and data.get("kaggle"):
         metadata["datasets"] = [KAGGLE_DATASET]
     if results:
-        metadata["model-index"] = [{"name": f"deepfake-lightning-{facts.backbone}",
-                                    "results": [{k: r[k] for k in ("task", "dataset", "metrics")}
-                                                for r in results if r["metrics"]]}]
-    lines = ["---", yaml.safe_dump(metadata, sort_keys=False).rstrip(), "---", "",
-             f"# AI-generated image detector: {facts.backbone}", ""]
+        metadata["model-index"] = [
+            {
+                "name": f"deepfake-lightning-{facts.backbone}",
+                "results": [{k: r[k] for k in ("task", "dataset", "metrics")} for r in results if r["metrics"]],
+            }
+        ]
+    lines = [
+        "---",
+        yaml.safe_dump(metadata, sort_keys=False).rstrip(),
+        "---",
+        "",
+        f"# AI-generated image detector: {facts.backbone}",
+        "",
+    ]
     if facts.trained_on_demo:
         lines += [f"> **Not a detector.** {DEMO_WARNING[0].upper()}{DEMO_WARNING[1:]}.", ""]
     lines += [
         "Binary classifier: the probability that an image is AI-generated (label 1) rather than a photograph "
-        "(label 0), trained with deepfake-lightning on a timm backbone.", "",
-        "## Model", "",
-        "| | |", "|---|---|",
+        "(label 0), trained with deepfake-lightning on a timm backbone.",
+        "",
+        "## Model",
+        "",
+        "| | |",
+        "|---|---|",
         f"| backbone | `{facts.backbone}` (one logit) |",
         f"| front-end | {facts.frontend} |",
         f"| input | {facts.img_size} px, `{facts.mode}` mode |",
-        f"| calibration | {facts.calibration}" + (f", temperature {facts.temperature:.4f}" if facts.temperature else "") + " |",
+        f"| calibration | {facts.calibration}"
+        + (f", temperature {facts.temperature:.4f}" if facts.temperature else "")
+        + " |",
         f"| decision threshold | {facts.threshold:.4f} ({facts.threshold_criterion}, chosen on validation) |",
         f"| versions | {_versions(facts.versions)} |",
-        f"| git commit | {facts.git_commit or UNKNOWN} |", "",
-        "## Training data", "", f"{facts.dataset}; train/val split sha256 `{facts.split_sha256}`.", "",
-        "## Evaluation", "",
+        f"| git commit | {facts.git_commit or UNKNOWN} |",
+        "",
+        "## Training data",
+        "",
+        f"{facts.dataset}; train/val split sha256 `{facts.split_sha256}`.",
+        "",
+        "## Evaluation",
+        "",
     ]
     if results:
         lines += ["| split | AUROC | F1 | accuracy | measured by |", "|---|---|---|---|---|"]
         for r in results:
             values = {m["type"]: m["value"] for m in r["metrics"]}
-            lines.append(f"| {r['dataset']['name']} | " + " | ".join(
-                f"{values[k]:.4f}" if k in values else "" for k in ("roc_auc", "f1", "accuracy")) + f" | {r['source']} |")
+            lines.append(
+                f"| {r['dataset']['name']} | "
+                + " | ".join(f"{values[k]:.4f}" if k in values else "" for k in ("roc_auc", "f1", "accuracy"))
+                + f" | {r['source']} |"
+            )
         lines.append("")
     else:
         lines += [f"{UNKNOWN}: this checkpoint carries no metrics.", ""]
     lines += [
-        "## Intended use", "",
+        "## Intended use",
+        "",
         "Screening images for likely AI generation, with a human in the loop; the probability is calibrated on "
-        "validation data from the training distribution.", "",
-        "## Limitations", "",
+        "validation data from the training distribution.",
+        "",
+        "## Limitations",
+        "",
         "- Detectors of AI-generated images generalize poorly to generators and post-processing they were not "
         "trained on; calibration and the threshold do not transfer across such a change.",
         "- Re-compression, resizing and blur reduce accuracy (see `deepfake test --report.robustness true`).",
     ]
     if facts.trained_on_demo:
         lines.append(f"- {DEMO_WARNING[0].upper()}{DEMO_WARNING[1:]}.")
-    lines += ["", "## How to use", "", "With deepfake-lightning installed (`pip install -e .` in its checkout):", "",
-              "```bash",
-              "deepfake predict --config configs/demo.yaml --ckpt_path THIS_FOLDER --data.predict_paths '[photos/]'",
-              "deepfake explain photo.jpg --ckpt_path THIS_FOLDER --out cams/", "```", "",
-              "```python", "from deepfake_lightning import load_detector",
-              "detector = load_detector('THIS_FOLDER')   # safetensors + JSON: nothing is unpickled",
-              "print(detector.facts)", "```", ""]
+    lines += [
+        "",
+        "## How to use",
+        "",
+        "With deepfake-lightning installed (`pip install -e .` in its checkout):",
+        "",
+        "```bash",
+        "deepfake predict --config configs/demo.yaml --ckpt_path THIS_FOLDER --data.predict_paths '[photos/]'",
+        "deepfake explain photo.jpg --ckpt_path THIS_FOLDER --out cams/",
+        "```",
+        "",
+        "```python",
+        "from deepfake_lightning import load_detector",
+        "detector = load_detector('THIS_FOLDER')   # safetensors + JSON: nothing is unpickled",
+        "print(detector.facts)",
+        "```",
+        "",
+    ]
     return "\n".join(lines)
 
 
 def _result(name: str, auroc, f1, acc, source: str) -> dict:
-    metrics = [{"type": t, "value": round(float(v), 4)} for t, v in (("roc_auc", auroc), ("f1", f1), ("accuracy", acc))
-               if v is not None]
-    return {"task": {"type": "image-classification"}, "dataset": {"name": name, "type": name}, "metrics": metrics,
-            "source": source}
+    metrics = [
+        {"type": t, "value": round(float(v), 4)}
+        for t, v in (("roc_auc", auroc), ("f1", f1), ("accuracy", acc))
+        if v is not None
+    ]
+    return {
+        "task": {"type": "image-classification"},
+        "dataset": {"name": name, "type": name},
+        "metrics": metrics,
+        "source": source,
+    }
 
 
 def _versions(v) -> str:

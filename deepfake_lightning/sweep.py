@@ -36,8 +36,8 @@ from lightning.pytorch.callbacks import Callback
 from optuna.trial import FrozenTrial, TrialState
 
 from deepfake_lightning.calibration import thresholded_metrics
-from deepfake_lightning.errors import SweepConfigError  # noqa: F401 (re-exported)
-from deepfake_lightning.sweep_spec import SweepSpec, load_sweep, parse_sweep  # noqa: F401 (re-exported)
+from deepfake_lightning.errors import SweepConfigError
+from deepfake_lightning.sweep_spec import SweepSpec, load_sweep, parse_sweep
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
@@ -60,8 +60,11 @@ def fit_args(spec: SweepSpec, params: dict, run_dir: Path | None = None) -> list
     trial's parameters as one more config, a dict (values keep their types: no string formatting)."""
     settings = {**spec.overrides, **params}
     if run_dir is not None:
-        settings |= {"trainer.default_root_dir": str(run_dir), "trainer.enable_progress_bar": False,
-                     "trainer.enable_model_summary": False}
+        settings |= {
+            "trainer.default_root_dir": str(run_dir),
+            "trainer.enable_progress_bar": False,
+            "trainer.enable_model_summary": False,
+        }
     args = []
     for cfg in spec.base_configs:
         args += ["--config", str(cfg)]
@@ -84,8 +87,10 @@ def resolved_config(spec: SweepSpec, params: dict) -> str:
         except SystemExit as e:
             if e.code not in (0, None):
                 lines = err.getvalue().strip().splitlines()
-                message = next((m.removeprefix("deepfake: error: ") for m in lines if m.startswith("deepfake: error:")),
-                               lines[-1] if lines else e)
+                message = next(
+                    (m.removeprefix("deepfake: error: ") for m in lines if m.startswith("deepfake: error:")),
+                    lines[-1] if lines else e,
+                )
                 raise SweepConfigError(f"the fit config rejects these settings {params}: {message}") from None
     return out.getvalue()
 
@@ -143,7 +148,7 @@ def make_pruner(spec: SweepSpec) -> optuna.pruners.BasePruner:
 def make_storage(spec: SweepSpec) -> str | optuna.storages.BaseStorage:
     url = spec.storage or f"sqlite:///{spec.folder / 'study.db'}"
     if url.startswith("sqlite:///"):
-        Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+        Path(url[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
     if url.endswith(".log") or url.startswith("journal:"):
         path = url.removeprefix("journal:")
         return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(path))
@@ -154,7 +159,9 @@ def make_storage(spec: SweepSpec) -> str | optuna.storages.BaseStorage:
 
         retry = optuna.storages.RetryFailedTrialCallback(max_retry=1)
         params = inspect.signature(optuna.storages.RDBStorage).parameters
-        name = "heartbeat_stale_trial_callback" if "heartbeat_stale_trial_callback" in params else "failed_trial_callback"
+        name = (
+            "heartbeat_stale_trial_callback" if "heartbeat_stale_trial_callback" in params else "failed_trial_callback"
+        )
         kwargs |= {"heartbeat_interval": int(interval), "grace_period": 2 * int(interval), name: retry}
     return optuna.storages.RDBStorage(url, **kwargs)
 
@@ -162,11 +169,16 @@ def make_storage(spec: SweepSpec) -> str | optuna.storages.BaseStorage:
 def _open_study(spec: SweepSpec, worker: int | None = None) -> tuple[optuna.Study, Any]:
     """Creates or loads the study. Workers starting together race to create the schema: local storages take a
     file lock first; a server storage is retried once the other worker has created it."""
+
     def create():
         storage = make_storage(spec)
         study = optuna.create_study(
-            study_name=spec.study_name, storage=storage, sampler=make_sampler(spec, worker), pruner=make_pruner(spec),
-            direction=spec.objective.direction, load_if_exists=True,
+            study_name=spec.study_name,
+            storage=storage,
+            sampler=make_sampler(spec, worker),
+            pruner=make_pruner(spec),
+            direction=spec.objective.direction,
+            load_if_exists=True,
         )
         return study, storage
 
@@ -177,7 +189,7 @@ def _open_study(spec: SweepSpec, worker: int | None = None) -> tuple[optuna.Stud
     for attempt in range(5):
         try:
             return create()
-        except Exception as e:  # noqa: BLE001 - a concurrent schema creation; the next attempt loads it
+        except Exception as e:
             if attempt == 4:
                 reason = (str(getattr(e, "orig", None) or e).strip().splitlines() or [type(e).__name__])[0]
                 shown = redact_url(url)
@@ -310,7 +322,9 @@ def run_trial(spec: SweepSpec, trial: optuna.Trial) -> float:
             trial.set_user_attr(key, value)
     name = spec.objective.metric
     if name not in metrics or not math.isfinite(metrics[name]):
-        raise FloatingPointError(f"objective {name!r} missing or not finite in this trial (available: {sorted(metrics)})")
+        raise FloatingPointError(
+            f"objective {name!r} missing or not finite in this trial (available: {sorted(metrics)})"
+        )
     return metrics[name]
 
 
@@ -331,8 +345,10 @@ def run_sweep(spec: SweepSpec, worker: int | None = None) -> optuna.Study:
     if worker is None:
         have = len(_started(study))
         if have >= spec.n_trials:
-            print(f"{tag} study '{spec.study_name}' already has {have} of {spec.n_trials} trials; raise --n_trials to "
-                  f"run more (results: {spec.folder / 'trials.csv'})")
+            print(
+                f"{tag} study '{spec.study_name}' already has {have} of {spec.n_trials} trials; raise --n_trials to "
+                f"run more (results: {spec.folder / 'trials.csv'})"
+            )
             return study
         if spec.workers > 1:
             _run_workers(spec, study)
@@ -374,9 +390,11 @@ def run_sweep(spec: SweepSpec, worker: int | None = None) -> optuna.Study:
 def _print_summary(study: optuna.Study, spec: SweepSpec) -> None:
     out = spec.folder
     if any(t.state == TrialState.COMPLETE for t in study.get_trials(deepcopy=False)):
-        print(f"Best trial {study.best_trial.number}: {spec.objective.metric} = {study.best_value:.4f} "
-              f"{study.best_params}\nWrote {out}/trials.csv and {out}/best.yaml "
-              f"(train it: deepfake fit --config {out}/best.yaml)")
+        print(
+            f"Best trial {study.best_trial.number}: {spec.objective.metric} = {study.best_value:.4f} "
+            f"{study.best_params}\nWrote {out}/trials.csv and {out}/best.yaml "
+            f"(train it: deepfake fit --config {out}/best.yaml)"
+        )
     else:
         print(f"No trial completed; see {out}/trials.csv")
 
@@ -390,8 +408,14 @@ class _Progress:
 
         self.spec = spec
         self.seen = {t.number for t in study.get_trials(deepcopy=False) if t.state in FINISHED}
-        self.bar = tqdm(total=spec.n_trials, initial=min(len(self.seen), spec.n_trials), unit="trial",
-                        desc=f"sweep {spec.study_name}", disable=None if enabled else True, dynamic_ncols=True)
+        self.bar = tqdm(
+            total=spec.n_trials,
+            initial=min(len(self.seen), spec.n_trials),
+            unit="trial",
+            desc=f"sweep {spec.study_name}",
+            disable=None if enabled else True,
+            dynamic_ncols=True,
+        )
 
     def report(self, trial: FrozenTrial) -> None:
         if trial.number in self.seen or trial.state not in FINISHED:
@@ -401,7 +425,9 @@ class _Progress:
         self.bar.update(1)
 
     def poll(self, study: optuna.Study) -> None:
-        for trial in sorted(study.get_trials(deepcopy=False), key=lambda t: t.datetime_complete or t.datetime_start or 0):
+        for trial in sorted(
+            study.get_trials(deepcopy=False), key=lambda t: t.datetime_complete or t.datetime_start or 0
+        ):
             self.report(trial)
 
     def close(self) -> None:
@@ -418,7 +444,8 @@ def trial_line(spec: SweepSpec, trial: FrozenTrial) -> str:
     elif trial.state == TrialState.PRUNED:
         last = _last_monitored(trial)
         result = f"pruned at epoch {trial.user_attrs.get('epochs', '?')}" + (
-            f" ({spec.monitor} {last:.4f})" if last is not None else "")
+            f" ({spec.monitor} {last:.4f})" if last is not None else ""
+        )
     else:
         result = f"failed: {trial.user_attrs.get('error', 'see its fit.log')}"
     worker = f" (worker {trial.user_attrs['worker']})" if "worker" in trial.user_attrs else ""
@@ -438,8 +465,9 @@ def _last_monitored(trial: FrozenTrial) -> float | None:
 
 
 # --------------------------------------------------------------------------- parallel workers
-def worker_environments(workers: int, devices_per_trial: int | None, gpus: int | None = None,
-                        cpus: int | None = None) -> list[dict[str, str]]:
+def worker_environments(
+    workers: int, devices_per_trial: int | None, gpus: int | None = None, cpus: int | None = None
+) -> list[dict[str, str]]:
     """The environment of each worker process: its own GPUs (``CUDA_VISIBLE_DEVICES``), or on a CPU machine its
     share of the cores (``OMP_NUM_THREADS``, the data loaders' default too)."""
     gpus = torch.cuda.device_count() if gpus is None else gpus
@@ -447,12 +475,12 @@ def worker_environments(workers: int, devices_per_trial: int | None, gpus: int |
     if gpus:
         k = devices_per_trial or 1
         if workers * k > gpus:
-            raise SweepConfigError(f"--workers {workers} x --devices_per_trial {k} needs {workers * k} GPUs; this "
-                                   f"machine has {gpus}")
+            raise SweepConfigError(
+                f"--workers {workers} x --devices_per_trial {k} needs {workers * k} GPUs; this machine has {gpus}"
+            )
         return [{"CUDA_VISIBLE_DEVICES": ",".join(str(i * k + j) for j in range(k))} for i in range(workers)]
     threads = str(max(1, cpus // workers))
-    return [{"CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": threads, "DEEPFAKE_CPUS": threads}
-            for _ in range(workers)]
+    return [{"CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": threads, "DEEPFAKE_CPUS": threads} for _ in range(workers)]
 
 
 def _run_workers(spec: SweepSpec, study: optuna.Study) -> None:
@@ -466,10 +494,19 @@ def _run_workers(spec: SweepSpec, study: optuna.Study) -> None:
     for i, env in enumerate(envs):
         log = open(spec.folder / f"worker_{i}.log", "w")
         code = f"from deepfake_lightning.sweep import worker_main; worker_main({i}, {str(spec_file)!r}, {os.getpid()})"
-        procs.append((subprocess.Popen([sys.executable, "-c", code], env=os.environ | env, stdout=log,
-                                       stderr=subprocess.STDOUT), log))
-    print(f"[sweep {spec.study_name}] {spec.workers} workers: "
-          + "; ".join(f"worker {i} on {_devices(env)}" for i, env in enumerate(envs)), flush=True)
+        procs.append(
+            (
+                subprocess.Popen(
+                    [sys.executable, "-c", code], env=os.environ | env, stdout=log, stderr=subprocess.STDOUT
+                ),
+                log,
+            )
+        )
+    print(
+        f"[sweep {spec.study_name}] {spec.workers} workers: "
+        + "; ".join(f"worker {i} on {_devices(env)}" for i, env in enumerate(envs)),
+        flush=True,
+    )
     import signal
     import threading
 
@@ -507,8 +544,11 @@ def _devices(env: dict[str, str]) -> str:
 
 
 def _worker_died(spec: SweepSpec, study: optuna.Study, worker: int, code: int) -> None:
-    running = [t for t in study.get_trials(deepcopy=False)
-               if t.state == TrialState.RUNNING and t.user_attrs.get("worker") == worker]
+    running = [
+        t
+        for t in study.get_trials(deepcopy=False)
+        if t.state == TrialState.RUNNING and t.user_attrs.get("worker") == worker
+    ]
     what = f"; its trial {', '.join(str(t.number) for t in running)}" if running else ""
     if running and not spec.heartbeat_interval:
         for t in running:
@@ -516,8 +556,11 @@ def _worker_died(spec: SweepSpec, study: optuna.Study, worker: int, code: int) -
         what += " is marked failed"
     elif running:
         what += " is failed and retried by the heartbeat check"
-    print(f"[sweep {spec.study_name}] worker {worker} exited with code {code}{what} (log: "
-          f"{spec.folder / f'worker_{worker}.log'})", flush=True)
+    print(
+        f"[sweep {spec.study_name}] worker {worker} exited with code {code}{what} (log: "
+        f"{spec.folder / f'worker_{worker}.log'})",
+        flush=True,
+    )
 
 
 def worker_main(worker: int, spec_file: str, parent: int | None = None) -> None:
@@ -579,10 +622,13 @@ def trials_table(study: optuna.Study, spec: SweepSpec) -> pd.DataFrame:
     rows = []
     monitor_column = f"last_{spec.monitor}"
     for t in study.get_trials(deepcopy=False):
-        row = {"number": t.number, "state": t.state.name,
-               "objective": t.value if t.state == TrialState.COMPLETE else None,
-               monitor_column: _last_monitored(t),
-               "duration_s": t.duration.total_seconds() if t.duration else None}
+        row = {
+            "number": t.number,
+            "state": t.state.name,
+            "objective": t.value if t.state == TrialState.COMPLETE else None,
+            monitor_column: _last_monitored(t),
+            "duration_s": t.duration.total_seconds() if t.duration else None,
+        }
         row |= {f"param:{k}": v for k, v in t.params.items()}
         row |= {k: v for k, v in t.user_attrs.items() if k != "traceback"}
         rows.append(row)
@@ -606,8 +652,10 @@ def write_outputs(study: optuna.Study, spec: SweepSpec) -> dict[str, Path]:
     if complete:
         best = study.best_trial
         text = resolved_config(spec, best.params)
-        header = (f"# Best trial {best.number} of study '{spec.study_name}': "
-                  f"{spec.objective.metric} = {best.value:.4f}\n# params: {best.params}\n")
+        header = (
+            f"# Best trial {best.number} of study '{spec.study_name}': "
+            f"{spec.objective.metric} = {best.value:.4f}\n# params: {best.params}\n"
+        )
         written["best"] = out / "best.yaml"
         written["best"].write_text(header + text)
         written |= _plots(study, out)
@@ -622,8 +670,11 @@ def _plots(study: optuna.Study, out: Path) -> dict[str, Path]:
     import matplotlib.pyplot as plt
 
     written = {}
-    plots = {"history": "plot_optimization_history", "importances": "plot_param_importances",
-             "parallel": "plot_parallel_coordinate"}
+    plots = {
+        "history": "plot_optimization_history",
+        "importances": "plot_param_importances",
+        "parallel": "plot_parallel_coordinate",
+    }
     for name, fn in plots.items():
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -647,9 +698,16 @@ def _plots(study: optuna.Study, out: Path) -> dict[str, Path]:
 def write_comparison(table: pd.DataFrame, out: Path) -> dict[str, Path]:
     """The backbone comparison: one row per completed trial of a grid over ``model.backbone``."""
     done = table[table["state"] == "COMPLETE"].copy()
-    columns = {"param:model.backbone": "backbone", "val/auroc": "AUROC", "val/f1_tuned": "F1 (tuned)",
-               "val/acc_tuned": "accuracy (tuned)", "threshold": "threshold", "val/ece": "ECE (calibrated)",
-               "params": "parameters", "train_images_per_s": "train images/s"}
+    columns = {
+        "param:model.backbone": "backbone",
+        "val/auroc": "AUROC",
+        "val/f1_tuned": "F1 (tuned)",
+        "val/acc_tuned": "accuracy (tuned)",
+        "threshold": "threshold",
+        "val/ece": "ECE (calibrated)",
+        "params": "parameters",
+        "train_images_per_s": "train images/s",
+    }
     comparison = done[[c for c in columns if c in done]].rename(columns=columns)
     if "parameters" in comparison:
         comparison["parameters"] = comparison["parameters"].astype(int)

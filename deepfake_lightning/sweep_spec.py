@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal
 
 from deepfake_lightning.errors import SweepConfigError
 
@@ -35,10 +35,10 @@ class Dimension:
     ``categorical`` over ``choices``."""
 
     type: Literal["float", "int", "categorical"]
-    low: Optional[float] = None
-    high: Optional[float] = None
+    low: float | None = None
+    high: float | None = None
     log: bool = False
-    choices: Optional[list[Any]] = None
+    choices: list[Any] | None = None
 
     def check(self, key: str) -> None:
         if self.type == "categorical":
@@ -96,12 +96,12 @@ class SweepSpec:
     objective: Objective = field(default_factory=Objective)
     sampler: dict[str, Any] = field(default_factory=lambda: {"type": "tpe", "seed": 0})
     pruner: dict[str, Any] = field(default_factory=lambda: {"type": "median"})
-    storage: Optional[str] = None
-    heartbeat_interval: Optional[int] = None
+    storage: str | None = None
+    heartbeat_interval: int | None = None
     out_dir: str = "sweeps"
     compare: bool = False
     workers: int = 1
-    devices_per_trial: Optional[int] = None
+    devices_per_trial: int | None = None
 
     @property
     def folder(self) -> Path:
@@ -143,7 +143,9 @@ def parse_sweep(args: list[str]) -> SweepSpec:
     config = _config_path(args)
     if config is None:
         files = sweep_files()
-        example = next((f for f in files if f.endswith("sweep_demo.yaml")), files[0] if files else "configs/sweep_demo.yaml")
+        example = next(
+            (f for f in files if f.endswith("sweep_demo.yaml")), files[0] if files else "configs/sweep_demo.yaml"
+        )
         pick = f" (configs/ has {', '.join(Path(f).name for f in files)})" if files else ""
         raise SweepConfigError(f"--config is required: name a sweep file, e.g. deepfake sweep --config {example}{pick}")
     if not Path(config).is_file():
@@ -199,7 +201,11 @@ def _explain(config: str, error: Exception) -> str:
     from jsonargparse import ArgumentError, ArgumentParser
 
     message = " ".join(line.strip() for line in str(error).splitlines() if line.strip())
-    raw = (yaml.safe_load(Path(config).read_text()) or {}).get("search_space") if 'key "search_space"' in message else None
+    raw = (
+        (yaml.safe_load(Path(config).read_text()) or {}).get("search_space")
+        if 'key "search_space"' in message
+        else None
+    )
     if not isinstance(raw, dict):
         return message
     one = ArgumentParser(exit_on_error=False)

@@ -6,14 +6,14 @@ import os
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("PYTHONHASHSEED", "0")
 
-from pathlib import Path  # noqa: E402
+from pathlib import Path
 
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import pytest  # noqa: E402
-from PIL import Image  # noqa: E402
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
 
-from deepfake_lightning.data.demo import DemoSpec, build_demo_dataset  # noqa: E402
+from deepfake_lightning.data.demo import DemoSpec, build_demo_dataset
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -44,7 +44,10 @@ def make_kaggle_root(root: Path, n_train: int = 40, n_test: int = 12, seed: int 
     if not groups:
         train = train.drop(columns="group")
     train.to_csv(root / "train.csv")
-    for split, folder, csv, labeled in (("v2", "test_data_v2", "test.csv", True), ("v1", "test_data_v1", "test_v1.csv", True)):
+    for split, folder, csv, labeled in (
+        ("v2", "test_data_v2", "test.csv", True),
+        ("v1", "test_data_v1", "test_v1.csv", True),
+    ):
         ids, labels = [], []
         for i in range(n_test):
             f = f"{folder}/{split}{i:030x}.jpg"
@@ -76,9 +79,18 @@ def demo_run(demo_root, tmp_path_factory) -> Path:
     from deepfake_lightning.cli import cli_main
 
     out = tmp_path_factory.mktemp("demo_run")
-    cli_main(["fit", "--config", str(CONFIGS / "demo.yaml"), f"--data.root={demo_root}",
-              f"--trainer.default_root_dir={out}", "--data.num_workers=0", "--trainer.enable_progress_bar=false",
-              "--trainer.enable_model_summary=false"])
+    cli_main(
+        [
+            "fit",
+            "--config",
+            str(CONFIGS / "demo.yaml"),
+            f"--data.root={demo_root}",
+            f"--trainer.default_root_dir={out}",
+            "--data.num_workers=0",
+            "--trainer.enable_progress_bar=false",
+            "--trainer.enable_model_summary=false",
+        ]
+    )
     return out / "lightning_logs" / "version_0"
 
 
@@ -121,12 +133,35 @@ def postgres_url():
         subprocess.run(["runuser", "-u", "postgres", "--", *map(str, cmd)], check=True, capture_output=True)
 
     as_postgres(bindir / "initdb", "-D", data / "db", "-A", "trust", "-U", "postgres")
-    as_postgres(bindir / "pg_ctl", "-D", data / "db", "-l", data / "log", "-w", "start",
-                "-o", f"-p {port} -h 127.0.0.1 -k {data}")
+    as_postgres(
+        bindir / "pg_ctl",
+        "-D",
+        data / "db",
+        "-l",
+        data / "log",
+        "-w",
+        "start",
+        "-o",
+        f"-p {port} -h 127.0.0.1 -k {data}",
+    )
     try:
         as_postgres(bindir / "createdb", "-h", "127.0.0.1", "-p", port, "-U", "postgres", "optuna")
         yield f"postgresql+psycopg2://postgres@127.0.0.1:{port}/optuna"
     finally:
-        subprocess.run(["runuser", "-u", "postgres", "--", str(bindir / "pg_ctl"), "-D", str(data / "db"), "-m",
-                        "fast", "-w", "stop"], capture_output=True)
+        subprocess.run(
+            [
+                "runuser",
+                "-u",
+                "postgres",
+                "--",
+                str(bindir / "pg_ctl"),
+                "-D",
+                str(data / "db"),
+                "-m",
+                "fast",
+                "-w",
+                "stop",
+            ],
+            capture_output=True,
+        )
         shutil.rmtree(data, ignore_errors=True)

@@ -5,10 +5,10 @@ import ast
 import json
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "deepfake_lightning"
@@ -76,9 +76,11 @@ def test_the_cycle_check_finds_a_cycle():
 
 
 def test_fit_does_not_import_optuna():
-    code = ("import sys\nfrom deepfake_lightning.cli import main\n"
-            "try:\n    main(['fit', '--config', 'configs/demo.yaml', '--print_config'])\nexcept SystemExit:\n    pass\n"
-            "print('\\nIMPORTED', sorted(m for m in ('optuna', 'optuna_integration', 'litserve') if m in sys.modules))")
+    code = (
+        "import sys\nfrom deepfake_lightning.cli import main\n"
+        "try:\n    main(['fit', '--config', 'configs/demo.yaml', '--print_config'])\nexcept SystemExit:\n    pass\n"
+        "print('\\nIMPORTED', sorted(m for m in ('optuna', 'optuna_integration', 'litserve') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert "model:" in out.stdout, out.stderr  # the fit config was printed: the fit parser was built
     assert out.stdout.strip().splitlines()[-1] == "IMPORTED []"
@@ -99,7 +101,7 @@ PRIVATE_MEMBERS = [
 ]
 
 
-@pytest.mark.parametrize("module,owner,member,used_in", PRIVATE_MEMBERS, ids=lambda v: str(v))
+@pytest.mark.parametrize(("module", "owner", "member", "used_in"), PRIVATE_MEMBERS, ids=lambda v: str(v))
 def test_private_members_we_use_still_exist(module, owner, member, used_in):
     import importlib
 
@@ -112,8 +114,10 @@ def test_private_members_we_use_still_exist(module, owner, member, used_in):
         obj = optuna.create_study().ask()
     if member == "_last_global_step_saved":  # set in __init__
         obj = obj()
-    assert hasattr(obj, member), (f"{module}.{owner or ''}.{member} is gone in the installed version; update "
-                                  f"deepfake_lightning/{used_in} and the version cap in pyproject.toml")
+    assert hasattr(obj, member), (
+        f"{module}.{owner or ''}.{member} is gone in the installed version; update "
+        f"deepfake_lightning/{used_in} and the version cap in pyproject.toml"
+    )
 
 
 def test_packages_whose_internals_we_use_are_capped():
@@ -131,12 +135,22 @@ def test_metrics_json_holds_calibration_whatever_the_callback_order(kaggle_root,
     from deepfake_lightning.callbacks import Calibration, MetricsJson, RunCheckpoint
 
     L.seed_everything(0)
-    dm = DeepfakeDataModule(root=str(kaggle_root), demo=False, test_v1_csv="test_v1.csv", img_size=32, batch_size=8,
-                            num_workers=0)
+    dm = DeepfakeDataModule(
+        root=str(kaggle_root), demo=False, test_v1_csv="test_v1.csv", img_size=32, batch_size=8, num_workers=0
+    )
     model = DeepfakeClassifier("test_resnet", pretrained=False)
-    trainer = L.Trainer(max_epochs=1, default_root_dir=tmp_path, enable_progress_bar=False, enable_model_summary=False,
-                        log_every_n_steps=1, callbacks=[MetricsJson(), Calibration(method="platt"),
-                                                        RunCheckpoint(monitor="val/auroc", mode="max", save_last=True)])
+    trainer = L.Trainer(
+        max_epochs=1,
+        default_root_dir=tmp_path,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        log_every_n_steps=1,
+        callbacks=[
+            MetricsJson(),
+            Calibration(method="platt"),
+            RunCheckpoint(monitor="val/auroc", mode="max", save_last=True),
+        ],
+    )
     trainer.fit(model, dm)
     metrics = json.loads((Path(trainer.log_dir) / "metrics.json").read_text())
     assert metrics["calibration/platt_a"] == pytest.approx(model.calibration.calibrator.platt[0])

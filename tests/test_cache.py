@@ -47,7 +47,9 @@ def test_cache_is_reused_and_rebuilt_when_an_image_changes(tmp_path):
     dm = _dm(root, tmp_path / "cache")
     assert pixels.stat().st_mtime_ns != built
     row = dm.cache.rows[victim]
-    assert np.array_equal(np.load(pixels)[row], np.load(pixels)[dm.cache.rows[pd.read_csv(root / "train.csv")["file_name"][1]]])
+    assert np.array_equal(
+        np.load(pixels)[row], np.load(pixels)[dm.cache.rows[pd.read_csv(root / "train.csv")["file_name"][1]]]
+    )
     assert [p.name for p in (tmp_path / "cache").iterdir()] == ["resized_32px_draft"]  # no temporary leftovers
 
 

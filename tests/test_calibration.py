@@ -1,6 +1,7 @@
 """Calibration math against independent peers: netcal, torchmetrics and scikit-learn."""
 
 import json
+
 import numpy as np
 import pytest
 import torch
@@ -16,9 +17,9 @@ from deepfake_lightning.calibration import (
     calibration_metrics,
     choose_threshold,
     em_prior,
+    fit_temperature,
     joint_confusion,
     label_shift_report,
-    fit_temperature,
     plot_reliability,
     sigmoid,
 )
@@ -137,7 +138,7 @@ def test_em_on_the_validation_set_itself_gives_no_shift():
     assert adapt_threshold(0.5, p_val.mean(), est.share) == pytest.approx(0.5, abs=1e-6)
 
 
-@pytest.mark.parametrize("share,min_gain,max_change", [(0.2, 0.03, None), (0.5, None, 0.005)])
+@pytest.mark.parametrize(("share", "min_gain", "max_change"), [(0.2, 0.03, None), (0.5, None, 0.005)])
 def test_adapted_threshold_accuracy(share, min_gain, max_change):
     rng = np.random.default_rng(11)
     p_val, _ = _scores(5000, 0.5, rng)
@@ -201,10 +202,15 @@ def test_equal_error_point_is_the_interpolated_crossing_and_its_nearest_threshol
         fnr = np.array([np.mean(p[y == 1] < c) for c in cuts])
         gap = fnr - fpr
         i = int(np.argmax(gap <= 0))
-        expected = (fpr[i] + fnr[i]) / 2 if i == 0 or gap[i] == gap[i - 1] else \
-            fpr[i - 1] + gap[i - 1] / (gap[i - 1] - gap[i]) * (fpr[i] - fpr[i - 1])
+        expected = (
+            (fpr[i] + fnr[i]) / 2
+            if i == 0 or gap[i] == gap[i - 1]
+            else fpr[i - 1] + gap[i - 1] / (gap[i - 1] - gap[i]) * (fpr[i] - fpr[i - 1])
+        )
         assert eer == pytest.approx(expected)
-        assert t in (cuts[i], cuts[max(i - 1, 0)]) and abs(gap[list(cuts).index(t)]) == min(abs(gap[i]), abs(gap[max(i - 1, 0)]))
+        assert t in (cuts[i], cuts[max(i - 1, 0)]) and abs(gap[list(cuts).index(t)]) == min(
+            abs(gap[i]), abs(gap[max(i - 1, 0)])
+        )
         assert choose_threshold(p, y, "eer") == t  # the criterion and the report share the definition
 
 
@@ -216,8 +222,10 @@ def test_calibration_state_round_trips_through_checkpoint_and_json():
     z = rng.normal(3 * y - 1.5, 1.5)
     for method in ("temperature", "platt", "isotonic"):
         state = CalibrationState.fit(z, y, method, "youden")
-        for back in (CalibrationState.from_checkpoint(state.to_checkpoint()),
-                     CalibrationState.from_json(json.loads(json.dumps(state.to_json())))):
+        for back in (
+            CalibrationState.from_checkpoint(state.to_checkpoint()),
+            CalibrationState.from_json(json.loads(json.dumps(state.to_json()))),
+        ):
             assert back.calibrator == state.calibrator and back.threshold == state.threshold
             assert back.criterion == "youden" and back.val_after == state.val_after
             np.testing.assert_array_equal(back.val_probs, state.val_probs)

@@ -1,8 +1,8 @@
 """Calibration through training, checkpoints and the CLI, on the demo data."""
 
 import json
-from pathlib import Path
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -41,10 +41,20 @@ def test_loaded_model_predicts_calibrated_probabilities(demo_run):
 
 
 def test_deepfake_test_reports_calibration_and_thresholds(demo_run, demo_root, tmp_path):
-    cli = cli_main(["test", "--config", str(CONFIGS / "demo.yaml"), f"--data.root={demo_root}",
-                    f"--trainer.default_root_dir={tmp_path}", "--data.num_workers=0",
-                    "--trainer.enable_progress_bar=false", f"--data.split_file={demo_run / 'split.csv'}",
-                    "--calibration.adapt_splits=[test_v2]", f"--ckpt_path={_best(demo_run)}"])
+    cli = cli_main(
+        [
+            "test",
+            "--config",
+            str(CONFIGS / "demo.yaml"),
+            f"--data.root={demo_root}",
+            f"--trainer.default_root_dir={tmp_path}",
+            "--data.num_workers=0",
+            "--trainer.enable_progress_bar=false",
+            f"--data.split_file={demo_run / 'split.csv'}",
+            "--calibration.adapt_splits=[test_v2]",
+            f"--ckpt_path={_best(demo_run)}",
+        ]
+    )
     run = Path(cli.trainer.log_dir)
     m = json.loads((run / "metrics.json").read_text())
     for split in ("test_v1", "test_v2"):
@@ -68,10 +78,19 @@ def test_calibrate_command_writes_a_calibrated_copy(demo_run, demo_root, tmp_pat
     src = demo_run / "checkpoints" / "last.ckpt"
     before = src.read_bytes()
     out = tmp_path / "platt.ckpt"
-    state = calibrate_main(["--config", str(CONFIGS / "demo.yaml"), f"--data.root={demo_root}",
-                            "--data.num_workers=0", f"--data.split_file={demo_run / 'split.csv'}",
-                            f"--ckpt_path={src}", f"--out={out}", "--calibration.method=platt",
-                            "--calibration.threshold=youden"])
+    state = calibrate_main(
+        [
+            "--config",
+            str(CONFIGS / "demo.yaml"),
+            f"--data.root={demo_root}",
+            "--data.num_workers=0",
+            f"--data.split_file={demo_run / 'split.csv'}",
+            f"--ckpt_path={src}",
+            f"--out={out}",
+            "--calibration.method=platt",
+            "--calibration.threshold=youden",
+        ]
+    )
     assert src.read_bytes() == before  # the original is untouched
     saved = torch.load(out, map_location="cpu", weights_only=False)["calibration"]
     assert saved["calibrator"]["method"] == "platt" and saved["criterion"] == "youden"
@@ -97,8 +116,9 @@ def test_failed_calibration_warns_and_keeps_the_trained_checkpoint(kaggle_root, 
     assert "calibration" not in torch.load(last, map_location="cpu", weights_only=False)
 
 
-def test_the_result_line_says_which_checkpoint_it_calibrated_when_another_failed(kaggle_root, tmp_path, monkeypatch,
-                                                                                 console):
+def test_the_result_line_says_which_checkpoint_it_calibrated_when_another_failed(
+    kaggle_root, tmp_path, monkeypatch, console
+):
     """last.ckpt fails (a warning), the best checkpoint is calibrated: the result line says its figures are the
     best checkpoint's, not the one the warning just named."""
     from deepfake_lightning.calibration import CalibrationState
@@ -123,6 +143,17 @@ def test_the_result_line_says_which_checkpoint_it_calibrated_when_another_failed
 
 
 def _tiny_fit(root, out) -> list[str]:
-    return ["fit", "--config", str(CONFIGS / "demo.yaml"), f"--data.root={root}", "--data.demo=false",
-            "--data.group_column=null", "--data.test_v1_csv=test_v1.csv", f"--trainer.default_root_dir={out}",
-            "--trainer.max_epochs=1", "--data.num_workers=0", "--data.img_size=32", "--trainer.enable_progress_bar=false"]
+    return [
+        "fit",
+        "--config",
+        str(CONFIGS / "demo.yaml"),
+        f"--data.root={root}",
+        "--data.demo=false",
+        "--data.group_column=null",
+        "--data.test_v1_csv=test_v1.csv",
+        f"--trainer.default_root_dir={out}",
+        "--trainer.max_epochs=1",
+        "--data.num_workers=0",
+        "--data.img_size=32",
+        "--trainer.enable_progress_bar=false",
+    ]

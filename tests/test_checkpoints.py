@@ -32,9 +32,14 @@ class _RunsCode:
 
 def _checkpoint(model: DeepfakeClassifier, root: Path) -> dict:
     """A complete, valid checkpoint of ``model`` (as `deepfake fit` writes one), for a demo-layout data root."""
-    return {"state_dict": model.state_dict(), "epoch": 0, "global_step": 1, "pytorch-lightning_version": "2.6.0",
-            "hyper_parameters": dict(model.hparams),
-            "datamodule_hyper_parameters": {"root": str(root), "demo": False, "img_size": 32, "mode": "crop"}}
+    return {
+        "state_dict": model.state_dict(),
+        "epoch": 0,
+        "global_step": 1,
+        "pytorch-lightning_version": "2.6.0",
+        "hyper_parameters": dict(model.hparams),
+        "datamodule_hyper_parameters": {"root": str(root), "demo": False, "img_size": 32, "mode": "crop"},
+    }
 
 
 @pytest.fixture(scope="module")
@@ -72,16 +77,19 @@ def _one_error_line(capsys, argv: list[str], path: Path) -> str:
     return err[0]
 
 
-@pytest.mark.parametrize("command", [
-    ["export", "--out", "{out}"],
-    ["explain", "{image}", "--out", "{out}"],
-    ["serve", "--port", "0"],
-    ["calibrate", "--data.root", "{root}"],
-    ["fit", "--data.root", "{root}", "--model.backbone", "test_resnet", "--trainer.default_root_dir", "{out}"],
-    ["validate", "--data.root", "{root}", "--trainer.default_root_dir", "{out}"],
-    ["test", "--data.root", "{root}", "--trainer.default_root_dir", "{out}"],
-    ["predict", "--data.predict_paths", "[{image}]", "--trainer.default_root_dir", "{out}"],
-])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["export", "--out", "{out}"],
+        ["explain", "{image}", "--out", "{out}"],
+        ["serve", "--port", "0"],
+        ["calibrate", "--data.root", "{root}"],
+        ["fit", "--data.root", "{root}", "--model.backbone", "test_resnet", "--trainer.default_root_dir", "{out}"],
+        ["validate", "--data.root", "{root}", "--trainer.default_root_dir", "{out}"],
+        ["test", "--data.root", "{root}", "--trainer.default_root_dir", "{out}"],
+        ["predict", "--data.predict_paths", "[{image}]", "--trainer.default_root_dir", "{out}"],
+    ],
+)
 def test_every_command_refuses_a_checkpoint_that_runs_code(command, evil, tmp_path, kaggle_root, capsys):
     path, marker = evil
     out = tmp_path / "out"
@@ -99,8 +107,11 @@ def test_fit_resuming_last_refuses_a_crafted_last_ckpt(evil, tmp_path, kaggle_ro
     run.mkdir(parents=True)
     (run / "last.ckpt").write_bytes(path.read_bytes())
     monkeypatch.chdir(tmp_path)
-    _one_error_line(capsys, ["fit", "--data.root", str(kaggle_root), "--model.backbone", "test_resnet",
-                             "--ckpt_path", "last"], Path("lightning_logs/version_0/checkpoints/last.ckpt"))
+    _one_error_line(
+        capsys,
+        ["fit", "--data.root", str(kaggle_root), "--model.backbone", "test_resnet", "--ckpt_path", "last"],
+        Path("lightning_logs/version_0/checkpoints/last.ckpt"),
+    )
     assert not marker.exists()
     assert sorted(p.name for p in (tmp_path / "lightning_logs").iterdir()) == ["version_0"]
 

@@ -14,18 +14,30 @@ from deepfake_lightning.cli import cli_main, main, resolve_precision
 from tests.conftest import CONFIGS
 
 # clip_probe.yaml's ViT-L/14 (304 M parameters, 224 px only) is run with a tiny ViT in test_generalization.py.
-ALL_CONFIGS = sorted(p.name for p in CONFIGS.glob("*.yaml") if not p.name.startswith("sweep") and p.name != "clip_probe.yaml")
+ALL_CONFIGS = sorted(
+    p.name for p in CONFIGS.glob("*.yaml") if not p.name.startswith("sweep") and p.name != "clip_probe.yaml"
+)
 QUIET = ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
 
 
 def _args(config, root, out, *extra):
     """Arguments for a tiny CPU run of ``config``: the demo config on the demo data, the Kaggle configs on the
     Kaggle-layout fixture with small images and no pretrained download."""
-    args = ["--config", str(CONFIGS / config), f"--data.root={root}", f"--trainer.default_root_dir={out}",
-            "--data.num_workers=0", *QUIET]
+    args = [
+        "--config",
+        str(CONFIGS / config),
+        f"--data.root={root}",
+        f"--trainer.default_root_dir={out}",
+        "--data.num_workers=0",
+        *QUIET,
+    ]
     if config != "demo.yaml":
-        args += ["--model.pretrained=false", "--data.img_size=32", "--data.batch_size=4",
-                 "--data.test_v1_csv=test_v1.csv"]
+        args += [
+            "--model.pretrained=false",
+            "--data.img_size=32",
+            "--data.batch_size=4",
+            "--data.test_v1_csv=test_v1.csv",
+        ]
     return [*args, *extra]
 
 
@@ -42,8 +54,12 @@ def test_fast_dev_run_every_config(config, kaggle_root, demo_root, tmp_path):
 @pytest.mark.parametrize("config", ["demo.yaml", "convnext.yaml"])
 def test_output_contract(config, kaggle_root, demo_root, tmp_path):
     root = demo_root if config == "demo.yaml" else kaggle_root
-    limits = ["--trainer.max_epochs=2", "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=2",
-              "--trainer.limit_test_batches=2"]
+    limits = [
+        "--trainer.max_epochs=2",
+        "--trainer.limit_train_batches=2",
+        "--trainer.limit_val_batches=2",
+        "--trainer.limit_test_batches=2",
+    ]
     cli = cli_main(["fit", *_args(config, root, tmp_path, *limits)])
     run = tmp_path / "lightning_logs" / "version_0"
     assert run.is_dir() and cli.trainer.log_dir == str(run)
@@ -67,9 +83,13 @@ def test_output_contract(config, kaggle_root, demo_root, tmp_path):
     # The checkpoint reloads from its own hyperparameters, and `test` reuses it and writes its metrics.
     model = DeepfakeClassifier.load_from_checkpoint(run / "checkpoints" / "last.ckpt")
     assert model.hparams.backbone == cli.model.hparams.backbone
-    test = cli_main(["test", *_args(config, root, tmp_path, "--trainer.limit_test_batches=2",
-                                    f"--data.split_file={run / 'split.csv'}"),
-                     f"--ckpt_path={run / 'checkpoints' / 'last.ckpt'}"])
+    test = cli_main(
+        [
+            "test",
+            *_args(config, root, tmp_path, "--trainer.limit_test_batches=2", f"--data.split_file={run / 'split.csv'}"),
+            f"--ckpt_path={run / 'checkpoints' / 'last.ckpt'}",
+        ]
+    )
     assert test.trainer.log_dir == str(run / "eval" / "test_last")  # evaluations stay with the run they evaluate
     assert [p.name for p in (tmp_path / "lightning_logs").iterdir()] == ["version_0"]
     test_metrics = json.loads((run / "eval" / "test_last" / "metrics.json").read_text())
@@ -80,8 +100,17 @@ def test_output_contract(config, kaggle_root, demo_root, tmp_path):
 
 def test_overrides_and_print_config(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        cli_main(["fit", "--config", str(CONFIGS / "convnext.yaml"), "--model.backbone=resnet50",
-                  "--trainer.max_epochs=3", "--data.root=/somewhere", "--print_config"])
+        cli_main(
+            [
+                "fit",
+                "--config",
+                str(CONFIGS / "convnext.yaml"),
+                "--model.backbone=resnet50",
+                "--trainer.max_epochs=3",
+                "--data.root=/somewhere",
+                "--print_config",
+            ]
+        )
     assert exit_info.value.code == 0
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["model"]["backbone"] == "resnet50" and printed["trainer"]["max_epochs"] == 3
@@ -98,7 +127,7 @@ def test_normalization_is_linked_from_the_backbone(kaggle_root, tmp_path):
 
 
 @pytest.mark.parametrize(
-    "precision,accelerator,cuda,expected",
+    ("precision", "accelerator", "cuda", "expected"),
     [
         (None, "auto", True, "16-mixed"),
         (None, "auto", False, "32-true"),
@@ -114,8 +143,10 @@ def test_resolve_precision(precision, accelerator, cuda, expected):
 
 def test_fp16_on_cpu_falls_back_with_one_warning(kaggle_root, tmp_path):
     with pytest.warns(UserWarning, match="needs a CUDA GPU") as record:
-        cli = cli_main(_args("convnext.yaml", kaggle_root, tmp_path, "--trainer.precision=16-mixed",
-                             "--trainer.accelerator=cpu"), run=False)
+        cli = cli_main(
+            _args("convnext.yaml", kaggle_root, tmp_path, "--trainer.precision=16-mixed", "--trainer.accelerator=cpu"),
+            run=False,
+        )
     assert sum("needs a CUDA GPU" in str(w.message) for w in record) == 1
     assert cli.trainer.precision == "32-true"
 
@@ -128,8 +159,11 @@ def test_default_precision_on_gpu_is_16_mixed_with_grad_scaler(kaggle_root, tmp_
 
 
 def test_missing_data_root_exits_with_a_clear_message(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(sys, "argv", ["deepfake", "fit", "--config", str(CONFIGS / "convnext.yaml"),
-                                      f"--data.root={tmp_path / 'absent'}"])
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        ["deepfake", "fit", "--config", str(CONFIGS / "convnext.yaml"), f"--data.root={tmp_path / 'absent'}"],
+    )
     with pytest.raises(SystemExit) as exit_info:
         main()
     assert exit_info.value.code == 2
@@ -146,10 +180,26 @@ def test_ddp_on_two_cpu_processes_matches_a_single_process_evaluation(kaggle_roo
     """Lightning's DDP on 2 CPU processes (gloo): the run ends, rank 0 alone writes the run directory, and the
     synchronised val/auroc equals a single-process validation of the same checkpoint. 5 validation images on 2
     ranks: a padding sampler would count one image twice."""
-    common = _args("demo.yaml", kaggle_root, tmp_path, "--data.demo=false", "--data.group_column=null",
-                   "--data.test_v1_csv=test_v1.csv", "--data.img_size=32", "--data.val_fraction=0.125")
-    args = ["deepfake", "fit", *common, "--trainer.max_epochs=2", "--trainer.accelerator=cpu", "--trainer.devices=2",
-            "--trainer.strategy=ddp", "--trainer.callbacks=[]"]
+    common = _args(
+        "demo.yaml",
+        kaggle_root,
+        tmp_path,
+        "--data.demo=false",
+        "--data.group_column=null",
+        "--data.test_v1_csv=test_v1.csv",
+        "--data.img_size=32",
+        "--data.val_fraction=0.125",
+    )
+    args = [
+        "deepfake",
+        "fit",
+        *common,
+        "--trainer.max_epochs=2",
+        "--trainer.accelerator=cpu",
+        "--trainer.devices=2",
+        "--trainer.strategy=ddp",
+        "--trainer.callbacks=[]",
+    ]
     out = subprocess.run(args, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert [p.name for p in (tmp_path / "lightning_logs").iterdir()] == ["version_0"]
@@ -161,6 +211,13 @@ def test_ddp_on_two_cpu_processes_matches_a_single_process_evaluation(kaggle_roo
     metrics = json.loads((run / "metrics.json").read_text())
     assert sum(metrics[f"val/{k}"] for k in ("tp", "fp", "tn", "fn")) == 5  # every image counted exactly once
     ddp_auroc = metrics["val/auroc"]
-    single = cli_main(["validate", *common, f"--trainer.default_root_dir={tmp_path / 'single'}",
-                       f"--data.split_file={run / 'split.csv'}", f"--ckpt_path={run / 'checkpoints' / 'last.ckpt'}"])
+    single = cli_main(
+        [
+            "validate",
+            *common,
+            f"--trainer.default_root_dir={tmp_path / 'single'}",
+            f"--data.split_file={run / 'split.csv'}",
+            f"--ckpt_path={run / 'checkpoints' / 'last.ckpt'}",
+        ]
+    )
     assert float(single.trainer.callback_metrics["val/auroc"]) == pytest.approx(ddp_auroc, abs=1e-6)

@@ -85,10 +85,14 @@ def _with_bad_images(tmp_path):
 def test_fail_policy_names_the_bad_file(tmp_path):
     root, bad = _with_bad_images(tmp_path)
     dm = _dm(root, val_fraction=0.5)
-    with pytest.raises(BadImageError, match="cannot read image"):
+
+    def read_all():
         for split in ("train", "val"):
             for _ in dm._loader(split):
                 pass
+
+    with pytest.raises(BadImageError, match="cannot read image"):
+        read_all()
 
 
 def test_check_images_lists_every_bad_file(tmp_path):
@@ -109,12 +113,15 @@ def test_check_images_skip_drops_them_with_a_warning(tmp_path):
 def test_skip_policy_counts_skipped_images_while_loading(tmp_path):
     root, bad = _with_bad_images(tmp_path)
     dm = _dm(root, bad_images="skip", batch_size=4)
-    seen = 0
-    with pytest.warns(UserWarning, match="Skipped"):
+
+    def read_all() -> int:
+        seen = 0
         for split in ("train", "val"):
-            loader = dm._loader(split)
-            for batch in loader:
-                batch = dm.on_before_batch_transfer(batch, 0)
-                seen += len(batch.get("label", []))
+            for batch in dm._loader(split):
+                seen += len(dm.on_before_batch_transfer(batch, 0).get("label", []))
+        return seen
+
+    with pytest.warns(UserWarning, match="Skipped"):
+        seen = read_all()
     assert dm.skipped_images == 2
     assert seen == 18  # evaluation loaders drop no partial batch: every good image arrives once

@@ -26,10 +26,20 @@ from tests.conftest import CONFIGS
 
 def _run(subcommand, demo_run, demo_root, out, *extra):
     ckpt = next((demo_run / "checkpoints").glob("best-*.ckpt"))
-    return cli_main([subcommand, "--config", str(CONFIGS / "demo.yaml"), f"--data.root={demo_root}",
-                     f"--trainer.default_root_dir={out}", "--data.num_workers=0",
-                     "--trainer.enable_progress_bar=false", f"--data.split_file={demo_run / 'split.csv'}",
-                     f"--ckpt_path={ckpt}", *extra])
+    return cli_main(
+        [
+            subcommand,
+            "--config",
+            str(CONFIGS / "demo.yaml"),
+            f"--data.root={demo_root}",
+            f"--trainer.default_root_dir={out}",
+            "--data.num_workers=0",
+            "--trainer.enable_progress_bar=false",
+            f"--data.split_file={demo_run / 'split.csv'}",
+            f"--ckpt_path={ckpt}",
+            *extra,
+        ]
+    )
 
 
 @pytest.fixture(scope="module")
@@ -72,14 +82,18 @@ def test_robustness_identity_levels_reproduce_clean_metrics(test_run):
     table = pd.read_csv(test_run / "robustness.csv")
     assert len(table) == 12 and set(table["perturbation"]) == {"jpeg_quality", "blur_sigma", "downscale"}
     clean = json.loads((test_run / "report.json").read_text())["splits"]["test_v1"]
-    identity = table[((table["perturbation"] == "jpeg_quality") & (table["level"] == 100))
-                     | ((table["perturbation"] == "blur_sigma") & (table["level"] == 0))
-                     | ((table["perturbation"] == "downscale") & (table["level"] == 1.0))]
+    identity = table[
+        ((table["perturbation"] == "jpeg_quality") & (table["level"] == 100))
+        | ((table["perturbation"] == "blur_sigma") & (table["level"] == 0))
+        | ((table["perturbation"] == "downscale") & (table["level"] == 1.0))
+    ]
     assert len(identity) == 3
     assert (identity["auroc"] == clean["auroc"]).all() and (identity["acc"] == clean["at_tuned"]["acc"]).all()
     assert (identity["changed_predictions"] == 0).all()
-    strong = table[((table["perturbation"] == "blur_sigma") & (table["level"] == 3))
-                   | ((table["perturbation"] == "jpeg_quality") & (table["level"] == 30))]
+    strong = table[
+        ((table["perturbation"] == "blur_sigma") & (table["level"] == 3))
+        | ((table["perturbation"] == "jpeg_quality") & (table["level"] == 30))
+    ]
     assert (strong["changed_predictions"] > 0).all()
     assert (test_run / "robustness.png").is_file()
 
@@ -129,8 +143,9 @@ def test_predict_on_a_folder_skips_and_reports_unreadable_files(demo_run, demo_r
 def test_no_submission_when_an_id_has_no_prediction(tmp_path):
     written = write_predictions(tmp_path, "test_v2", ["a", "c"], np.array([0.9, 0.1]), 0.5, all_ids=["a", "b", "c"])
     assert written["missing"] == ["b"] and "submission" not in written
-    written = write_predictions(tmp_path, "test_v2", ["c", "a", "b"], np.array([0.1, 0.9, 0.5]), 0.5,
-                                all_ids=["a", "b", "c"])
+    written = write_predictions(
+        tmp_path, "test_v2", ["c", "a", "b"], np.array([0.1, 0.9, 0.5]), 0.5, all_ids=["a", "b", "c"]
+    )
     assert pd.read_csv(written["submission"]).values.tolist() == [["a", 1], ["b", 1], ["c", 0]]
 
 
@@ -167,11 +182,13 @@ def test_equal_error_rate_on_a_known_case():
 def test_predict_adapts_the_threshold_for_opted_in_splits(demo_run, demo_root, tmp_path):
     from deepfake_lightning.calibration import label_shift_report
 
-    cli = _run("predict", demo_run, demo_root, tmp_path, "--data.predict_split=test_v2",
-               "--calibration.adapt_splits=[test_v2]")
+    cli = _run(
+        "predict", demo_run, demo_root, tmp_path, "--data.predict_split=test_v2", "--calibration.adapt_splits=[test_v2]"
+    )
     pred = pd.read_csv(Path(cli.trainer.log_dir) / "predictions" / "test_v2.csv")
     state = cli.model.calibration
-    expected = label_shift_report(state.val_probs, state.val_labels, pred["prob_ai"].to_numpy(),
-                                  cli.model.threshold)["adapted_threshold"]
+    expected = label_shift_report(state.val_probs, state.val_labels, pred["prob_ai"].to_numpy(), cli.model.threshold)[
+        "adapted_threshold"
+    ]
     assert expected != pytest.approx(cli.model.threshold, abs=1e-4)
     assert (pred["label"].to_numpy() == (pred["prob_ai"].to_numpy() >= expected)).all()

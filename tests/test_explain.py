@@ -20,9 +20,14 @@ from deepfake_lightning.explain import CAM_METHODS, CamExplainer, default_target
 
 
 @pytest.mark.parametrize(
-    "name,layer",
-    [("resnet50", "layer4.2"), ("convnext_tiny", "stages.3"), ("efficientnet_b0", "conv_head"),
-     ("test_resnet", "layer4.0"), ("test_vit", "blocks.5.norm1")],
+    ("name", "layer"),
+    [
+        ("resnet50", "layer4.2"),
+        ("convnext_tiny", "stages.3"),
+        ("efficientnet_b0", "conv_head"),
+        ("test_resnet", "layer4.0"),
+        ("test_vit", "blocks.5.norm1"),
+    ],
 )
 def test_cam_shape_range_and_default_layers(name, layer):
     torch.manual_seed(0)
@@ -110,10 +115,21 @@ def quadrant_model(tmp_path_factory):
     pd.DataFrame(rows, columns=["file_name", "label", "group"]).to_csv(root / "train.csv")
     L.seed_everything(0)
     model = DeepfakeClassifier("test_resnet", pretrained=False, optimizer=partial(torch.optim.AdamW, lr=2e-3))
-    dm = DeepfakeDataModule(str(root), test_v2_csv=None, group_column="group", img_size=64, mode="crop",
-                            batch_size=32, num_workers=0, mean=(0.5,) * 3, std=(0.5,) * 3, val_fraction=0.2)
-    L.Trainer(max_epochs=6, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-              enable_model_summary=False).fit(model, dm)
+    dm = DeepfakeDataModule(
+        str(root),
+        test_v2_csv=None,
+        group_column="group",
+        img_size=64,
+        mode="crop",
+        batch_size=32,
+        num_workers=0,
+        mean=(0.5,) * 3,
+        std=(0.5,) * 3,
+        val_fraction=0.2,
+    )
+    L.Trainer(
+        max_epochs=6, logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False
+    ).fit(model, dm)
     ds = dm.dataset("val")
     images = torch.stack([ds[i]["image"] for i in range(len(ds)) if ds.labels[i] == 1])
     return model, images
@@ -121,8 +137,15 @@ def quadrant_model(tmp_path_factory):
 
 def _quadrant_mass(cam):
     h = cam.shape[1] // 2
-    return np.stack([cam[:, :h, :h].sum((1, 2)), cam[:, :h, h:].sum((1, 2)),
-                     cam[:, h:, :h].sum((1, 2)), cam[:, h:, h:].sum((1, 2))], axis=1)
+    return np.stack(
+        [
+            cam[:, :h, :h].sum((1, 2)),
+            cam[:, :h, h:].sum((1, 2)),
+            cam[:, h:, :h].sum((1, 2)),
+            cam[:, h:, h:].sum((1, 2)),
+        ],
+        axis=1,
+    )
 
 
 @pytest.mark.parametrize("method", ["gradcam", "gradcam++"])
@@ -142,11 +165,26 @@ def test_cam_finds_the_artifact_quadrant(quadrant_model, method):
 def _fit(root, out, callbacks):
     L.seed_everything(0)
     model = DeepfakeClassifier("test_resnet", pretrained=False, optimizer=partial(torch.optim.AdamW, lr=3e-3))
-    dm = DeepfakeDataModule(str(root), test_v1_csv="test_v1.csv", img_size=32, batch_size=8, num_workers=0,
-                            aug_strength=0.5, mean=(0.5,) * 3, std=(0.5,) * 3)
+    dm = DeepfakeDataModule(
+        str(root),
+        test_v1_csv="test_v1.csv",
+        img_size=32,
+        batch_size=8,
+        num_workers=0,
+        aug_strength=0.5,
+        mean=(0.5,) * 3,
+        std=(0.5,) * 3,
+    )
     # CPU: the comparison below is bit-for-bit, which CUDA's non-deterministic kernels do not give run to run
-    trainer = L.Trainer(max_epochs=2, default_root_dir=str(out), callbacks=callbacks, enable_progress_bar=False,
-                        enable_model_summary=False, enable_checkpointing=False, accelerator="cpu")
+    trainer = L.Trainer(
+        max_epochs=2,
+        default_root_dir=str(out),
+        callbacks=callbacks,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        accelerator="cpu",
+    )
     trainer.fit(model, dm)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     trainer.test(model, dm, verbose=False)
@@ -155,8 +193,9 @@ def _fit(root, out, callbacks):
 
 def test_callback_writes_pngs_and_tensorboard_without_changing_training(kaggle_root, tmp_path):
     _, plain = _fit(kaggle_root, tmp_path / "plain", [])
-    trainer, with_cam = _fit(kaggle_root, tmp_path / "cam", [GradCamExport(every_n_epochs=1, num_samples=4,
-                                                                            num_mistakes=2, n_layers=2)])
+    trainer, with_cam = _fit(
+        kaggle_root, tmp_path / "cam", [GradCamExport(every_n_epochs=1, num_samples=4, num_mistakes=2, n_layers=2)]
+    )
     assert with_cam == plain  # bit-identical metrics for the same seed
     run = Path(trainer.log_dir)
     for folder in ("epoch=0", "epoch=1", "test_v1", "test_v2"):
@@ -168,16 +207,25 @@ def test_callback_writes_pngs_and_tensorboard_without_changing_training(kaggle_r
 def test_explain_command_with_an_unknown_layer_is_one_error_line(demo_run, demo_root, tmp_path, capsys):
     image = demo_root / pd.read_csv(demo_root / "test_v1.csv")["id"][0]
     with pytest.raises(SystemExit) as exit_info:
-        main(["explain", str(image), "--ckpt_path", str(demo_run / "checkpoints" / "last.ckpt"),
-              "--out", str(tmp_path / "out"), "--layers", "layer9"])
+        main(
+            [
+                "explain",
+                str(image),
+                "--ckpt_path",
+                str(demo_run / "checkpoints" / "last.ckpt"),
+                "--out",
+                str(tmp_path / "out"),
+                "--layers",
+                "layer9",
+            ]
+        )
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and "Traceback" not in err
     assert "--layers: unknown layer name(s) ['layer9'] in ResNet; top-level modules:" in err and "'layer4'" in err
     assert not (tmp_path / "out").exists()  # checked before any work: no empty folder left
 
 
-def test_explain_command_writes_pngs_and_csv_and_reports_bad_files(demo_run, demo_root, tmp_path, monkeypatch,
-                                                                   capsys):
+def test_explain_command_writes_pngs_and_csv_and_reports_bad_files(demo_run, demo_root, tmp_path, monkeypatch, capsys):
     images = tmp_path / "in"
     images.mkdir()
     test = pd.read_csv(demo_root / "test_v1.csv")
@@ -185,8 +233,21 @@ def test_explain_command_writes_pngs_and_csv_and_reports_bad_files(demo_run, dem
         shutil.copy(demo_root / f, images)
     (images / "readme.txt").write_text("not an image")
     ckpt = next((demo_run / "checkpoints").glob("best-*.ckpt"))
-    monkeypatch.setattr(sys, "argv", ["deepfake", "explain", str(images), "--ckpt_path", str(ckpt),
-                                      "--out", str(tmp_path / "out"), "--n_layers", "2"])
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        [
+            "deepfake",
+            "explain",
+            str(images),
+            "--ckpt_path",
+            str(ckpt),
+            "--out",
+            str(tmp_path / "out"),
+            "--n_layers",
+            "2",
+        ],
+    )
     main()
     out = tmp_path / "out"
     assert sorted(p.stem for p in out.glob("*.png")) == sorted(Path(f).stem for f in test["id"][:4])

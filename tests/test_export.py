@@ -1,9 +1,9 @@
 """`deepfake export`: safetensors + JSON model directories, loaded without unpickling anything."""
 
 import json
-from pathlib import Path
 import pickle
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -54,9 +54,19 @@ def test_export_loads_without_unpickling_and_predicts_the_same(demo_run, demo_ro
     assert (table["pred"] == reference["pred"]).all()
 
     # deepfake predict --ckpt_path EXPORT_DIR
-    cli = cli_main(["predict", "--config", str(CONFIGS / "demo.yaml"), f"--data.root={demo_root}", f"--ckpt_path={out}",
-              f"--trainer.default_root_dir={tmp_path / 'predict'}", "--data.num_workers=0",
-              "--trainer.enable_progress_bar=false", "--data.predict_split=test_v2"])
+    cli = cli_main(
+        [
+            "predict",
+            "--config",
+            str(CONFIGS / "demo.yaml"),
+            f"--data.root={demo_root}",
+            f"--ckpt_path={out}",
+            f"--trainer.default_root_dir={tmp_path / 'predict'}",
+            "--data.num_workers=0",
+            "--trainer.enable_progress_bar=false",
+            "--data.predict_split=test_v2",
+        ]
+    )
     assert Path(cli.trainer.log_dir) == tmp_path / "predict" / "eval" / f"predict_{out.name}"  # outside any run
     sub = pd.read_csv(tmp_path / "predict" / "eval" / f"predict_{out.name}" / "submission_test_v2.csv")
     assert (sub.set_index("id").loc[reference["id"], "label"].to_numpy() == reference["pred"].to_numpy()).all()
@@ -69,8 +79,9 @@ def test_export_loads_without_unpickling_and_predicts_the_same(demo_run, demo_ro
 
 
 def test_broken_exports_name_the_file(demo_run, tmp_path):
-    out = export_main(["--ckpt_path", str(next((demo_run / "checkpoints").glob("last.ckpt"))),
-                       "--out", str(tmp_path / "e")])
+    out = export_main(
+        ["--ckpt_path", str(next((demo_run / "checkpoints").glob("last.ckpt"))), "--out", str(tmp_path / "e")]
+    )
     config = json.loads((out / "detector.json").read_text())
     (out / "detector.json").write_text(json.dumps({**config, "backbone": "test_convnext"}))
     with pytest.raises(ExportError, match="model.safetensors does not fit backbone 'test_convnext'"):
@@ -84,14 +95,27 @@ def test_broken_exports_name_the_file(demo_run, tmp_path):
         load_export(out)
 
 
-@pytest.mark.parametrize("target, message", [("folder", "is a folder without detector.json"),
-                                             ("absent", "no such checkpoint file or export folder")])
-def test_ckpt_path_that_is_neither_a_checkpoint_nor_an_export(target, message, demo_root, tmp_path, monkeypatch,
-                                                              capsys):
+@pytest.mark.parametrize(
+    ("target", "message"),
+    [("folder", "is a folder without detector.json"), ("absent", "no such checkpoint file or export folder")],
+)
+def test_ckpt_path_that_is_neither_a_checkpoint_nor_an_export(
+    target, message, demo_root, tmp_path, monkeypatch, capsys
+):
     (tmp_path / "folder").mkdir()
-    monkeypatch.setattr(sys, "argv", ["deepfake", "predict", "--config", str(CONFIGS / "demo.yaml"),
-                                      f"--data.root={demo_root}", f"--ckpt_path={tmp_path / target}",
-                                      f"--trainer.default_root_dir={tmp_path}"])
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        [
+            "deepfake",
+            "predict",
+            "--config",
+            str(CONFIGS / "demo.yaml"),
+            f"--data.root={demo_root}",
+            f"--ckpt_path={tmp_path / target}",
+            f"--trainer.default_root_dir={tmp_path}",
+        ],
+    )
     with pytest.raises(SystemExit) as exit_info:
         main()
     assert exit_info.value.code == 2 and message in capsys.readouterr().err

@@ -75,27 +75,47 @@ def test_the_frontend_is_part_of_the_model_and_its_export(tmp_path):
 
 def test_pixel_level_frontend_with_resize_warns(kaggle_root, tmp_path):
     with pytest.warns(UserWarning, match="model.frontend=highpass .* data.mode=resize .* use data.mode=crop"):
-        cli_main(["fit", "--config", str(CONFIGS / "demo.yaml"), f"--data.root={kaggle_root}", "--data.demo=false",
-                  "--data.group_column=null", "--data.test_v1_csv=test_v1.csv", "--data.mode=resize",
-                  "--data.img_size=32", "--data.num_workers=0", "--model.frontend=highpass",
-                  "--trainer.fast_dev_run=1", f"--trainer.default_root_dir={tmp_path}"])
+        cli_main(
+            [
+                "fit",
+                "--config",
+                str(CONFIGS / "demo.yaml"),
+                f"--data.root={kaggle_root}",
+                "--data.demo=false",
+                "--data.group_column=null",
+                "--data.test_v1_csv=test_v1.csv",
+                "--data.mode=resize",
+                "--data.img_size=32",
+                "--data.num_workers=0",
+                "--model.frontend=highpass",
+                "--trainer.fast_dev_run=1",
+                f"--trainer.default_root_dir={tmp_path}",
+            ]
+        )
 
 
 # --------------------------------------------------------------------------- frozen-feature probe
 def test_frozen_backbone_trains_only_the_head(kaggle_root, tmp_path):
     L.seed_everything(0)
-    model = DeepfakeClassifier("test_vit", pretrained=False, freeze_backbone=True,
-                               optimizer=lambda p: torch.optim.SGD(p, lr=0.1))
+    model = DeepfakeClassifier(
+        "test_vit", pretrained=False, freeze_backbone=True, optimizer=lambda p: torch.optim.SGD(p, lr=0.1)
+    )
     head = model.net.get_classifier()
     head_ids = {id(p) for p in head.parameters()}
     before = {n: p.detach().clone() for n, p in model.net.named_parameters()}
     assert all(p.requires_grad == (id(p) in head_ids) for p in model.net.parameters())
     model.train()
     assert not model.net.training and head.training  # frozen features: body in eval mode, head trains
-    dm = DeepfakeDataModule(root=str(kaggle_root), test_v1_csv="test_v1.csv", img_size=32, batch_size=8,
-                            num_workers=0)
-    trainer = L.Trainer(max_steps=3, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0)
+    dm = DeepfakeDataModule(root=str(kaggle_root), test_v1_csv="test_v1.csv", img_size=32, batch_size=8, num_workers=0)
+    trainer = L.Trainer(
+        max_steps=3,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+    )
     trainer.fit(model, dm)
     for name, p in model.net.named_parameters():
         changed = not torch.equal(p.detach(), before[name])
@@ -115,10 +135,22 @@ def test_clip_probe_config_is_the_univfd_probe_and_runs_offline_with_a_tiny_vit(
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["model"]["backbone"] == "vit_large_patch14_clip_224.openai"
     assert printed["model"]["freeze_backbone"] is True and printed["model"]["pretrained"] is True
-    cli = cli_main(["fit", "--config", str(CONFIGS / "clip_probe.yaml"), "--model.backbone=test_vit",
-                    "--model.pretrained=false", f"--data.root={kaggle_root}", "--data.test_v1_csv=test_v1.csv",
-                    "--data.img_size=32", "--data.num_workers=0", "--trainer.fast_dev_run=1",
-                    "--trainer.precision=32-true", f"--trainer.default_root_dir={tmp_path}"])
+    cli = cli_main(
+        [
+            "fit",
+            "--config",
+            str(CONFIGS / "clip_probe.yaml"),
+            "--model.backbone=test_vit",
+            "--model.pretrained=false",
+            f"--data.root={kaggle_root}",
+            "--data.test_v1_csv=test_v1.csv",
+            "--data.img_size=32",
+            "--data.num_workers=0",
+            "--trainer.fast_dev_run=1",
+            "--trainer.precision=32-true",
+            f"--trainer.default_root_dir={tmp_path}",
+        ]
+    )
     trainable = [n for n, p in cli.model.named_parameters() if p.requires_grad]
     assert trainable and all(n.startswith("net.head.") for n in trainable)
 
@@ -137,8 +169,9 @@ def generator_root(kaggle_root, tmp_path):
 
 
 def test_train_query_filters_before_the_split(generator_root):
-    dm = DeepfakeDataModule(root=str(generator_root), train_query="generator != 'a'", group_column="group",
-                            num_workers=0)
+    dm = DeepfakeDataModule(
+        root=str(generator_root), train_query="generator != 'a'", group_column="group", num_workers=0
+    )
     dm.setup("fit")
     train = pd.read_csv(generator_root / "train.csv", index_col=0)
     kept = set(train.loc[train["generator"] != "a", "file_name"])
@@ -147,12 +180,18 @@ def test_train_query_filters_before_the_split(generator_root):
     assert dm.data_identity()["data"]["train_query"] == "generator != 'a'"
 
 
-@pytest.mark.parametrize("query,message", [
-    ("generatr != 'a'", r"train\.csv: query .* names an unknown column .*generatr.*; columns: \['file_name', 'label', "
-                        r"'group', 'generator'\]"),
-    ("generator == 'zzz'", r"train\.csv: query .* matches none of its 40 rows"),
-    ("generator ==", r"train\.csv: query .* cannot be evaluated"),
-])
+@pytest.mark.parametrize(
+    ("query", "message"),
+    [
+        (
+            "generatr != 'a'",
+            r"train\.csv: query .* names an unknown column .*generatr.*; columns: \['file_name', 'label', "
+            r"'group', 'generator'\]",
+        ),
+        ("generator == 'zzz'", r"train\.csv: query .* matches none of its 40 rows"),
+        ("generator ==", r"train\.csv: query .* cannot be evaluated"),
+    ],
+)
 def test_train_query_errors_name_the_problem(generator_root, query, message):
     dm = DeepfakeDataModule(root=str(generator_root), train_query=query, num_workers=0)
     with pytest.raises(DataError, match=message):
@@ -162,10 +201,20 @@ def test_train_query_errors_name_the_problem(generator_root, query, message):
 # --------------------------------------------------------------------------- per-group reports
 def test_group_report_equals_sklearn_on_the_saved_predictions(demo_run, demo_root, tmp_path, console):
     ckpt = next((demo_run / "checkpoints").glob("best-*.ckpt"))
-    cli = cli_main(["test", "--config", str(CONFIGS / "demo.yaml"), f"--data.root={demo_root}",
-                    f"--trainer.default_root_dir={tmp_path}", "--data.num_workers=0",
-                    "--trainer.enable_progress_bar=false", f"--data.split_file={demo_run / 'split.csv'}",
-                    f"--ckpt_path={ckpt}", "--report.group_by=generator"])
+    cli = cli_main(
+        [
+            "test",
+            "--config",
+            str(CONFIGS / "demo.yaml"),
+            f"--data.root={demo_root}",
+            f"--trainer.default_root_dir={tmp_path}",
+            "--data.num_workers=0",
+            "--trainer.enable_progress_bar=false",
+            f"--data.split_file={demo_run / 'split.csv'}",
+            f"--ckpt_path={ckpt}",
+            "--report.group_by=generator",
+        ]
+    )
     run = Path(cli.trainer.log_dir)
     report = json.loads((run / "report.json").read_text())
     groups = report["groups"]
@@ -196,9 +245,19 @@ def test_group_report_equals_sklearn_on_the_saved_predictions(demo_run, demo_roo
 def test_group_by_an_unknown_column_is_one_error(demo_run, demo_root, tmp_path, monkeypatch, capsys):
     ckpt = next((demo_run / "checkpoints").glob("best-*.ckpt"))
     with pytest.raises(SystemExit) as exit_info:
-        main(["test", "--config", str(CONFIGS / "demo.yaml"), f"--data.root={demo_root}",
-              f"--trainer.default_root_dir={tmp_path}", "--data.num_workers=0", "--trainer.enable_progress_bar=false",
-              f"--ckpt_path={ckpt}", "--report.group_by=camera"])
+        main(
+            [
+                "test",
+                "--config",
+                str(CONFIGS / "demo.yaml"),
+                f"--data.root={demo_root}",
+                f"--trainer.default_root_dir={tmp_path}",
+                "--data.num_workers=0",
+                "--trainer.enable_progress_bar=false",
+                f"--ckpt_path={ckpt}",
+                "--report.group_by=camera",
+            ]
+        )
     assert exit_info.value.code == 2
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("deepfake: error:")]
     assert len(err) == 1 and "no column 'camera'" in err[0] and "generator" in err[0]
@@ -207,13 +266,23 @@ def test_group_by_an_unknown_column_is_one_error(demo_run, demo_root, tmp_path, 
 def test_evaluating_a_filtered_run_reuses_its_filter(generator_root, tmp_path):
     """A model trained on a held-out-generator filter is validated on its own validation images: the checkpoint
     carries data.train_query, so `test` rebuilds the same split (and its split file matches)."""
-    common = ["--config", str(CONFIGS / "demo.yaml"), f"--data.root={generator_root}", "--data.demo=false",
-              "--data.test_v1_csv=test_v1.csv", "--data.img_size=32", "--data.num_workers=0",
-              "--trainer.enable_progress_bar=false", "--trainer.callbacks=[]", f"--trainer.default_root_dir={tmp_path}"]
+    common = [
+        "--config",
+        str(CONFIGS / "demo.yaml"),
+        f"--data.root={generator_root}",
+        "--data.demo=false",
+        "--data.test_v1_csv=test_v1.csv",
+        "--data.img_size=32",
+        "--data.num_workers=0",
+        "--trainer.enable_progress_bar=false",
+        "--trainer.callbacks=[]",
+        f"--trainer.default_root_dir={tmp_path}",
+    ]
     fit = cli_main(["fit", *common, "--trainer.max_epochs=1", "--data.train_query=generator != 'a'"])
     run = Path(fit.trainer.log_dir)
-    test = cli_main(["test", *common, f"--ckpt_path={run / 'checkpoints' / 'last.ckpt'}",
-                     f"--data.split_file={run / 'split.csv'}"])
+    test = cli_main(
+        ["test", *common, f"--ckpt_path={run / 'checkpoints' / 'last.ckpt'}", f"--data.split_file={run / 'split.csv'}"]
+    )
     assert test.datamodule.hparams.train_query == "generator != 'a'"
     assert set(test.datamodule.indexes["val"]["path"]) == set(fit.datamodule.indexes["val"]["path"])
 
@@ -228,6 +297,9 @@ def test_group_by_column_is_checked_before_the_evaluation(demo_root):
     dm.setup("test")
     trainer = SimpleNamespace(datamodule=dm)
     EvaluationReport(group_by="generator").on_test_start(trainer, None)  # every split has it
-    with pytest.raises(DataError, match=r"test_v1\.csv: no column 'camera' to group the test_v1 split by|"
-                                        r"train\.csv: no column 'camera' to group the val split by"):
+    with pytest.raises(
+        DataError,
+        match=r"test_v1\.csv: no column 'camera' to group the test_v1 split by|"
+        r"train\.csv: no column 'camera' to group the val split by",
+    ):
         EvaluationReport(group_by="camera").on_test_start(trainer, None)

@@ -8,7 +8,7 @@ from deepfake_lightning.data.transforms import create_transform
 
 
 @pytest.mark.parametrize(
-    "mode,fmt", [("L", "JPEG"), ("RGB", "PNG"), ("P", "PNG"), ("CMYK", "JPEG"), ("RGB", "WEBP"), ("I;16", "PNG")]
+    ("mode", "fmt"), [("L", "JPEG"), ("RGB", "PNG"), ("P", "PNG"), ("CMYK", "JPEG"), ("RGB", "WEBP"), ("I;16", "PNG")]
 )
 def test_any_mode_and_format_loads_as_rgb(tmp_path, mode, fmt):
     im = Image.new("RGB", (8, 6), (200, 100, 50)).convert(mode)

@@ -94,10 +94,16 @@ def test_symlinks_leading_out_of_the_root_are_refused(tmp_path):
     (root / "train_data" / "evil.jpg").symlink_to(outside / "secret.jpg")
     (root / "train_data" / "fine.jpg").symlink_to(root / "train_data" / "inside_target.jpg")  # stays inside: fine
     (root / "linked_dir").symlink_to(outside, target_is_directory=True)
-    csv = _write(root, ",file_name,label\n0,train_data/a.jpg,1\n1,train_data/evil.jpg,0\n2,train_data/fine.jpg,0\n"
-                       "3,linked_dir/secret.jpg,1\n")
-    with pytest.raises(DataError, match=r"(?s)2 path\(s\) lead out of the data root.*line 3: 'train_data/evil\.jpg'"
-                                        r".*line 5: 'linked_dir/secret\.jpg'") as e:
+    csv = _write(
+        root,
+        ",file_name,label\n0,train_data/a.jpg,1\n1,train_data/evil.jpg,0\n2,train_data/fine.jpg,0\n"
+        "3,linked_dir/secret.jpg,1\n",
+    )
+    with pytest.raises(
+        DataError,
+        match=r"(?s)2 path\(s\) lead out of the data root.*line 3: 'train_data/evil\.jpg'"
+        r".*line 5: 'linked_dir/secret\.jpg'",
+    ) as e:
         read_index(csv, root, "file_name")
     assert "fine.jpg" not in str(e.value)
     csv = _write(root, ",file_name,label\n0,train_data/a.jpg,1\n1,train_data/fine.jpg,0\n")

@@ -57,8 +57,15 @@ def test_local_weights_file_is_loaded_and_head_replaced(tmp_path):
 
 
 def _tiny_trainer(**kw):
-    kw = {"max_epochs": 1, "logger": False, "enable_checkpointing": False, "enable_progress_bar": False,
-          "enable_model_summary": False, "num_sanity_val_steps": 0, **kw}
+    kw = {
+        "max_epochs": 1,
+        "logger": False,
+        "enable_checkpointing": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "num_sanity_val_steps": 0,
+        **kw,
+    }
     return L.Trainer(**kw)
 
 
@@ -68,8 +75,9 @@ def _datamodule(root, **kw):
 
 def test_freeze_backbone_trains_only_the_head_first(kaggle_root):
     L.seed_everything(0)
-    model = DeepfakeClassifier("test_resnet", pretrained=False, freeze_backbone_epochs=1,
-                               optimizer=partial(torch.optim.AdamW, lr=1e-2))
+    model = DeepfakeClassifier(
+        "test_resnet", pretrained=False, freeze_backbone_epochs=1, optimizer=partial(torch.optim.AdamW, lr=1e-2)
+    )
     before = {k: v.clone() for k, v in model.state_dict().items()}
     _tiny_trainer(limit_train_batches=2, limit_val_batches=1).fit(model, _datamodule(kaggle_root))
     after = model.state_dict()
@@ -78,8 +86,9 @@ def test_freeze_backbone_trains_only_the_head_first(kaggle_root):
     assert all(torch.equal(before[k], after[k]) for k in body_weights)
     assert not torch.equal(before["net.fc.weight"], after["net.fc.weight"])
     # second epoch: unfrozen, the body moves too
-    model2 = DeepfakeClassifier("test_resnet", pretrained=False, freeze_backbone_epochs=1,
-                                optimizer=partial(torch.optim.AdamW, lr=1e-2))
+    model2 = DeepfakeClassifier(
+        "test_resnet", pretrained=False, freeze_backbone_epochs=1, optimizer=partial(torch.optim.AdamW, lr=1e-2)
+    )
     before2 = {k: v.clone() for k, v in model2.state_dict().items()}
     _tiny_trainer(max_epochs=2, limit_train_batches=2, limit_val_batches=1).fit(model2, _datamodule(kaggle_root))
     assert not torch.equal(before2["net.conv1.0.weight"], model2.state_dict()["net.conv1.0.weight"])

@@ -19,8 +19,9 @@ def _execute(name: str, env: dict, monkeypatch) -> list:
     for key, value in env.items():
         monkeypatch.setenv(key, str(value))
     nb = nbformat.read(NOTEBOOKS / name, as_version=4)
-    nbclient.NotebookClient(nb, timeout=300, kernel_name="python3",
-                            resources={"metadata": {"path": str(NOTEBOOKS)}}).execute()  # raises on any failing cell
+    nbclient.NotebookClient(
+        nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOKS)}}
+    ).execute()  # raises on any failing cell
     return [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
 
 
@@ -44,8 +45,9 @@ def test_explore_checkpoint_notebook(source, demo_run, demo_root, tmp_path, monk
         del raw["calibration"]
         ckpt = tmp_path / "uncalibrated.ckpt"
         torch.save(raw, ckpt)
-    outputs = _execute("01_explore_checkpoint.ipynb", {"DEEPFAKE_CKPT": ckpt, "DEEPFAKE_DATA_ROOT": demo_root},
-                       monkeypatch)
+    outputs = _execute(
+        "01_explore_checkpoint.ipynb", {"DEEPFAKE_CKPT": ckpt, "DEEPFAKE_DATA_ROOT": demo_root}, monkeypatch
+    )
     # ROC/PR/confusion per labelled split (3), threshold trade-off, reliability per split (3), Grad-CAM gallery
     assert _images(outputs) == 8
     text = "".join(str(o.get("data", {}).get("text/plain", "")) + o.get("text", "") for o in outputs)
@@ -57,17 +59,30 @@ def test_explore_checkpoint_notebook(source, demo_run, demo_root, tmp_path, monk
 
 def test_compare_runs_notebook(demo_run, kaggle_root, tmp_path, monkeypatch):
     spec = {
-        "study_name": "nb", "base_configs": [str(CONFIGS / "demo.yaml")], "out_dir": str(tmp_path), "n_trials": 2,
-        "overrides": {"data.root": str(kaggle_root), "data.demo": False, "data.group_column": None,
-                      "data.img_size": 32, "data.num_workers": 0, "trainer.max_epochs": 2, "trainer.callbacks": []},
+        "study_name": "nb",
+        "base_configs": [str(CONFIGS / "demo.yaml")],
+        "out_dir": str(tmp_path),
+        "n_trials": 2,
+        "overrides": {
+            "data.root": str(kaggle_root),
+            "data.demo": False,
+            "data.group_column": None,
+            "data.img_size": 32,
+            "data.num_workers": 0,
+            "trainer.max_epochs": 2,
+            "trainer.callbacks": [],
+        },
         "pruner": {"type": "none"},
-        "search_space": {"model.optimizer.init_args.lr": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True},
-                         "data.aug_strength": {"type": "float", "low": 0.0, "high": 1.0}},
+        "search_space": {
+            "model.optimizer.init_args.lr": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True},
+            "data.aug_strength": {"type": "float", "low": 0.0, "high": 1.0},
+        },
     }
     (tmp_path / "nb.yaml").write_text(yaml.safe_dump(spec))
     run_sweep(load_sweep(tmp_path / "nb.yaml"))
-    outputs = _execute("02_compare_runs.ipynb", {"DEEPFAKE_LOGS": demo_run.parent, "DEEPFAKE_STUDY": tmp_path / "nb"},
-                       monkeypatch)
+    outputs = _execute(
+        "02_compare_runs.ipynb", {"DEEPFAKE_LOGS": demo_run.parent, "DEEPFAKE_STUDY": tmp_path / "nb"}, monkeypatch
+    )
     assert _images(outputs) == 2  # learning curves, objective vs parameters
     text = "".join(str(o.get("data", {}).get("text/plain", "")) for o in outputs)
     assert "val/auroc" in text and "param:data.aug_strength" in text

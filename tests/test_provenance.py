@@ -23,7 +23,8 @@ QUIET = ["--data.num_workers=0", "--trainer.enable_progress_bar=false", "--train
 
 def _split_hash(split_csv: Path) -> str:
     df = pd.read_csv(split_csv)
-    return hashlib.sha256("\n".join(sorted(f"{p},{s}" for p, s in zip(df["path"], df["split"]))).encode()).hexdigest()
+    rows = sorted(f"{p},{s}" for p, s in zip(df["path"], df["split"], strict=True))
+    return hashlib.sha256("\n".join(rows).encode()).hexdigest()
 
 
 def test_a_fresh_demo_checkpoint_records_its_provenance(demo_run, demo_root):
@@ -43,14 +44,32 @@ def test_a_fresh_demo_checkpoint_records_its_provenance(demo_run, demo_root):
 
 
 def test_csv_training_data_is_identified_by_its_content(kaggle_root, tmp_path):
-    cli = cli_main(["fit", "--config", str(CONFIGS / "demo.yaml"), f"--data.root={kaggle_root}", "--data.demo=false",
-                    "--data.group_column=null", "--data.img_size=32", "--trainer.max_epochs=1",
-                    f"--trainer.default_root_dir={tmp_path}", "--trainer.callbacks=[]", *QUIET])
+    cli = cli_main(
+        [
+            "fit",
+            "--config",
+            str(CONFIGS / "demo.yaml"),
+            f"--data.root={kaggle_root}",
+            "--data.demo=false",
+            "--data.group_column=null",
+            "--data.img_size=32",
+            "--trainer.max_epochs=1",
+            f"--trainer.default_root_dir={tmp_path}",
+            "--trainer.callbacks=[]",
+            *QUIET,
+        ]
+    )
     run = Path(cli.trainer.log_dir)
     data = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["provenance"]["data"]
     csv = kaggle_root / "train.csv"
-    assert data == {"kind": "csv", "train_csv": str(csv.resolve()), "rows": 40, "ai_share": 0.5,
-                    "sha256": hashlib.sha256(csv.read_bytes()).hexdigest(), "kaggle": False}
+    assert data == {
+        "kind": "csv",
+        "train_csv": str(csv.resolve()),
+        "rows": 40,
+        "ai_share": 0.5,
+        "sha256": hashlib.sha256(csv.read_bytes()).hexdigest(),
+        "kaggle": False,
+    }
 
 
 @pytest.fixture(scope="module")
@@ -60,8 +79,18 @@ def tested_copy(demo_run, demo_root, tmp_path_factory) -> Path:
     (run / "checkpoints").mkdir(parents=True)
     ckpt = run / "checkpoints" / "best.ckpt"
     shutil.copy(next((demo_run / "checkpoints").glob("best-*.ckpt")), ckpt)
-    cli_main(["test", "--config", str(CONFIGS / "demo.yaml"), f"--data.root={demo_root}", f"--ckpt_path={ckpt}",
-              f"--data.split_file={demo_run / 'split.csv'}", "--trainer.callbacks=[]", *QUIET])
+    cli_main(
+        [
+            "test",
+            "--config",
+            str(CONFIGS / "demo.yaml"),
+            f"--data.root={demo_root}",
+            f"--ckpt_path={ckpt}",
+            f"--data.split_file={demo_run / 'split.csv'}",
+            "--trainer.callbacks=[]",
+            *QUIET,
+        ]
+    )
     return ckpt
 
 
@@ -82,21 +111,37 @@ def test_export_writes_a_model_card_that_matches_the_checkpoint(tested_copy, tmp
     assert meta["library_name"] == "deepfake-lightning" and meta["pipeline_tag"] == "image-classification"
     assert {"test_resnet", "demo", "not-a-real-detector"} <= set(meta["tags"])
     assert "datasets" not in meta  # the demo is no published dataset
-    results = {r["dataset"]["name"]: {m["type"]: m["value"] for m in r["metrics"]}
-               for r in meta["model-index"][0]["results"]}
+    results = {
+        r["dataset"]["name"]: {m["type"]: m["value"] for m in r["metrics"]} for r in meta["model-index"][0]["results"]
+    }
     val = ckpt["provenance"]["validation"]
     assert results["validation"]["roc_auc"] == round(val["val/auroc"], 4)
     for split, r in ckpt["provenance"]["test"].items():
-        assert results[split] == {"roc_auc": round(r["auroc"], 4), "f1": round(r["f1_macro"], 4),
-                                  "accuracy": round(r["acc"], 4)}
+        assert results[split] == {
+            "roc_auc": round(r["auroc"], 4),
+            "f1": round(r["f1_macro"], 4),
+            "accuracy": round(r["acc"], 4),
+        }
     body = (out / "README.md").read_text()
     assert "**Not a detector.**" in body and f"{ckpt['calibration']['threshold']:.4f}" in body
     assert f"temperature {ckpt['calibration']['calibrator']['temperature']:.4f}" in body
 
     facts, exported = load_detector(tested_copy).facts, load_detector(out).facts
     assert facts.trained_on_demo and exported.trained_on_demo
-    for key in ("backbone", "img_size", "mode", "calibration", "temperature", "threshold", "threshold_criterion",
-                "training_data", "split_sha256", "validation", "test", "versions"):
+    for key in (
+        "backbone",
+        "img_size",
+        "mode",
+        "calibration",
+        "temperature",
+        "threshold",
+        "threshold_criterion",
+        "training_data",
+        "split_sha256",
+        "validation",
+        "test",
+        "versions",
+    ):
         assert getattr(exported, key) == getattr(facts, key), key
     assert facts.img_size == 64 and facts.mode == "crop" and facts.threshold == ckpt["calibration"]["threshold"]
     assert exported.source == str(out)
@@ -138,8 +183,18 @@ def test_demo_models_warn_on_images_that_are_not_demo_images(demo_run, demo_root
     for files, warned in (([own], False), ([photo], True)):
         console.seek(0)
         console.truncate()
-        cli_main(["predict", "--config", str(CONFIGS / "demo.yaml"), f"--data.root={demo_root}", f"--ckpt_path={ckpt}",
-                  f"--data.predict_paths=[{','.join(files)}]", "--trainer.callbacks=[]", *QUIET])
+        cli_main(
+            [
+                "predict",
+                "--config",
+                str(CONFIGS / "demo.yaml"),
+                f"--data.root={demo_root}",
+                f"--ckpt_path={ckpt}",
+                f"--data.predict_paths=[{','.join(files)}]",
+                "--trainer.callbacks=[]",
+                *QUIET,
+            ]
+        )
         shown = console.getvalue()
         assert (DEMO_WARNING in shown) is warned, shown[-1500:]
 
@@ -162,8 +217,11 @@ def test_last_ckpt_is_the_final_state_and_exports_are_readable_by_others(demo_ru
 def test_the_card_says_which_test_time_augmentation_its_test_figures_used():
     from deepfake_lightning.provenance import ModelFacts, model_card
 
-    facts = ModelFacts(backbone="test_resnet", test={"test_v1": {"auroc": 0.9, "f1_macro": 0.8, "acc": 0.85}},
-                       test_settings={"tta_flip": True, "eval_views": 5})
+    facts = ModelFacts(
+        backbone="test_resnet",
+        test={"test_v1": {"auroc": 0.9, "f1_macro": 0.8, "acc": 0.85}},
+        test_settings={"tta_flip": True, "eval_views": 5},
+    )
     assert "test-time augmentation: 5 views, mirrored (tta_flip)" in model_card(facts)
     facts.test_settings = {"tta_flip": False, "eval_views": 1}
     assert "test-time augmentation" not in model_card(facts)
@@ -171,10 +229,23 @@ def test_the_card_says_which_test_time_augmentation_its_test_figures_used():
 
 def test_last_ckpt_keeps_following_training_after_the_best_epoch(kaggle_root, tmp_path):
     # monitoring the step in "min" mode makes the first validation the best one, for certain
-    cli = cli_main(["fit", "--config", str(CONFIGS / "demo.yaml"), f"--data.root={kaggle_root}", "--data.demo=false",
-                    "--data.group_column=null", "--data.img_size=32", "--trainer.max_epochs=3",
-                    "--checkpoint.monitor=step", "--checkpoint.mode=min", f"--trainer.default_root_dir={tmp_path}",
-                    "--trainer.callbacks=[]", *QUIET])
+    cli = cli_main(
+        [
+            "fit",
+            "--config",
+            str(CONFIGS / "demo.yaml"),
+            f"--data.root={kaggle_root}",
+            "--data.demo=false",
+            "--data.group_column=null",
+            "--data.img_size=32",
+            "--trainer.max_epochs=3",
+            "--checkpoint.monitor=step",
+            "--checkpoint.mode=min",
+            f"--trainer.default_root_dir={tmp_path}",
+            "--trainer.callbacks=[]",
+            *QUIET,
+        ]
+    )
     folder = Path(cli.trainer.log_dir) / "checkpoints"
     best = torch.load(next(folder.glob("best-*.ckpt")), map_location="cpu", weights_only=True)
     last = torch.load(folder / "last.ckpt", map_location="cpu", weights_only=True)

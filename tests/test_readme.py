@@ -35,8 +35,12 @@ CANNOT_RUN = {
 # ... except these, which succeed without the data (printing the resolved config).
 RUNS_WITHOUT_DATA = ("--print_config",)
 # Added to every fit (and to every trial of a sweep): one short epoch.
-TINY_FIT = {"trainer.max_epochs": 1, "trainer.limit_train_batches": 3, "trainer.limit_val_batches": 2,
-            "data.num_workers": 0}
+TINY_FIT = {
+    "trainer.max_epochs": 1,
+    "trainer.limit_train_batches": 3,
+    "trainer.limit_val_batches": 2,
+    "data.num_workers": 0,
+}
 # Commands run in a separate process: DDP starts its other ranks by running the command line again.
 IN_SUBPROCESS = ("--trainer.strategy ddp",)
 
@@ -99,6 +103,7 @@ def _argv(command: str, project: Path) -> list[str]:
 
 def _outputs(argv: list[str], project: Path) -> list[Path]:
     """The files the README says this command writes."""
+
     def newest(pattern: str) -> Path:
         found = sorted(project.glob(pattern), key=lambda p: p.stat().st_mtime)
         assert found, f"nothing matches {pattern}"
@@ -110,8 +115,12 @@ def _outputs(argv: list[str], project: Path) -> list[Path]:
     sub = argv[0]
     if sub == "fit":
         run = newest("lightning_logs/version_*/config.yaml").parent
-        return [run / "metrics.json", run / "checkpoints" / "last.ckpt", run / "split.csv",
-                run / "calibration" / "calibration.json"]
+        return [
+            run / "metrics.json",
+            run / "checkpoints" / "last.ckpt",
+            run / "split.csv",
+            run / "calibration" / "calibration.json",
+        ]
     if sub == "test":
         run = newest("**/eval/test_*/report.json").parent
         files = [run / "report.json", run / "config.yaml"]
@@ -131,7 +140,7 @@ def _outputs(argv: list[str], project: Path) -> list[Path]:
     if sub == "explain":
         return [project / option("--out") / "explanations.csv"]
     if sub == "export":
-        formats = argv[argv.index("--format") + 1:] if "--format" in argv else ["safetensors"]
+        formats = argv[argv.index("--format") + 1 :] if "--format" in argv else ["safetensors"]
         names = ["detector.json", "README.md"] + [f"model.{f}" for f in formats]
         return [project / option("--out") / name for name in names]
     if sub == "sweep":
@@ -224,12 +233,17 @@ def test_readme_commands_ran_what_they_said(project):
     the flags of the test-time-augmentation command are what its evaluation recorded."""
     runs = sorted(p.name for p in (project / "lightning_logs").iterdir())
     assert all(name.startswith("version_") for name in runs)
-    configs = [yaml.safe_load(p.read_text()) for p in (project / "lightning_logs" / "version_0" / "eval").glob("test_*/config.yaml")]
+    configs = [
+        yaml.safe_load(p.read_text())
+        for p in (project / "lightning_logs" / "version_0" / "eval").glob("test_*/config.yaml")
+    ]
     assert any(c["model"]["tta_flip"] is True and c["data"]["eval_views"] == 5 for c in configs)
     calibrated = torch.load(project / "calibrated.ckpt", map_location="cpu", weights_only=False)["calibration"]
     assert calibrated["calibrator"]["method"] == "platt"
     card = read_card_metadata(project / "models" / "demo_card" / "README.md")  # test results, then the export
-    assert {"validation", "val", "test_v1", "test_v2"} <= {r["dataset"]["name"] for r in card["model-index"][0]["results"]}
+    assert {"validation", "val", "test_v1", "test_v2"} <= {
+        r["dataset"]["name"] for r in card["model-index"][0]["results"]
+    }
 
 
 def test_notebooks_run_from_their_folder_after_the_quickstart(project, monkeypatch):
@@ -242,8 +256,9 @@ def test_notebooks_run_from_their_folder_after_the_quickstart(project, monkeypat
     texts = {}
     for name in ("01_explore_checkpoint.ipynb", "02_compare_runs.ipynb"):
         nb = nbformat.read(project / "notebooks" / name, as_version=4)
-        nbclient.NotebookClient(nb, timeout=300, kernel_name="python3",
-                                resources={"metadata": {"path": str(project / "notebooks")}}).execute()
+        nbclient.NotebookClient(
+            nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(project / "notebooks")}}
+        ).execute()
         outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
         texts[name] = "".join(str(o.get("data", {}).get("text/plain", "")) + o.get("text", "") for o in outputs)
     assert "data/demo" in texts["01_explore_checkpoint.ipynb"] and "ai_share_em" in texts["01_explore_checkpoint.ipynb"]

@@ -13,14 +13,15 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from deepfake_lightning.api import scalars
+from deepfake_lightning.checkpoints import SafeCheckpointIO
 from deepfake_lightning.cli import cli_main
-from deepfake_lightning.files import AtomicCheckpointIO, atomic_path
+from deepfake_lightning.files import atomic_path
 from tests.conftest import CONFIGS
 
 
 def test_a_write_that_dies_midway_leaves_the_previous_file(tmp_path, monkeypatch):
     path = tmp_path / "last.ckpt"
-    io = AtomicCheckpointIO()
+    io = SafeCheckpointIO()
     io.save_checkpoint({"step": 1}, path)
 
     def dies_midway(checkpoint, filepath):  # what a kill during the write leaves behind: half a file
@@ -33,16 +34,31 @@ def test_a_write_that_dies_midway_leaves_the_previous_file(tmp_path, monkeypatch
         io.save_checkpoint({"step": 2}, path)
     assert torch.load(path, weights_only=True)["step"] == 1
     assert os.listdir(tmp_path) == ["last.ckpt"]  # no temporary file left
-    with pytest.raises(ValueError), atomic_path(tmp_path / "report.json") as tmp:
-        tmp.write_text("{")
-        raise ValueError("crash while writing")
+
+    def crash_while_writing():
+        with atomic_path(tmp_path / "report.json") as tmp:
+            tmp.write_text("{")
+            raise ValueError("crash while writing")
+
+    with pytest.raises(ValueError, match="crash while writing"):
+        crash_while_writing()
     assert os.listdir(tmp_path) == ["last.ckpt"]
 
 
 def _fit_args(root, out, *extra):
-    return ["fit", "--config", str(CONFIGS / "demo.yaml"), f"--data.root={root}", f"--trainer.default_root_dir={out}",
-            "--data.num_workers=0", "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
-            "--trainer.max_epochs=3", "--trainer.callbacks=[]", *extra]
+    return [
+        "fit",
+        "--config",
+        str(CONFIGS / "demo.yaml"),
+        f"--data.root={root}",
+        f"--trainer.default_root_dir={out}",
+        "--data.num_workers=0",
+        "--trainer.enable_progress_bar=false",
+        "--trainer.enable_model_summary=false",
+        "--trainer.max_epochs=3",
+        "--trainer.callbacks=[]",
+        *extra,
+    ]
 
 
 def test_sigkill_mid_epoch_then_resume_with_ckpt_path_last(demo_root, tmp_path):
@@ -50,8 +66,9 @@ def test_sigkill_mid_epoch_then_resume_with_ckpt_path_last(demo_root, tmp_path):
     last = run / "checkpoints" / "last.ckpt"
     args = _fit_args(demo_root, tmp_path, "--checkpoint.last_every_n_steps=4")
     with open(tmp_path / "stderr.txt", "wb") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "deepfake_lightning.cli", *args], stdout=subprocess.DEVNULL,
-                                stderr=err)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "deepfake_lightning.cli", *args], stdout=subprocess.DEVNULL, stderr=err
+        )
         deadline = time.time() + 120
         while not last.exists() and proc.poll() is None and time.time() < deadline:
             time.sleep(0.05)

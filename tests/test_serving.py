@@ -39,18 +39,51 @@ TORCH_SERVER_TOLERANCE = 2e-3 if torch.cuda.is_available() else 1e-6
 def export(demo_run, tmp_path_factory) -> Path:
     """The demo model exported as the README says: safetensors and ONNX."""
     ckpt = next((demo_run / "checkpoints").glob("best-*.ckpt"))
-    return export_main(["--ckpt_path", str(ckpt), "--out", str(tmp_path_factory.mktemp("serve") / "demo_v1"),
-                        "--format", "safetensors", "onnx"])
+    return export_main(
+        [
+            "--ckpt_path",
+            str(ckpt),
+            "--out",
+            str(tmp_path_factory.mktemp("serve") / "demo_v1"),
+            "--format",
+            "safetensors",
+            "onnx",
+        ]
+    )
 
 
 @pytest.fixture(scope="module")
 def servers(export):
     """Two servers started side by side: PyTorch with batching (up to 8 requests, 50 ms to fill up) and a 1 MB
     upload limit, and ONNX Runtime with batching off in two worker processes."""
-    batched = ServerProcess(["--ckpt_path", str(export), "--max_batch_size", "8", "--batch_timeout", "0.05",
-                             "--max_upload_mb", "1", "--log_level", "warning"]).start()
-    onnx = ServerProcess(["--ckpt_path", str(export), "--runtime", "onnx", "--max_batch_size", "1",
-                          "--workers_per_device", "2", "--log_level", "warning"]).start()
+    batched = ServerProcess(
+        [
+            "--ckpt_path",
+            str(export),
+            "--max_batch_size",
+            "8",
+            "--batch_timeout",
+            "0.05",
+            "--max_upload_mb",
+            "1",
+            "--log_level",
+            "warning",
+        ]
+    ).start()
+    onnx = ServerProcess(
+        [
+            "--ckpt_path",
+            str(export),
+            "--runtime",
+            "onnx",
+            "--max_batch_size",
+            "1",
+            "--workers_per_device",
+            "2",
+            "--log_level",
+            "warning",
+        ]
+    ).start()
     try:
         yield {"batched": batched.wait_ready(), "onnx": onnx.wait_ready()}
     finally:
@@ -72,12 +105,17 @@ def reference(export, images) -> dict[str, float]:
     batch = torch.stack([detector.transform(load_image(io.BytesIO(data))) for _, data in images])
     with torch.inference_mode():
         probs = detector.model.calibrated_probs(detector.model.predict_logits(batch))
-    return {name: float(p) for (name, _), p in zip(images, probs)}
+    return {name: float(p) for (name, _), p in zip(images, probs, strict=False)}
 
 
 def _post(url: str, data: bytes, content_type: str = "image/jpeg", explain: bool = False) -> requests.Response:
-    return requests.post(f"{url}/predict", params={"explain": "true"} if explain else None, data=data,
-                         headers={"Content-Type": content_type}, timeout=60)
+    return requests.post(
+        f"{url}/predict",
+        params={"explain": "true"} if explain else None,
+        data=data,
+        headers={"Content-Type": content_type},
+        timeout=60,
+    )
 
 
 # --------------------------------------------------------------------------- ONNX export
@@ -118,9 +156,12 @@ def test_broken_or_mismatched_onnx_files_are_clear_errors(export, tmp_path):
         load_onnx(copy)
 
     # A valid ONNX model of another input size (another export's): refused with both shapes named.
-    graph = helper.make_graph([helper.make_node("ReduceMean", ["image"], ["logit"], axes=[1, 2, 3], keepdims=0)],
-                              "other", [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 3, 32, 32])],
-                              [helper.make_tensor_value_info("logit", TensorProto.FLOAT, ["batch"])])
+    graph = helper.make_graph(
+        [helper.make_node("ReduceMean", ["image"], ["logit"], axes=[1, 2, 3], keepdims=0)],
+        "other",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 3, 32, 32])],
+        [helper.make_tensor_value_info("logit", TensorProto.FLOAT, ["batch"])],
+    )
     # IR version 8 (opset 17's): onnx's default is its newest, which an older ONNX Runtime refuses to load at all
     other = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
     onnx.save(other, copy / "model.onnx")
@@ -135,8 +176,9 @@ def test_broken_or_mismatched_onnx_files_are_clear_errors(export, tmp_path):
         Engine(str(copy), "onnx")
 
 
-def test_onnx_only_export_serves_with_onnx_runtime_and_says_so_elsewhere(demo_run, demo_root, tmp_path, monkeypatch,
-                                                                        capsys):
+def test_onnx_only_export_serves_with_onnx_runtime_and_says_so_elsewhere(
+    demo_run, demo_root, tmp_path, monkeypatch, capsys
+):
     ckpt = demo_run / "checkpoints" / "last.ckpt"
     main(["export", "--ckpt_path", str(ckpt), "--out", str(tmp_path / "onnx_only"), "--format", "onnx"])
     assert "model.onnx" in capsys.readouterr().out
@@ -148,8 +190,9 @@ def test_onnx_only_export_serves_with_onnx_runtime_and_says_so_elsewhere(demo_ru
     api.setup("cpu")
     assert api.engine.info()["model"] == "test_resnet" and api.engine.info()["explain"] is False
     image = base64.b64encode((demo_root / pd.read_csv(demo_root / "test_v1.csv")["id"][0]).read_bytes()).decode()
-    plain, explained = api.predict([api.decode_request({"image": image}),
-                                    api.decode_request({"image": image, "explain": True})])
+    plain, explained = api.predict(
+        [api.decode_request({"image": image}), api.decode_request({"image": image, "explain": True})]
+    )
     assert 0 <= plain["prob_ai"] <= 1 and plain["batch_size"] == 1  # the verdict; explaining is what fails
     response = api.encode_response(explained)
     assert response.status_code == 422 and json.loads(response.body)["error"] == "explain_unavailable"
@@ -250,8 +293,9 @@ def test_bad_uploads_get_a_4xx_json_error_and_the_server_keeps_serving(servers, 
     no_file = requests.post(f"{url}/predict", data={"explain": "true"}, files={"x": ("", b"")}, timeout=10)
     assert no_file.status_code == 400
     garbled = _post(url, b"garbage", "multipart/form-data; boundary=xyz")
-    two_files = requests.post(f"{url}/predict", files={"a": ("a.jpg", images[0][1]), "b": ("b.jpg", images[1][1])},
-                              timeout=10)
+    two_files = requests.post(
+        f"{url}/predict", files={"a": ("a.jpg", images[0][1]), "b": ("b.jpg", images[1][1])}, timeout=10
+    )
     for response in (garbled, two_files):
         assert response.status_code == 400 and response.json()["error"] == "bad_multipart", response.text
     name, data = images[1]
@@ -262,12 +306,13 @@ def test_concurrent_requests_form_batches_and_bad_ones_fail_alone(servers, image
     url = servers["batched"].url
     bad = _bad_uploads(images)
     jobs = [(name, data, "image/jpeg") for name, data in images[:24]]
-    jobs[3::4] = [(kind, bad[kind][0], bad[kind][1]) for kind in ("text", "truncated", "bomb", "text", "truncated",
-                                                                  "bomb")]
+    jobs[3::4] = [
+        (kind, bad[kind][0], bad[kind][1]) for kind in ("text", "truncated", "bomb", "text", "truncated", "bomb")
+    ]
     with ThreadPoolExecutor(12) as pool:
         responses = list(pool.map(lambda job: _post(url, job[1], job[2]), jobs))
     sizes = []
-    for (name, _, _), response in zip(jobs, responses):
+    for (name, _, _), response in zip(jobs, responses, strict=False):
         if name in bad:
             assert response.status_code == 400 and response.json()["error"] == bad[name][3]
             continue
@@ -283,7 +328,7 @@ def test_onnx_runtime_without_batching(servers, images, reference):
     assert requests.get(f"{url}/info", timeout=10).json()["server"]["workers_per_device"] == 2
     with ThreadPoolExecutor(6) as pool:
         responses = list(pool.map(lambda item: _post(url, item[1]), images[:12]))
-    for (name, _), response in zip(images, responses):
+    for (name, _), response in zip(images, responses, strict=False):
         body = response.json()
         assert body["runtime"] == "onnx" and body["batch_size"] == 1
         assert body["prob_ai"] == pytest.approx(reference[name], abs=1e-4)
@@ -338,8 +383,9 @@ def test_the_page_in_a_real_browser(servers, images, demo_root, tmp_path):
         try:
             page = browser.new_page(viewport={"width": 1000, "height": 700})
             page.goto(servers["batched"].url + "/")
-            page.wait_for_function("document.querySelector('#model').textContent.includes('test_resnet')",
-                                   timeout=15_000)  # the header, from GET /info
+            page.wait_for_function(
+                "document.querySelector('#model').textContent.includes('test_resnet')", timeout=15_000
+            )  # the header, from GET /info
             warning = page.locator("#warning").inner_text()  # a demo model says it is not a real detector
             page.set_input_files("#files", [str(tmp_path / name), str(tmp_path / "notes.txt")])
             card = page.locator(f'.card[data-file="{name}"]')
@@ -377,8 +423,9 @@ def test_ctrl_c_or_kill_stops_the_server_and_its_workers(servers, how):
         server.process.send_signal(signal.SIGTERM)
         assert server.process.wait(timeout=30) == 0
     deadline = time.monotonic() + 20  # the workers end after the command, within seconds
-    while (left := subprocess.run(["pgrep", "-g", str(server.process.pid)], capture_output=True,
-                                  text=True).stdout) and time.monotonic() < deadline:
+    while (
+        left := subprocess.run(["pgrep", "-g", str(server.process.pid)], capture_output=True, text=True).stdout
+    ) and time.monotonic() < deadline:
         time.sleep(0.5)
     assert left == "", f"processes left in the server's group 20 s after the command ended: {left}"
     with pytest.raises(requests.ConnectionError):

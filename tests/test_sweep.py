@@ -20,14 +20,24 @@ def _sweep_file(tmp_path, kaggle_root, name="s", **spec):
         "study_name": name,
         "base_configs": [str(CONFIGS / "demo.yaml")],
         "out_dir": str(tmp_path / "sweeps"),
-        "overrides": {"data.root": str(kaggle_root), "data.demo": False, "data.group_column": None,
-                      "data.test_v1_csv": "test_v1.csv", "data.img_size": 32, "data.batch_size": 8,
-                      "data.num_workers": 0, "trainer.max_epochs": 2, "trainer.callbacks": []},
+        "overrides": {
+            "data.root": str(kaggle_root),
+            "data.demo": False,
+            "data.group_column": None,
+            "data.test_v1_csv": "test_v1.csv",
+            "data.img_size": 32,
+            "data.batch_size": 8,
+            "data.num_workers": 0,
+            "trainer.max_epochs": 2,
+            "trainer.callbacks": [],
+        },
         "n_trials": 3,
         "sampler": {"type": "tpe", "seed": 0},
         "pruner": {"type": "none"},
-        "search_space": {"model.optimizer.init_args.lr": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True},
-                         "data.aug_strength": {"type": "float", "low": 0.0, "high": 1.0}},
+        "search_space": {
+            "model.optimizer.init_args.lr": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True},
+            "data.aug_strength": {"type": "float", "low": 0.0, "high": 1.0},
+        },
         **spec,
     }
     path = tmp_path / f"{name}.yaml"
@@ -41,8 +51,14 @@ def test_tiny_sweep_writes_trials_and_a_best_config_that_fit_accepts(tmp_path, k
     out = tmp_path / "sweeps" / "s"
     table = pd.read_csv(out / "trials.csv")
     assert len(table) == 3 and table["objective"].is_monotonic_decreasing  # best first
-    assert {"param:model.optimizer.init_args.lr", "param:data.aug_strength", "threshold", "val/auroc",
-            "val/f1_tuned", "val/ece"} <= set(table.columns)
+    assert {
+        "param:model.optimizer.init_args.lr",
+        "param:data.aug_strength",
+        "threshold",
+        "val/auroc",
+        "val/f1_tuned",
+        "val/ece",
+    } <= set(table.columns)
     # each trial's objective is the validation F1 at its own tuned threshold
     best = study.best_trial
     assert best.value == pytest.approx(best.user_attrs["val/f1_tuned"])
@@ -51,10 +67,18 @@ def test_tiny_sweep_writes_trials_and_a_best_config_that_fit_accepts(tmp_path, k
     assert (out / "history.html").is_file() and (out / "history.png").is_file()
     config = yaml.safe_load((out / "best.yaml").read_text())
     assert config["model"]["optimizer"]["init_args"]["lr"] == pytest.approx(best.params["model.optimizer.init_args.lr"])
-    cli = cli_main(["fit", "--config", str(out / "best.yaml"), "--trainer.fast_dev_run=1",
-                    f"--trainer.default_root_dir={tmp_path / 'refit'}"])
+    cli = cli_main(
+        [
+            "fit",
+            "--config",
+            str(out / "best.yaml"),
+            "--trainer.fast_dev_run=1",
+            f"--trainer.default_root_dir={tmp_path / 'refit'}",
+        ]
+    )
     assert cli.trainer.state.finished and cli.datamodule.hparams.aug_strength == pytest.approx(
-        best.params["data.aug_strength"])
+        best.params["data.aug_strength"]
+    )
 
     # the console: one line per trial, Lightning's own output in the trial's fit.log
     console = capsys.readouterr()
@@ -72,8 +96,9 @@ def test_tiny_sweep_writes_trials_and_a_best_config_that_fit_accepts(tmp_path, k
     capsys.readouterr()
     main(["sweep", "--config", str(_sweep_file(tmp_path, kaggle_root)), "--n_trials", "3"])  # no SystemExit: status 0
     said = capsys.readouterr().out.strip().splitlines()
-    assert said[0] == (f"[sweep s] study 's' already has 5 of 3 trials; raise --n_trials to run more (results: "
-                       f"{out / 'trials.csv'})")
+    assert said[0] == (
+        f"[sweep s] study 's' already has 5 of 3 trials; raise --n_trials to run more (results: {out / 'trials.csv'})"
+    )
     assert len(optuna.load_study(study_name="s", storage=f"sqlite:///{out / 'study.db'}").trials) == 5
 
 
@@ -147,16 +172,32 @@ def test_trial_table_puts_pruned_trials_after_complete_ones(tmp_path, kaggle_roo
 
     from deepfake_lightning.sweep import write_outputs
 
-    spec = load_sweep(_sweep_file(tmp_path, kaggle_root, name="pruned",
-                                  search_space={"data.aug_strength": {"type": "float", "low": 0.0, "high": 1.0}}))
+    spec = load_sweep(
+        _sweep_file(
+            tmp_path,
+            kaggle_root,
+            name="pruned",
+            search_space={"data.aug_strength": {"type": "float", "low": 0.0, "high": 1.0}},
+        )
+    )
     study = optuna.create_study(study_name="pruned", direction="maximize")
     dist = {"data.aug_strength": FloatDistribution(0.0, 1.0)}
-    for value, state, aug in ((0.90, TrialState.COMPLETE, 0.1), (0.97, TrialState.PRUNED, 0.2),
-                              (0.94, TrialState.COMPLETE, 0.3), (None, TrialState.FAIL, 0.4),
-                              (0.96, TrialState.PRUNED, 0.5)):
-        study.add_trial(create_trial(state=state, value=value if state == TrialState.COMPLETE else None,
-                                     params={"data.aug_strength": aug}, distributions=dist,
-                                     intermediate_values={0: 0.5, 1: value} if state == TrialState.PRUNED else {}))
+    for value, state, aug in (
+        (0.90, TrialState.COMPLETE, 0.1),
+        (0.97, TrialState.PRUNED, 0.2),
+        (0.94, TrialState.COMPLETE, 0.3),
+        (None, TrialState.FAIL, 0.4),
+        (0.96, TrialState.PRUNED, 0.5),
+    ):
+        study.add_trial(
+            create_trial(
+                state=state,
+                value=value if state == TrialState.COMPLETE else None,
+                params={"data.aug_strength": aug},
+                distributions=dist,
+                intermediate_values={0: 0.5, 1: value} if state == TrialState.PRUNED else {},
+            )
+        )
     spec.folder.mkdir(parents=True)
     written = write_outputs(study, spec)
     table = pd.read_csv(written["trials"])
@@ -175,14 +216,22 @@ def test_sweep_without_config_lists_the_sweep_files(monkeypatch, capsys):
         main(["sweep"])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("deepfake: error: --config is required: name a sweep file, e.g. "
-                                               "deepfake sweep --config configs/sweep_demo.yaml (configs/ has ")
+    assert len(err) == 1 and err[0].startswith(
+        "deepfake: error: --config is required: name a sweep file, e.g. "
+        "deepfake sweep --config configs/sweep_demo.yaml (configs/ has "
+    )
     assert "sweep_backbones.yaml" in err[0]
 
 
 def test_a_diverging_trial_fails_and_the_sweep_goes_on(tmp_path, kaggle_root):
-    path = _sweep_file(tmp_path, kaggle_root, name="bad", n_trials=2, sampler={"type": "grid"},
-                       search_space={"model.optimizer.init_args.lr": {"type": "categorical", "choices": [1e-3, 1e6]}})
+    path = _sweep_file(
+        tmp_path,
+        kaggle_root,
+        name="bad",
+        n_trials=2,
+        sampler={"type": "grid"},
+        search_space={"model.optimizer.init_args.lr": {"type": "categorical", "choices": [1e-3, 1e6]}},
+    )
     study = run_sweep(load_sweep(path))
     states = {t.params["model.optimizer.init_args.lr"]: t.state for t in study.trials}
     assert states[1e-3] == optuna.trial.TrialState.COMPLETE
@@ -193,8 +242,12 @@ def test_a_diverging_trial_fails_and_the_sweep_goes_on(tmp_path, kaggle_root):
 
 
 def test_unknown_key_fails_before_training_naming_it(tmp_path, kaggle_root, monkeypatch, capsys):
-    path = _sweep_file(tmp_path, kaggle_root, name="typo",
-                       search_space={"model.optimizr.init_args.lr": {"type": "float", "low": 1e-4, "high": 1e-2}})
+    path = _sweep_file(
+        tmp_path,
+        kaggle_root,
+        name="typo",
+        search_space={"model.optimizr.init_args.lr": {"type": "float", "low": 1e-4, "high": 1e-2}},
+    )
     monkeypatch.setattr(sys, "argv", ["deepfake", "sweep", "--config", str(path)])
     with pytest.raises(SystemExit) as exit_info:
         main()
@@ -204,9 +257,13 @@ def test_unknown_key_fails_before_training_naming_it(tmp_path, kaggle_root, monk
 
 
 @pytest.mark.parametrize(
-    "dim,message",
-    [({"type": "float", "low": 1.0, "high": 0.1}, "low < high"), ({"type": "float", "low": 0.0, "high": 1, "log": True},
-     "log scale needs low > 0"), ({"type": "categorical", "choices": []}, "non-empty"), ({"low": 0, "high": 1}, "'type'")],
+    ("dim", "message"),
+    [
+        ({"type": "float", "low": 1.0, "high": 0.1}, "low < high"),
+        ({"type": "float", "low": 0.0, "high": 1, "log": True}, "log scale needs low > 0"),
+        ({"type": "categorical", "choices": []}, "non-empty"),
+        ({"low": 0, "high": 1}, "'type'"),
+    ],
 )
 def test_bad_ranges_are_named(tmp_path, kaggle_root, dim, message):
     path = _sweep_file(tmp_path, kaggle_root, search_space={"data.aug_strength": dim})
@@ -216,9 +273,15 @@ def test_bad_ranges_are_named(tmp_path, kaggle_root, dim, message):
 
 def test_two_workers_on_postgresql_share_one_study_exactly(tmp_path, kaggle_root, postgres_url):
     path = _sweep_file(tmp_path, kaggle_root, name="pg", n_trials=4, storage=postgres_url)
-    workers = [subprocess.Popen([sys.executable, "-c", "from deepfake_lightning.cli import main; main()", "sweep",
-                                 "--config", str(path)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-               for _ in range(2)]
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "-c", "from deepfake_lightning.cli import main; main()", "sweep", "--config", str(path)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for _ in range(2)
+    ]
     logs = [w.communicate(timeout=600)[0] for w in workers]
     assert all(w.returncode == 0 for w in workers), logs
     study = optuna.load_study(study_name="pg", storage=postgres_url)
@@ -232,11 +295,22 @@ def test_a_killed_worker_leaves_no_zombie_trial(tmp_path, kaggle_root):
     import signal
     import time
 
-    path = _sweep_file(tmp_path, kaggle_root, name="hb", n_trials=2, heartbeat_interval=1,
-                       overrides={**yaml.safe_load(_sweep_file(tmp_path, kaggle_root).read_text())["overrides"],
-                                  "trainer.max_epochs": 50})
-    victim = subprocess.Popen([sys.executable, "-c", "from deepfake_lightning.cli import main; main()", "sweep",
-                               "--config", str(path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    path = _sweep_file(
+        tmp_path,
+        kaggle_root,
+        name="hb",
+        n_trials=2,
+        heartbeat_interval=1,
+        overrides={
+            **yaml.safe_load(_sweep_file(tmp_path, kaggle_root).read_text())["overrides"],
+            "trainer.max_epochs": 50,
+        },
+    )
+    victim = subprocess.Popen(
+        [sys.executable, "-c", "from deepfake_lightning.cli import main; main()", "sweep", "--config", str(path)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     run_dir = tmp_path / "sweeps" / "hb" / "trial_000" / "lightning_logs"
     deadline = time.time() + 120
     while not any(run_dir.glob("version_*/events.*")) and time.time() < deadline:
@@ -262,13 +336,31 @@ def test_workers_end_with_their_parent(tmp_path, kaggle_root, how):
     import signal
     import time
 
-    path = _sweep_file(tmp_path, kaggle_root, name="orphans", n_trials=4,
-                       overrides={**yaml.safe_load(_sweep_file(tmp_path, kaggle_root).read_text())["overrides"],
-                                  "trainer.max_epochs": 50})
+    path = _sweep_file(
+        tmp_path,
+        kaggle_root,
+        name="orphans",
+        n_trials=4,
+        overrides={
+            **yaml.safe_load(_sweep_file(tmp_path, kaggle_root).read_text())["overrides"],
+            "trainer.max_epochs": 50,
+        },
+    )
     out = tmp_path / "sweeps" / "orphans"
-    parent = subprocess.Popen([sys.executable, "-c", "from deepfake_lightning.cli import main; main()", "sweep",
-                               "--config", str(path), "--workers", "2"], stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
+    parent = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "from deepfake_lightning.cli import main; main()",
+            "sweep",
+            "--config",
+            str(path),
+            "--workers",
+            "2",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 180
     while len(list(out.glob("trial_*/lightning_logs/version_*/events.*"))) < 2 and time.time() < deadline:
         time.sleep(0.5)
@@ -284,17 +376,25 @@ def test_workers_end_with_their_parent(tmp_path, kaggle_root, how):
 def test_storage_urls_are_printed_without_their_password():
     from deepfake_lightning.sweep import redact_url
 
-    assert redact_url("postgresql+psycopg2://user:s3cr:et@dbhost:5432/optuna") == "postgresql+psycopg2://user:***@dbhost:5432/optuna"
+    assert (
+        redact_url("postgresql+psycopg2://user:s3cr:et@dbhost:5432/optuna")
+        == "postgresql+psycopg2://user:***@dbhost:5432/optuna"
+    )
     assert redact_url("sqlite:///sweeps/demo/study.db") == "sqlite:///sweeps/demo/study.db"
 
 
 def test_backbone_comparison_lists_complete_trials_with_whole_images_per_second(tmp_path):
     from deepfake_lightning.sweep import write_comparison
 
-    table = pd.DataFrame({"state": ["COMPLETE", "PRUNED", "COMPLETE"],
-                          "param:model.backbone": ["test_resnet", "test_convnext", "test_efficientnet"],
-                          "val/auroc": [0.99587, 0.5, 0.97231], "params": [372785.0, 207193.0, 99453.0],
-                          "train_images_per_s": [195.035, 209.3526, 222.4725]})
+    table = pd.DataFrame(
+        {
+            "state": ["COMPLETE", "PRUNED", "COMPLETE"],
+            "param:model.backbone": ["test_resnet", "test_convnext", "test_efficientnet"],
+            "val/auroc": [0.99587, 0.5, 0.97231],
+            "params": [372785.0, 207193.0, 99453.0],
+            "train_images_per_s": [195.035, 209.3526, 222.4725],
+        }
+    )
     write_comparison(table, tmp_path)
     lines = (tmp_path / "comparison.md").read_text().splitlines()
     assert lines[0] == "| backbone | AUROC | parameters | train images/s |"

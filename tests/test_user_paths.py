@@ -27,8 +27,14 @@ TINY_FIT = ["--trainer.max_epochs=1", "--trainer.limit_train_batches=3", "--trai
 
 @pytest.fixture(scope="module")
 def export_dir(demo_run, tmp_path_factory) -> Path:
-    return export_main(["--ckpt_path", str(demo_run / "checkpoints" / "last.ckpt"),
-                        "--out", str(tmp_path_factory.mktemp("export") / "demo_v1")])
+    return export_main(
+        [
+            "--ckpt_path",
+            str(demo_run / "checkpoints" / "last.ckpt"),
+            "--out",
+            str(tmp_path_factory.mktemp("export") / "demo_v1"),
+        ]
+    )
 
 
 def _logged(console) -> str:
@@ -36,14 +42,30 @@ def _logged(console) -> str:
 
 
 def _run(subcommand: str, root: Path, out: Path, *extra: str):
-    return cli_main([subcommand, "--config", str(CONFIGS / "demo.yaml"), f"--data.root={root}",
-                     f"--trainer.default_root_dir={out}", *FAST, *extra])
+    return cli_main(
+        [
+            subcommand,
+            "--config",
+            str(CONFIGS / "demo.yaml"),
+            f"--data.root={root}",
+            f"--trainer.default_root_dir={out}",
+            *FAST,
+            *extra,
+        ]
+    )
 
 
 def _eval(subcommand, demo_run, demo_root, out, *extra, ckpt=None, cams=False):
     """`deepfake test|predict` of the demo checkpoint; without the demo config's Grad-CAM export unless ``cams``."""
-    cli = _run(subcommand, demo_root, out, f"--ckpt_path={ckpt or demo_run / 'checkpoints' / 'last.ckpt'}",
-               *([] if cams else ["--trainer.callbacks=[]"]), *EVAL_LIMITS, *extra)
+    cli = _run(
+        subcommand,
+        demo_root,
+        out,
+        f"--ckpt_path={ckpt or demo_run / 'checkpoints' / 'last.ckpt'}",
+        *([] if cams else ["--trainer.callbacks=[]"]),
+        *EVAL_LIMITS,
+        *extra,
+    )
     return cli, Path(cli.trainer.log_dir)
 
 
@@ -144,8 +166,16 @@ def test_checkpoint_settings_beat_the_config_file(demo_run, demo_root, tmp_path)
 
 def test_a_contradicting_backbone_is_one_clear_error(demo_run, demo_root, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        main(["test", "--config", str(CONFIGS / "demo.yaml"), f"--data.root={demo_root}",
-              f"--ckpt_path={demo_run / 'checkpoints' / 'last.ckpt'}", "--model.backbone=resnet50"])
+        main(
+            [
+                "test",
+                "--config",
+                str(CONFIGS / "demo.yaml"),
+                f"--data.root={demo_root}",
+                f"--ckpt_path={demo_run / 'checkpoints' / 'last.ckpt'}",
+                "--model.backbone=resnet50",
+            ]
+        )
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and "Traceback" not in err
     assert err.count("deepfake: error:") == 1 and "contradicts" in err and "test_resnet" in err
@@ -193,8 +223,9 @@ def test_fit_from_an_export_folder_says_how_to_start_from_its_weights(demo_root,
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and err.count("deepfake: error:") == 1
     assert f"--model.weights {export_dir / 'model.safetensors'}" in err
-    from deepfake_lightning.models import DeepfakeClassifier
     from safetensors.torch import load_file
+
+    from deepfake_lightning.models import DeepfakeClassifier
 
     model = DeepfakeClassifier("test_resnet", pretrained=False, weights=str(export_dir / "model.safetensors"))
     exported = load_file(export_dir / "model.safetensors")
@@ -212,8 +243,16 @@ def test_max_time_says_where_it_stopped(demo_root, tmp_path, console):
 
 def test_barebones_conflict_is_one_clear_error(demo_root, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:  # demo.yaml sets log_every_n_steps, which barebones refuses
-        main(["fit", "--config", str(CONFIGS / "demo.yaml"), f"--data.root={demo_root}", "--trainer.barebones=true",
-              f"--trainer.default_root_dir={tmp_path}"])
+        main(
+            [
+                "fit",
+                "--config",
+                str(CONFIGS / "demo.yaml"),
+                f"--data.root={demo_root}",
+                "--trainer.barebones=true",
+                f"--trainer.default_root_dir={tmp_path}",
+            ]
+        )
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and "Traceback" not in err and "barebones" in err
 
@@ -222,15 +261,27 @@ def test_barebones_conflict_is_one_clear_error(demo_root, tmp_path, capsys):
 def test_console_has_no_library_noise_and_real_flops(demo_root, tmp_path, console, capsys):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        cli_main(["fit", "--config", str(CONFIGS / "demo.yaml"), f"--data.root={demo_root}",
-                  f"--trainer.default_root_dir={tmp_path}", "--data.num_workers=0", *TINY_FIT,
-                  "--trainer.enable_progress_bar=false"])
+        cli_main(
+            [
+                "fit",
+                "--config",
+                str(CONFIGS / "demo.yaml"),
+                f"--data.root={demo_root}",
+                f"--trainer.default_root_dir={tmp_path}",
+                "--data.num_workers=0",
+                *TINY_FIT,
+                "--trainer.enable_progress_bar=false",
+            ]
+        )
     # Lightning's ModelSummary logs "32.8 M    Total Flops"; its RichModelSummary (the default when `rich` is
     # installed) prints "Total FLOPs: 32.8 M" to stdout
     text = _logged(console) + capsys.readouterr().out
     assert "litlogger" not in text and "estimate number of stepping batches" not in text
-    flops = [line.replace("Total FLOPs:", "").replace("Total Flops", "").strip() for line in text.splitlines()
-             if re.search(r"Total Flops$|^Total FLOPs:", line.strip())]
+    flops = [
+        line.replace("Total FLOPs:", "").replace("Total Flops", "").strip()
+        for line in text.splitlines()
+        if re.search(r"Total Flops$|^Total FLOPs:", line.strip())
+    ]
     assert len(flops) == 1 and flops[0] not in ("0", "")  # counted on one 64-px image
     assert not [w for w in caught if "not recommended" in str(w.message)]
 
@@ -242,16 +293,35 @@ def test_calibrate_and_platt_are_quiet(demo_run, demo_root, tmp_path, monkeypatc
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # LightningCLI's "args ... not recommended", scikit-learn's FutureWarning
         warnings.filterwarnings("ignore", category=DeprecationWarning)
-        calibrate_main(["--config", str(CONFIGS / "demo.yaml"), f"--data.root={demo_root}", "--data.num_workers=0",
-                        f"--ckpt_path={demo_run / 'checkpoints' / 'last.ckpt'}", f"--out={tmp_path / 'p.ckpt'}",
-                        "--calibration.method=platt"])
+        calibrate_main(
+            [
+                "--config",
+                str(CONFIGS / "demo.yaml"),
+                f"--data.root={demo_root}",
+                "--data.num_workers=0",
+                f"--ckpt_path={demo_run / 'checkpoints' / 'last.ckpt'}",
+                f"--out={tmp_path / 'p.ckpt'}",
+                "--calibration.method=platt",
+            ]
+        )
 
 
 def test_results_are_printed_after_the_progress_bar_closes(demo_run, demo_root, tmp_path):
     out = subprocess.run(
-        ["deepfake", "predict", "--config", str(CONFIGS / "demo.yaml"), f"--data.root={demo_root}",
-         f"--ckpt_path={demo_run / 'checkpoints' / 'last.ckpt'}", f"--trainer.default_root_dir={tmp_path}",
-         "--data.num_workers=0"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300,
+        [
+            "deepfake",
+            "predict",
+            "--config",
+            str(CONFIGS / "demo.yaml"),
+            f"--data.root={demo_root}",
+            f"--ckpt_path={demo_run / 'checkpoints' / 'last.ckpt'}",
+            f"--trainer.default_root_dir={tmp_path}",
+            "--data.num_workers=0",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=300,
         env={**_env(), "PYTHONUNBUFFERED": "1"},
     )
     console = out.stdout  # the bar and the info lines, interleaved as a terminal shows them
@@ -275,8 +345,17 @@ def test_result_lines_wait_for_a_live_progress_bar_to_stop(demo_root, tmp_path, 
                 logging.getLogger("lightning.pytorch").info("<live display stopped>")
                 self.stopped = True
 
-    cli = cli_main(["--config", str(CONFIGS / "demo.yaml"), f"--data.root={demo_root}", "--data.num_workers=0",
-                    f"--trainer.default_root_dir={tmp_path}", *TINY_FIT], run=False)
+    cli = cli_main(
+        [
+            "--config",
+            str(CONFIGS / "demo.yaml"),
+            f"--data.root={demo_root}",
+            "--data.num_workers=0",
+            f"--trainer.default_root_dir={tmp_path}",
+            *TINY_FIT,
+        ],
+        run=False,
+    )
     trainer = cli.trainer
     trainer.callbacks = [LiveBar() if isinstance(c, ProgressBar) else c for c in trainer.callbacks]
     assert isinstance(trainer.progress_bar_callback, LiveBar)
@@ -311,11 +390,22 @@ def _env() -> dict:
     return {k: v for k, v in os.environ.items() if not k.startswith("PYTEST")}
 
 
-@pytest.mark.parametrize("argv", [["--help"], ["sweep", "--help"], ["export", "--help"], ["calibrate", "--help"],
-                                  ["explain", "--help"], ["serve", "--help"]])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--help"],
+        ["sweep", "--help"],
+        ["export", "--help"],
+        ["calibrate", "--help"],
+        ["explain", "--help"],
+        ["serve", "--help"],
+    ],
+)
 def test_help_does_not_import_torch(argv):
-    code = ("import sys\nfrom deepfake_lightning.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit:\n"
-            "    pass\nimport deepfake_lightning\nprint('torch imported:', 'torch' in sys.modules)")
+    code = (
+        "import sys\nfrom deepfake_lightning.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit:\n"
+        "    pass\nimport deepfake_lightning\nprint('torch imported:', 'torch' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=120, env=_env())
     assert "usage:" in out.stdout and out.stdout.strip().endswith("torch imported: False")
 

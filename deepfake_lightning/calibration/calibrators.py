@@ -62,7 +62,9 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray, max_iter: int = 100,
             break
         w = min(w - step, w_max)
     if not w > 0:
-        raise ValueError(f"temperature scaling failed: the fitted logit scale is {w:.4g} <= 0 (logits anti-correlated with labels?)")
+        raise ValueError(
+            f"temperature scaling failed: the fitted logit scale is {w:.4g} <= 0 (logits anti-correlated with labels?)"
+        )
     return 1.0 / w
 
 
@@ -77,7 +79,7 @@ class Calibrator:
     isotonic_y: list[float] = field(default_factory=list)
 
     @classmethod
-    def fit(cls, logits: np.ndarray, labels: np.ndarray, method: CalibrationMethod = "temperature") -> "Calibrator":
+    def fit(cls, logits: np.ndarray, labels: np.ndarray, method: CalibrationMethod = "temperature") -> Calibrator:
         z, y = _check(logits, labels)
         if method == "none":
             return cls("none")
@@ -106,7 +108,7 @@ class Calibrator:
         return asdict(self)
 
     @classmethod
-    def from_state_dict(cls, state: dict) -> "Calibrator":
+    def from_state_dict(cls, state: dict) -> Calibrator:
         state = dict(state)
         state["platt"] = tuple(state.get("platt", (1.0, 0.0)))
         return cls(**state)

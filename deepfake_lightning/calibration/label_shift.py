@@ -122,5 +122,3 @@ def adapt_threshold(threshold: float, source_prior: float, target_prior: float) 
     t = float(np.clip(target_prior, _EPS, 1 - _EPS))
     shift = math.log(t / s) - math.log((1 - t) / (1 - s))
     return float(sigmoid(logit(threshold) - shift))
-
-

@@ -44,8 +44,9 @@ class CalibrationState:
     val_after: dict[str, float] = field(default_factory=dict)
 
     @classmethod
-    def fit(cls, logits: np.ndarray, labels: np.ndarray, method: CalibrationMethod = "temperature",
-            criterion: str = "f1") -> CalibrationState:
+    def fit(
+        cls, logits: np.ndarray, labels: np.ndarray, method: CalibrationMethod = "temperature", criterion: str = "f1"
+    ) -> CalibrationState:
         """Fits the calibrator on validation logits, then the threshold on the calibrated probabilities.
 
         Raises:
@@ -70,8 +71,9 @@ class CalibrationState:
 
     def label_shift(self, target_probs: np.ndarray, tolerance: float = 0.05) -> dict:
         """:func:`label_shift_report` of an unlabeled split's calibrated probabilities against validation."""
-        return label_shift_report(self.val_probs.astype(np.float64), self.val_labels, target_probs, self.threshold,
-                                  tolerance)
+        return label_shift_report(
+            self.val_probs.astype(np.float64), self.val_labels, target_probs, self.threshold, tolerance
+        )
 
     def summary(self) -> dict[str, Any]:
         """Scalar view for logs and ``calibration.json``: method, its parameters, threshold, criterion, and the

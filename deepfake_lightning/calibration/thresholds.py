@@ -7,7 +7,15 @@ Convention throughout: predict AI-generated when ``prob >= threshold`` (scikit-l
 from __future__ import annotations
 
 import numpy as np
-from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_curve, precision_score, recall_score, roc_curve
+from sklearn.metrics import (
+    accuracy_score,
+    confusion_matrix,
+    f1_score,
+    precision_recall_curve,
+    precision_score,
+    recall_score,
+    roc_curve,
+)
 
 from deepfake_lightning.calibration.calibrators import _check
 
@@ -29,7 +37,10 @@ def thresholded_metrics(probs: np.ndarray, labels: np.ndarray, threshold: float)
         "f1_macro": float(f1_score(y, pred, average="macro", zero_division=0)),
         "acc_human": float(tn / max(1, tn + fp)),
         "acc_ai": float(tp / max(1, tp + fn)),
-        "tn": int(tn), "fp": int(fp), "fn": int(fn), "tp": int(tp),
+        "tn": int(tn),
+        "fp": int(fp),
+        "fn": int(fn),
+        "tp": int(tp),
     }
 
 

@@ -11,8 +11,6 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
 
-from deepfake_lightning.callbacks._console import PrintsResults
-from deepfake_lightning.callbacks._figures import publish_figure
 from deepfake_lightning.calibration import (
     CalibrationMethod,
     CalibrationState,
@@ -23,6 +21,8 @@ from deepfake_lightning.calibration import (
     sigmoid,
     thresholded_metrics,
 )
+from deepfake_lightning.callbacks._console import PrintsResults
+from deepfake_lightning.callbacks._figures import publish_figure
 from deepfake_lightning.checkpoints import load_checkpoint
 from deepfake_lightning.files import write_json
 from deepfake_lightning.models.outputs import collect_logits
@@ -92,8 +92,10 @@ class Calibration(PrintsResults):
                 state = CalibrationState.fit(z, y, self.method, self.threshold)
             except ValueError as e:
                 # Training finished; do not throw the run away. The checkpoint stays uncalibrated, loudly.
-                rank_zero_warn(f"Calibration failed for {path or 'the final weights'}: {e}. The checkpoint is left "
-                               "uncalibrated (threshold 0.5); `deepfake calibrate` can retry with another method.")
+                rank_zero_warn(
+                    f"Calibration failed for {path or 'the final weights'}: {e}. The checkpoint is left "
+                    "uncalibrated (threshold 0.5); `deepfake calibrate` can retry with another method."
+                )
                 state = None
                 failed.append(Path(path).name if path else "the final weights")
                 continue
@@ -139,21 +141,27 @@ class Calibration(PrintsResults):
             probs = calibrator(z)
             logs = {}
             if out.labeled:
-                before, after = calibration_metrics(sigmoid(z), y, self.n_bins), calibration_metrics(probs, y, self.n_bins)
+                before, after = (
+                    calibration_metrics(sigmoid(z), y, self.n_bins),
+                    calibration_metrics(probs, y, self.n_bins),
+                )
                 logs |= {f"test/{split}/{k}_before": v for k, v in before.items()}
                 logs |= {f"test/{split}/{k}": v for k, v in after.items()}
                 self._plot(trainer, log_dir, split, {"before": (sigmoid(z), y), "after": (probs, y)})
             if state is not None:
                 report = state.label_shift(probs, self.shift_tolerance)
-                logs |= {f"test/{split}/ai_share_em": report["ai_share_em"],
-                         f"test/{split}/ai_share_bbse": report["ai_share_bbse"],
-                         f"test/{split}/shift_disagreement": report["disagreement"]}
+                logs |= {
+                    f"test/{split}/ai_share_em": report["ai_share_em"],
+                    f"test/{split}/ai_share_bbse": report["ai_share_bbse"],
+                    f"test/{split}/shift_disagreement": report["disagreement"],
+                }
                 if report["images_changed"]:
                     rank_zero_warn(
                         f"{split}: the estimated AI share disagrees between EM ({report['ai_share_em']:.3f}) and BBSE "
-                        f"(largest gap {report['disagreement']:.3f}, bootstrap p = {report['p_value']:.3f}): the images changed "
-                        "(e.g. a new generator or post-processing), not only the share of AI images. Prior-corrected "
-                        "thresholds do not fix that; labeled data from this distribution is needed to recalibrate."
+                        f"(largest gap {report['disagreement']:.3f}, bootstrap p = {report['p_value']:.3f}): "
+                        "the images changed (e.g. a new generator or post-processing), not only the share of AI "
+                        "images. Prior-corrected thresholds do not fix that; labeled data from this distribution is "
+                        "needed to recalibrate."
                     )
                 if split in self.adapt_splits:
                     t = report["adapted_threshold"]
@@ -171,5 +179,6 @@ class Calibration(PrintsResults):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             fig = plot_reliability(curves, title=f"Reliability: {split}", n_bins=self.n_bins)
-        publish_figure(trainer, fig, Path(log_dir) / "calibration" / f"reliability_{split}.png",
-                       f"calibration/reliability_{split}")
+        publish_figure(
+            trainer, fig, Path(log_dir) / "calibration" / f"reliability_{split}.png", f"calibration/reliability_{split}"
+        )

@@ -32,15 +32,26 @@ class RunCheckpoint(ModelCheckpoint):
             raise ValueError(f"checkpoint.last_every_n_steps must be >= 0, got {last_every_n_steps}")
         self.last_every_n_steps = last_every_n_steps
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int
+    ) -> None:
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
         n, step = self.last_every_n_steps, trainer.global_step
-        if (not n or not self.save_last or step == 0 or step % n or self._last_global_step_saved == step
-                or trainer.sanity_checking or trainer.fast_dev_run):
+        if (
+            not n
+            or not self.save_last
+            or step == 0
+            or step % n
+            or self._last_global_step_saved == step
+            or trainer.sanity_checking
+            or trainer.fast_dev_run
+        ):
             return
         if not all(torch.isfinite(p).all() for p in pl_module.parameters()):
-            rank_zero_warn(f"Non-finite weights at global step {step}: last.ckpt not refreshed, keeping "
-                           f"{self.last_model_path or 'no checkpoint yet'}")
+            rank_zero_warn(
+                f"Non-finite weights at global step {step}: last.ckpt not refreshed, keeping "
+                f"{self.last_model_path or 'no checkpoint yet'}"
+            )
             return
         self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
@@ -68,8 +79,11 @@ class RunCheckpoint(ModelCheckpoint):
         super().on_exception(trainer, pl_module, exception)
         if isinstance(exception, FloatingPointError) and exception.args:
             kept = self.last_model_path or self.best_model_path
-            note = (f"; the last good checkpoint is kept: {kept} (resume with --ckpt_path last)" if kept
-                    else "; no checkpoint had been written yet")
+            note = (
+                f"; the last good checkpoint is kept: {kept} (resume with --ckpt_path last)"
+                if kept
+                else "; no checkpoint had been written yet"
+            )
             exception.args = (str(exception.args[0]) + note, *exception.args[1:])
 
     def state_dict(self) -> dict[str, Any]:

@@ -20,8 +20,8 @@ from deepfake_lightning.evaluation import (
     format_report,
     group_report,
     perturbation,
-    plot_robustness,
     plot_groups,
+    plot_robustness,
     plot_split,
     split_report,
     write_predictions,
@@ -99,17 +99,26 @@ class EvaluationReport(PrintsResults):
             report["robustness"] = self._robustness(trainer, pl_module, run)
         write_json(run / "report.json", report)
         self.report = report
-        settings = {"tta_flip": bool(pl_module.hparams.get("tta_flip", False)),
-                    "eval_views": int(getattr(dm, "hparams", {}).get("eval_views", 1))}
+        settings = {
+            "tta_flip": bool(pl_module.hparams.get("tta_flip", False)),
+            "eval_views": int(getattr(dm, "hparams", {}).get("eval_views", 1)),
+        }
         self._record_in_checkpoint(trainer.ckpt_path, report, run, settings)
         if report["splits"]:
             by_group = f"\n\nBy {self.group_by}:\n{format_groups(groups)}" if groups else ""
-            self.print_result(f"\nEvaluation (threshold {threshold:.4f}, tuned on validation):\n{format_report(report)}"
-                              f"{by_group}\nWritten to {run / 'report.json'}")
+            self.print_result(
+                f"\nEvaluation (threshold {threshold:.4f}, tuned on validation):\n{format_report(report)}"
+                f"{by_group}\nWritten to {run / 'report.json'}"
+            )
 
     def _publish_groups(self, trainer: L.Trainer, groups: dict, run: Path) -> None:
-        scalars = {f"test/{split}/group/{name}/{k}": r[k] for split, table in groups.items()
-                   for name, r in table.items() for k in ("auroc", "acc") if r[k] is not None}
+        scalars = {
+            f"test/{split}/group/{name}/{k}": r[k]
+            for split, table in groups.items()
+            for name, r in table.items()
+            for k in ("auroc", "acc")
+            if r[k] is not None
+        }
         for logger in trainer.loggers:
             logger.log_metrics(scalars, step=trainer.global_step)
         publish_figure(trainer, plot_groups(groups, self.group_by), run / "plots" / "groups.png", "evaluation/groups")
@@ -120,6 +129,7 @@ class EvaluationReport(PrintsResults):
         left as it is: it is a published artifact)."""
         if not report["splits"] or not ckpt_path or not Path(ckpt_path).is_file():
             return
+
         def record(ckpt: dict) -> None:
             provenance = ckpt.setdefault("provenance", {})
             provenance["test"] = evaluation_record(report)
@@ -135,7 +145,9 @@ class EvaluationReport(PrintsResults):
         dm = trainer.datamodule
         split = self.robustness_split
         if split not in dm.labeled_test_splits():
-            raise ValueError(f"report.robustness_split={split!r} is not a labelled split; labelled: {dm.labeled_test_splits()}")
+            raise ValueError(
+                f"report.robustness_split={split!r} is not a labelled split; labelled: {dm.labeled_test_splits()}"
+            )
         rows, clean_pred = [], None
         for kind, levels in ROBUSTNESS_GRID.items():
             for level in levels:
@@ -146,9 +158,20 @@ class EvaluationReport(PrintsResults):
                     clean_pred = pred  # the first level of the first kind is the identity
                 m = split_report(probs, labels, pl_module.threshold)
                 t = m["at_tuned"]
-                rows.append({"perturbation": kind, "level": level, "auroc": m["auroc"], "ap": m["ap"],
-                             "acc": t["acc"], "f1": t["f1"], "acc_human": t["acc_human"], "acc_ai": t["acc_ai"],
-                             "ece": m["ece"], "changed_predictions": float(np.mean(pred != clean_pred))})
+                rows.append(
+                    {
+                        "perturbation": kind,
+                        "level": level,
+                        "auroc": m["auroc"],
+                        "ap": m["ap"],
+                        "acc": t["acc"],
+                        "f1": t["f1"],
+                        "acc_human": t["acc_human"],
+                        "acc_ai": t["acc_ai"],
+                        "ece": m["ece"],
+                        "changed_predictions": float(np.mean(pred != clean_pred)),
+                    }
+                )
         table = pd.DataFrame(rows)
         with atomic_path(run / "robustness.csv") as tmp:
             table.to_csv(tmp, index=False)
@@ -156,7 +179,9 @@ class EvaluationReport(PrintsResults):
         fig = plot_robustness(table)
         fig.suptitle(f"Robustness on {split}", y=1.02)
         publish_figure(trainer, fig, run / "robustness.png", "evaluation/robustness", bbox_inches="tight")
-        self.print_result(f"\nRobustness on {split}:\n{table.to_string(index=False, float_format=lambda v: f'{v:.4f}')}")
+        self.print_result(
+            f"\nRobustness on {split}:\n{table.to_string(index=False, float_format=lambda v: f'{v:.4f}')}"
+        )
         return str(run / "robustness.csv")
 
 
@@ -196,8 +221,9 @@ class PredictionWriter(BasePredictionWriter, PrintsResults):
         ids = dm.split_ids(split)
         threshold = self._threshold(trainer, pl_module, split, probs)
         out = Path(log_dir or trainer.default_root_dir)
-        written = write_predictions(out, split, [ids[i] for i in index], probs, threshold,
-                                    all_ids=None if split == "files" else ids)
+        written = write_predictions(
+            out, split, [ids[i] for i in index], probs, threshold, all_ids=None if split == "files" else ids
+        )
         self.written = written
         predicted = {ids[j] for j in index}
         skipped = [i for i in ids if i not in predicted] if len(index) < len(ids) else []
@@ -208,11 +234,16 @@ class PredictionWriter(BasePredictionWriter, PrintsResults):
             lines.append(f"deepfake: warning: {DEMO_WARNING}")
         if skipped:
             limit = trainer.limit_predict_batches
-            why = (f"were not predicted (trainer.limit_predict_batches={limit})" if limit not in (None, 1.0)
-                   else "could not be read and have no prediction")
+            why = (
+                f"were not predicted (trainer.limit_predict_batches={limit})"
+                if limit not in (None, 1.0)
+                else "could not be read and have no prediction"
+            )
             # a line of the result, after the progress bar, rather than a Python warning drawn into the bar
-            lines.append(f"deepfake: warning: {len(skipped)} image(s) {why}: {skipped[:20]}"
-                         + (" (no submission file written: it needs every id)" if split != "files" else ""))
+            lines.append(
+                f"deepfake: warning: {len(skipped)} image(s) {why}: {skipped[:20]}"
+                + (" (no submission file written: it needs every id)" if split != "files" else "")
+            )
         self.print_result("\n".join(lines))
 
     def _threshold(self, trainer: L.Trainer, pl_module, split: str, probs: np.ndarray) -> float:
@@ -222,10 +253,14 @@ class PredictionWriter(BasePredictionWriter, PrintsResults):
         if state is None or split not in self.adapt_splits:
             return pl_module.threshold
         report = state.label_shift(probs, self.shift_tolerance)
-        self.print_result(f"{split}: estimated AI share {report['ai_share_em']:.3f} (validation: "
-                          f"{report['source_prior']:.3f}); threshold {pl_module.threshold:.4f} -> "
-                          f"{report['adapted_threshold']:.4f}")
+        self.print_result(
+            f"{split}: estimated AI share {report['ai_share_em']:.3f} (validation: "
+            f"{report['source_prior']:.3f}); threshold {pl_module.threshold:.4f} -> "
+            f"{report['adapted_threshold']:.4f}"
+        )
         if report["images_changed"]:
-            rank_zero_warn(f"{split}: EM and BBSE disagree (gap {report['disagreement']:.3f}): the images changed, "
-                           "not only the share of AI images; the adapted threshold may not help.")
+            rank_zero_warn(
+                f"{split}: EM and BBSE disagree (gap {report['disagreement']:.3f}): the images changed, "
+                "not only the share of AI images; the adapted threshold may not help."
+            )
         return report["adapted_threshold"]

@@ -59,7 +59,7 @@ class GradCamExport(Callback):
         if isinstance(outputs, dict) and "logits" in outputs and "index" in batch:
             probs = pl_module.calibrated_probs(outputs["logits"]).cpu().tolist()
             self._seen.setdefault(split, []).extend(
-                zip(batch["index"].cpu().tolist(), probs, batch["label"].long().cpu().tolist())
+                zip(batch["index"].cpu().tolist(), probs, batch["label"].long().cpu().tolist(), strict=False)
             )
 
     def on_validation_epoch_start(self, trainer, pl_module) -> None:
@@ -120,7 +120,13 @@ class GradCamExport(Callback):
                 images = torch.stack([it["image"] for it in items])
                 labels = [int(it["label"]) for it in items]
                 result = explainer(images)
-                fig = cam_grid(denormalize(centre_view(images), dm.hparams.mean, dm.hparams.std), result, labels,
-                               threshold=pl_module.threshold, per_layer=True)
-                publish_figure(trainer, fig, out / f"{name}.png", f"gradcam/{split}/{name}",
-                               step=trainer.current_epoch, dpi=90)
+                fig = cam_grid(
+                    denormalize(centre_view(images), dm.hparams.mean, dm.hparams.std),
+                    result,
+                    labels,
+                    threshold=pl_module.threshold,
+                    per_layer=True,
+                )
+                publish_figure(
+                    trainer, fig, out / f"{name}.png", f"gradcam/{split}/{name}", step=trainer.current_epoch, dpi=90
+                )

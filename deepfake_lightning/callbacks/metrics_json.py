@@ -49,8 +49,11 @@ class MetricsJson(PrintsResults):
             if "val/auroc" in m:  # `deepfake validate`: one line, after the progress bar
                 where = f"; written to {Path(trainer.log_dir) / self.filename}" if trainer.log_dir else ""
                 n = int(sum(m.get(f"val/{k}", 0) for k in ("tp", "tn", "fp", "fn")))
-                self.print_result(f"Validation ({n} images): AUROC {m['val/auroc']:.4f}, F1 {m.get('val/f1', float('nan')):.4f} and accuracy "
-                                  f"{m.get('val/acc', float('nan')):.4f} at 0.5, loss {m.get('val/loss', float('nan')):.4f}{where}")
+                self.print_result(
+                    f"Validation ({n} images): AUROC {m['val/auroc']:.4f}, F1 {m.get('val/f1', float('nan')):.4f} "
+                    "and accuracy "
+                    f"{m.get('val/acc', float('nan')):.4f} at 0.5, loss {m.get('val/loss', float('nan')):.4f}{where}"
+                )
 
     def on_test_end(self, trainer, pl_module) -> None:
         self._write(trainer)

@@ -22,6 +22,12 @@ class FitSummary(PrintsResults):
         where = f"epoch {trainer.current_epoch} after {done} of {total} batches (global step {trainer.global_step})"
         if done < total:
             where += "; that epoch was not finished or validated"
-        source = (f"; checkpoints and calibration come from the last validation ({trainer.checkpoint_callback.last_model_path})"
-                  if getattr(trainer.checkpoint_callback, "last_model_path", "") else "")
-        self.print_result(f"Stopped by trainer.max_time after {timer.time_elapsed('train'):.0f} s of training, in {where}{source}.")
+        source = (
+            "; checkpoints and calibration come from the last validation "
+            f"({trainer.checkpoint_callback.last_model_path})"
+            if getattr(trainer.checkpoint_callback, "last_model_path", "")
+            else ""
+        )
+        self.print_result(
+            f"Stopped by trainer.max_time after {timer.time_elapsed('train'):.0f} s of training, in {where}{source}."
+        )

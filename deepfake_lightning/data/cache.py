@@ -47,7 +47,7 @@ class ResizedCache:
         self.folder = Path(folder)
         manifest = pd.read_csv(self.folder / "manifest.csv", dtype={"path": str}, keep_default_na=False)
         ok = manifest["ok"].astype(bool)
-        self.rows = dict(zip(manifest.loc[ok, "path"], manifest.index[ok]))
+        self.rows = dict(zip(manifest.loc[ok, "path"], manifest.index[ok], strict=False))
         self._pixels = None  # opened lazily: a memory map must not be pickled into loader workers
 
     def __getstate__(self) -> dict:
@@ -68,8 +68,9 @@ def cache_folder(cache_dir: str | os.PathLike, img_size: int, jpeg_draft: bool) 
 
 def _stat(root: Path, paths: Sequence[str]) -> pd.DataFrame:
     stats = [os.stat(root / p) for p in paths]
-    return pd.DataFrame({"path": list(paths), "bytes": [s.st_size for s in stats],
-                         "mtime_ns": [s.st_mtime_ns for s in stats]})
+    return pd.DataFrame(
+        {"path": list(paths), "bytes": [s.st_size for s in stats], "mtime_ns": [s.st_mtime_ns for s in stats]}
+    )
 
 
 def _is_current(folder: Path, wanted: pd.DataFrame) -> bool:
@@ -138,14 +139,19 @@ def ensure_cache(
     need = len(paths) * img_size * img_size * 3
     free = shutil.disk_usage(folder.parent).free
     if need > free:
-        raise DataError(f"data.cache_dir {folder.parent}: the cache of {len(paths)} images at {img_size} px needs "
-                        f"{need / 1e9:.1f} GB, only {free / 1e9:.1f} GB are free")
-    rank_zero_info(f"Building the pre-resized image cache {folder} ({len(paths)} images, {need / 1e6:,.0f} MB; "
-                   "built once, reused while the images are unchanged)")
+        raise DataError(
+            f"data.cache_dir {folder.parent}: the cache of {len(paths)} images at {img_size} px needs "
+            f"{need / 1e9:.1f} GB, only {free / 1e9:.1f} GB are free"
+        )
+    rank_zero_info(
+        f"Building the pre-resized image cache {folder} ({len(paths)} images, {need / 1e6:,.0f} MB; "
+        "built once, reused while the images are unchanged)"
+    )
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:
-        pixels = np.lib.format.open_memmap(tmp / "pixels.npy", mode="w+", dtype=np.uint8,
-                                           shape=(len(paths), img_size, img_size, 3))
+        pixels = np.lib.format.open_memmap(
+            tmp / "pixels.npy", mode="w+", dtype=np.uint8, shape=(len(paths), img_size, img_size, 3)
+        )
         ok = np.zeros(len(paths), dtype=bool)
         errors: list[str] = []
         dataset = _Resized(root, list(paths), img_size, img_size if jpeg_draft else None)
@@ -165,8 +171,9 @@ def ensure_cache(
             listing = "\n  ".join(errors[:20]) + (f"\n  ... and {len(errors) - 20} more" if len(errors) > 20 else "")
             if bad_images == "fail":
                 raise DataError(f"{len(errors)} unreadable image(s) under {root}:\n  {listing}")
-            rank_zero_warn(f"The image cache leaves out {len(errors)} unreadable image(s) (data.bad_images=skip):\n"
-                           f"  {listing}")
+            rank_zero_warn(
+                f"The image cache leaves out {len(errors)} unreadable image(s) (data.bad_images=skip):\n  {listing}"
+            )
         wanted.assign(ok=ok.astype(int)).to_csv(tmp / "manifest.csv", index=False)
         _swap_in(tmp, folder, wanted)
     finally:

@@ -149,15 +149,23 @@ class DeepfakeDataModule(L.LightningDataModule):
     def _read_train_index(self) -> pd.DataFrame:
         if self._train_index is None:
             hp = self.hparams
-            self._train_index = read_index(self.root / hp.train_csv, self.root, "file_name", "label", hp.group_column,
-                                           query=hp.train_query)
+            self._train_index = read_index(
+                self.root / hp.train_csv, self.root, "file_name", "label", hp.group_column, query=hp.train_query
+            )
         return self._train_index
 
     def _ensure_cache(self) -> ResizedCache:
         # Built by prepare_data (once per node, before setup); setup, in every process, finds it current and opens it.
         hp = self.hparams
-        return ensure_cache(hp.cache_dir, self.root, self._read_train_index()["path"], hp.img_size, hp.jpeg_draft,
-                            self.num_workers, hp.bad_images)
+        return ensure_cache(
+            hp.cache_dir,
+            self.root,
+            self._read_train_index()["path"],
+            hp.img_size,
+            hp.jpeg_draft,
+            self.num_workers,
+            hp.bad_images,
+        )
 
     def setup(self, stage: str | None = None) -> None:
         if self.indexes:
@@ -210,14 +218,13 @@ class DeepfakeDataModule(L.LightningDataModule):
         saved = pd.read_csv(split_file, dtype={"path": str})
         if not {"path", "split"} <= set(saved.columns):
             raise DataError(f"{split_file}: a split file needs columns 'path' and 'split', found {list(saved.columns)}")
-        where = dict(zip(saved["path"], saved["split"]))
+        where = dict(zip(saved["path"], saved["split"], strict=False))
         missing = df.loc[~df["path"].isin(where.keys()), "path"]
         if len(missing):
             raise DataError(
                 f"{split_file} does not match {self.root / self.hparams.train_csv}: {len(missing)} training "
                 f"image(s) have no split, e.g. {missing.iloc[0]!r}"
-                + ("" if self.hparams.train_query else
-                   " (if that run used --data.train_query, pass the same query)")
+                + ("" if self.hparams.train_query else " (if that run used --data.train_query, pass the same query)")
             )
         split = df["path"].map(where)
         return {s: df[split == s].reset_index(drop=True) for s in ("train", "val")}
@@ -280,9 +287,14 @@ class DeepfakeDataModule(L.LightningDataModule):
                 data = {"kind": "demo", "spec": asdict(DemoSpec(seed=hp.demo_seed)), "root": str(self.root.resolve())}
             else:
                 csv = self.root / hp.train_csv
-                data = {"kind": "csv", "train_csv": str(csv.resolve()), "rows": int(len(labels)),
-                        "ai_share": float(labels.mean()), "sha256": file_sha256(csv),
-                        "kaggle": self.root.name == KAGGLE_DATASET.split("/")[1]}
+                data = {
+                    "kind": "csv",
+                    "train_csv": str(csv.resolve()),
+                    "rows": int(len(labels)),
+                    "ai_share": float(labels.mean()),
+                    "sha256": file_sha256(csv),
+                    "kaggle": self.root.name == KAGGLE_DATASET.split("/")[1],
+                }
             if hp.train_query:
                 data["train_query"] = hp.train_query
             self._identity = {"data": data, "split_sha256": split_sha256(parts)}
@@ -308,9 +320,15 @@ class DeepfakeDataModule(L.LightningDataModule):
             raise KeyError(f"split {split!r} is not configured; configured splits: {configured}")
         hp = self.hparams
         df = self.indexes[split]
-        return ImageDataset(self.root, df["path"], df["label"], self._transform(train, perturb),
-                            bad_images=hp.bad_images, draft_size=self._draft_size,
-                            cache=self.cache if split in ("train", "val") else None)
+        return ImageDataset(
+            self.root,
+            df["path"],
+            df["label"],
+            self._transform(train, perturb),
+            bad_images=hp.bad_images,
+            draft_size=self._draft_size,
+            cache=self.cache if split in ("train", "val") else None,
+        )
 
     @property
     def _draft_size(self) -> int | None:
@@ -318,8 +336,15 @@ class DeepfakeDataModule(L.LightningDataModule):
 
     def _transform(self, train: bool, perturb=None):
         hp = self.hparams
-        transform = create_transform(hp.img_size, train=train, mode=hp.mode, aug_strength=hp.aug_strength,
-                                     mean=hp.mean, std=hp.std, eval_views=1 if train else hp.eval_views)
+        transform = create_transform(
+            hp.img_size,
+            train=train,
+            mode=hp.mode,
+            aug_strength=hp.aug_strength,
+            mean=hp.mean,
+            std=hp.std,
+            eval_views=1 if train else hp.eval_views,
+        )
         return transform if perturb is None else v2.Compose([perturb, transform])
 
     def _files_dataset(self, perturb=None) -> ImageDataset:
@@ -328,8 +353,14 @@ class DeepfakeDataModule(L.LightningDataModule):
         paths = [str(p) for p in expand_inputs(self.hparams.predict_paths or [])]
         if not paths:
             raise DataError(f"data.predict_paths {self.hparams.predict_paths} holds no files")
-        return ImageDataset("", paths, [UNLABELED] * len(paths), self._transform(False, perturb), bad_images="skip",
-                            draft_size=self._draft_size)
+        return ImageDataset(
+            "",
+            paths,
+            [UNLABELED] * len(paths),
+            self._transform(False, perturb),
+            bad_images="skip",
+            draft_size=self._draft_size,
+        )
 
     @property
     def predict_name(self) -> str:
@@ -344,12 +375,17 @@ class DeepfakeDataModule(L.LightningDataModule):
             DataError: If the CSV has no such column (naming the CSV and the columns it has).
         """
         hp = self.hparams
-        csv, key = ((hp.train_csv, "file_name") if split in ("train", "val")
-                    else ({"test_v1": hp.test_v1_csv, "test_v2": hp.test_v2_csv}[split], "id"))
+        csv, key = (
+            (hp.train_csv, "file_name")
+            if split in ("train", "val")
+            else ({"test_v1": hp.test_v1_csv, "test_v2": hp.test_v2_csv}[split], "id")
+        )
         table = pd.read_csv(self.root / csv, encoding="utf-8-sig", dtype={key: str})
         if column not in table.columns:
             columns = [c for c in table.columns if not str(c).startswith("Unnamed:")]
-            raise DataError(f"{self.root / csv}: no column {column!r} to group the {split} split by; columns: {columns}")
+            raise DataError(
+                f"{self.root / csv}: no column {column!r} to group the {split} split by; columns: {columns}"
+            )
         return table.set_index(key)[column].reindex(self.indexes[split]["path"]).reset_index(drop=True)
 
     def split_ids(self, split: str) -> list[str]:

@@ -11,7 +11,7 @@ import torch
 from PIL import Image, ImageOps
 from torch.utils.data import Dataset, default_collate
 
-from deepfake_lightning.errors import BadImageError  # noqa: F401 (re-exported)
+from deepfake_lightning.errors import BadImageError
 
 BadImagePolicy = Literal["fail", "skip"]
 

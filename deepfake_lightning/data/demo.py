@@ -90,7 +90,7 @@ def _random_crop(photos: list[np.ndarray], size: int, rng: np.random.Generator) 
 
 def _blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     r = max(1, int(round(3 * sigma)))
-    k = torch.exp(-torch.arange(-r, r + 1, dtype=torch.float32) ** 2 / (2 * sigma**2))
+    k = torch.exp(-(torch.arange(-r, r + 1, dtype=torch.float32) ** 2) / (2 * sigma**2))
     k = k / k.sum()
     c = x.shape[0]
     x = F.conv2d(F.pad(x[None], (r, r, 0, 0), mode="reflect"), k.view(1, 1, 1, -1).repeat(c, 1, 1, 1), groups=c)

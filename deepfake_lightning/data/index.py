@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from deepfake_lightning.errors import DataError  # noqa: F401 (re-exported)
+from deepfake_lightning.errors import DataError
 
 UNLABELED = -1
 _MAX_LISTED = 20  # rows listed in an error message before "... and N more"
@@ -22,9 +22,9 @@ def _rows(df: pd.DataFrame, mask, values: pd.Series | None = None) -> str:
     """Human-readable list of CSV line numbers (header = line 1) and paths for the masked rows,
     with the offending ``values`` when given."""
     bad = df[mask]
-    lines = [f"line {i + 2}: {p!r}" for i, p in zip(bad.index, bad["path"].tolist())]
+    lines = [f"line {i + 2}: {p!r}" for i, p in zip(bad.index, bad["path"].tolist(), strict=False)]
     if values is not None:
-        lines = [f"{line} ({v!r})" for line, v in zip(lines, values[mask].tolist())]
+        lines = [f"{line} ({v!r})" for line, v in zip(lines, values[mask].tolist(), strict=False)]
     more = f"\n  ... and {len(lines) - _MAX_LISTED} more" if len(lines) > _MAX_LISTED else ""
     return "\n  " + "\n  ".join(lines[:_MAX_LISTED]) + more
 
@@ -71,14 +71,14 @@ def read_index(
     if query:
         df = _query(df, query, csv_path)
 
-    required = [path_column] + ([label_column] if require_labels and label_column else []) + (
-        [group_column] if group_column else []
+    required = (
+        [path_column]
+        + ([label_column] if require_labels and label_column else [])
+        + ([group_column] if group_column else [])
     )
     missing = [c for c in required if c not in df.columns]
     if missing:
-        raise DataError(
-            f"{csv_path}: missing required column(s) {missing}; found columns {list(df.columns)}"
-        )
+        raise DataError(f"{csv_path}: missing required column(s) {missing}; found columns {list(df.columns)}")
 
     out = pd.DataFrame({"path": df[path_column]})
     if out["path"].isna().any():
@@ -131,7 +131,9 @@ def _query(df: pd.DataFrame, query: str, csv_path: Path) -> pd.DataFrame:
     try:
         kept = df.query(query, engine="python")
     except pd.errors.UndefinedVariableError as e:
-        raise DataError(f"{csv_path}: query {query!r} names an unknown column ({e}); columns: {list(df.columns)}") from None
+        raise DataError(
+            f"{csv_path}: query {query!r} names an unknown column ({e}); columns: {list(df.columns)}"
+        ) from None
     except (SyntaxError, ValueError, TypeError, KeyError) as e:
         raise DataError(f"{csv_path}: query {query!r} cannot be evaluated ({type(e).__name__}: {e})") from None
     if not isinstance(kept, pd.DataFrame):

@@ -53,7 +53,9 @@ def create_transform(
     if mode not in ("resize", "crop"):
         raise ValueError(f"mode must be 'resize' or 'crop', got {mode!r}")
     if eval_views not in (1, 5) or (eval_views == 5 and (train or mode != "crop")):
-        raise ValueError(f"eval_views must be 1, or 5 for evaluation in crop mode; got {eval_views} ({mode=}, {train=})")
+        raise ValueError(
+            f"eval_views must be 1, or 5 for evaluation in crop mode; got {eval_views} ({mode=}, {train=})"
+        )
     # Geometry first, on the PIL image (PIL's resampling is the fastest path on CPU), then to a uint8 tensor.
     if mode == "resize":
         ops: list = [v2.Resize((img_size, img_size), antialias=True), v2.ToImage()]

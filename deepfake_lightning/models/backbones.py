@@ -7,7 +7,7 @@ import os
 import timm
 import torch.nn as nn
 
-from deepfake_lightning.errors import PretrainedWeightsUnavailable  # noqa: F401 (re-exported)
+from deepfake_lightning.errors import PretrainedWeightsUnavailable
 
 
 def create_backbone(

@@ -18,9 +18,9 @@ from deepfake_lightning.calibration import CalibrationState, Calibrator
 from deepfake_lightning.checkpoints import stored_settings
 from deepfake_lightning.models.backbones import create_backbone
 from deepfake_lightning.models.frontends import PIXEL_LEVEL, Frontend, create_frontend
-from deepfake_lightning.models.training import FreezeBackbone, warmup_cosine
 from deepfake_lightning.models.metrics import flatten_metrics, make_metrics
 from deepfake_lightning.models.outputs import TestOutputs
+from deepfake_lightning.models.training import FreezeBackbone, warmup_cosine
 from deepfake_lightning.provenance import ModelFacts, checkpoint_facts, training_record
 
 
@@ -69,8 +69,10 @@ class DeepfakeClassifier(L.LightningModule):
     ):
         super().__init__()
         if freeze_backbone and freeze_backbone_epochs:
-            raise ValueError("model.freeze_backbone (head only, whole run) and model.freeze_backbone_epochs (head "
-                             "only, then everything) exclude each other: set one")
+            raise ValueError(
+                "model.freeze_backbone (head only, whole run) and model.freeze_backbone_epochs (head "
+                "only, then everything) exclude each other: set one"
+            )
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
         extra = {} if drop_path_rate is None else {"drop_path_rate": drop_path_rate}
         self.frontend = create_frontend(frontend)
@@ -160,8 +162,10 @@ class DeepfakeClassifier(L.LightningModule):
         dm = getattr(self.trainer, "datamodule", None)
         frontend = self.hparams.get("frontend", "rgb")
         if frontend in PIXEL_LEVEL and getattr(dm, "hparams", {}).get("mode") == "resize":
-            rank_zero_warn(f"model.frontend={frontend} looks at pixel-level traces that data.mode=resize interpolates "
-                           "away: use data.mode=crop")
+            rank_zero_warn(
+                f"model.frontend={frontend} looks at pixel-level traces that data.mode=resize interpolates "
+                "away: use data.mode=crop"
+            )
         if stage == "fit" and self.example_input_array is None:
             # Lets Lightning's model summary count real FLOPs (one image at the data module's size) instead of 0.
             size = getattr(dm, "hparams", {}).get("img_size") or self.data_config["input_size"][-1]
@@ -233,7 +237,9 @@ class DeepfakeClassifier(L.LightningModule):
         dm = self.trainer.datamodule
         self.test_splits = dm.test_splits() if hasattr(dm, "test_splits") else ["test"]
         labeled = dm.labeled_test_splits() if hasattr(dm, "labeled_test_splits") else self.test_splits
-        metrics = {s: make_metrics(0.5) for s in labeled} | {f"{s}/tuned": make_metrics(self.threshold) for s in labeled}
+        metrics = {s: make_metrics(0.5) for s in labeled} | {
+            f"{s}/tuned": make_metrics(self.threshold) for s in labeled
+        }
         self.test_metrics = nn.ModuleDict(metrics).to(self.device)
         self.test_outputs.reset(self.test_splits)
 
@@ -250,8 +256,9 @@ class DeepfakeClassifier(L.LightningModule):
         self.test_metrics[split].update(probs, labels)
         self.test_metrics[f"{split}/tuned"].update(probs, labels)
         loss = F.binary_cross_entropy_with_logits(logits, labels.float())
-        self.log(f"test/{split}/loss", loss, on_epoch=True, batch_size=len(labels), add_dataloader_idx=False,
-                 sync_dist=True)
+        self.log(
+            f"test/{split}/loss", loss, on_epoch=True, batch_size=len(labels), add_dataloader_idx=False, sync_dist=True
+        )
         return {"logits": logits}
 
     def on_test_epoch_end(self) -> None:
@@ -281,4 +288,3 @@ class DeepfakeClassifier(L.LightningModule):
         if self.hparams.freeze_backbone_epochs > 0:
             return [FreezeBackbone(self.hparams.freeze_backbone_epochs)]
         return []
-

@@ -38,8 +38,12 @@ def srm_kernels() -> torch.Tensor:
     first[2, 1:4] = torch.tensor([1.0, -2.0, 1.0]) / 2
     second = torch.zeros(5, 5)
     second[1:4, 1:4] = torch.tensor([[-1.0, 2, -1], [2, -4, 2], [-1, 2, -1]]) / 4
-    kv = torch.tensor([[-1.0, 2, -2, 2, -1], [2, -6, 8, -6, 2], [-2, 8, -12, 8, -2], [2, -6, 8, -6, 2],
-                       [-1, 2, -2, 2, -1]]) / 12
+    kv = (
+        torch.tensor(
+            [[-1.0, 2, -2, 2, -1], [2, -6, 8, -6, 2], [-2, 8, -12, 8, -2], [2, -6, 8, -6, 2], [-1, 2, -2, 2, -1]]
+        )
+        / 12
+    )
     return torch.stack([first, second, kv])
 
 

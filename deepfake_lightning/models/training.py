@@ -10,7 +10,9 @@ from lightning.pytorch.callbacks import BaseFinetuning
 from torch import nn
 
 
-def warmup_cosine(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+def warmup_cosine(
+    optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int
+) -> torch.optim.lr_scheduler.LambdaLR:
     """Linear warmup over ``warmup_steps`` then cosine decay to zero at ``total_steps`` (stepped per optimizer step)."""
 
     def factor(step: int) -> float:

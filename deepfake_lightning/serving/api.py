@@ -57,8 +57,10 @@ class Engine:
             from deepfake_lightning.provenance import export_facts
 
             if not is_export(ckpt_path):
-                raise ExportError(f"--runtime onnx serves an export folder with a model.onnx, not {ckpt_path!r}: "
-                                  f"deepfake export --ckpt_path {ckpt_path} --out DIR --format safetensors onnx")
+                raise ExportError(
+                    f"--runtime onnx serves an export folder with a model.onnx, not {ckpt_path!r}: "
+                    f"deepfake export --ckpt_path {ckpt_path} --out DIR --format safetensors onnx"
+                )
             self.onnx = load_onnx(ckpt_path, ["CUDAExecutionProvider"] if device.startswith("cuda") else None)
             config = self.onnx.config
             state = CalibrationState.from_json(export_calibration(config))
@@ -68,8 +70,9 @@ class Engine:
             self.mean, self.std = tuple(config["mean"]), tuple(config["std"])
             self.img_size = int(config["img_size"])
             self.facts = export_facts(config, source=self.ckpt_path)
-            self.transform = create_transform(self.img_size, train=False, mode=config["mode"], mean=self.mean,
-                                              std=self.std)
+            self.transform = create_transform(
+                self.img_size, train=False, mode=config["mode"], mean=self.mean, std=self.std
+            )
         elif runtime == "torch":
             detector = self.detector  # loads it
             self.calibrator, self.threshold = detector.model.calibrator, float(detector.threshold)
@@ -102,9 +105,16 @@ class Engine:
         from deepfake_lightning.provenance import DEMO_WARNING
 
         # every upload comes from outside the demo data, so a demo model always carries the CLI's warning
-        return {"model": self.backbone, "version": self.version, "runtime": self.runtime,
-                "threshold": self.threshold, "img_size": self.img_size, "explain": self.can_explain,
-                "source": Path(self.ckpt_path).name, "warning": DEMO_WARNING if self.facts.trained_on_demo else None}
+        return {
+            "model": self.backbone,
+            "version": self.version,
+            "runtime": self.runtime,
+            "threshold": self.threshold,
+            "img_size": self.img_size,
+            "explain": self.can_explain,
+            "source": Path(self.ckpt_path).name,
+            "warning": DEMO_WARNING if self.facts.trained_on_demo else None,
+        }
 
     def decode(self, data: bytes, filename: str = "upload", explain: bool = False) -> Upload:
         """Bytes to a preprocessed image; an undecodable upload becomes an :class:`Upload` with a 400 error."""
@@ -153,12 +163,13 @@ class Engine:
         with CamExplainer(self.detector.model) as explainer:
             cams = explainer(images).cam
         pngs = []
-        for rgb, cam in zip(denormalize(images, self.mean, self.std), cams):
+        for rgb, cam in zip(denormalize(images, self.mean, self.std), cams, strict=False):
             picture = Image.fromarray(overlay(rgb, cam))
             if min(picture.size) < min_side:
                 scale = min_side / min(picture.size)
-                picture = picture.resize((round(picture.width * scale), round(picture.height * scale)),
-                                         Image.Resampling.BILINEAR)
+                picture = picture.resize(
+                    (round(picture.width * scale), round(picture.height * scale)), Image.Resampling.BILINEAR
+                )
             buffer = io.BytesIO()
             picture.save(buffer, format="PNG")
             pngs.append(buffer.getvalue())
@@ -176,8 +187,9 @@ class DetectorAPI(ls.LitAPI):
     PNG of the Grad-CAM overlay.
     """
 
-    def __init__(self, ckpt_path: str, runtime: str = "torch", max_batch_size: int = 16, batch_timeout: float = 0.01,
-                 **kwargs):
+    def __init__(
+        self, ckpt_path: str, runtime: str = "torch", max_batch_size: int = 16, batch_timeout: float = 0.01, **kwargs
+    ):
         with warnings.catch_warnings():  # LitServe warns that batch/unbatch exist while batching is off (size 1)
             warnings.filterwarnings("ignore", message="The LitServer has both batch and unbatch methods")
             super().__init__(max_batch_size=max_batch_size, batch_timeout=batch_timeout, **kwargs)
@@ -188,12 +200,15 @@ class DetectorAPI(ls.LitAPI):
         self.engine.warm_up(self.max_batch_size)
 
     def decode_request(self, request) -> Upload:
-        upload = self.engine.decode(base64.b64decode(request["image"]), request.get("filename", "upload"),
-                                    bool(request.get("explain")))
+        upload = self.engine.decode(
+            base64.b64decode(request["image"]), request.get("filename", "upload"), bool(request.get("explain"))
+        )
         if upload.explain and upload.image is not None and not self.engine.can_explain:
             upload.image, upload.status, upload.code = None, 422, "explain_unavailable"
-            upload.detail = ("this server cannot explain: its export has no PyTorch weights (model.safetensors) for "
-                             "Grad-CAM; export with --format safetensors onnx, or ask without explain=true")
+            upload.detail = (
+                "this server cannot explain: its export has no PyTorch weights (model.safetensors) for "
+                "Grad-CAM; export with --format safetensors onnx, or ask without explain=true"
+            )
         return upload
 
     def batch(self, inputs: list[Upload]) -> list[Upload]:
@@ -209,7 +224,7 @@ class DetectorAPI(ls.LitAPI):
             images = torch.stack([u.image for u in good])
             probs = self.engine.probs(self.engine.logits(images))
             wanted = [i for i, u in enumerate(good) if u.explain]
-            pngs = dict(zip(wanted, self.engine.explain(images[wanted]))) if wanted else {}
+            pngs = dict(zip(wanted, self.engine.explain(images[wanted]), strict=False)) if wanted else {}
         info, outputs, k = self.engine.info(), [], 0
         for upload in uploads:
             if upload.image is None:
@@ -217,9 +232,17 @@ class DetectorAPI(ls.LitAPI):
                 continue
             prob = float(probs[k])
             label = int(prob >= self.engine.threshold)
-            out = {"prob_ai": prob, "label": label, "verdict": "ai" if label else "human",
-                   "threshold": self.engine.threshold, "model": info["model"], "version": info["version"],
-                   "runtime": self.runtime, "batch_size": len(good), "filename": upload.filename}
+            out = {
+                "prob_ai": prob,
+                "label": label,
+                "verdict": "ai" if label else "human",
+                "threshold": self.engine.threshold,
+                "model": info["model"],
+                "version": info["version"],
+                "runtime": self.runtime,
+                "batch_size": len(good),
+                "filename": upload.filename,
+            }
             if k in pngs:
                 out["gradcam_png"] = base64.b64encode(pngs[k]).decode("ascii")
             outputs.append(out)

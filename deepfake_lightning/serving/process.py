@@ -1,7 +1,7 @@
 """``deepfake serve`` in a child process, for scripts, notebooks, tests and benchmarks::
 
-    with ServerProcess(["--ckpt_path", "models/demo_v1"]) as server:
-        requests.post(f"{server.url}/predict", data=open("photo.jpg", "rb"))
+with ServerProcess(["--ckpt_path", "models/demo_v1"]) as server:
+    requests.post(f"{server.url}/predict", data=open("photo.jpg", "rb"))
 """
 
 from __future__ import annotations
@@ -29,8 +29,13 @@ class ServerProcess:
     waits until ``GET /health`` answers 200 (raising with the server's log if it exits or ``startup_timeout``
     passes), and stops the whole group (API server and inference workers) on exit. ``log`` is its output so far."""
 
-    def __init__(self, args: list[str], cwd: str | os.PathLike | None = None, startup_timeout: float = 180.0,
-                 env: dict | None = None):
+    def __init__(
+        self,
+        args: list[str],
+        cwd: str | os.PathLike | None = None,
+        startup_timeout: float = 180.0,
+        env: dict | None = None,
+    ):
         self.args = list(args)
         if "--port" not in self.args:
             self.args += ["--port", str(free_port())]
@@ -45,13 +50,19 @@ class ServerProcess:
     def log(self) -> str:
         return Path(self._log.name).read_text(errors="replace")
 
-    def start(self) -> "ServerProcess":
+    def start(self) -> ServerProcess:
         command = [sys.executable, "-m", "deepfake_lightning.cli", "serve", *self.args]
-        self.process = subprocess.Popen(command, cwd=self.cwd, stdout=self._log, stderr=subprocess.STDOUT,
-                                        start_new_session=True, env={**os.environ, **(self.env or {})})
+        self.process = subprocess.Popen(
+            command,
+            cwd=self.cwd,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env={**os.environ, **(self.env or {})},
+        )
         return self
 
-    def wait_ready(self) -> "ServerProcess":
+    def wait_ready(self) -> ServerProcess:
         deadline = time.monotonic() + self.startup_timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -89,7 +100,7 @@ class ServerProcess:
         self._log.close()
         Path(self._log.name).unlink(missing_ok=True)
 
-    def __enter__(self) -> "ServerProcess":
+    def __enter__(self) -> ServerProcess:
         return self.start().wait_ready()
 
     def __exit__(self, *exc) -> None:

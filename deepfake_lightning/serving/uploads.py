@@ -58,8 +58,12 @@ class UploadGate:
             payload = await self._read(scope, receive)
         except UploadTooLarge as e:
             upload = f"upload of {e}" if str(e) else "upload"  # a streamed one is stopped at the limit, size unknown
-            response = error(413, "too_large", f"{upload} is over the server's limit of {self.max_bytes / 2**20:g} "
-                             "MB (deepfake serve --max_upload_mb)")
+            response = error(
+                413,
+                "too_large",
+                f"{upload} is over the server's limit of {self.max_bytes / 2**20:g} "
+                "MB (deepfake serve --max_upload_mb)",
+            )
             await response(scope, receive, send)
             return
         if isinstance(payload, JSONResponse):
@@ -104,8 +108,11 @@ class UploadGate:
                 return error(400, "bad_multipart", f"the multipart form cannot be read: {message}")
             uploads = [v for v in form.values() if hasattr(v, "read")]
             if not uploads:
-                return error(400, "no_file", "the multipart form has no file: send the image as a file field "
-                             "(curl -F file=@image.jpg)")
+                return error(
+                    400,
+                    "no_file",
+                    "the multipart form has no file: send the image as a file field (curl -F file=@image.jpg)",
+                )
             upload = uploads[0]
             data, filename = await upload.read(), upload.filename or "upload"
             explain = explain or str(form.get("explain", "")).lower() in TRUTHY
@@ -113,9 +120,13 @@ class UploadGate:
         elif content_type.startswith(RAW_TYPES) or not content_type:
             data, filename = await request.body(), unquote(request.headers.get("x-filename", "upload"))
         else:
-            return error(415, "unsupported_media_type", f"Content-Type {content_type!r} is not an image upload: send "
-                         "the image's bytes (Content-Type image/jpeg, image/png, ... or application/octet-stream) or "
-                         "a multipart/form-data file field")
+            return error(
+                415,
+                "unsupported_media_type",
+                f"Content-Type {content_type!r} is not an image upload: send "
+                "the image's bytes (Content-Type image/jpeg, image/png, ... or application/octet-stream) or "
+                "a multipart/form-data file field",
+            )
         if not data:
             return error(400, "empty_upload", "the upload is empty: send an image's bytes")
         return {"image": base64.b64encode(data).decode("ascii"), "filename": filename, "explain": explain}
