@@ -6,8 +6,7 @@ import time
 
 import optuna
 
-from deepfake_lightning.sweep import run_sweep
-from deepfake_lightning.sweep_spec import SweepSpec
+from deepfake_lightning.sweep import SweepSpec, run_sweep
 
 
 def timed_sweep(spec: SweepSpec) -> dict:

@@ -16,7 +16,7 @@ from deepfake_lightning.checkpoints import is_export, load_checkpoint, stored_se
 from deepfake_lightning.data import DeepfakeDataModule
 from deepfake_lightning.data.dataset import collate_skip_bad
 from deepfake_lightning.data.transforms import IMAGENET_MEAN, IMAGENET_STD, create_transform
-from deepfake_lightning.export import load_export
+from deepfake_lightning.export.folder import load_export
 from deepfake_lightning.models import DeepfakeClassifier
 from deepfake_lightning.provenance import ModelFacts
 

@@ -29,7 +29,7 @@ from lightning.fabric.plugins import TorchCheckpointIO
 from deepfake_lightning.errors import CheckpointError, ExportError
 from deepfake_lightning.files import atomic_path
 
-# An export folder (see export.py): its settings file, and the format that file declares.
+# An export folder (see export/folder.py): its settings file, and the format that file declares.
 CONFIG_FILE = "detector.json"
 FORMAT = "deepfake-lightning-detector"
 FORMAT_VERSION = 1

@@ -12,8 +12,10 @@ import pandas as pd
 from PIL import Image, ImageFilter
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-# equal_error_rate and thresholded_metrics are re-exported here for reports; they live in calibration.thresholds.
 from deepfake_lightning.calibration import calibration_metrics, equal_error_rate, thresholded_metrics
+
+# equal_error_rate and thresholded_metrics are re-exported here for reports; they live in calibration.thresholds.
+from deepfake_lightning.errors import ConfigError
 from deepfake_lightning.files import atomic_path
 
 
@@ -224,7 +226,7 @@ def perturbation(kind: str, level: float) -> Callable[[Image.Image], Image.Image
         return lambda im: im.resize(
             (max(1, round(im.width * level)), max(1, round(im.height * level))), Image.Resampling.BICUBIC
         )
-    raise ValueError(f"unknown perturbation {kind!r}; choose from {list(ROBUSTNESS_GRID)}")
+    raise ConfigError(f"unknown perturbation {kind!r}; choose from {list(ROBUSTNESS_GRID)}")
 
 
 def plot_robustness(table: pd.DataFrame):

@@ -13,12 +13,14 @@ what the run's ``config.yaml`` records.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import difflib
 import logging
 import re
 import sys
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -33,7 +35,7 @@ from deepfake_lightning.checkpoints import is_export, load_checkpoint, stored_se
 from deepfake_lightning.data import DeepfakeDataModule
 from deepfake_lightning.data.datamodule import check_data_root
 from deepfake_lightning.errors import ConfigError
-from deepfake_lightning.export import load_weights
+from deepfake_lightning.export.folder import load_weights
 from deepfake_lightning.models import DeepfakeClassifier
 
 # Preprocessing that belongs to a trained model: taken from its checkpoint unless the command line says otherwise.
@@ -286,6 +288,8 @@ class DeepfakeCLI(LightningCLI):
             # Lightning's advice to re-create the callbacks that wrote the checkpoint: the user turned this one off.
             warnings.filterwarnings("ignore", message="Be aware that when using `ckpt_path`, callbacks used to create")
         parser.callback_keys = [k for k in keys if k not in aside]
+        # Says why fit stopped when trainer.max_time ended it (given the budget: callbacks never search the trainer's).
+        self.trainer_defaults["callbacks"] = [FitSummary(trainer.max_time)]
         try:
             return super().instantiate_trainer(**kwargs)
         except (ValueError, MisconfigurationException) as e:  # Lightning's own checks of its arguments
@@ -339,24 +343,34 @@ def _tensorboard(save_dir: str, **init_args) -> dict:
     }
 
 
+@contextlib.contextmanager
+def lightning_warnings() -> Iterator[None]:
+    """Scopes the warning filters of a ``deepfake`` run (Lightning's notes that are by design here: every run has its
+    own version directory, and a pytree deprecation internal to Lightning) and of the CLI's own decisions (set
+    inside): they end with the block, so a test, a sweep trial or a calibration in the same process keeps its own."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The dirpath has changed from")
+        warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+        yield
+
+
 def run_lightning_cli(args: list[str] | None = None, run: bool = True) -> DeepfakeCLI:
-    """Runs the CLI on ``args`` (default: ``sys.argv[1:]``)."""
+    """Runs the CLI on ``args`` (default: ``sys.argv[1:]``). With ``run=False`` the caller runs the trainer, inside
+    :func:`lightning_warnings` for the same console."""
     _install_noise_filter()
-    # Every run has its own version directory by design, and the pytree deprecation is internal to Lightning.
-    warnings.filterwarnings("ignore", message="The dirpath has changed from")
-    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
-    return DeepfakeCLI(
-        DeepfakeClassifier,
-        DeepfakeDataModule,
-        seed_everything_default=42,
-        trainer_defaults={"max_epochs": 10, "callbacks": [FitSummary()]},
-        save_config_kwargs={"overwrite": True},
-        auto_configure_optimizers=False,
-        parser_kwargs={
-            "prog": "deepfake",
-            "description": "Train, evaluate and predict with deepfake-lightning "
-            "detectors. `deepfake --help` lists every command.",
-        },
-        args=args,
-        run=run,
-    )
+    with lightning_warnings():
+        return DeepfakeCLI(
+            DeepfakeClassifier,
+            DeepfakeDataModule,
+            seed_everything_default=42,
+            trainer_defaults={"max_epochs": 10},
+            save_config_kwargs={"overwrite": True},
+            auto_configure_optimizers=False,
+            parser_kwargs={
+                "prog": "deepfake",
+                "description": "Train, evaluate and predict with deepfake-lightning "
+                "detectors. `deepfake --help` lists every command.",
+            },
+            args=args,
+            run=run,
+        )

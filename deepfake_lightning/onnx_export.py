@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from deepfake_lightning.errors import ExportError
-from deepfake_lightning.provenance import file_sha256
+from deepfake_lightning.files import file_sha256
 
 ONNX_FILE = "model.onnx"
 OPSET = 18

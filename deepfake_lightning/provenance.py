@@ -35,14 +35,6 @@ DEMO_WARNING = (
 )
 
 
-def file_sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def split_sha256(paths_and_splits: list[tuple[str, str]]) -> str:
     lines = "\n".join(f"{p},{s}" for p, s in sorted(paths_and_splits))
     return hashlib.sha256(lines.encode()).hexdigest()

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from deepfake_lightning import DeepfakeClassifier
-from deepfake_lightning.cli import calibrate_main, cli_main
+from deepfake_lightning.calibration.command import calibrate_main
+from deepfake_lightning.cli import cli_main
 from tests.conftest import CONFIGS
 
 

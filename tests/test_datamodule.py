@@ -88,7 +88,7 @@ def test_fail_policy_names_the_bad_file(tmp_path):
 
     def read_all():
         for split in ("train", "val"):
-            for _ in dm._loader(split):
+            for _ in dm.loader(split):
                 pass
 
     with pytest.raises(BadImageError, match="cannot read image"):
@@ -117,7 +117,7 @@ def test_skip_policy_counts_skipped_images_while_loading(tmp_path):
     def read_all() -> int:
         seen = 0
         for split in ("train", "val"):
-            for batch in dm._loader(split):
+            for batch in dm.loader(split):
                 seen += len(dm.on_before_batch_transfer(batch, 0).get("label", []))
         return seen
 

@@ -258,4 +258,16 @@ def test_explain_command_writes_pngs_and_csv_and_reports_bad_files(demo_run, dem
     good = table[table["error"] == ""]
     probs = good["prob_ai"].astype(float)
     assert ((probs >= 0) & (probs <= 1)).all() and set(good["label"].astype(int)) <= {0, 1}
+    assert sorted(good["png"]) == sorted(f"{Path(f).stem}.png" for f in test["id"][:4])
     assert "skipped" in capsys.readouterr().err
+
+    # A second run into the same --out adds its rows and keeps the first run's; a file explained again is replaced.
+    more = tmp_path / "more"
+    more.mkdir()
+    for f in test["id"][4:6]:
+        shutil.copy(demo_root / f, more)
+    again = images / Path(test["id"][0]).name
+    main(["explain", str(more), str(again), "--ckpt_path", str(ckpt), "--out", str(out)])
+    table = pd.read_csv(out / "explanations.csv", keep_default_na=False)
+    assert len(table) == 7 and table["file"].is_unique
+    assert sorted(p.stem for p in out.glob("*.png")) == sorted(Path(f).stem for f in test["id"][:6])

@@ -287,7 +287,7 @@ def test_console_has_no_library_noise_and_real_flops(demo_root, tmp_path, consol
 
 
 def test_calibrate_and_platt_are_quiet(demo_run, demo_root, tmp_path, monkeypatch):
-    from deepfake_lightning.cli import calibrate_main
+    from deepfake_lightning.calibration.command import calibrate_main
 
     monkeypatch.setattr(sys, "argv", ["deepfake", "calibrate", "--anything"])  # as from the console script
     with warnings.catch_warnings():

@@ -11,6 +11,8 @@ import numpy as np
 from sklearn.isotonic import IsotonicRegression
 from sklearn.linear_model import LogisticRegression
 
+from deepfake_lightning.errors import ConfigError
+
 CalibrationMethod = Literal["temperature", "platt", "isotonic", "none"]
 _EPS = 1e-12
 MAX_SCALED_LOGIT = 30.0  # sigmoid(30) = 1 - 9e-14: still below 1.0 in float64 (sigmoid(37) rounds to 1.0)
@@ -91,7 +93,7 @@ class Calibrator:
         if method == "isotonic":
             iso = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(sigmoid(z), y)
             return cls("isotonic", isotonic_x=iso.X_thresholds_.tolist(), isotonic_y=iso.y_thresholds_.tolist())
-        raise ValueError(f"unknown calibration method {method!r}; choose temperature, platt, isotonic or none")
+        raise ConfigError(f"unknown calibration method {method!r}; choose temperature, platt, isotonic or none")
 
     def __call__(self, logits: np.ndarray) -> np.ndarray:
         """Calibrated probabilities of the AI class."""

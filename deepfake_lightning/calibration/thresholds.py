@@ -18,6 +18,7 @@ from sklearn.metrics import (
 )
 
 from deepfake_lightning.calibration.calibrators import _check
+from deepfake_lightning.errors import ConfigError
 
 THRESHOLD_CRITERIA = ("f1", "youden", "eer", "target_fpr", "fixed")
 
@@ -98,11 +99,13 @@ def choose_threshold(probs: np.ndarray, labels: np.ndarray, criterion: str = "f1
         alpha = float(arg)
         ok = np.flatnonzero(fpr <= alpha)
         return float(thresholds[ok[-1]]) if ok.size else float(np.nextafter(p.max(), np.inf))
-    raise ValueError(f"unknown threshold criterion {criterion!r}; use f1, youden, eer, target_fpr=<a> or fixed=<t>")
+    raise ConfigError(f"unknown threshold criterion {criterion!r}; use f1, youden, eer, target_fpr=<a> or fixed=<t>")
 
 
 def check_criterion(criterion: str) -> str:
     """``criterion`` if it names a known criterion, else a ValueError listing them."""
     if criterion.partition("=")[0] not in THRESHOLD_CRITERIA:
-        raise ValueError(f"unknown threshold criterion {criterion!r}; use f1, youden, eer, target_fpr=<a> or fixed=<t>")
+        raise ConfigError(
+            f"unknown threshold criterion {criterion!r}; use f1, youden, eer, target_fpr=<a> or fixed=<t>"
+        )
     return criterion

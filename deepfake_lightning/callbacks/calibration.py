@@ -24,6 +24,7 @@ from deepfake_lightning.calibration import (
 from deepfake_lightning.callbacks._console import PrintsResults
 from deepfake_lightning.callbacks._figures import publish_figure
 from deepfake_lightning.checkpoints import load_checkpoint
+from deepfake_lightning.errors import ConfigError
 from deepfake_lightning.files import write_json
 from deepfake_lightning.models.outputs import collect_logits
 
@@ -64,7 +65,7 @@ class Calibration(PrintsResults):
         try:
             check_criterion(threshold)
         except ValueError as e:
-            raise ValueError(f"calibration.threshold: {e}") from None
+            raise ConfigError(f"calibration.threshold: {e}") from None
         self.method = method
         self.threshold = threshold
         self.adapt_splits = list(adapt_splits or [])

@@ -12,6 +12,8 @@ from lightning.fabric.utilities.seed import _collect_rng_states, _set_rng_states
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_warn
 
+from deepfake_lightning.errors import ConfigError
+
 
 class RunCheckpoint(ModelCheckpoint):
     """ModelCheckpoint (best checkpoints by the monitored metric at validation, ``last.ckpt`` at every validation,
@@ -29,7 +31,7 @@ class RunCheckpoint(ModelCheckpoint):
     def __init__(self, *args, last_every_n_steps: int | None = 500, **kwargs):
         super().__init__(*args, **kwargs)
         if last_every_n_steps is not None and last_every_n_steps < 0:
-            raise ValueError(f"checkpoint.last_every_n_steps must be >= 0, got {last_every_n_steps}")
+            raise ConfigError(f"checkpoint.last_every_n_steps must be >= 0, got {last_every_n_steps}")
         self.last_every_n_steps = last_every_n_steps
 
     def on_train_batch_end(

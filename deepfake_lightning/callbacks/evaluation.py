@@ -14,6 +14,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from deepfake_lightning.callbacks._console import PrintsResults
 from deepfake_lightning.callbacks._figures import publish_figure
 from deepfake_lightning.checkpoints import update_checkpoint
+from deepfake_lightning.errors import ConfigError
 from deepfake_lightning.evaluation import (
     ROBUSTNESS_GRID,
     format_groups,
@@ -145,13 +146,13 @@ class EvaluationReport(PrintsResults):
         dm = trainer.datamodule
         split = self.robustness_split
         if split not in dm.labeled_test_splits():
-            raise ValueError(
+            raise ConfigError(
                 f"report.robustness_split={split!r} is not a labelled split; labelled: {dm.labeled_test_splits()}"
             )
         rows, clean_pred = [], None
         for kind, levels in ROBUSTNESS_GRID.items():
             for level in levels:
-                logits, labels = collect_logits(pl_module, dm._loader(split, perturb=perturbation(kind, level)))
+                logits, labels = collect_logits(pl_module, dm.loader(split, perturb=perturbation(kind, level)))
                 probs = pl_module.calibrator(logits)
                 pred = probs >= pl_module.threshold
                 if clean_pred is None:

@@ -11,7 +11,7 @@ from lightning.pytorch.callbacks import Callback
 
 from deepfake_lightning.callbacks._figures import publish_figure
 from deepfake_lightning.data.dataset import BadImageError
-from deepfake_lightning.explain import CamExplainer, cam_grid, centre_view, denormalize
+from deepfake_lightning.explain.cam import CamExplainer, cam_grid, centre_view, denormalize
 
 
 class GradCamExport(Callback):

@@ -14,13 +14,20 @@ from torch.utils.data import DataLoader
 from torchvision.transforms import v2
 
 from deepfake_lightning.data.cache import ResizedCache, ensure_cache
-from deepfake_lightning.data.dataset import BadImageError, BadImagePolicy, ImageDataset, collate_skip_bad, load_image
+from deepfake_lightning.data.dataset import (
+    BadImageError,
+    BadImagePolicy,
+    ImageDataset,
+    collate_skip_bad,
+    expand_inputs,
+    load_image,
+)
 from deepfake_lightning.data.demo import DemoSpec, build_demo_dataset, demo_is_built
 from deepfake_lightning.data.index import UNLABELED, DataError, read_index
 from deepfake_lightning.data.transforms import IMAGENET_MEAN, IMAGENET_STD, TransformMode, create_transform
-from deepfake_lightning.files import atomic_path
+from deepfake_lightning.files import atomic_path, file_sha256
+from deepfake_lightning.provenance import KAGGLE_DATASET, split_sha256
 
-KAGGLE_DATASET = "alessandrasala79/ai-vs-human-generated-dataset"
 SPLIT_FILE = "split.csv"
 TEST_SPLITS = ("test_v1", "test_v2")
 
@@ -278,8 +285,6 @@ class DeepfakeDataModule(L.LightningDataModule):
         if self._identity is None:
             from dataclasses import asdict
 
-            from deepfake_lightning.provenance import KAGGLE_DATASET, file_sha256, split_sha256
-
             hp = self.hparams
             parts = [(p, s) for s in ("train", "val") for p in self.indexes[s]["path"]]
             labels = pd.concat([self.indexes["train"]["label"], self.indexes["val"]["label"]])
@@ -348,7 +353,6 @@ class DeepfakeDataModule(L.LightningDataModule):
         return transform if perturb is None else v2.Compose([perturb, transform])
 
     def _files_dataset(self, perturb=None) -> ImageDataset:
-        from deepfake_lightning.explain import expand_inputs
 
         paths = [str(p) for p in expand_inputs(self.hparams.predict_paths or [])]
         if not paths:
@@ -392,7 +396,7 @@ class DeepfakeDataModule(L.LightningDataModule):
         """Image ids of a split as its CSV lists them (paths relative to the root), in order."""
         return self._files_dataset().paths if split == "files" else self.indexes[split]["path"].tolist()
 
-    def _loader(self, split: str, train: bool = False, perturb=None) -> DataLoader:
+    def loader(self, split: str, train: bool = False, perturb=None) -> DataLoader:
         import torch
 
         hp = self.hparams
@@ -419,19 +423,19 @@ class DeepfakeDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", train=True)
+        return self.loader("train", train=True)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader("val")
+        return self.loader("val")
 
     def test_dataloader(self) -> list[DataLoader]:
         splits = self.test_splits()
         if not splits:
             raise DataError("no test split configured: set data.test_v1_csv and/or data.test_v2_csv")
-        return [self._loader(s) for s in splits]
+        return [self.loader(s) for s in splits]
 
     def predict_dataloader(self) -> DataLoader:
-        return self._loader(self.predict_name)
+        return self.loader(self.predict_name)
 
     def on_before_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
         # Runs in the main process, so the count of skipped images is exact even with workers.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import BinaryIO, Literal
 
 import torch
@@ -109,3 +110,17 @@ def collate_skip_bad(items: list) -> dict:
     batch = default_collate(good) if good else {}
     batch["skipped"] = skipped
     return batch
+
+
+def expand_inputs(inputs: list[str]) -> list[Path]:
+    """Files named directly, plus every (non-hidden) file under the named directories, sorted."""
+    files: list[Path] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            files += sorted(f for f in p.rglob("*") if f.is_file() and not f.name.startswith("."))
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise FileNotFoundError(f"no such file or directory: {item}")
+    return files

@@ -21,6 +21,8 @@ from typing import Literal
 import torch
 from torchvision.transforms import v2
 
+from deepfake_lightning.errors import ConfigError
+
 TransformMode = Literal["resize", "crop"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -49,11 +51,11 @@ def create_transform(
             (5, 3, img_size, img_size), for multi-crop test-time augmentation; 1 the centre crop alone.
     """
     if not 0.0 <= aug_strength <= 1.0:
-        raise ValueError(f"aug_strength must be in [0, 1], got {aug_strength}")
+        raise ConfigError(f"aug_strength must be in [0, 1], got {aug_strength}")
     if mode not in ("resize", "crop"):
-        raise ValueError(f"mode must be 'resize' or 'crop', got {mode!r}")
+        raise ConfigError(f"mode must be 'resize' or 'crop', got {mode!r}")
     if eval_views not in (1, 5) or (eval_views == 5 and (train or mode != "crop")):
-        raise ValueError(
+        raise ConfigError(
             f"eval_views must be 1, or 5 for evaluation in crop mode; got {eval_views} ({mode=}, {train=})"
         )
     # Geometry first, on the PIL image (PIL's resampling is the fastest path on CPU), then to a uint8 tensor.

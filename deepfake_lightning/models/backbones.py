@@ -7,7 +7,7 @@ import os
 import timm
 import torch.nn as nn
 
-from deepfake_lightning.errors import PretrainedWeightsUnavailable
+from deepfake_lightning.errors import ConfigError, PretrainedWeightsUnavailable
 
 
 def create_backbone(
@@ -27,7 +27,7 @@ def create_backbone(
         **kwargs: Passed to ``timm.create_model`` (e.g. ``drop_rate``, ``drop_path_rate``).
     """
     if not timm.is_model(name):
-        raise ValueError(f"unknown timm model {name!r}; see timm.list_models() for the names")
+        raise ConfigError(f"unknown timm model {name!r}; see timm.list_models() for the names")
     if weights is not None:
         if not os.path.isfile(weights):
             raise FileNotFoundError(f"model.weights: no such file {weights!r}")

@@ -16,6 +16,7 @@ from torchmetrics.classification import BinaryAccuracy
 
 from deepfake_lightning.calibration import CalibrationState, Calibrator
 from deepfake_lightning.checkpoints import stored_settings
+from deepfake_lightning.errors import ConfigError
 from deepfake_lightning.models.backbones import create_backbone
 from deepfake_lightning.models.frontends import PIXEL_LEVEL, Frontend, create_frontend
 from deepfake_lightning.models.metrics import flatten_metrics, make_metrics
@@ -69,7 +70,7 @@ class DeepfakeClassifier(L.LightningModule):
     ):
         super().__init__()
         if freeze_backbone and freeze_backbone_epochs:
-            raise ValueError(
+            raise ConfigError(
                 "model.freeze_backbone (head only, whole run) and model.freeze_backbone_epochs (head "
                 "only, then everything) exclude each other: set one"
             )

@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from deepfake_lightning.errors import ConfigError
+
 Frontend = Literal["rgb", "npr", "highpass"]
 PIXEL_LEVEL = ("npr", "highpass")
 
@@ -66,4 +68,4 @@ def create_frontend(name: str) -> nn.Module:
         return NPR()
     if name == "highpass":
         return HighPass()
-    raise ValueError(f"unknown model.frontend {name!r}; choose rgb, npr or highpass")
+    raise ConfigError(f"unknown model.frontend {name!r}; choose rgb, npr or highpass")

@@ -88,8 +88,8 @@ def build_server(
     except ImportError as e:
         raise DeepfakeError("deepfake serve needs LitServe: pip install 'deepfake-lightning[serve]'") from e
 
-    from deepfake_lightning.serving.api import DetectorAPI, Engine
     from deepfake_lightning.serving.uploads import UploadGate
+    from deepfake_lightning.serving.worker import DetectorAPI, Engine
 
     if max_batch_size < 1 or batch_timeout < 0 or max_upload_mb <= 0 or workers_per_device < 1:
         raise DeepfakeError(

@@ -6,7 +6,7 @@ bytes or as a multipart form, so :class:`UploadGate` (an ASGI middleware, LitSer
 reads them in the API process, refuses what is too large or not an image content type with a 4xx JSON error before
 anything is queued, and passes the worker one JSON payload: ``{"image": base64, "filename": ..., "explain": bool}``.
 Image decoding (not an image, truncated, decompression bomb) is checked in the worker, per request, by
-``serving/api.py``.
+``serving/worker.py``.
 """
 
 from __future__ import annotations

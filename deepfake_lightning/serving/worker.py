@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from deepfake_lightning.errors import ConfigError
 from deepfake_lightning.serving.uploads import error
 
 
@@ -53,7 +54,7 @@ class Engine:
         if runtime == "onnx":
             from deepfake_lightning.calibration import CalibrationState, Calibrator
             from deepfake_lightning.data.transforms import create_transform
-            from deepfake_lightning.export import load_onnx
+            from deepfake_lightning.export.folder import load_onnx
             from deepfake_lightning.provenance import export_facts
 
             if not is_export(ckpt_path):
@@ -80,7 +81,7 @@ class Engine:
             self.mean, self.std, self.img_size = detector.mean, detector.std, detector.img_size
             self.transform, self.facts = detector.transform, detector.facts
         else:
-            raise ValueError(f"--runtime {runtime!r}: choose torch or onnx")
+            raise ConfigError(f"--runtime {runtime!r}: choose torch or onnx")
 
     @property
     def detector(self):
@@ -158,7 +159,7 @@ class Engine:
 
     def explain(self, images: torch.Tensor, min_side: int = 256) -> list[bytes]:
         """Grad-CAM overlays (PNG bytes) of the AI-generated logit, upscaled to at least ``min_side`` pixels."""
-        from deepfake_lightning.explain import CamExplainer, denormalize, overlay
+        from deepfake_lightning.explain.cam import CamExplainer, denormalize, overlay
 
         with CamExplainer(self.detector.model) as explainer:
             cams = explainer(images).cam

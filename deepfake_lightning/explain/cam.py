@@ -30,6 +30,8 @@ from pytorch_grad_cam.utils.image import show_cam_on_image
 from pytorch_grad_cam.utils.model_targets import BinaryClassifierOutputTarget
 from torch import nn
 
+from deepfake_lightning.errors import ConfigError
+
 CAM_METHODS = {
     "gradcam": GradCAM,
     "gradcam++": GradCAMPlusPlus,
@@ -67,7 +69,7 @@ def default_target_layers(net: nn.Module, n_layers: int = 1) -> list[str]:
         elif stages:
             deep, earlier = stages[-1], stages[:-1]
         else:
-            raise ValueError(f"cannot pick a CAM target layer for {type(net).__name__}; pass layers=[module names]")
+            raise ConfigError(f"cannot pick a CAM target layer for {type(net).__name__}; pass layers=[module names]")
     return (earlier[-(n_layers - 1) :] if n_layers > 1 else []) + [deep]
 
 
@@ -79,7 +81,7 @@ def resolve_layers(net: nn.Module, layers: list[str] | None, n_layers: int = 1) 
     unknown = [n for n in names if n not in modules]
     if unknown:
         top = [n for n in modules if n and "." not in n]
-        raise ValueError(f"unknown layer name(s) {unknown} in {type(net).__name__}; top-level modules: {top}")
+        raise ConfigError(f"unknown layer name(s) {unknown} in {type(net).__name__}; top-level modules: {top}")
     return names
 
 
@@ -130,9 +132,9 @@ class CamExplainer:
         target: str = "ai",
     ):
         if method not in CAM_METHODS:
-            raise ValueError(f"unknown CAM method {method!r}; choose from {sorted(CAM_METHODS)}")
+            raise ConfigError(f"unknown CAM method {method!r}; choose from {sorted(CAM_METHODS)}")
         if target not in ("ai", "human"):
-            raise ValueError(f"target must be 'ai' or 'human', got {target!r}")
+            raise ConfigError(f"target must be 'ai' or 'human', got {target!r}")
         self.model = model
         self.net = getattr(model, "net", model)
         self.layer_names = resolve_layers(self.net, layers, n_layers)
@@ -268,33 +270,26 @@ def cam_grid(
     return fig
 
 
-# --------------------------------------------------------------------------- files
-def expand_inputs(inputs: list[str]) -> list[Path]:
-    """Files named directly, plus every (non-hidden) file under the named directories, sorted."""
-    files: list[Path] = []
-    for item in inputs:
-        p = Path(item)
-        if p.is_dir():
-            files += sorted(f for f in p.rglob("*") if f.is_file() and not f.name.startswith("."))
-        elif p.is_file():
-            files.append(p)
-        else:
-            raise FileNotFoundError(f"no such file or directory: {item}")
-    return files
-
-
 def explain_files(detector, files: list[Path], out_dir: str | Path, batch_size: int = 16, **explainer_args):
     """Writes one PNG per readable image (the image beside its CAM overlay, and each layer's map in multi-layer
-    mode) and ``explanations.csv`` (``file, prob_ai, label, error``) to ``out_dir``. Unreadable files are
-    listed in the CSV with their error and skipped; they never stop the run. Returns the CSV as a DataFrame."""
+    mode) and ``explanations.csv`` (``file, prob_ai, label, error, png``) to ``out_dir``. Unreadable files are
+    listed in the CSV with their error and skipped; they never stop the run. An ``out_dir`` explained into before
+    keeps its rows and PNGs: this run's rows are added (a file explained again replaces its row and PNG). Returns
+    this run's rows as a DataFrame."""
     import matplotlib.pyplot as plt
     import pandas as pd
 
     from deepfake_lightning.data.dataset import BadImageError, load_image
+    from deepfake_lightning.files import atomic_path
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    rows, used_names = [], set()
+    columns = ["file", "prob_ai", "label", "error", "png"]
+    csv = out_dir / "explanations.csv"
+    again = {str(Path(f).resolve()) for f in files}
+    earlier = pd.read_csv(csv, keep_default_na=False, dtype=str) if csv.is_file() else pd.DataFrame(columns=columns)
+    earlier = earlier[[str(Path(f).resolve()) not in again for f in earlier["file"]]].reindex(columns=columns)
+    rows, used_names = [], {Path(p).stem for p in earlier["png"].fillna("") if p}
     with CamExplainer(detector.model, **explainer_args) as explainer:
         for start in range(0, len(files), batch_size):
             batch_files, tensors = [], []
@@ -303,7 +298,8 @@ def explain_files(detector, files: list[Path], out_dir: str | Path, batch_size: 
                     tensors.append(detector.transform(load_image(f)))
                     batch_files.append(f)
                 except BadImageError as e:
-                    rows.append({"file": str(f), "prob_ai": None, "label": None, "error": str(e.__cause__ or e)})
+                    error = str(e.__cause__ or e)
+                    rows.append({"file": str(f), "prob_ai": None, "label": None, "error": error, "png": ""})
             if not tensors:
                 continue
             images = torch.stack(tensors)
@@ -326,7 +322,9 @@ def explain_files(detector, files: list[Path], out_dir: str | Path, batch_size: 
                 used_names.add(name)
                 fig.savefig(out_dir / f"{name}.png", dpi=100)
                 plt.close(fig)
-                rows.append({"file": str(f), "prob_ai": prob, "label": int(prob >= detector.threshold), "error": ""})
-    table = pd.DataFrame(rows, columns=["file", "prob_ai", "label", "error"]).astype({"label": "Int64"})
-    table.to_csv(out_dir / "explanations.csv", index=False)
+                label = int(prob >= detector.threshold)
+                rows.append({"file": str(f), "prob_ai": prob, "label": label, "error": "", "png": f"{name}.png"})
+    table = pd.DataFrame(rows, columns=columns).astype({"label": "Int64"})
+    with atomic_path(csv) as tmp:
+        pd.concat([t for t in (earlier, table) if len(t)] or [table]).to_csv(tmp, index=False)
     return table
