@@ -88,7 +88,9 @@ def evaluation_dir(ckpt_path: str, subcommand: str, default_root: str | None) ->
 
 class DeepfakeArgumentParser(LightningArgumentParser):
     """LightningCLI's parser with a one-line error: the problem, a "did you mean" for a mistyped key, and where the
-    help is, instead of the whole usage."""
+    help is, instead of the whole usage. A key that only a ``--config`` file sets is named with that file."""
+
+    argv: list[str] = []  # the command line being parsed (set by DeepfakeCLI.parse_arguments)
 
     def error(self, message: str, ex: Exception | None = None):
         if not self.exit_on_error:
@@ -97,8 +99,11 @@ class DeepfakeArgumentParser(LightningArgumentParser):
         prog = parser.prog.replace(" [options]", "")
         message = " ".join(str(message).split())  # jsonargparse wraps and indents its messages
         hint = ""
-        unknown = re.search(r'(?:--|key ")([A-Za-z_][\w.]*)', message)
+        unknown = re.search(r"(?:--|key \"|option ')([A-Za-z_][\w.]*)", message)
         if unknown:
+            source = _config_file_setting(DeepfakeArgumentParser.argv, unknown.group(1))
+            if source:
+                message = f"{source}: {message}"
             known = {o.lstrip("-") for a in parser._actions for o in a.option_strings if o.startswith("--")}
             known |= {k for k in _nested_keys(parser) if "." in k}
             close = difflib.get_close_matches(unknown.group(1), sorted(known), n=1, cutoff=0.75)
@@ -106,6 +111,26 @@ class DeepfakeArgumentParser(LightningArgumentParser):
                 hint = f" (did you mean --{close[0]}?)"
         sys.stderr.write(f"deepfake: error: {message}{hint}\n  `{prog} --help` lists every option.\n")
         sys.exit(2)
+
+
+def _config_file_setting(argv: list[str], key: str) -> str | None:
+    """The first ``--config`` file on ``argv`` that sets ``key`` (``data.img_size``), or None."""
+    import yaml
+
+    files = [b for a, b in zip(argv, argv[1:], strict=False) if a in ("-c", "--config")]
+    files += [a.split("=", 1)[1] for a in argv if a.startswith("--config=")]
+    for name in files:
+        try:
+            node = yaml.safe_load(Path(name).read_text())
+        except (OSError, yaml.YAMLError):  # an inline JSON/YAML string, or a file the parser reports itself
+            continue
+        for part in key.split("."):
+            if not isinstance(node, dict) or part not in node:
+                break
+            node = node[part]
+        else:
+            return name
+    return None
 
 
 def _nested_keys(parser) -> list[str]:
@@ -181,6 +206,7 @@ class DeepfakeCLI(LightningCLI):
             self.config, argv = parser.parse_object(args), []
         else:
             argv = list(sys.argv[1:] if args is None else args)
+            DeepfakeArgumentParser.argv = argv
             self.config = parser.parse_args(argv)
         section = self.config.get(self.config.get("subcommand") or "", self.config)
         self._given = {k: copy.deepcopy(section.get(k)) for k in command_line_keys(argv) if k in section}
@@ -206,7 +232,8 @@ class DeepfakeCLI(LightningCLI):
                 )
             # Read with weights_only (checkpoints.py): a crafted checkpoint is refused here, before anything runs.
             self._apply_stored_settings(cfg, stored_settings(ckpt_path))
-        if not cfg.data.demo:
+        files_only = self.subcommand == "predict" and cfg.data.predict_paths  # needs no training data
+        if not cfg.data.demo and not files_only:
             # Fail before the model is built (and ImageNet weights fetched) when the data is not there.
             check_data_root(cfg.data.root, cfg.data.train_csv)
         trainer = cfg.trainer

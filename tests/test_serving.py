@@ -27,6 +27,7 @@ from deepfake_lightning.export.command import export_main
 from deepfake_lightning.files import file_sha256
 from deepfake_lightning.provenance import DEMO_WARNING
 from deepfake_lightning.serving.process import ServerProcess
+from deepfake_lightning.serving.server import build_server
 from deepfake_lightning.serving.worker import DetectorAPI, Engine
 from tests.test_export import _refuse_unpickling
 
@@ -94,6 +95,27 @@ def servers(export):
 
 
 @pytest.fixture(scope="module")
+def http(export):
+    """The PyTorch server with batching (up to 8 requests, 50 ms to fill up) and a 1 MB upload limit, answered in this
+    process through Starlette's TestClient (its inference worker is a process, as under `deepfake serve`)."""
+    yield from _in_process(build_server(export, max_batch_size=8, batch_timeout=0.05, max_upload_mb=1))
+
+
+@pytest.fixture(scope="module")
+def onnx_http(export):
+    """ONNX Runtime with batching off, in two worker processes, answered in this process."""
+    yield from _in_process(build_server(export, runtime="onnx", max_batch_size=1, workers_per_device=2))
+
+
+def _in_process(server):
+    from litserve.utils import wrap_litserve_start
+    from starlette.testclient import TestClient
+
+    with wrap_litserve_start(server) as started, TestClient(started.app) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
 def images(demo_root) -> list[tuple[str, bytes]]:
     """(name, bytes) of 40 of the demo's test_v1 images."""
     ids = pd.read_csv(demo_root / "test_v1.csv")["id"][:40]
@@ -110,14 +132,12 @@ def reference(export, images) -> dict[str, float]:
     return {name: float(p) for (name, _), p in zip(images, probs, strict=False)}
 
 
-def _post(url: str, data: bytes, content_type: str = "image/jpeg", explain: bool = False) -> requests.Response:
-    return requests.post(
-        f"{url}/predict",
-        params={"explain": "true"} if explain else None,
-        data=data,
-        headers={"Content-Type": content_type},
-        timeout=60,
-    )
+def _post(http, data: bytes, content_type: str = "image/jpeg", explain: bool = False):
+    """POST /predict through a TestClient, or through `requests` to a served URL."""
+    params, headers = ({"explain": "true"} if explain else None), {"Content-Type": content_type}
+    if isinstance(http, str):
+        return requests.post(f"{http}/predict", params=params, data=data, headers=headers, timeout=60)
+    return http.post("/predict", params=params, content=data, headers=headers)
 
 
 # --------------------------------------------------------------------------- ONNX export
@@ -230,12 +250,11 @@ def test_engines_load_an_export_without_unpickling(export, demo_run, monkeypatch
 
 
 # --------------------------------------------------------------------------- the API
-def test_predict_returns_the_calibrated_verdict_raw_and_multipart(servers, images, reference, export):
-    url = servers["batched"].url
+def test_predict_returns_the_calibrated_verdict_raw_and_multipart(http, images, reference, export):
     config = json.loads((export / "detector.json").read_text())
     for name, data in images[:3]:
-        raw = _post(url, data)
-        form = requests.post(f"{url}/predict", files={"file": (name, data, "image/jpeg")}, timeout=60)
+        raw = _post(http, data)
+        form = http.post("/predict", files={"file": (name, data, "image/jpeg")})
         for response in (raw, form):
             assert response.status_code == 200, response.text
             body = response.json()
@@ -246,7 +265,7 @@ def test_predict_returns_the_calibrated_verdict_raw_and_multipart(servers, image
             assert body["version"] == __version__ and body["runtime"] == "torch"
             assert "gradcam_png" not in body
         assert form.json()["filename"] == name
-    info = requests.get(f"{url}/info", timeout=10).json()["model"]
+    info = http.get("/info").json()["model"]
     assert info["model"] == "test_resnet" and info["threshold"] == config["threshold"]
 
 
@@ -256,17 +275,16 @@ def _png(b64: str) -> Image.Image:
     return image
 
 
-def test_explain_adds_a_gradcam_overlay(servers, images):
-    url = servers["batched"].url
+def test_explain_adds_a_gradcam_overlay(http, images):
     name, data = images[0]
-    body = _post(url, data, explain=True).json()
+    body = _post(http, data, explain=True).json()
     overlay = _png(body["gradcam_png"])
     assert overlay.format == "PNG" and overlay.size == (256, 256)
     pixels = np.asarray(overlay.convert("RGB"), dtype=np.float32)
     assert pixels.std() > 5  # a heat map over a picture, not a blank image
-    form = requests.post(f"{url}/predict", files={"file": (name, data)}, data={"explain": "true"}, timeout=60)
+    form = http.post("/predict", files={"file": (name, data)}, data={"explain": "true"})
     assert "gradcam_png" in form.json()
-    assert "gradcam_png" not in _post(url, data, explain=False).json()
+    assert "gradcam_png" not in _post(http, data, explain=False).json()
 
 
 def _bad_uploads(images) -> dict[str, tuple[bytes, str, int, str]]:
@@ -284,35 +302,41 @@ def _bad_uploads(images) -> dict[str, tuple[bytes, str, int, str]]:
     }
 
 
-def test_bad_uploads_get_a_4xx_json_error_and_the_server_keeps_serving(servers, images, reference):
-    url = servers["batched"].url
+def test_bad_uploads_get_a_4xx_json_error_and_the_server_keeps_serving(http, images, reference):
     for kind, (body, content_type, status, code) in _bad_uploads(images).items():
-        response = _post(url, body, content_type)
+        response = _post(http, body, content_type)
         assert response.status_code == status, (kind, response.text)
         assert response.json()["error"] == code, kind
         assert response.json()["detail"], kind
-    assert "1 MB (deepfake serve --max_upload_mb)" in _post(url, os.urandom(2 * 2**20)).json()["detail"]
-    no_file = requests.post(f"{url}/predict", data={"explain": "true"}, files={"x": ("", b"")}, timeout=10)
-    assert no_file.status_code == 400
-    garbled = _post(url, b"garbage", "multipart/form-data; boundary=xyz")
-    two_files = requests.post(
-        f"{url}/predict", files={"a": ("a.jpg", images[0][1]), "b": ("b.jpg", images[1][1])}, timeout=10
-    )
+    assert "1 MB (deepfake serve --max_upload_mb)" in _post(http, os.urandom(2 * 2**20)).json()["detail"]
+
+    def streamed():  # no Content-Length: the limit is enforced while reading
+        yield from (os.urandom(2**18) for _ in range(6))
+
+    unsized = http.post("/predict", content=streamed(), headers={"Content-Type": "image/jpeg"})
+    assert unsized.status_code == 413 and unsized.json()["detail"].startswith("upload is over")
+    no_file = http.post("/predict", data={"explain": "true"}, files={"x": ("", b"")})
+    assert no_file.status_code == 400 and no_file.json()["error"] == "no_file"
+    garbled = _post(http, b"garbage", "multipart/form-data; boundary=xyz")
+    two_files = http.post("/predict", files={"a": ("a.jpg", images[0][1]), "b": ("b.jpg", images[1][1])})
     for response in (garbled, two_files):
         assert response.status_code == 400 and response.json()["error"] == "bad_multipart", response.text
+        assert response.headers["content-type"] == "application/json"
     name, data = images[1]
-    assert _post(url, data).json()["prob_ai"] == pytest.approx(reference[name], abs=TORCH_SERVER_TOLERANCE)
+    # raw bytes of unknown type (curl --data-binary without -H) are decoded like any upload
+    for content_type in ("application/octet-stream", "application/x-www-form-urlencoded", "image/webp"):
+        answer = _post(http, data, content_type).json()
+        assert answer["prob_ai"] == pytest.approx(reference[name], abs=TORCH_SERVER_TOLERANCE), content_type
 
 
-def test_concurrent_requests_form_batches_and_bad_ones_fail_alone(servers, images, reference):
-    url = servers["batched"].url
+def test_concurrent_requests_form_batches_and_bad_ones_fail_alone(http, images, reference):
     bad = _bad_uploads(images)
     jobs = [(name, data, "image/jpeg") for name, data in images[:24]]
     jobs[3::4] = [
         (kind, bad[kind][0], bad[kind][1]) for kind in ("text", "truncated", "bomb", "text", "truncated", "bomb")
     ]
     with ThreadPoolExecutor(12) as pool:
-        responses = list(pool.map(lambda job: _post(url, job[1], job[2]), jobs))
+        responses = list(pool.map(lambda job: _post(http, job[1], job[2]), jobs))
     sizes = []
     for (name, _, _), response in zip(jobs, responses, strict=False):
         if name in bad:
@@ -325,22 +349,22 @@ def test_concurrent_requests_form_batches_and_bad_ones_fail_alone(servers, image
     assert len(sizes) == 18 and max(sizes) > 1  # batches formed, bad uploads in them or not
 
 
-def test_onnx_runtime_without_batching(servers, images, reference):
-    url = servers["onnx"].url
-    assert requests.get(f"{url}/info", timeout=10).json()["server"]["workers_per_device"] == 2
+def test_onnx_runtime_without_batching(onnx_http, images, reference):
+    http = onnx_http
+    assert http.get("/info").json()["server"]["workers_per_device"] == 2
     with ThreadPoolExecutor(6) as pool:
-        responses = list(pool.map(lambda item: _post(url, item[1]), images[:12]))
+        responses = list(pool.map(lambda item: _post(http, item[1]), images[:12]))
     for (name, _), response in zip(images, responses, strict=False):
         body = response.json()
         assert body["runtime"] == "onnx" and body["batch_size"] == 1
         assert body["prob_ai"] == pytest.approx(reference[name], abs=1e-4)
-    explained = _post(url, images[0][1], explain=True).json()  # Grad-CAM from the export's PyTorch weights
+    explained = _post(http, images[0][1], explain=True).json()  # Grad-CAM from the export's PyTorch weights
     assert _png(explained["gradcam_png"]).size == (256, 256)
-    assert _post(url, b"GIF89a-not-really", "image/gif").json()["error"] == "not_an_image"
+    assert _post(http, b"GIF89a-not-really", "image/gif").json()["error"] == "not_an_image"
 
 
-def test_the_page_is_one_offline_file(servers):
-    page = requests.get(servers["batched"].url + "/", timeout=10)
+def test_the_page_is_one_offline_file(http):
+    page = http.get("/")
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     html = page.text
     assert 'type="file"' in html and "/predict?explain=" in html
@@ -432,3 +456,4 @@ def test_ctrl_c_or_kill_stops_the_server_and_its_workers(servers, how):
     assert left == "", f"processes left in the server's group 20 s after the command ended: {left}"
     with pytest.raises(requests.ConnectionError):
         requests.get(f"{server.url}/health", timeout=5)
+    assert "Traceback" not in server.log, server.log[-3000:]  # it stops quietly, as cleanly as it stops

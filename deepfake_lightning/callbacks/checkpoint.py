@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from lightning.fabric.utilities.seed import _collect_rng_states, _set_rng_states
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from deepfake_lightning.errors import ConfigError
 
@@ -79,6 +79,14 @@ class RunCheckpoint(ModelCheckpoint):
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         super().on_exception(trainer, pl_module, exception)
+        if isinstance(exception, KeyboardInterrupt) and trainer.state.fn == "fit":  # Ctrl+C: say how to go on
+            kept = self.last_model_path or self.best_model_path
+            rank_zero_info(
+                f"Interrupted. The latest checkpoint is {kept}: resume this run with the same command plus "
+                f"--ckpt_path last (or --ckpt_path {kept})"
+                if kept
+                else "Interrupted before the first checkpoint was written: nothing to resume."
+            )
         if isinstance(exception, FloatingPointError) and exception.args:
             kept = self.last_model_path or self.best_model_path
             note = (

@@ -175,8 +175,8 @@ class DeepfakeDataModule(L.LightningDataModule):
         )
 
     def setup(self, stage: str | None = None) -> None:
-        if self.indexes:
-            return
+        if self.indexes or (stage == "predict" and self.hparams.predict_paths):
+            return  # predicting files needs no training data
         check_data_root(self.root, self.hparams.train_csv)
         hp = self.hparams
         train_all = self._read_train_index()
@@ -445,6 +445,8 @@ class DeepfakeDataModule(L.LightningDataModule):
         if skipped:
             self.skipped_paths = getattr(self, "skipped_paths", []) + list(skipped)
             self.skipped_images = len(self.skipped_paths)
+            if self.trainer is not None and self.trainer.predicting:
+                return batch  # PredictionWriter lists them after the progress bar, as `deepfake: warning:` lines
             rank_zero_warn(
                 f"Skipped {len(skipped)} unreadable image(s) ({self.skipped_images} so far): {skipped} "
                 "(data.bad_images=skip)"

@@ -108,6 +108,8 @@ class CamResult:
     per_layer: dict[str, np.ndarray] = field(default_factory=dict)
     logits: np.ndarray | None = None
     probs: np.ndarray | None = None
+    method: str = ""  # the CAM method and the explained class, for captions
+    target: str = ""
 
 
 class CamExplainer:
@@ -138,6 +140,7 @@ class CamExplainer:
         self.model = model
         self.net = getattr(model, "net", model)
         self.layer_names = resolve_layers(self.net, layers, n_layers)
+        self.method, self.target_name = method, target
         self.target = BinaryClassifierOutputTarget(1 if target == "ai" else 0)
         reshape = vit_reshape(self.net) if _is_vit(self.net) else None
         was_training = self.model.training
@@ -193,6 +196,8 @@ class CamExplainer:
             per_layer={n: m[:, 0].astype(np.float32) for n, m in zip(self.layer_names, per_layer, strict=False)},
             logits=logits.cpu().numpy(),
             probs=probs.cpu().numpy(),
+            method=self.method,
+            target=self.target_name,
         )
 
     def close(self) -> None:
@@ -239,12 +244,14 @@ def cam_grid(
     rgb: np.ndarray, result: CamResult, labels=None, threshold: float = 0.5, columns: int = 4, per_layer: bool = False
 ):
     """A matplotlib Figure: per image, the picture and its overlay (and each layer's map with ``per_layer``),
-    titled with the true label (if known), the AI probability and the prediction at ``threshold``."""
+    titled with the true label (if known), the AI probability and the prediction at ``threshold``; the figure's
+    caption names the CAM method and the explained class. A map is titled by its layer (``combined`` when several
+    layers are averaged)."""
     import matplotlib.pyplot as plt
 
-    maps = [("combined", result.cam)] + (
-        list(result.per_layer.items()) if per_layer and len(result.per_layer) > 1 else []
-    )
+    layers = list(result.per_layer)
+    main = layers[0] if len(layers) == 1 else f"{len(layers)} layers combined" if layers else "CAM"
+    maps = [(main, result.cam)] + (list(result.per_layer.items()) if per_layer and len(layers) > 1 else [])
     panels = 1 + len(maps)
     n = len(rgb)
     columns = max(1, min(columns, n))
@@ -266,7 +273,10 @@ def cam_grid(
             axes[r, c * panels + k].imshow(overlay(rgb[i], m[i]))
             if i < columns:
                 axes[r, c * panels + k].set_title(name, fontsize=7)
-    fig.tight_layout()
+    if result.method:
+        target = "AI-generated" if result.target == "ai" else "human"
+        fig.suptitle(f"{result.method}, explaining the {target} class", fontsize=8)
+    fig.tight_layout()  # after the titles and caption: every title, however many lines, stays inside the figure
     return fig
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 
 import timm
 import torch.nn as nn
@@ -36,6 +37,15 @@ def create_backbone(
         )
     if not pretrained:
         return timm.create_model(name, pretrained=False, num_classes=1, **kwargs)
+    unreachable = _hub_unreachable()
+    if unreachable:  # fail now: the hub client would retry for about 45 s before saying the same
+        raise PretrainedWeightsUnavailable(
+            f"Could not load the pretrained weights of '{name}': the Hugging Face hub cannot be reached "
+            f"({unreachable}).\n"
+            "  If they are in your Hugging Face cache, run offline: HF_HUB_OFFLINE=1 deepfake ...\n"
+            "  Otherwise train from scratch: --model.pretrained false\n"
+            "  or use a local weights file for this architecture: --model.weights PATH"
+        )
     try:
         return timm.create_model(name, pretrained=True, num_classes=1, **kwargs)
     except Exception as e:  # network, hub and cache errors come in many types; all mean "no weights"
@@ -45,3 +55,20 @@ def create_backbone(
             "  or use a local weights file for this architecture: --model.weights PATH "
             "(e.g. timm's model.safetensors copied from a machine with internet access)."
         ) from e
+
+
+def _hub_unreachable(timeout: float = 3.0) -> str | None:
+    """Why the Hugging Face hub cannot be reached (one quick connection attempt), or None when it can or when
+    ``HF_HUB_OFFLINE`` is set (then the hub client reads its cache only, and says itself what is missing)."""
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return None
+    url = urlparse(constants.ENDPOINT)
+    try:
+        socket.create_connection((url.hostname, url.port or 443), timeout=timeout).close()
+    except OSError as e:
+        return f"{url.hostname}: {e.strerror or type(e).__name__}"
+    return None

@@ -146,9 +146,23 @@ def serve_main(args: list[str]) -> None:
     )
     # `kill PID` (SIGTERM) stops the server as Ctrl+C does: LitServe shuts its API processes and inference workers
     # down on KeyboardInterrupt. Without this the command died alone and its workers went on answering on the port.
+    global _COMMAND_PID
+    _COMMAND_PID = os.getpid()
     signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
     server.run(host=a.host, port=a.port, generate_client_file=False, log_level=a.log_level)
 
 
+_COMMAND_PID = os.getpid()
+
+
 def _interrupt(signum, frame) -> None:
-    raise KeyboardInterrupt
+    """SIGINT (Ctrl+C, which a terminal sends to the whole process group) and SIGTERM (`kill PID`) stop the command:
+    a KeyboardInterrupt, on which LitServe stops its processes. The API processes LitServe forks inherit this
+    handler: there Ctrl+C is left to the command (they used to die of it with a traceback each), and LitServe's own
+    SIGTERM ends them as SIGTERM ends a process. (Inference workers ignore Ctrl+C themselves: serving/worker.py.)"""
+    if os.getpid() == _COMMAND_PID:
+        raise KeyboardInterrupt
+    if signum == signal.SIGTERM:
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)

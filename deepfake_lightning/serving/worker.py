@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import io
+import signal
 import warnings
 from dataclasses import dataclass
 
@@ -197,6 +198,9 @@ class DetectorAPI(ls.LitAPI):
         self.ckpt_path, self.runtime = str(ckpt_path), runtime
 
     def setup(self, device: str) -> None:
+        # An inference worker process: Ctrl+C in the terminal reaches it too, but stopping is the command's
+        # (`deepfake serve` stops every worker); without this each worker died of it with a traceback.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         self.engine = Engine(self.ckpt_path, self.runtime, device)
         self.engine.warm_up(self.max_batch_size)
 
