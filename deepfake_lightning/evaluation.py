@@ -93,8 +93,9 @@ def plot_groups(groups: dict[str, dict[str, dict]], column: str):
         ax.set_ylim(0, 1.05)
         ax.set_title(f"{split} by {column}")
         ax.axhline(0.5, ls="--", c="grey", lw=1)
-    axes[0][0].legend(loc="lower left", fontsize=8)
-    fig.tight_layout()
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=2, fontsize=8, frameon=False)  # below the bars, not on them
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     return fig
 
 

@@ -159,6 +159,7 @@ def _install_noise_filter() -> None:
 class DeepfakeCLI(LightningCLI):
     _export_dir: str | None = None  # set when --ckpt_path names a `deepfake export` directory
     _given: dict  # config keys set on the command line -> their parsed values
+    _configured_backbone: str | None = None  # model.backbone before a --ckpt_path's hyperparameters replaced it
 
     def init_parser(self, **kwargs) -> LightningArgumentParser:
         kwargs.setdefault("dump_header", ["deepfake-lightning run configuration"])
@@ -218,6 +219,8 @@ class DeepfakeCLI(LightningCLI):
         ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
         if ckpt_path and Path(ckpt_path).is_file():
             load_checkpoint(ckpt_path, metadata_only=True)
+        # What the config files said, before Lightning puts the checkpoint's hyperparameters in its place.
+        self._configured_backbone = self.config[subcommand].model.backbone if subcommand else None
         super()._parse_ckpt_path()
 
     def before_instantiate_classes(self) -> None:
@@ -267,10 +270,11 @@ class DeepfakeCLI(LightningCLI):
                 f"--model.backbone {given_backbone} contradicts --ckpt_path {cfg.ckpt_path}, a "
                 f"{backbone} model: its weights fit only that backbone"
             )
-        if self.subcommand == "fit" and backbone and cfg.model.backbone != backbone and given_backbone is None:
+        configured = self._configured_backbone  # by the config files (Lightning has put the checkpoint's in since)
+        if self.subcommand == "fit" and backbone and configured not in (None, backbone) and given_backbone is None:
             rank_zero_info(
                 f"--ckpt_path {cfg.ckpt_path} is a {backbone} model: its backbone is used instead of the "
-                f"configured {cfg.model.backbone}"
+                f"configured {configured}"
             )
         data = {k: v for k, v in stored["data"].items() if k in STORED_DATA_KEYS}
         for section, values in {"model": stored["model"], "data": data}.items():

@@ -75,6 +75,7 @@ def test_the_cycle_check_finds_a_cycle():
     assert _cycles(graph) == [["a", "b", "c"]]
 
 
+@pytest.mark.slow
 def test_fit_does_not_import_optuna():
     code = (
         "import sys\nfrom deepfake_lightning.cli import main\n"
@@ -197,3 +198,14 @@ def test_metrics_json_holds_calibration_whatever_the_callback_order(kaggle_root,
     metrics = json.loads((Path(trainer.log_dir) / "metrics.json").read_text())
     assert metrics["calibration/platt_a"] == pytest.approx(model.calibration.calibrator.platt[0])
     assert metrics["val/ece"] == pytest.approx(model.calibration.val_after["ece"])
+
+
+def test_only_checkpoints_py_calls_torch_load_and_always_weights_only():
+    """One module owns model files: nothing else unpickles (`torch.load` anywhere else, or `weights_only=False`)."""
+    calls = {}
+    for f in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, ast.Call) and ast.unparse(node.func) in ("torch.load", "pl_load"):
+                keywords = {k.arg: ast.unparse(k.value) for k in node.keywords}
+                calls.setdefault(str(f.relative_to(PACKAGE)), []).append(keywords.get("weights_only"))
+    assert calls == {"checkpoints.py": ["True"]}, calls

@@ -172,11 +172,13 @@ def test_missing_data_root_exits_with_a_clear_message(tmp_path, monkeypatch, cap
     assert "does not exist" in err and "kaggle datasets download" in err and "configs/demo.yaml" in err
 
 
+@pytest.mark.slow
 def test_console_script_is_installed():
     out = subprocess.run(["deepfake", "--help"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and all(cmd in out.stdout for cmd in ("fit", "validate", "test", "predict"))
 
 
+@pytest.mark.slow
 def test_ddp_on_two_cpu_processes_matches_a_single_process_evaluation(kaggle_root, tmp_path):
     """Lightning's DDP on 2 CPU processes (gloo): the run ends, rank 0 alone writes the run directory, and the
     synchronised val/auroc equals a single-process validation of the same checkpoint. 5 validation images on 2

@@ -12,6 +12,8 @@ from deepfake_lightning.export.command import export_main
 from deepfake_lightning.sweep import load_sweep, run_sweep
 from tests.conftest import CONFIGS
 
+pytestmark = pytest.mark.slow  # both notebooks, executed end to end
+
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 
 

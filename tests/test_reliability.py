@@ -61,6 +61,7 @@ def _fit_args(root, out, *extra):
     ]
 
 
+@pytest.mark.slow
 def test_sigkill_mid_epoch_then_resume_with_ckpt_path_last(demo_root, tmp_path):
     run = tmp_path / "lightning_logs" / "version_0"
     last = run / "checkpoints" / "last.ckpt"

@@ -377,7 +377,7 @@ def test_serve_command_errors(export, tmp_path, demo_run, capsys):
     assert e.value.code == 2 and "no checkpoint file or export folder" in capsys.readouterr().err
     with pytest.raises(SystemExit):  # a file that is not a checkpoint
         main(["serve", "--ckpt_path", str(export / "detector.json"), "--port", "0"])
-    assert "not a checkpoint written by deepfake fit" in capsys.readouterr().err
+    assert "not a PyTorch checkpoint" in capsys.readouterr().err
     ckpt = demo_run / "checkpoints" / "last.ckpt"
     with pytest.raises(SystemExit):
         main(["serve", "--ckpt_path", str(ckpt), "--runtime", "onnx", "--port", "0"])
@@ -397,6 +397,7 @@ def _chromium() -> str | None:
     return os.environ.get("CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(_chromium() is None, reason="needs Chromium (Debian's chromium package, which .ci/run installs)")
 def test_the_page_in_a_real_browser(servers, images, demo_root, tmp_path):
     from playwright.sync_api import sync_playwright
@@ -432,6 +433,7 @@ def test_the_page_in_a_real_browser(servers, images, demo_root, tmp_path):
     assert Image.open(ARTIFACTS / "serve_page.png").size[0] == 1000
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["ctrl_c", "kill"])
 def test_ctrl_c_or_kill_stops_the_server_and_its_workers(servers, how):
     """Last in this file: Ctrl+C in its terminal (SIGINT to the process group) stops the ONNX server (two workers);

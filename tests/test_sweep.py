@@ -102,6 +102,7 @@ def test_tiny_sweep_writes_trials_and_a_best_config_that_fit_accepts(tmp_path, k
     assert len(optuna.load_study(study_name="s", storage=f"sqlite:///{out / 'study.db'}").trials) == 5
 
 
+@pytest.mark.slow
 def test_two_workers_share_one_study_exactly(tmp_path, kaggle_root, capsys):
     """`--workers 2`: two processes, each with its share of the cores, run the study's 4 trials between them."""
     path = _sweep_file(tmp_path, kaggle_root, name="shared", n_trials=4)
@@ -127,7 +128,7 @@ def _is_our_worker(proc: Path, out: Path) -> bool:
 
 
 def test_worker_devices():
-    from deepfake_lightning.sweep import worker_environments
+    from deepfake_lightning.sweep.workers import worker_environments
 
     envs = worker_environments(2, 2, gpus=4, cpus=16)
     assert [e["CUDA_VISIBLE_DEVICES"] for e in envs] == ["0,1", "2,3"]
@@ -141,7 +142,8 @@ def test_worker_devices():
 def test_workers_sample_with_their_own_seed(tmp_path, kaggle_root):
     """With one seed, parallel workers' samplers would propose the same parameters (they did: trials 0 and 1 of a
     2-worker demo sweep were identical); worker i seeds with seed + i."""
-    from deepfake_lightning.sweep import make_sampler, suggest
+    from deepfake_lightning.sweep.study import make_sampler
+    from deepfake_lightning.sweep.trial import suggest
 
     spec = load_sweep(_sweep_file(tmp_path, kaggle_root, name="seeds"))
     proposals = []
@@ -153,7 +155,7 @@ def test_workers_sample_with_their_own_seed(tmp_path, kaggle_root):
 
 
 def test_a_dead_worker_is_reported_and_its_trial_failed(tmp_path, kaggle_root, capsys):
-    from deepfake_lightning.sweep import _worker_died
+    from deepfake_lightning.sweep.workers import _worker_died
 
     spec = load_sweep(_sweep_file(tmp_path, kaggle_root, name="dead"))
     study = optuna.create_study(study_name="dead", storage=f"sqlite:///{tmp_path / 'dead.db'}")
@@ -170,7 +172,7 @@ def test_trial_table_puts_pruned_trials_after_complete_ones(tmp_path, kaggle_roo
     from optuna.distributions import FloatDistribution
     from optuna.trial import TrialState, create_trial
 
-    from deepfake_lightning.sweep import write_outputs
+    from deepfake_lightning.sweep.outputs import write_outputs
 
     spec = load_sweep(
         _sweep_file(
@@ -271,6 +273,7 @@ def test_bad_ranges_are_named(tmp_path, kaggle_root, dim, message):
         load_sweep(path)
 
 
+@pytest.mark.slow
 def test_two_workers_on_postgresql_share_one_study_exactly(tmp_path, kaggle_root, postgres_url):
     path = _sweep_file(tmp_path, kaggle_root, name="pg", n_trials=4, storage=postgres_url)
     workers = [
@@ -289,6 +292,7 @@ def test_two_workers_on_postgresql_share_one_study_exactly(tmp_path, kaggle_root
     assert sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials) == 4
 
 
+@pytest.mark.slow
 def test_a_killed_worker_leaves_no_zombie_trial(tmp_path, kaggle_root):
     """With heartbeats on, a worker killed mid-trial leaves a RUNNING trial without heartbeat; the next worker
     marks it failed and retries its parameters, so the study ends with no RUNNING trial."""
@@ -330,6 +334,7 @@ def test_a_killed_worker_leaves_no_zombie_trial(tmp_path, kaggle_root):
     assert study.trials[1].params == study.trials[0].params  # the failed trial's parameters were retried
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["SIGTERM", "SIGKILL"])
 def test_workers_end_with_their_parent(tmp_path, kaggle_root, how):
     """Killing `deepfake sweep --workers 2` (politely, or with SIGKILL) leaves no worker process running."""
@@ -374,7 +379,7 @@ def test_workers_end_with_their_parent(tmp_path, kaggle_root, how):
 
 
 def test_storage_urls_are_printed_without_their_password():
-    from deepfake_lightning.sweep import redact_url
+    from deepfake_lightning.sweep.study import redact_url
 
     assert (
         redact_url("postgresql+psycopg2://user:s3cr:et@dbhost:5432/optuna")
@@ -384,7 +389,7 @@ def test_storage_urls_are_printed_without_their_password():
 
 
 def test_backbone_comparison_lists_complete_trials_with_whole_images_per_second(tmp_path):
-    from deepfake_lightning.sweep import write_comparison
+    from deepfake_lightning.sweep.outputs import write_comparison
 
     table = pd.DataFrame(
         {

@@ -17,7 +17,8 @@ import torch
 import yaml
 
 from deepfake_lightning.api import newest_checkpoint
-from deepfake_lightning.cli import cli_main, export_main, main
+from deepfake_lightning.cli import cli_main, main
+from deepfake_lightning.export.command import export_main
 from tests.conftest import CONFIGS
 
 FAST = ["--data.num_workers=0", "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
@@ -306,6 +307,7 @@ def test_calibrate_and_platt_are_quiet(demo_run, demo_root, tmp_path, monkeypatc
         )
 
 
+@pytest.mark.slow
 def test_results_are_printed_after_the_progress_bar_closes(demo_run, demo_root, tmp_path):
     out = subprocess.run(
         [
@@ -390,6 +392,7 @@ def _env() -> dict:
     return {k: v for k, v in os.environ.items() if not k.startswith("PYTEST")}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "argv",
     [
@@ -443,3 +446,144 @@ def test_validate_prints_one_line_saying_where_it_wrote(demo_run, demo_root, tmp
     lines = [line for line in _logged(console).splitlines() if line.startswith("Validation (160 images): AUROC")]
     assert len(lines) == 1 and f"AUROC {metrics['val/auroc']:.4f}" in lines[0] and str(run / "metrics.json") in lines[0]
     assert "Validate metric" not in capsys.readouterr().out  # not Lightning's wide table of raw floats
+
+
+# --------------------------------------------------------------------------- a new user's walkthrough (issue 23)
+def _one_error(capsys, argv: list[str]) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[0].startswith("deepfake: error: ") and len(err) <= 2, err  # the line, and where --help is
+    return err[0]
+
+
+def test_resuming_the_newest_run_of_another_backbone_names_both(demo_run, kaggle_root, tmp_path, capsys, monkeypatch):
+    """`fit --config configs/convnext.yaml --ckpt_path last` while the newest run is a test_resnet one: one line, not
+    a traceback listing hundreds of missing state-dict keys."""
+    run = tmp_path / "lightning_logs" / "version_9" / "checkpoints"
+    run.mkdir(parents=True)
+    (run / "last.ckpt").write_bytes((demo_run / "checkpoints" / "last.ckpt").read_bytes())
+    monkeypatch.chdir(tmp_path)
+    line = _one_error(
+        capsys, ["fit", "--config", str(CONFIGS / "convnext.yaml"), f"--data.root={kaggle_root}", "--ckpt_path", "last"]
+    )
+    assert "is a test_resnet model, but this run configures convnext_tiny" in line
+    assert "lightning_logs/version_9" in line
+    assert sorted(p.name for p in (tmp_path / "lightning_logs").iterdir()) == ["version_9"]  # nothing started
+
+
+def test_an_explicit_checkpoint_of_another_backbone_says_its_backbone_is_used(demo_run, demo_root, tmp_path, console):
+    ckpt = tmp_path / "resnet.ckpt"
+    ckpt.write_bytes((demo_run / "checkpoints" / "last.ckpt").read_bytes())
+    cli = cli_main(
+        [
+            "fit",
+            "--config",
+            str(CONFIGS / "convnext.yaml"),
+            f"--data.root={demo_root}",
+            "--data.img_size=64",
+            "--data.batch_size=64",
+            f"--trainer.default_root_dir={tmp_path}",
+            "--trainer.max_epochs=9",
+            "--trainer.limit_train_batches=2",
+            "--trainer.limit_val_batches=2",
+            "--trainer.precision=32-true",
+            *FAST,
+            "--ckpt_path",
+            str(ckpt),
+        ]
+    )
+    assert cli.model.hparams.backbone == "test_resnet" and cli.trainer.current_epoch == 9
+    said = [line for line in _logged(console).splitlines() if "its backbone is used" in line]
+    assert said == [
+        f"--ckpt_path {ckpt} is a test_resnet model: its backbone is used instead of the configured convnext_tiny"
+    ]
+
+
+def test_a_typo_in_a_config_file_names_the_file_and_the_key(tmp_path, capsys):
+    config = tmp_path / "mine.yaml"
+    config.write_text("data:\n  img_sise: 64\n")
+    line = _one_error(capsys, ["fit", "--config", str(CONFIGS / "demo.yaml"), "--config", str(config)])
+    assert line.startswith(f"deepfake: error: {config}: ") and "'data.img_sise'" in line
+    assert line.endswith("(did you mean --data.img_size?)")
+
+
+def test_offline_pretrained_weights_fail_at_once_naming_hf_hub_offline(monkeypatch):
+    """Without HF_HUB_OFFLINE the hub client retried for ~45 s before its error; now one connection attempt."""
+    import socket
+
+    import timm
+    from huggingface_hub import constants
+
+    from deepfake_lightning.errors import PretrainedWeightsUnavailable
+    from deepfake_lightning.models.backbones import create_backbone
+
+    attempts = []
+
+    def unreachable(address, timeout=None):
+        attempts.append((address, timeout))
+        raise socket.gaierror(-2, "Name or service not known")
+
+    def no_download(*args, **kwargs):
+        raise AssertionError("timm was asked to download")
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(socket, "create_connection", unreachable)
+    monkeypatch.setattr(timm, "create_model", no_download)
+    with pytest.raises(PretrainedWeightsUnavailable) as error:
+        create_backbone("resnet18", pretrained=True)
+    assert "HF_HUB_OFFLINE=1" in str(error.value) and "Name or service not known" in str(error.value)
+    assert attempts == [(("huggingface.co", 443), 3.0)]
+
+
+def test_ctrl_c_in_fit_says_where_the_checkpoint_is_and_how_to_resume(kaggle_root, tmp_path, console):
+    import signal
+
+    handler = signal.getsignal(signal.SIGINT)
+    try:
+        with pytest.raises(SystemExit):  # Lightning's graceful shutdown exits with status 1
+            cli_main(
+                [
+                    "fit",
+                    f"--data.root={kaggle_root}",
+                    "--model.backbone=test_resnet",
+                    "--model.pretrained=false",
+                    "--data.img_size=32",
+                    "--data.batch_size=8",
+                    "--trainer.max_epochs=3",
+                    f"--trainer.default_root_dir={tmp_path}",
+                    *FAST,
+                    '--trainer.callbacks=[{"class_path": "tests.test_user_paths.CtrlCAtEpoch1"}]',
+                ]
+            )
+    finally:
+        signal.signal(signal.SIGINT, handler)  # Lightning ignores further Ctrl+C while it shuts down
+    last = tmp_path / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
+    said = [line for line in _logged(console).splitlines() if line.startswith("Interrupted.")]
+    assert said == [
+        f"Interrupted. The latest checkpoint is {last}: resume this run with the same command plus "
+        f"--ckpt_path last (or --ckpt_path {last})"
+    ]
+    assert last.is_file()
+
+
+class CtrlCAtEpoch1(__import__("lightning").Callback):
+    """Presses Ctrl+C (raises KeyboardInterrupt) in the second epoch, after epoch 0's checkpoint."""
+
+    def on_train_batch_end(self, trainer, *args):
+        if trainer.current_epoch == 1:
+            raise KeyboardInterrupt
+
+
+def test_predicting_files_with_an_export_needs_no_training_data(export_dir, demo_root, tmp_path, monkeypatch):
+    """In a folder holding only the export and a photo (no data/ at all), as the README's predict example runs."""
+    import shutil
+
+    shutil.copytree(export_dir, tmp_path / "models" / "demo_v1")
+    shutil.copy(demo_root / pd.read_csv(demo_root / "test_v1.csv")["id"][0], tmp_path / "photo.jpg")
+    monkeypatch.chdir(tmp_path)
+    cli = cli_main(["predict", "--ckpt_path", "models/demo_v1", "--data.predict_paths", "[photo.jpg]", *FAST])
+    table = pd.read_csv(Path(cli.trainer.log_dir) / "predictions" / "files.csv")
+    assert table["id"].tolist() == ["photo.jpg"] and table["prob_ai"].between(0, 1).all()
+    assert not (tmp_path / "data").exists()

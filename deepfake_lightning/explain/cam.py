@@ -10,7 +10,7 @@ Plotting lives in :func:`overlay` and :func:`cam_grid`, apart from the maps.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -317,11 +317,12 @@ def explain_files(detector, files: list[Path], out_dir: str | Path, batch_size: 
             rgb = denormalize(images, detector.mean, detector.std)
             for i, f in enumerate(batch_files):
                 prob = float(result.probs[i])
-                single = CamResult(
-                    result.cam[i : i + 1],
-                    {k: v[i : i + 1] for k, v in result.per_layer.items()},
-                    result.logits[i : i + 1],
-                    result.probs[i : i + 1],
+                single = replace(
+                    result,
+                    cam=result.cam[i : i + 1],
+                    per_layer={k: v[i : i + 1] for k, v in result.per_layer.items()},
+                    logits=result.logits[i : i + 1],
+                    probs=result.probs[i : i + 1],
                 )
                 fig = cam_grid(rgb[i : i + 1], single, threshold=detector.threshold, columns=1, per_layer=True)
                 fig.axes[0].set_title(f"{f.name}\n{fig.axes[0].get_title()}", fontsize=7)

@@ -88,6 +88,7 @@ def _plots(study: optuna.Study, out: Path) -> dict[str, Path]:
             try:
                 ax = getattr(optuna.visualization.matplotlib, fn)(study)
                 fig = ax.figure if hasattr(ax, "figure") else np.ravel(ax)[0].figure
+                _readable_colours(fig)
                 fig.savefig(out / f"{name}.png", dpi=100, bbox_inches="tight")
                 plt.close(fig)
                 written[f"{name}_png"] = out / f"{name}.png"
@@ -126,3 +127,16 @@ def _markdown(df: pd.DataFrame) -> str:
     lines = ["| " + " | ".join(df.columns) + " |", "|" + "---|" * len(df.columns)]
     lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in df.itertuples(index=False)]
     return "\n".join(lines) + "\n"
+
+
+def _readable_colours(fig) -> None:
+    """Optuna draws its parallel-coordinate lines in "Blues" on ggplot's grey, where low-scoring trials are
+    near-white and vanish: the lines get viridis (dark to bright, every value visible) on white axes."""
+    from matplotlib.collections import LineCollection
+
+    for ax in fig.axes:
+        ax.set_facecolor("white")
+    for lines in fig.findobj(LineCollection):
+        lines.set_cmap("viridis")
+        if lines.colorbar is not None:
+            lines.colorbar.update_normal(lines)
