@@ -52,6 +52,7 @@ def test_fast_dev_run_every_config(config, kaggle_root, demo_root, tmp_path):
     assert cli.model.hparams.backbone == expected
 
 
+@pytest.mark.slow  # fit then test, end to end, per config
 @pytest.mark.parametrize("config", ["demo.yaml", "convnext.yaml"])
 def test_output_contract(config, kaggle_root, demo_root, tmp_path):
     root = demo_root if config == "demo.yaml" else kaggle_root

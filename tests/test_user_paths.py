@@ -587,3 +587,12 @@ def test_predicting_files_with_an_export_needs_no_training_data(export_dir, demo
     table = pd.read_csv(Path(cli.trainer.log_dir) / "predictions" / "files.csv")
     assert table["id"].tolist() == ["photo.jpg"] and table["prob_ai"].between(0, 1).all()
     assert not (tmp_path / "data").exists()
+
+
+def test_calibrating_an_export_folder_says_what_to_do(export_dir, capsys):
+    """It said "no such file" for a folder that exists."""
+    line = _one_error(capsys, ["calibrate", "--config", str(CONFIGS / "demo.yaml"), "--ckpt_path", str(export_dir)])
+    assert line == (
+        f"deepfake: error: --ckpt_path {export_dir} is an export folder, a published model that is not changed: "
+        "calibrate the checkpoint it was exported from, then export it again"
+    )
