@@ -20,7 +20,7 @@ def _best(run):
 
 def test_fit_stores_temperature_and_threshold_in_the_checkpoints(demo_run):
     for path in (_best(demo_run), demo_run / "checkpoints" / "last.ckpt"):
-        state = torch.load(path, map_location="cpu", weights_only=False)["calibration"]
+        state = torch.load(path, map_location="cpu", weights_only=True)["calibration"]
         assert state["calibrator"]["method"] == "temperature" and state["calibrator"]["temperature"] > 0
         assert 0.0 < state["threshold"] < 1.0 and state["criterion"] == "f1"
         assert state["val_after"]["nll"] <= state["val_before"]["nll"]
@@ -93,7 +93,7 @@ def test_calibrate_command_writes_a_calibrated_copy(demo_run, demo_root, tmp_pat
         ]
     )
     assert src.read_bytes() == before  # the original is untouched
-    saved = torch.load(out, map_location="cpu", weights_only=False)["calibration"]
+    saved = torch.load(out, map_location="cpu", weights_only=True)["calibration"]
     assert saved["calibrator"]["method"] == "platt" and saved["criterion"] == "youden"
     assert saved["threshold"] == pytest.approx(state.threshold)
     assert "Calibrated" in capsys.readouterr().out
@@ -114,7 +114,7 @@ def test_failed_calibration_warns_and_keeps_the_trained_checkpoint(kaggle_root, 
         cli = cli_main(_tiny_fit(kaggle_root, tmp_path))
     assert cli.model.calibration is None and cli.model.threshold == 0.5
     last = tmp_path / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
-    assert "calibration" not in torch.load(last, map_location="cpu", weights_only=False)
+    assert "calibration" not in torch.load(last, map_location="cpu", weights_only=True)
 
 
 def test_the_result_line_says_which_checkpoint_it_calibrated_when_another_failed(
@@ -137,8 +137,8 @@ def test_the_result_line_says_which_checkpoint_it_calibrated_when_another_failed
         cli_main(_tiny_fit(kaggle_root, tmp_path))
     checkpoints = tmp_path / "lightning_logs" / "version_0" / "checkpoints"
     best = next(checkpoints.glob("best-*.ckpt"))
-    assert "calibration" in torch.load(best, map_location="cpu", weights_only=False)
-    assert "calibration" not in torch.load(checkpoints / "last.ckpt", map_location="cpu", weights_only=False)
+    assert "calibration" in torch.load(best, map_location="cpu", weights_only=True)
+    assert "calibration" not in torch.load(checkpoints / "last.ckpt", map_location="cpu", weights_only=True)
     lines = [line for line in console.getvalue().splitlines() if line.startswith("Calibration (temperature)")]
     assert len(lines) == 1 and lines[0].endswith(f"(for {best.name}; last.ckpt left uncalibrated)")
 

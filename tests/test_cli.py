@@ -209,7 +209,7 @@ def test_ddp_on_two_cpu_processes_matches_a_single_process_evaluation(kaggle_roo
     assert [p.name for p in (tmp_path / "lightning_logs").iterdir()] == ["version_0"]
     run = tmp_path / "lightning_logs" / "version_0"
     assert (pd.read_csv(run / "split.csv")["split"] == "val").sum() == 5
-    ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert ckpt["calibration"]["calibrator"]["method"] == "temperature"
     assert len(ckpt["calibration"]["val_probs"]) == 5  # calibrated on both ranks' validation logits
     metrics = json.loads((run / "metrics.json").read_text())

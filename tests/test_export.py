@@ -37,7 +37,7 @@ def _refuse_unpickling(monkeypatch):
 def test_export_loads_without_unpickling_and_predicts_the_same(demo_run, demo_root, tmp_path, monkeypatch):
     ckpt = next((demo_run / "checkpoints").glob("best-*.ckpt"))
     out = export_main(["--ckpt_path", str(ckpt), "--out", str(tmp_path / "export")])
-    raw = torch.load(ckpt, map_location="cpu", weights_only=False)
+    raw = torch.load(ckpt, map_location="cpu", weights_only=True)
     config = json.loads((out / "detector.json").read_text())
     assert config["backbone"] == "test_resnet" and config["package_version"] == __version__
     assert (config["img_size"], config["mode"]) == (64, "crop")

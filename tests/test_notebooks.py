@@ -43,7 +43,7 @@ def test_explore_checkpoint_notebook(source, demo_run, demo_root, tmp_path, monk
     if source == "export":  # a `deepfake export` directory works the same (no pickle involved)
         ckpt = export_main(["--ckpt_path", str(ckpt), "--out", str(tmp_path / "export")])
     if source == "uncalibrated":  # e.g. trained with --calibration.method none, or a failed calibration
-        raw = torch.load(ckpt, map_location="cpu", weights_only=False)
+        raw = torch.load(ckpt, map_location="cpu", weights_only=True)
         del raw["calibration"]
         ckpt = tmp_path / "uncalibrated.ckpt"
         torch.save(raw, ckpt)

@@ -150,7 +150,7 @@ def test_export_writes_a_model_card_that_matches_the_checkpoint(tested_copy, tmp
 
 
 def test_older_checkpoints_without_provenance_read_as_unknown(demo_run, tmp_path):
-    raw = torch.load(demo_run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    raw = torch.load(demo_run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     del raw["provenance"]
     raw["datamodule_hyper_parameters"]["demo"] = False  # nothing says what it was trained on
     old = tmp_path / "old.ckpt"

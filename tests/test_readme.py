@@ -300,7 +300,7 @@ def test_readme_commands_ran_what_they_said(readme, project):
         for p in (project / "lightning_logs" / "version_0" / "eval").glob("test_*/config.yaml")
     ]
     assert any(c["model"]["tta_flip"] is True and c["data"]["eval_views"] == 5 for c in configs)
-    calibrated = torch.load(project / "calibrated.ckpt", map_location="cpu", weights_only=False)["calibration"]
+    calibrated = torch.load(project / "calibrated.ckpt", map_location="cpu", weights_only=True)["calibration"]
     assert calibrated["calibrator"]["method"] == "platt"
     card = read_card_metadata(project / "models" / "demo_card" / "README.md")  # test results, then the export
     assert {"validation", "val", "test_v1", "test_v2"} <= {

@@ -85,7 +85,7 @@ def test_sigkill_mid_epoch_then_resume_with_ckpt_path_last(demo_root, tmp_path):
     assert cli.trainer.current_epoch == 3  # three epochs in total, not three more
     assert sorted(p.name for p in run.parent.iterdir()) == ["version_0"]  # continued in the same run directory
     assert cli.datamodule.hparams.split_file == str(run / "split.csv")
-    final = torch.load(last, map_location="cpu", weights_only=False)
+    final = torch.load(last, map_location="cpu", weights_only=True)
     assert final["global_step"] == 3 * steps_per_epoch and final["epoch"] == 2
     assert len(scalars(run, ["val/auroc"])) == 3  # one validation per epoch, none repeated or lost
 
@@ -114,6 +114,6 @@ def test_non_finite_loss_keeps_the_last_good_checkpoint(demo_root, tmp_path):
     with pytest.raises(FloatingPointError, match=r"non-finite training loss \(nan\) at global step 4: lower") as e:
         cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     assert f"the last good checkpoint is kept: {run / 'checkpoints' / 'last.ckpt'}" in str(e.value)
-    good = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    good = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert good["global_step"] == 2  # step 4's weights were not finite: not written over it
     assert all(torch.isfinite(v).all() for v in good["state_dict"].values() if v.is_floating_point())

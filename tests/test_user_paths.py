@@ -187,7 +187,7 @@ def test_fit_with_tta_flip_and_five_views_validates_and_calibrates_as_it_tests(d
     cli = _run("fit", demo_root, tmp_path, *TINY_FIT, "--model.tta_flip=true", "--data.eval_views=5")
     run = Path(cli.trainer.log_dir)
     assert yaml.safe_load((run / "config.yaml").read_text())["model"]["tta_flip"] is True
-    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["hyper_parameters"]["tta_flip"] is True
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["hyper_parameters"]["tta_flip"] is True
     assert cli.model.calibration.val_probs.shape == (160,)  # every validation image, five views each
 
 
