@@ -68,6 +68,8 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu", metadata
         raise FileNotFoundError(f"no such checkpoint file or export folder: {str(path)!r}")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True, mmap=metadata_only)
+    except OSError as e:  # the file system's answer (permissions, I/O), not the file's content
+        raise CheckpointError(f"{path}: cannot be read ({e.strerror or e})") from None
     except Exception as e:  # garbage makes the unpickler raise almost anything (KeyError, EOFError, RuntimeError...)
         raise CheckpointError(f"{path}: {_refusal(e)}") from None
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:

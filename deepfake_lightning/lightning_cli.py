@@ -204,10 +204,11 @@ class DeepfakeCLI(LightningCLI):
         from jsonargparse import Namespace
 
         if isinstance(args, (dict, Namespace)):
+            DeepfakeArgumentParser.argv = []
             self.config, argv = parser.parse_object(args), []
         else:
             argv = list(sys.argv[1:] if args is None else args)
-            DeepfakeArgumentParser.argv = argv
+            DeepfakeArgumentParser.argv = argv  # for naming the config file of an unknown key
             self.config = parser.parse_args(argv)
         section = self.config.get(self.config.get("subcommand") or "", self.config)
         self._given = {k: copy.deepcopy(section.get(k)) for k in command_line_keys(argv) if k in section}
