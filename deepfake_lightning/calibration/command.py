@@ -5,6 +5,10 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from deepfake_lightning.calibration.state import CalibrationState
 
 
 def calibrate_parser() -> argparse.ArgumentParser:
@@ -19,7 +23,7 @@ def calibrate_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def calibrate_main(args: list[str]):
+def calibrate_main(args: list[str]) -> CalibrationState:
     """``deepfake calibrate --config C --ckpt_path P [--out P2] [--calibration.method ...] [--data.split_file ...]``:
     fits the calibrator and threshold of an existing checkpoint on the config's validation split and writes
     them into the checkpoint (or a copy at ``--out``). Returns the calibration state."""
