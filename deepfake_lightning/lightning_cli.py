@@ -34,7 +34,8 @@ from deepfake_lightning.callbacks.run_summary import FitSummary
 from deepfake_lightning.checkpoints import is_export, load_checkpoint, stored_settings
 from deepfake_lightning.data import DeepfakeDataModule
 from deepfake_lightning.data.datamodule import check_data_root
-from deepfake_lightning.errors import ConfigError
+from deepfake_lightning.data.dataset import expand_inputs
+from deepfake_lightning.errors import ConfigError, DataError
 from deepfake_lightning.export.folder import load_weights
 from deepfake_lightning.models import DeepfakeClassifier
 
@@ -237,6 +238,9 @@ class DeepfakeCLI(LightningCLI):
             # Read with weights_only (checkpoints.py): a crafted checkpoint is refused here, before anything runs.
             self._apply_stored_settings(cfg, stored_settings(ckpt_path))
         files_only = self.subcommand == "predict" and cfg.data.predict_paths  # needs no training data
+        # A missing file is an error now, before an evaluation folder is made for a run that cannot happen.
+        if files_only and not expand_inputs(cfg.data.predict_paths):
+            raise DataError(f"data.predict_paths {cfg.data.predict_paths} holds no files")
         if not cfg.data.demo and not files_only:
             # Fail before the model is built (and ImageNet weights fetched) when the data is not there.
             check_data_root(cfg.data.root, cfg.data.train_csv)

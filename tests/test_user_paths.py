@@ -596,3 +596,11 @@ def test_calibrating_an_export_folder_says_what_to_do(export_dir, capsys):
         f"deepfake: error: --ckpt_path {export_dir} is an export folder, a published model that is not changed: "
         "calibrate the checkpoint it was exported from, then export it again"
     )
+
+
+def test_predicting_a_missing_file_writes_nothing(export_dir, tmp_path, capsys, monkeypatch):
+    """It said so, but left an evaluation folder behind (config.yaml, TensorBoard events), so the next run was _v1."""
+    monkeypatch.chdir(tmp_path)
+    line = _one_error(capsys, ["predict", "--ckpt_path", str(export_dir), "--data.predict_paths", "[nope.jpg]"])
+    assert line == "deepfake: error: no such file or directory: nope.jpg"
+    assert list(tmp_path.iterdir()) == []

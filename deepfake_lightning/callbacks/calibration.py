@@ -113,8 +113,9 @@ class Calibration(PrintsResults):
             f"Calibration ({self.method}): val ECE {state.val_before['ece']:.4f} -> {state.val_after['ece']:.4f}, "
             f"NLL {state.val_before['nll']:.4f} -> {state.val_after['nll']:.4f}; "
             f"threshold ({self.threshold}) {state.threshold:.4f}"
-            # which weights these figures are for, when the warning above says another checkpoint failed
-            + (f" (for {Path(paths[-1]).name}; {', '.join(failed)} left uncalibrated)" if failed else "")
+            # which weights these figures are for (the best checkpoint; the others get the same calibration)
+            + (f" (for {Path(paths[-1]).name}" if paths else "")
+            + (f"; {', '.join(failed)} left uncalibrated)" if failed else ")" if paths else "")
         )
         log_dir = trainer.log_dir  # a broadcast under DDP: every rank must ask
         if not trainer.is_global_zero or log_dir is None:

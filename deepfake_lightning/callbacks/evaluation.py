@@ -180,8 +180,10 @@ class EvaluationReport(PrintsResults):
         fig = plot_robustness(table)
         fig.suptitle(f"Robustness on {split}", y=1.02)
         publish_figure(trainer, fig, run / "robustness.png", "evaluation/robustness", bbox_inches="tight")
+        # levels as given (JPEG quality 100, scale 0.75), the metrics to 4 decimals
+        shown = table.assign(level=table["level"].map(lambda v: f"{v:g}"))
         self.print_result(
-            f"\nRobustness on {split}:\n{table.to_string(index=False, float_format=lambda v: f'{v:.4f}')}"
+            f"\nRobustness on {split}:\n{shown.to_string(index=False, float_format=lambda v: f'{v:.4f}')}"
         )
         return str(run / "robustness.csv")
 
@@ -228,7 +230,8 @@ class PredictionWriter(BasePredictionWriter, PrintsResults):
         self.written = written
         predicted = {ids[j] for j in index}
         skipped = [i for i in ids if i not in predicted] if len(index) < len(ids) else []
-        lines = [f"Predictions for {split} ({len(index)} images, threshold {threshold:.4f}): {written['predictions']}"]
+        images = f"{len(index)} image{'' if len(index) == 1 else 's'}"
+        lines = [f"Predictions for {split} ({images}, threshold {threshold:.4f}): {written['predictions']}"]
         if "submission" in written:
             lines.append(f"Kaggle submission: {written['submission']}")
         if split == "files" and outside_demo_data(getattr(pl_module, "facts", None), [ids[i] for i in index]):

@@ -256,7 +256,11 @@ def cam_grid(
     n = len(rgb)
     columns = max(1, min(columns, n))
     rows = math.ceil(n / columns)
-    fig, axes = plt.subplots(rows, columns * panels, figsize=(1.9 * columns * panels, 2.2 * rows), squeeze=False)
+    # Constrained layout gives every title (two lines, three with a file name) its own room: tight_layout let the
+    # second row's titles run over the first row's images.
+    fig, axes = plt.subplots(
+        rows, columns * panels, figsize=(2.2 * columns * panels, 2.7 * rows), squeeze=False, layout="constrained"
+    )
     for ax in axes.flat:
         ax.axis("off")
     for i in range(n):
@@ -268,16 +272,20 @@ def cam_grid(
             truth = "AI" if int(labels[i]) == 1 else "human"
             title = f"true {truth}\n{title}" + ("" if truth == pred else "  (wrong)")
         axes[r, c * panels].imshow(rgb[i])
-        axes[r, c * panels].set_title(title, fontsize=7, color="black" if labels is None or truth == pred else "red")
+        axes[r, c * panels].set_title(title, fontsize=8, color="black" if labels is None or truth == pred else "red")
         for k, (name, m) in enumerate(maps, start=1):
             axes[r, c * panels + k].imshow(overlay(rgb[i], m[i]))
             if i < columns:
-                axes[r, c * panels + k].set_title(name, fontsize=7)
+                axes[r, c * panels + k].set_title(name, fontsize=8)
     if result.method:
         target = "AI-generated" if result.target == "ai" else "human"
-        fig.suptitle(f"{result.method}, explaining the {target} class", fontsize=8)
-    fig.tight_layout()  # after the titles and caption: every title, however many lines, stays inside the figure
+        fig.suptitle(f"{result.method}, explaining the {target} class", fontsize=9)
     return fig
+
+
+def _short(name: str, width: int = 26) -> str:
+    """A file name that fits above a picture: long ones (Kaggle's are 36 characters) keep their start and end."""
+    return name if len(name) <= width else f"{name[: width // 2 - 1]}…{name[-(width - width // 2):]}"
 
 
 def explain_files(detector, files: list[Path], out_dir: str | Path, batch_size: int = 16, **explainer_args):
@@ -325,8 +333,7 @@ def explain_files(detector, files: list[Path], out_dir: str | Path, batch_size: 
                     probs=result.probs[i : i + 1],
                 )
                 fig = cam_grid(rgb[i : i + 1], single, threshold=detector.threshold, columns=1, per_layer=True)
-                fig.axes[0].set_title(f"{f.name}\n{fig.axes[0].get_title()}", fontsize=7)
-                fig.tight_layout()
+                fig.axes[0].set_title(f"{_short(f.name)}\n{fig.axes[0].get_title()}", fontsize=8)
                 name = f.stem
                 while name in used_names:  # same stem in two folders
                     name += "_"

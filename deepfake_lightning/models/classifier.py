@@ -206,11 +206,13 @@ class DeepfakeClassifier(L.LightningModule):
                 "lower model.optimizer.init_args.lr, or train in 32-true precision"
             )
         self.train_metrics.update(logits.sigmoid(), labels)
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(labels))
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(labels), sync_dist=True)
         return loss
 
     def on_train_epoch_end(self) -> None:
-        self.log_dict({f"train/{k}": v for k, v in self.train_metrics.compute().items()})
+        # torchmetrics' compute() has synchronised these across processes already; sync_dist=True says so to
+        # Lightning, which otherwise warns once per metric under DDP (averaging equal values changes nothing).
+        self.log_dict({f"train/{k}": v for k, v in self.train_metrics.compute().items()}, sync_dist=True)
         self.train_metrics.reset()
 
     # ------------------------------------------------------------------ validate
@@ -229,8 +231,8 @@ class DeepfakeClassifier(L.LightningModule):
         if self.val_metrics["acc"].update_count == 0:  # sanity check with every image skipped
             return
         values = flatten_metrics(self.val_metrics.compute(), "val")
-        self.log("val/auroc", values.pop("val/auroc"), prog_bar=True)
-        self.log_dict(values)
+        self.log("val/auroc", values.pop("val/auroc"), prog_bar=True, sync_dist=True)  # synchronised: see above
+        self.log_dict(values, sync_dist=True)
         self.val_metrics.reset()
 
     # ------------------------------------------------------------------ test
@@ -264,7 +266,7 @@ class DeepfakeClassifier(L.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         for name, metrics in self.test_metrics.items():
-            self.log_dict(flatten_metrics(metrics.compute(), f"test/{name}"), add_dataloader_idx=False)
+            self.log_dict(flatten_metrics(metrics.compute(), f"test/{name}"), add_dataloader_idx=False, sync_dist=True)
             metrics.reset()
 
     # ------------------------------------------------------------------ predict
