@@ -583,10 +583,13 @@ def test_predicting_files_with_an_export_needs_no_training_data(export_dir, demo
     shutil.copytree(export_dir, tmp_path / "models" / "demo_v1")
     shutil.copy(demo_root / pd.read_csv(demo_root / "test_v1.csv")["id"][0], tmp_path / "photo.jpg")
     monkeypatch.chdir(tmp_path)
-    cli = cli_main(["predict", "--ckpt_path", "models/demo_v1", "--data.predict_paths", "[photo.jpg]", *FAST])
-    table = pd.read_csv(Path(cli.trainer.log_dir) / "predictions" / "files.csv")
-    assert table["id"].tolist() == ["photo.jpg"] and table["prob_ai"].between(0, 1).all()
-    assert not (tmp_path / "data").exists()
+    for config in ([], ["--config", str(CONFIGS / "demo.yaml")]):  # with the demo config: no demo data built
+        cli = cli_main(
+            ["predict", *config, "--ckpt_path", "models/demo_v1", "--data.predict_paths", "[photo.jpg]", *FAST]
+        )
+        table = pd.read_csv(Path(cli.trainer.log_dir) / "predictions" / "files.csv")
+        assert table["id"].tolist() == ["photo.jpg"] and table["prob_ai"].between(0, 1).all()
+        assert not (tmp_path / "data").exists()
 
 
 def test_calibrating_an_export_folder_says_what_to_do(export_dir, capsys):

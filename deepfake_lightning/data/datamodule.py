@@ -146,6 +146,8 @@ class DeepfakeDataModule(L.LightningDataModule):
     # ---------------------------------------------------------------- setup
     def prepare_data(self) -> None:
         # Runs once per node before setup: the only place that writes into the data root.
+        if self.trainer is not None and self.trainer.predicting and self.hparams.predict_paths:
+            return  # predicting files needs no training data, demo or cached
         if self.hparams.demo and not demo_is_built(self.root, DemoSpec(seed=self.hparams.demo_seed)):
             rank_zero_info(f"Building the demo dataset in {self.root} (once; later runs reuse it)")
             build_demo_dataset(self.root, DemoSpec(seed=self.hparams.demo_seed))

@@ -285,7 +285,7 @@ def cam_grid(
 
 def _short(name: str, width: int = 26) -> str:
     """A file name that fits above a picture: long ones (Kaggle's are 36 characters) keep their start and end."""
-    return name if len(name) <= width else f"{name[: width // 2 - 1]}…{name[-(width - width // 2):]}"
+    return name if len(name) <= width else f"{name[: width // 2 - 1]}…{name[-(width - width // 2) :]}"
 
 
 def explain_files(detector, files: list[Path], out_dir: str | Path, batch_size: int = 16, **explainer_args):
