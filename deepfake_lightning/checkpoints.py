@@ -24,10 +24,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from lightning.fabric.plugins import TorchCheckpointIO
 
 from deepfake_lightning.errors import CheckpointError, ExportError
-from deepfake_lightning.files import atomic_path
+from deepfake_lightning.files import AtomicCheckpointIO, atomic_path
 
 # An export folder (see export/folder.py): its settings file, and the format that file declares.
 CONFIG_FILE = "detector.json"
@@ -138,14 +137,9 @@ def export_calibration(config: dict) -> dict | None:
     return None if calibration is None else {**calibration, "threshold": config["threshold"]}
 
 
-class SafeCheckpointIO(TorchCheckpointIO):
-    """Lightning's ``torch.save`` / ``torch.load`` checkpoint plugin: reads with :func:`load_checkpoint` (plain values
-    and tensors only, one clear error otherwise) and writes through :func:`~deepfake_lightning.files.atomic_path`
-    (a kill mid-write keeps the previous file)."""
-
-    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
-        with atomic_path(path) as tmp:
-            super().save_checkpoint(checkpoint, tmp, storage_options)
+class SafeCheckpointIO(AtomicCheckpointIO):
+    """Lightning's checkpoint plugin: reads with :func:`load_checkpoint` (plain values and tensors only, one clear
+    error otherwise) and writes atomically (``files.AtomicCheckpointIO``: a kill mid-write keeps the previous file)."""
 
     def load_checkpoint(self, path, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
         return load_checkpoint(path, map_location=map_location)

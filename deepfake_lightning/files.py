@@ -8,6 +8,9 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
+
+from lightning.fabric.plugins import TorchCheckpointIO
 
 
 @contextmanager
@@ -47,3 +50,13 @@ def file_sha256(path: str | os.PathLike) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's ``torch.save`` checkpoint writer, through :func:`atomic_path`. Runs use its subclass
+    ``checkpoints.SafeCheckpointIO``, which also reads safely; this name stays importable because the
+    ``config.yaml`` of runs made before it (which ``deepfake fit --config`` repeats) names it."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
+        with atomic_path(path) as tmp:
+            super().save_checkpoint(checkpoint, tmp, storage_options)

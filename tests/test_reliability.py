@@ -10,6 +10,7 @@ import lightning.fabric.plugins.io.torch_io as torch_io
 import pandas as pd
 import pytest
 import torch
+import yaml
 from lightning.pytorch.callbacks import Callback
 
 from deepfake_lightning.api import scalars
@@ -117,3 +118,18 @@ def test_non_finite_loss_keeps_the_last_good_checkpoint(demo_root, tmp_path):
     good = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert good["global_step"] == 2  # step 4's weights were not finite: not written over it
     assert all(torch.isfinite(v).all() for v in good["state_dict"].values() if v.is_floating_point())
+
+
+def test_the_config_of_an_older_run_still_parses(capsys):
+    """Runs made before SafeCheckpointIO name files.AtomicCheckpointIO in their config.yaml, which `deepfake fit
+    --config RUN/config.yaml` repeats: that class path stays valid (SafeCheckpointIO adds the safe reading)."""
+    from deepfake_lightning.cli import main
+    from deepfake_lightning.files import AtomicCheckpointIO
+
+    assert issubclass(SafeCheckpointIO, AtomicCheckpointIO)
+    plugins = '[{"class_path": "deepfake_lightning.files.AtomicCheckpointIO"}]'
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", "configs/demo.yaml", "--trainer.plugins", plugins, "--print_config"])
+    assert exit_info.value.code in (0, None)
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["trainer"]["plugins"] == [{"class_path": "deepfake_lightning.files.AtomicCheckpointIO"}]
