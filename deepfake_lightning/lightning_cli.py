@@ -99,6 +99,13 @@ class DeepfakeArgumentParser(LightningArgumentParser):
         parser = getattr(ex, "subcommand_parser", None) or self
         prog = parser.prog.replace(" [options]", "")
         message = " ".join(str(message).split())  # jsonargparse wraps and indents its messages
+        bad_class = re.search(r"Problem with given class_path '([^']+)': (.+?)(?: - |$)", message)
+        if bad_class:  # instead of a page listing every Union subtype it tried
+            key = re.search(r'Parser key "([^"]+)"', message)
+            message = (
+                f"{key.group(1) + ': ' if key else ''}class_path '{bad_class.group(1)}' cannot be used "
+                f"({bad_class.group(2).strip()})"
+            )
         hint = ""
         unknown = re.search(r"(?:--|key \"|option ')([A-Za-z_][\w.]*)", message)
         if unknown:

@@ -607,3 +607,13 @@ def test_predicting_a_missing_file_writes_nothing(export_dir, tmp_path, capsys, 
     line = _one_error(capsys, ["predict", "--ckpt_path", str(export_dir), "--data.predict_paths", "[nope.jpg]"])
     assert line == "deepfake: error: no such file or directory: nope.jpg"
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_mistyped_class_path_is_one_short_line(capsys):
+    """jsonargparse listed every Union subtype it had tried: about 2,500 characters on one line."""
+    callbacks = '[{"class_path": "deepfake_lightning.callbacks.GradCamExportt"}]'
+    line = _one_error(capsys, ["fit", "--config", str(CONFIGS / "demo.yaml"), "--trainer.callbacks", callbacks])
+    assert line == (
+        "deepfake: error: trainer.callbacks: class_path 'deepfake_lightning.callbacks.GradCamExportt' cannot be "
+        "used (module 'deepfake_lightning.callbacks' has no attribute 'GradCamExportt')"
+    )
