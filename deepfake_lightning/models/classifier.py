@@ -206,7 +206,9 @@ class DeepfakeClassifier(L.LightningModule):
                 "lower model.optimizer.init_args.lr, or train in 32-true precision"
             )
         self.train_metrics.update(logits.sigmoid(), labels)
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(labels), sync_dist=True)
+        # Not sync_dist: the progress bar (drawn by rank 0 alone) would reduce the epoch value on rank 0 only, and
+        # wait for the other ranks forever (it did). Under DDP the epoch mean is rank 0's; see lightning_warnings.
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(labels))
         return loss
 
     def on_train_epoch_end(self) -> None:
