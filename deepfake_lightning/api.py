@@ -15,7 +15,8 @@ from torchvision.transforms import v2
 from deepfake_lightning.checkpoints import is_export, load_checkpoint, stored_settings
 from deepfake_lightning.data import DeepfakeDataModule
 from deepfake_lightning.data.dataset import collate_skip_bad
-from deepfake_lightning.data.transforms import IMAGENET_MEAN, IMAGENET_STD, create_transform
+from deepfake_lightning.data.tiles import TileTransform
+from deepfake_lightning.data.transforms import IMAGENET_MEAN, IMAGENET_STD, check_eval_views, create_transform
 from deepfake_lightning.export.folder import load_export
 from deepfake_lightning.models import DeepfakeClassifier
 from deepfake_lightning.provenance import ModelFacts
@@ -26,7 +27,9 @@ class Detector:
     """A trained, calibrated model in eval mode with the evaluation transform it was trained with.
 
     ``model.calibrated_probs(logits)`` gives calibrated AI probabilities and ``threshold`` the decision threshold
-    chosen on validation data (0.5 for an uncalibrated checkpoint).
+    chosen on validation data (0.5 for an uncalibrated checkpoint). ``transform`` is the single-view evaluation
+    transform (what Grad-CAM explains); ``verdict_transform`` what the model's verdict is computed on: the same,
+    or with ``eval_views: tiles`` stored in the model (or its calibration) the whole image as tiles.
     """
 
     model: DeepfakeClassifier
@@ -35,10 +38,32 @@ class Detector:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     facts: ModelFacts = field(default_factory=ModelFacts)  # training data, metrics, versions: see provenance.py
+    mode: str = "resize"
+    data: dict = field(default_factory=dict)  # every stored data setting (eval_views, tile_stride, max_tiles...)
 
     @property
     def threshold(self) -> float:
         return self.model.threshold
+
+    @property
+    def tiled(self) -> bool:
+        """Whether this model's verdict scores tiles (``data.eval_views: tiles`` when it was calibrated)."""
+        return self.data.get("eval_views") == "tiles"
+
+    @property
+    def verdict_transform(self):
+        return self.tile_transform() if self.tiled else self.transform
+
+    def tile_transform(self, stride: int | None = None, max_tiles: int | None = None) -> TileTransform:
+        """The whole-image tiling of this model (its stored ``tile_stride`` and ``max_tiles`` unless given).
+
+        Raises:
+            ConfigError: For a ``resize``-mode model, which sees whole images already.
+        """
+        stride = stride or self.data.get("tile_stride")
+        max_tiles = max_tiles or self.data.get("max_tiles", 64)
+        check_eval_views("tiles", self.mode, stride, max_tiles)
+        return TileTransform(self.img_size, stride, max_tiles, self.mean, self.std)
 
 
 def load_detector(ckpt_path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Detector:
@@ -60,10 +85,11 @@ def load_detector(ckpt_path: str | os.PathLike, map_location: str | torch.device
     img_size = int(data.get("img_size", cfg["input_size"][-1]))
     mean = tuple(data.get("mean", cfg.get("mean", IMAGENET_MEAN)))
     std = tuple(data.get("std", cfg.get("std", IMAGENET_STD)))
-    transform = create_transform(img_size, train=False, mode=data.get("mode", "resize"), mean=mean, std=std)
+    mode = data.get("mode", "resize")
+    transform = create_transform(img_size, train=False, mode=mode, mean=mean, std=std)
     facts = model.facts or ModelFacts()
     facts.source = str(ckpt_path)
-    return Detector(model, transform, img_size, mean, std, facts)
+    return Detector(model, transform, img_size, mean, std, facts, mode, data)
 
 
 def training_runs(logs_dir: str | os.PathLike = "lightning_logs") -> list[Path]:
@@ -122,15 +148,22 @@ def datamodule_for(ckpt_path: str | os.PathLike, **overrides) -> DeepfakeDataMod
 
 
 @torch.inference_mode()
-def predict_split(detector: Detector, datamodule: DeepfakeDataModule, split: str, batch_size: int = 64) -> pd.DataFrame:
-    """``id, label, logit, prob_ai`` (calibrated) and ``pred`` (at the detector's threshold) for one split."""
-    loader = DataLoader(datamodule.dataset(split), batch_size=batch_size, collate_fn=collate_skip_bad)
+def predict_split(
+    detector: Detector, datamodule: DeepfakeDataModule, split: str, batch_size: int | None = None
+) -> pd.DataFrame:
+    """``id, label, logit, prob_ai`` (calibrated) and ``pred`` (at the detector's threshold) for one split, with the
+    data module's evaluation views (``n_tiles`` and ``tiles_total`` too when it scores tiles). ``batch_size`` (images)
+    defaults to the data module's."""
+    loader = DataLoader(
+        datamodule.dataset(split), batch_size=batch_size or datamodule.images_per_batch(), collate_fn=collate_skip_bad
+    )
     rows = []
     ids = datamodule.split_ids(split)
+    tiled = datamodule.tiled
     for batch in loader:
         if "image" not in batch:
             continue
-        logits = detector.model.predict_logits(batch["image"].to(detector.model.device))
+        logits = detector.model.predict_logits(batch["image"].to(detector.model.device), n_tiles=batch.get("n_tiles"))
         probs = detector.model.calibrated_probs(logits)
         rows.append(
             pd.DataFrame(
@@ -140,6 +173,7 @@ def predict_split(detector: Detector, datamodule: DeepfakeDataModule, split: str
                     "logit": logits.cpu().numpy(),
                     "prob_ai": probs.cpu().numpy(),
                 }
+                | ({"n_tiles": batch["n_tiles"].numpy(), "tiles_total": batch["tiles_total"].numpy()} if tiled else {})
             )
         )
     table = pd.concat(rows, ignore_index=True)

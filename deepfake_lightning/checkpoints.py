@@ -120,7 +120,11 @@ def stored_settings(source: str | os.PathLike | dict) -> dict[str, dict]:
     else:
         ckpt = load_checkpoint(source, metadata_only=True)
     model = {k: v for k, v in ckpt.get("hyper_parameters", {}).items() if not k.startswith("_")}
-    return {"model": model, "data": dict(ckpt.get("datamodule_hyper_parameters", {}))}
+    data = dict(ckpt.get("datamodule_hyper_parameters", {}))
+    # The evaluation the calibration was fitted on (e.g. tiles, calibrated by `deepfake calibrate` after training)
+    # is the one the model's verdicts use: its calibration and threshold fit only logits computed that way.
+    evaluation = (ckpt.get("calibration") or {}).get("evaluation") or {}
+    return {"model": model | evaluation.get("model", {}), "data": data | evaluation.get("data", {})}
 
 
 def export_settings(config: dict) -> dict[str, dict]:

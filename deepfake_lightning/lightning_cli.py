@@ -41,7 +41,7 @@ from deepfake_lightning.models import DeepfakeClassifier
 
 # Preprocessing that belongs to a trained model: taken from its checkpoint unless the command line says otherwise.
 # The data settings a model keeps: its preprocessing, and the training-row filter its train/val split came from.
-STORED_DATA_KEYS = ("img_size", "mode", "train_query")
+STORED_DATA_KEYS = ("img_size", "mode", "train_query", "eval_views", "tile_stride", "max_tiles")
 EVAL_SUBCOMMANDS = ("validate", "test", "predict")
 LIGHTNING_CKPT_NAMES = (None, "last", "best", "hpc", "registry")  # --ckpt_path values that are not our files
 

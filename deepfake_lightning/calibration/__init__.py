@@ -27,7 +27,7 @@ from deepfake_lightning.calibration.label_shift import (
     joint_confusion,
     label_shift_report,
 )
-from deepfake_lightning.calibration.state import CalibrationState
+from deepfake_lightning.calibration.state import CalibrationState, evaluation_of
 from deepfake_lightning.calibration.thresholds import (
     THRESHOLD_CRITERIA,
     check_criterion,
@@ -38,6 +38,7 @@ from deepfake_lightning.calibration.thresholds import (
 )
 
 __all__ = [
+    "evaluation_of",
     "THRESHOLD_CRITERIA",
     "CalibrationMethod",
     "CalibrationState",

@@ -16,7 +16,8 @@ def calibrate_parser() -> argparse.ArgumentParser:
         prog="deepfake calibrate",
         description="Calibrate an existing checkpoint on the validation split of --config. Any other "
         "--section.key options (e.g. --calibration.method platt, --calibration.threshold youden, "
-        "--data.split_file RUN/split.csv) are read as in `deepfake fit`.",
+        "--data.split_file RUN/split.csv) are read as in `deepfake fit`. --data.eval_views tiles (with "
+        "--model.tile_pooling) calibrates the whole-image tiled verdict, which the model then gives by default.",
     )
     parser.add_argument("--ckpt_path", required=True, help="checkpoint to calibrate")
     parser.add_argument("--out", default=None, help="write a calibrated copy here instead of updating the checkpoint")
@@ -28,7 +29,8 @@ def calibrate_main(args: list[str]) -> CalibrationState:
     fits the calibrator and threshold of an existing checkpoint on the config's validation split and writes
     them into the checkpoint (or a copy at ``--out``). Returns the calibration state."""
     known, rest = calibrate_parser().parse_known_args(args)
-    from deepfake_lightning.calibration import CalibrationState
+    from deepfake_lightning.calibration import CalibrationState, evaluation_of
+    from deepfake_lightning.calibration.state import EVALUATION_KEYS
     from deepfake_lightning.checkpoints import is_export, load_checkpoint
     from deepfake_lightning.errors import ConfigError
     from deepfake_lightning.lightning_cli import run_lightning_cli
@@ -43,9 +45,13 @@ def calibrate_main(args: list[str]) -> CalibrationState:
     model = DeepfakeClassifier.from_checkpoint(load_checkpoint(known.ckpt_path))  # refused before anything else runs
     cli = run_lightning_cli([*rest, "--model.pretrained=false"], run=False)
     settings = cli.config["calibration"]  # --calibration.method / --calibration.threshold, as `fit` reads them
+    for key in EVALUATION_KEYS["model"]:  # --model.tile_pooling on the command line: calibrate another pooling
+        if any(arg.split("=")[0] == f"--model.{key}" for arg in rest):
+            model.hparams[key] = cli.config["model"][key]
     cli.datamodule.setup("validate")
     logits, labels = collect_logits(model, cli.datamodule.val_dataloader())
-    state = CalibrationState.fit(logits, labels, settings["method"], settings["threshold"])
+    evaluation = evaluation_of(cli.datamodule.hparams, model.hparams)
+    state = CalibrationState.fit(logits, labels, settings["method"], settings["threshold"], evaluation)
     out = state.write_into(known.ckpt_path, known.out)
     info = state.summary()
     print(
@@ -53,5 +59,10 @@ def calibrate_main(args: list[str]) -> CalibrationState:
         f"NLL {info['val/nll_before']:.4f} -> {info['val/nll']:.4f}; "
         f"threshold ({info['criterion']}) {info['threshold']:.4f}"
         + (f"; temperature {info['temperature']:.4f}" if "temperature" in info else "")
+        + (
+            f"; on tiles ({model.hparams['tile_pooling']} pooling): the model's verdicts score tiles from now on"
+            if evaluation["data"]["eval_views"] == "tiles"
+            else ""
+        )
     )
     return state

@@ -29,6 +29,11 @@ class CalibrationState:
         val_labels: Their labels (int8, 1 = AI-generated).
         val_before: NLL, Brier, ECE and MCE of the uncalibrated validation probabilities.
         val_after: The same after calibration.
+        evaluation: How the validation logits were computed: ``data`` (``eval_views``, ``tile_stride``,
+            ``max_tiles``) and ``model`` (``tile_pooling``, ``tile_topk``) settings. A model's verdicts use them by
+            default (``checkpoints.stored_settings`` lays them over the stored training settings), since the
+            calibration and threshold fit only logits computed that way: pooled tile logits sit higher than those
+            of one crop.
 
     In a checkpoint the state is a plain dict of these fields (the calibrator as its ``state_dict()``, the
     validation arrays as torch tensors); in JSON the arrays are lists. Older files with an extra
@@ -42,12 +47,19 @@ class CalibrationState:
     val_labels: np.ndarray
     val_before: dict[str, float] = field(default_factory=dict)
     val_after: dict[str, float] = field(default_factory=dict)
+    evaluation: dict[str, dict] = field(default_factory=dict)
 
     @classmethod
     def fit(
-        cls, logits: np.ndarray, labels: np.ndarray, method: CalibrationMethod = "temperature", criterion: str = "f1"
+        cls,
+        logits: np.ndarray,
+        labels: np.ndarray,
+        method: CalibrationMethod = "temperature",
+        criterion: str = "f1",
+        evaluation: dict[str, dict] | None = None,
     ) -> CalibrationState:
-        """Fits the calibrator on validation logits, then the threshold on the calibrated probabilities.
+        """Fits the calibrator on validation logits, then the threshold on the calibrated probabilities;
+        ``evaluation`` records how the logits were computed (see the class docstring, and :func:`evaluation_of`).
 
         Raises:
             ValueError: On single-class or non-finite inputs, or a calibrator that cannot be fitted.
@@ -62,6 +74,7 @@ class CalibrationState:
             val_labels=np.asarray(labels).astype(np.int8),
             val_before=calibration_metrics(sigmoid(logits), labels),
             val_after=calibration_metrics(probs, labels),
+            evaluation=dict(evaluation or {}),
         )
 
     # ------------------------------------------------------------------ use
@@ -100,6 +113,7 @@ class CalibrationState:
             "val_labels": torch.from_numpy(np.asarray(self.val_labels, dtype=np.int8)),
             "val_before": dict(self.val_before),
             "val_after": dict(self.val_after),
+            "evaluation": {k: dict(v) for k, v in self.evaluation.items()},
         }
 
     @classmethod
@@ -118,6 +132,7 @@ class CalibrationState:
             val_labels=np.asarray(state["val_labels"], dtype=np.int8),
             val_before={k: float(v) for k, v in state.get("val_before", {}).items()},
             val_after={k: float(v) for k, v in state.get("val_after", {}).items()},
+            evaluation={k: dict(v) for k, v in state.get("evaluation", {}).items()},
         )
 
     def to_json(self, threshold: bool = True) -> dict:
@@ -132,8 +147,36 @@ class CalibrationState:
 
     from_json = from_checkpoint
 
+    def evaluation_differs(self, data: dict, model: dict) -> list[str]:
+        """The evaluation settings of ``data`` / ``model`` hyperparameters that differ from those calibrated on, as
+        ``section.key=value (calibrated with value)``; empty when they agree or nothing was recorded (older files)."""
+        now = evaluation_of(data, model)
+        return [
+            f"{section}.{key}={value} (calibrated with {self.evaluation[section][key]})"
+            for section, values in now.items()
+            for key, value in values.items()
+            if key in self.evaluation.get(section, {}) and self.evaluation[section][key] != value
+        ]
+
     def write_into(self, ckpt_path: str | os.PathLike, out_path: str | os.PathLike | None = None) -> Path:
         """Stores this state in a checkpoint file (in place, or as a copy at ``out_path``), atomically."""
         from deepfake_lightning.checkpoints import update_checkpoint
 
         return update_checkpoint(ckpt_path, lambda ckpt: ckpt.update(calibration=self.to_checkpoint()), out_path)
+
+
+EVALUATION_KEYS = {"data": ("eval_views", "tile_stride", "max_tiles"), "model": ("tile_pooling", "tile_topk")}
+
+
+def _tiles(data: dict) -> bool:
+    return data.get("eval_views") == "tiles"
+
+
+def evaluation_of(data: dict, model: dict) -> dict[str, dict]:
+    """The :attr:`CalibrationState.evaluation` record of data-module and model hyperparameters: the settings that
+    change validation logits (the tile settings only matter, and are only kept, with ``eval_views: tiles``)."""
+    out = {"data": {"eval_views": data.get("eval_views", 1)}}
+    if _tiles(data):
+        out["data"] |= {k: data.get(k) for k in EVALUATION_KEYS["data"][1:]}
+        out["model"] = {k: model.get(k) for k in EVALUATION_KEYS["model"] if k in model}
+    return out

@@ -17,6 +17,7 @@ from deepfake_lightning.calibration import (
     Calibrator,
     calibration_metrics,
     check_criterion,
+    evaluation_of,
     plot_reliability,
     sigmoid,
     thresholded_metrics,
@@ -90,7 +91,8 @@ class Calibration(PrintsResults):
                 pl_module.load_state_dict(weights)
             z, y = collect_logits(pl_module, loader, trainer)
             try:
-                state = CalibrationState.fit(z, y, self.method, self.threshold)
+                evaluation = evaluation_of(trainer.datamodule.hparams, pl_module.hparams)
+                state = CalibrationState.fit(z, y, self.method, self.threshold, evaluation)
             except ValueError as e:
                 # Training finished; do not throw the run away. The checkpoint stays uncalibrated, loudly.
                 rank_zero_warn(
@@ -128,6 +130,17 @@ class Calibration(PrintsResults):
         self._plot(trainer, log_dir, "val", {"before": (sigmoid(z), y), "after": (state.val_probs, y)})
 
     # ------------------------------------------------------------------ test
+    def on_test_start(self, trainer: L.Trainer, pl_module) -> None:
+        state, dm = pl_module.calibration, trainer.datamodule
+        differs = state.evaluation_differs(dm.hparams, pl_module.hparams) if state and dm is not None else []
+        if differs:
+            rank_zero_warn(
+                f"this evaluation uses {', '.join(differs)}: the calibration and threshold were fitted on logits "
+                "computed otherwise, so probabilities and verdicts are off (pooled tiles score higher than one "
+                "crop). Refit them for these settings: deepfake calibrate --config C --ckpt_path P "
+                + " ".join(f"--{d.split(' ')[0]}" for d in differs)
+            )
+
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module) -> None:
         outputs = pl_module.test_outputs.gathered(trainer.world_size)
         log_dir = trainer.log_dir  # a broadcast under DDP: every rank must ask

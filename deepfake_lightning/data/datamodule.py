@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
+from typing import Literal
 
 import lightning as L
 import pandas as pd
@@ -24,12 +25,19 @@ from deepfake_lightning.data.dataset import (
 )
 from deepfake_lightning.data.demo import DemoSpec, build_demo_dataset, demo_is_built
 from deepfake_lightning.data.index import UNLABELED, DataError, read_index
-from deepfake_lightning.data.transforms import IMAGENET_MEAN, IMAGENET_STD, TransformMode, create_transform
+from deepfake_lightning.data.transforms import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    TransformMode,
+    check_eval_views,
+    create_transform,
+)
 from deepfake_lightning.files import atomic_path, file_sha256
 from deepfake_lightning.provenance import KAGGLE_DATASET, split_sha256
 
 SPLIT_FILE = "split.csv"
-TEST_SPLITS = ("test_v1", "test_v2")
+TEST_SPLITS = ("test_v1", "test_v2", "test_edited")
+MASK_COLUMN = "mask"  # a test CSV column naming each image's mask PNG of edited pixels (empty: unedited)
 
 
 def check_data_root(root: str | os.PathLike, train_csv: str = "train.csv") -> None:
@@ -62,6 +70,9 @@ class DeepfakeDataModule(L.LightningDataModule):
             ``"generator != 'tconv'"`` to hold a generator out (leave-one-generator-out).
         test_v1_csv: CSV of the earlier test set (distributed separately from the Kaggle download), or None.
         test_v2_csv: CSV of the newer test set; Kaggle's ``test.csv``.
+        test_edited_csv: CSV of a split of partly edited images and their originals (the demo's
+            ``test_edited.csv``), or None. Any test CSV with a ``mask`` column (a PNG per image, white where it was
+            edited, empty for an unedited image) is also scored for localization by ``deepfake test``.
         group_column: Column of ``train_csv`` pairing related images, for a group-aware split.
         val_fraction: Share of training rows held out for validation. With ``group_column`` the split uses
             ``round(1 / val_fraction)`` stratified group folds, so the share is approximate.
@@ -73,7 +84,14 @@ class DeepfakeDataModule(L.LightningDataModule):
         img_size: Side of the square network input.
         mode: ``resize`` (whole image scaled) or ``crop`` (native-resolution crops); see ``create_transform``.
         aug_strength: Training augmentation strength in [0, 1].
-        eval_views: 5 evaluates five crops per image (multi-crop test-time augmentation, ``crop`` mode only).
+        eval_views: ``crop`` mode only: 5 evaluates five crops per image (multi-crop test-time augmentation);
+            ``tiles`` scores the whole image as ``img_size`` tiles at native resolution, pooled into one verdict
+            by ``model.tile_pooling`` (``data/tiles.py``). With tiles, a batch holds ``batch_size // max_tiles``
+            images (at least one), so no batch holds more tiles than a training batch has images.
+        tile_stride: With tiles: pixels between tile starts; default ``img_size`` (tiles side by side). The last
+            row and column are shifted inward so the edges are covered.
+        max_tiles: With tiles: most tiles scored per image; a larger grid thins out evenly over the image (the
+            ``n_tiles`` and ``tiles_total`` columns of predictions say how many were scored of how many).
         mean: Normalization mean; linked from the backbone's timm data config by the CLI.
         std: Normalization std; likewise.
         batch_size: Images per batch (per device).
@@ -100,6 +118,7 @@ class DeepfakeDataModule(L.LightningDataModule):
         train_query: str | None = None,
         test_v1_csv: str | None = None,
         test_v2_csv: str | None = "test.csv",
+        test_edited_csv: str | None = None,
         group_column: str | None = None,
         val_fraction: float = 0.1,
         split_seed: int = 42,
@@ -109,7 +128,9 @@ class DeepfakeDataModule(L.LightningDataModule):
         img_size: int = 224,
         mode: TransformMode = "resize",
         aug_strength: float = 0.0,
-        eval_views: int = 1,
+        eval_views: int | Literal["tiles"] = 1,
+        tile_stride: int | None = None,
+        max_tiles: int = 64,
         mean: tuple[float, float, float] = IMAGENET_MEAN,
         std: tuple[float, float, float] = IMAGENET_STD,
         batch_size: int = 64,
@@ -127,7 +148,8 @@ class DeepfakeDataModule(L.LightningDataModule):
         if not 0.0 <= aug_strength <= 1.0:
             raise DataError(f"data.aug_strength must be in [0, 1], got {aug_strength}")
         if predict_split not in ("train", "val", *TEST_SPLITS):
-            raise DataError(f"data.predict_split must be train, val, test_v1 or test_v2, got {predict_split!r}")
+            raise DataError(f"data.predict_split must be train, val or one of {TEST_SPLITS}, got {predict_split!r}")
+        check_eval_views(eval_views, mode, tile_stride, max_tiles)
         if cache_dir is not None and mode != "resize":
             raise DataError("data.cache_dir needs data.mode=resize: crop mode trains on native pixels")
         self.save_hyperparameters()
@@ -186,7 +208,7 @@ class DeepfakeDataModule(L.LightningDataModule):
         if hp.cache_dir is not None and self.cache is None:
             self.cache = self._ensure_cache()
         self._train_index = None  # now held by indexes["train"] and ["val"]: keep no second copy
-        for split, csv in (("test_v1", hp.test_v1_csv), ("test_v2", hp.test_v2_csv)):
+        for split, csv in zip(TEST_SPLITS, (hp.test_v1_csv, hp.test_v2_csv, hp.test_edited_csv), strict=True):
             if csv is not None:
                 self.indexes[split] = read_index(self.root / csv, self.root, "id", "label", require_labels=False)
         if hp.check_images:
@@ -317,11 +339,14 @@ class DeepfakeDataModule(L.LightningDataModule):
         """Test splits that are configured and carry labels, in order."""
         return [s for s in self.test_splits() if (self.indexes[s]["label"] != UNLABELED).all()]
 
-    def dataset(self, split: str, train: bool = False, perturb=None) -> ImageDataset:
+    def dataset(
+        self, split: str, train: bool = False, perturb=None, eval_views: int | str | None = None
+    ) -> ImageDataset:
         """The dataset of one split, with the training or the evaluation transform; ``perturb`` (PIL to PIL)
-        runs before the evaluation transform, for robustness curves."""
+        runs before the evaluation transform, for robustness curves; ``eval_views`` overrides ``data.eval_views``
+        (the localization report scores tiles and the centre crop whatever the run evaluates)."""
         if split == "files":
-            return self._files_dataset(perturb)
+            return self._files_dataset(perturb, eval_views)
         if split not in self.indexes:
             configured = ", ".join(self.indexes) or "none (call setup() first)"
             raise KeyError(f"split {split!r} is not configured; configured splits: {configured}")
@@ -331,7 +356,7 @@ class DeepfakeDataModule(L.LightningDataModule):
             self.root,
             df["path"],
             df["label"],
-            self._transform(train, perturb),
+            self._transform(train, perturb, eval_views),
             bad_images=hp.bad_images,
             draft_size=self._draft_size,
             cache=self.cache if split in ("train", "val") else None,
@@ -341,8 +366,9 @@ class DeepfakeDataModule(L.LightningDataModule):
     def _draft_size(self) -> int | None:
         return self.hparams.img_size if self.hparams.jpeg_draft and self.hparams.mode == "resize" else None
 
-    def _transform(self, train: bool, perturb=None):
+    def _transform(self, train: bool, perturb=None, eval_views: int | str | None = None):
         hp = self.hparams
+        views = hp.eval_views if eval_views is None else eval_views
         transform = create_transform(
             hp.img_size,
             train=train,
@@ -350,11 +376,13 @@ class DeepfakeDataModule(L.LightningDataModule):
             aug_strength=hp.aug_strength,
             mean=hp.mean,
             std=hp.std,
-            eval_views=1 if train else hp.eval_views,
+            eval_views=1 if train else views,
+            tile_stride=hp.tile_stride,
+            max_tiles=hp.max_tiles,
         )
         return transform if perturb is None else v2.Compose([perturb, transform])
 
-    def _files_dataset(self, perturb=None) -> ImageDataset:
+    def _files_dataset(self, perturb=None, eval_views: int | str | None = None) -> ImageDataset:
 
         paths = [str(p) for p in expand_inputs(self.hparams.predict_paths or [])]
         if not paths:
@@ -363,7 +391,7 @@ class DeepfakeDataModule(L.LightningDataModule):
             "",
             paths,
             [UNLABELED] * len(paths),
-            self._transform(False, perturb),
+            self._transform(False, perturb, eval_views),
             bad_images="skip",
             draft_size=self._draft_size,
         )
@@ -380,12 +408,7 @@ class DeepfakeDataModule(L.LightningDataModule):
         Raises:
             DataError: If the CSV has no such column (naming the CSV and the columns it has).
         """
-        hp = self.hparams
-        csv, key = (
-            (hp.train_csv, "file_name")
-            if split in ("train", "val")
-            else ({"test_v1": hp.test_v1_csv, "test_v2": hp.test_v2_csv}[split], "id")
-        )
+        csv, key = self._split_csv(split)
         table = pd.read_csv(self.root / csv, encoding="utf-8-sig", dtype={key: str})
         if column not in table.columns:
             columns = [c for c in table.columns if not str(c).startswith("Unnamed:")]
@@ -394,19 +417,54 @@ class DeepfakeDataModule(L.LightningDataModule):
             )
         return table.set_index(key)[column].reindex(self.indexes[split]["path"]).reset_index(drop=True)
 
+    def _split_csv(self, split: str) -> tuple[str, str]:
+        """The CSV a split comes from and its id column."""
+        hp = self.hparams
+        if split in ("train", "val"):
+            return hp.train_csv, "file_name"
+        return dict(zip(TEST_SPLITS, (hp.test_v1_csv, hp.test_v2_csv, hp.test_edited_csv), strict=True))[split], "id"
+
     def split_ids(self, split: str) -> list[str]:
         """Image ids of a split as its CSV lists them (paths relative to the root), in order."""
         return self._files_dataset().paths if split == "files" else self.indexes[split]["path"].tolist()
 
-    def loader(self, split: str, train: bool = False, perturb=None) -> DataLoader:
+    @property
+    def tiled(self) -> bool:
+        """Whether evaluation scores tiles (``data.eval_views: tiles``)."""
+        return self.hparams.eval_views == "tiles"
+
+    def images_per_batch(self, train: bool = False, eval_views: int | str | None = None) -> int:
+        """``batch_size``, or with tiles ``batch_size // max_tiles`` images (at least one): bounded memory."""
+        hp = self.hparams
+        views = hp.eval_views if eval_views is None else eval_views
+        return hp.batch_size if train or views != "tiles" else max(1, hp.batch_size // hp.max_tiles)
+
+    def has_masks(self, split: str) -> bool:
+        """Whether a test split's CSV names edit masks (a ``mask`` column): it is then scored for localization."""
+        if split not in TEST_SPLITS or split not in self.indexes:
+            return False
+        csv, _ = self._split_csv(split)
+        return MASK_COLUMN in pd.read_csv(self.root / csv, nrows=0, encoding="utf-8-sig").columns
+
+    def masks(self, split: str) -> list[Path | None]:
+        """Each image's mask PNG (under the data root), None for an unedited image, in the split's order."""
+        values = self.split_column(split, MASK_COLUMN)
+        return [None if pd.isna(v) or str(v).strip() == "" else self.root / str(v) for v in values]
+
+    def loader(
+        self, split: str, train: bool = False, perturb=None, eval_views: int | str | None = None, distributed=True
+    ) -> DataLoader:
+        """The loader of one split (see :meth:`dataset`); ``distributed=False`` gives the whole split to this
+        process even under DDP (rank-zero-only extra evaluations)."""
         import torch
 
         hp = self.hparams
         workers = self.num_workers
         pin = torch.cuda.is_available() if hp.pin_memory is None else hp.pin_memory
-        dataset = self.dataset(split, train=train, perturb=perturb)
+        dataset = self.dataset(split, train=train, perturb=perturb, eval_views=eval_views)
+        batch_size = self.images_per_batch(train, eval_views)
         sampler = None
-        if not train and torch.distributed.is_available() and torch.distributed.is_initialized():
+        if distributed and not train and torch.distributed.is_available() and torch.distributed.is_initialized():
             # Evaluation under DDP: each image on exactly one rank. Lightning's default DistributedSampler pads
             # the shards with repeated images, which would enter the gathered metrics (AUROC...) twice.
             from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
@@ -414,10 +472,10 @@ class DeepfakeDataModule(L.LightningDataModule):
             sampler = UnrepeatedDistributedSampler(dataset, shuffle=False)
         return DataLoader(
             dataset,
-            batch_size=hp.batch_size,
+            batch_size=batch_size,
             shuffle=train,
             sampler=sampler,
-            drop_last=train and len(dataset) > hp.batch_size,
+            drop_last=train and len(dataset) > batch_size,
             num_workers=workers,
             pin_memory=pin,
             persistent_workers=hp.persistent_workers and workers > 0,

@@ -12,6 +12,7 @@ import torch
 from PIL import Image, ImageOps
 from torch.utils.data import Dataset, default_collate
 
+from deepfake_lightning.data.tiles import collate_tiles
 from deepfake_lightning.errors import BadImageError
 
 BadImagePolicy = Literal["fail", "skip"]
@@ -61,7 +62,8 @@ def _to_rgb(im: Image.Image) -> Image.Image:
 class ImageDataset(Dataset):
     """Images listed by path with 0/1 labels (-1 when unknown).
 
-    Each item is a dict ``{"image": Tensor, "label": float Tensor, "index": int}``. With a ``cache``
+    Each item is a dict ``{"image": Tensor, "label": float Tensor, "index": int}`` (with a tiling transform, also
+    the tile keys of ``data/tiles.py``). With a ``cache``
     (``data/cache.py``), cached paths are read from it instead of being decoded. Under the ``skip``
     policy an unreadable image yields ``None`` (dropped by :func:`collate_skip_bad`, which records the
     path so the data module can warn and count); under ``fail`` it raises :class:`BadImageError`.
@@ -100,14 +102,17 @@ class ImageDataset(Dataset):
             if self.bad_images == "skip":
                 return (None, self.paths[i])
             raise
-        return {"image": self.transform(image), "label": torch.tensor(float(self.labels[i])), "index": i}
+        out = self.transform(image)
+        item = dict(out) if isinstance(out, dict) else {"image": out}  # a dict: tiles (data/tiles.py)
+        return {**item, "label": torch.tensor(float(self.labels[i])), "index": i}
 
 
 def collate_skip_bad(items: list) -> dict:
-    """Collates good samples; bad ones (``(None, path)``) go to ``batch["skipped"]``."""
+    """Collates good samples (tiled images with :func:`~deepfake_lightning.data.tiles.collate_tiles`); bad ones
+    (``(None, path)``) go to ``batch["skipped"]``."""
     good = [x for x in items if isinstance(x, dict)]
     skipped = [x[1] for x in items if not isinstance(x, dict)]
-    batch = default_collate(good) if good else {}
+    batch = ((collate_tiles if "tile_xy" in good[0] else default_collate)(good)) if good else {}
     batch["skipped"] = skipped
     return batch
 

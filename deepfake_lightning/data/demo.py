@@ -8,6 +8,11 @@ GAN Fake Images"): the image is down-sampled, then re-up-sampled by a transposed
 nearest-neighbour or bilinear interpolation with smoothing. Both classes are saved as JPEG with the same
 quality range, so the file format is no cue.
 
+``test_edited`` holds partly edited photographs, for localization: a ``edited_size`` crop (256 px, so a 64-px model
+scores 16 tiles) in which one rectangle (30-50 % of each side) was passed through one of the training generators,
+labelled 1, with its mask (white where edited) named in the ``mask`` column; and the unedited original, labelled 0
+with an empty mask. ``pair`` links the two. A centre crop sees the edit only when the rectangle happens to cover it.
+
 ``test_v2`` mimics the seed's newer test set: a held-out generator (sub-pixel up-sampling plus synthesized
 fine texture, as newer generators hallucinate detail), a different AI share, and post-processing unlike
 training (blur and stronger JPEG compression, applied to both classes). A detector that learned
@@ -24,6 +29,8 @@ Layout written under ``root``::
     test_data_v1/<hex>.jpg
     test.csv             id,label,generator       (test_v2)
     test_data_v2/<hex>.jpg
+    test_edited.csv      id,label,generator,mask,pair   (partly edited images and their originals)
+    test_data_edited/<hex>.jpg, test_data_edited/masks/<hex>.png
     demo.json            the build parameters; a mismatch triggers a rebuild
 """
 
@@ -42,7 +49,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageFilter
 
-DEMO_VERSION = 2  # 2: a generator column in every CSV (same images as 1)
+DEMO_VERSION = 3  # 2: a generator column in every CSV (same images as 1); 3: the test_edited split (others unchanged)
 
 
 @dataclass(frozen=True)
@@ -55,6 +62,8 @@ class DemoSpec:
     test_v1: int = 400
     test_v2: int = 400
     test_v2_ai_share: float = 0.3
+    edited_pairs: int = 60
+    edited_size: int = 256
     version: int = DEMO_VERSION
 
 
@@ -146,6 +155,29 @@ def _save(im: Image.Image, path: Path, rng: np.random.Generator) -> None:
     im.convert("RGB").save(path, "JPEG", quality=int(rng.integers(88, 97)))
 
 
+def _edited_split(spec: DemoSpec, photos, rng: np.random.Generator, root: Path, name) -> pd.DataFrame:
+    """Pairs of an original crop (label 0) and a copy with one rectangle passed through a training generator (label 1,
+    its mask a PNG): see the module docstring."""
+    rows = []
+    size = spec.edited_size
+    for pair in range(spec.edited_pairs):
+        original = _random_crop(photos, size, rng)
+        generator = TRAIN_GENERATORS[pair % len(TRAIN_GENERATORS)]
+        h, w = (2 * int(rng.uniform(0.15, 0.25) * size) for _ in range(2))  # even: generators halve and double
+        y, x = int(rng.integers(0, size - h + 1)), int(rng.integers(0, size - w + 1))
+        edited = original.clone()
+        edited[:, y : y + h, x : x + w] = simulate_generator(original[:, y : y + h, x : x + w], generator, rng)
+        mask = np.zeros((size, size), dtype=np.uint8)
+        mask[y : y + h, x : x + w] = 255
+        mask_file = f"test_data_edited/masks/{rng.bytes(16).hex()}.png"
+        Image.fromarray(mask).save(root / mask_file)
+        for label, img, source, m in ((0, original, "real", ""), (1, edited, generator, mask_file)):
+            f = name("test_data_edited")
+            _save(_to_pil(img), root / f, rng)
+            rows.append((f, label, source, m, f"pair{pair:05d}"))
+    return pd.DataFrame(rows, columns=["id", "label", "generator", "mask", "pair"])
+
+
 def demo_is_built(root: str | os.PathLike, spec: DemoSpec = DemoSpec()) -> bool:
     """Whether ``root`` holds a complete demo build of ``spec`` (what :func:`build_demo_dataset` would reuse)."""
     marker = Path(root) / "demo.json"
@@ -174,7 +206,7 @@ def build_demo_dataset(root: str | os.PathLike, spec: DemoSpec = DemoSpec()) -> 
         )
     root.mkdir(parents=True, exist_ok=True)
     marker.write_text(json.dumps({"incomplete": True}))  # marks the folder as ours, and an interrupted build
-    for sub in ("train_data", "test_data_v1", "test_data_v2"):
+    for sub in ("train_data", "test_data_v1", "test_data_v2", "test_data_edited"):
         shutil.rmtree(root / sub, ignore_errors=True)
         (root / sub).mkdir(parents=True)
 
@@ -222,6 +254,9 @@ def build_demo_dataset(root: str | os.PathLike, spec: DemoSpec = DemoSpec()) -> 
         test_split(spec.test_v2, spec.test_v2_ai_share, "test_data_v2", (HELD_OUT_GENERATOR,), _post_process_v2).to_csv(
             root / "test.csv", index=False
         )
+        # Last, so that the images of the splits above are those of earlier demo versions.
+        (root / "test_data_edited" / "masks").mkdir()
+        _edited_split(spec, photos, rng, root, name).to_csv(root / "test_edited.csv", index=False)
     finally:
         torch.set_num_threads(torch_threads)
     marker.write_text(json.dumps(wanted, indent=2))

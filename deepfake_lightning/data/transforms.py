@@ -21,6 +21,7 @@ from typing import Literal
 import torch
 from torchvision.transforms import v2
 
+from deepfake_lightning.data.tiles import TileTransform
 from deepfake_lightning.errors import ConfigError
 
 TransformMode = Literal["resize", "crop"]
@@ -36,8 +37,10 @@ def create_transform(
     aug_strength: float = 0.0,
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
-    eval_views: int = 1,
-) -> v2.Compose:
+    eval_views: int | str = 1,
+    tile_stride: int | None = None,
+    max_tiles: int = 64,
+):
     """Builds the transform from a PIL RGB image to a normalized float tensor of shape (3, img_size, img_size).
 
     Args:
@@ -48,16 +51,21 @@ def create_transform(
         mean: Normalization mean, normally from the backbone's timm data config.
         std: Normalization std, likewise.
         eval_views: Evaluation only, ``crop`` mode: 5 returns the four corner crops and the centre crop stacked,
-            (5, 3, img_size, img_size), for multi-crop test-time augmentation; 1 the centre crop alone.
+            (5, 3, img_size, img_size), for multi-crop test-time augmentation; 1 the centre crop alone; ``tiles``
+            the whole image as ``img_size`` tiles (a :class:`~deepfake_lightning.data.tiles.TileTransform`, whose
+            output is a dict, see ``data/tiles.py``).
+        tile_stride: With ``tiles``: pixels between tile starts (default ``img_size``).
+        max_tiles: With ``tiles``: most tiles scored per image; larger grids thin out evenly.
     """
     if not 0.0 <= aug_strength <= 1.0:
         raise ConfigError(f"aug_strength must be in [0, 1], got {aug_strength}")
     if mode not in ("resize", "crop"):
         raise ConfigError(f"mode must be 'resize' or 'crop', got {mode!r}")
-    if eval_views not in (1, 5) or (eval_views == 5 and (train or mode != "crop")):
-        raise ConfigError(
-            f"eval_views must be 1, or 5 for evaluation in crop mode; got {eval_views} ({mode=}, {train=})"
-        )
+    check_eval_views(eval_views, mode, tile_stride, max_tiles)
+    if eval_views == "tiles" and not train:
+        return TileTransform(img_size, tile_stride, max_tiles, mean, std)
+    if train:
+        eval_views = 1
     # Geometry first, on the PIL image (PIL's resampling is the fastest path on CPU), then to a uint8 tensor.
     if mode == "resize":
         ops: list = [v2.Resize((img_size, img_size), antialias=True), v2.ToImage()]
@@ -81,6 +89,22 @@ def create_transform(
     if eval_views > 1:
         ops.append(_StackViews())
     return v2.Compose(ops)
+
+
+def check_eval_views(eval_views, mode: str, tile_stride: int | None = None, max_tiles: int = 64) -> None:
+    """One error line for an evaluation-view setting that cannot work (the keys named as on the command line)."""
+    if eval_views not in (1, 5, "tiles"):
+        raise ConfigError(f"data.eval_views must be 1, 5 or tiles, got {eval_views!r}")
+    if eval_views != 1 and mode != "crop":
+        what = "tiles score the whole image at native resolution" if eval_views == "tiles" else "five crops"
+        raise ConfigError(
+            f"data.eval_views={eval_views} needs data.mode=crop ({what}), but this model is mode={mode}: it "
+            "sees whole images squashed to img_size, so its verdict is already on the whole image"
+        )
+    if tile_stride is not None and tile_stride < 1:
+        raise ConfigError(f"data.tile_stride must be a positive number of pixels, got {tile_stride}")
+    if max_tiles < 1:
+        raise ConfigError(f"data.max_tiles must be at least 1, got {max_tiles}")
 
 
 class _StackViews(torch.nn.Module):

@@ -283,7 +283,7 @@ def cam_grid(
     return fig
 
 
-def _short(name: str, width: int = 26) -> str:
+def short_name(name: str, width: int = 26) -> str:
     """A file name that fits above a picture: long ones (Kaggle's are 36 characters) keep their start and end."""
     return name if len(name) <= width else f"{name[: width // 2 - 1]}…{name[-(width - width // 2) :]}"
 
@@ -295,19 +295,13 @@ def explain_files(detector, files: list[Path], out_dir: str | Path, batch_size: 
     keeps its rows and PNGs: this run's rows are added (a file explained again replaces its row and PNG). Returns
     this run's rows as a DataFrame."""
     import matplotlib.pyplot as plt
-    import pandas as pd
 
     from deepfake_lightning.data.dataset import BadImageError, load_image
-    from deepfake_lightning.files import atomic_path
 
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     columns = ["file", "prob_ai", "label", "error", "png"]
-    csv = out_dir / "explanations.csv"
-    again = {str(Path(f).resolve()) for f in files}
-    earlier = pd.read_csv(csv, keep_default_na=False, dtype=str) if csv.is_file() else pd.DataFrame(columns=columns)
-    earlier = earlier[[str(Path(f).resolve()) not in again for f in earlier["file"]]].reindex(columns=columns)
-    rows, used_names = [], {Path(p).stem for p in earlier["png"].fillna("") if p}
+    earlier, used_names = earlier_explanations(out_dir, files, columns)
+    rows = []
     with CamExplainer(detector.model, **explainer_args) as explainer:
         for start in range(0, len(files), batch_size):
             batch_files, tensors = [], []
@@ -333,16 +327,43 @@ def explain_files(detector, files: list[Path], out_dir: str | Path, batch_size: 
                     probs=result.probs[i : i + 1],
                 )
                 fig = cam_grid(rgb[i : i + 1], single, threshold=detector.threshold, columns=1, per_layer=True)
-                fig.axes[0].set_title(f"{_short(f.name)}\n{fig.axes[0].get_title()}", fontsize=8)
-                name = f.stem
-                while name in used_names:  # same stem in two folders
-                    name += "_"
-                used_names.add(name)
+                fig.axes[0].set_title(f"{short_name(f.name)}\n{fig.axes[0].get_title()}", fontsize=8)
+                name = unique_name(f.stem, used_names)
                 fig.savefig(out_dir / f"{name}.png", dpi=100)
                 plt.close(fig)
                 label = int(prob >= detector.threshold)
                 rows.append({"file": str(f), "prob_ai": prob, "label": label, "error": "", "png": f"{name}.png"})
+    return write_explanations(out_dir, earlier, rows, columns)
+
+
+def earlier_explanations(out_dir: Path, files: list[Path], columns: list[str]):
+    """The rows of an ``explanations.csv`` already in ``out_dir``, less those of ``files`` (explained again now), and
+    the PNG names they use (so that new names do not overwrite theirs)."""
+    import pandas as pd
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    csv = out_dir / "explanations.csv"
+    again = {str(Path(f).resolve()) for f in files}
+    earlier = pd.read_csv(csv, keep_default_na=False, dtype=str) if csv.is_file() else pd.DataFrame(columns=columns)
+    earlier = earlier[[str(Path(f).resolve()) not in again for f in earlier["file"]]].reindex(columns=columns)
+    return earlier, {Path(p).stem for p in earlier["png"].fillna("") if p}
+
+
+def unique_name(stem: str, used: set[str]) -> str:
+    """``stem``, or with underscores appended while it is taken (the same stem in two folders)."""
+    while stem in used:
+        stem += "_"
+    used.add(stem)
+    return stem
+
+
+def write_explanations(out_dir: Path, earlier, rows: list[dict], columns: list[str]):
+    """Writes ``explanations.csv`` (earlier rows, then this run's) atomically; returns this run's rows."""
+    import pandas as pd
+
+    from deepfake_lightning.files import atomic_path
+
     table = pd.DataFrame(rows, columns=columns).astype({"label": "Int64"})
-    with atomic_path(csv) as tmp:
+    with atomic_path(out_dir / "explanations.csv") as tmp:
         pd.concat([t for t in (earlier, table) if len(t)] or [table]).to_csv(tmp, index=False)
     return table

@@ -32,7 +32,8 @@ def collect_logits(model, dataloader, trainer=None) -> tuple[np.ndarray, np.ndar
             for batch in dataloader:
                 if "image" not in batch:  # every image of the batch was unreadable and skipped
                     continue
-                logits.append(model.predict_logits(batch["image"].to(model.device)).float())
+                n_tiles = batch.get("n_tiles")
+                logits.append(model.predict_logits(batch["image"].to(model.device), n_tiles=n_tiles).float())
                 labels.append(batch["label"].to(model.device).long())
     finally:
         model.train(was_training)
