@@ -172,8 +172,10 @@ def write_predictions(
     probs: np.ndarray,
     threshold: float,
     all_ids: list[str] | None = None,
+    extra: dict[str, np.ndarray] | None = None,
 ) -> dict[str, Path]:
-    """Writes ``predictions/<split>.csv`` (``id,prob_ai,label``) and, when every id of the split has a prediction,
+    """Writes ``predictions/<split>.csv`` (``id,prob_ai,label``, then the ``extra`` columns, e.g. ``n_tiles`` and
+    ``tiles_total`` of a tiled evaluation) and, when every id of the split has a prediction,
     ``submission_<split>.csv`` in Kaggle's format (``id,label``; the split's ids, in its order, one row each).
 
     Returns the paths written. A split with unpredicted ids (unreadable images skipped) gets no submission file;
@@ -183,6 +185,8 @@ def write_predictions(
     (out_dir / "predictions").mkdir(parents=True, exist_ok=True)
     table = pd.DataFrame({"id": ids, "prob_ai": np.asarray(probs, dtype=np.float64)})
     table["label"] = (table["prob_ai"] >= threshold).astype(int)
+    for column, values in (extra or {}).items():
+        table[column] = values
     written: dict = {"predictions": out_dir / "predictions" / f"{split}.csv"}
     with atomic_path(written["predictions"]) as tmp:
         table.to_csv(tmp, index=False)

@@ -218,3 +218,26 @@ def _cells(scores: TileScores, w: int, h: int) -> list[tuple[float, float, float
 
     bx, by = borders(scores.xy[:, 0], w), borders(scores.xy[:, 1], h)
     return [(bx[x][0], by[y][0], bx[x][1], by[y][1]) for x, y in scores.xy]
+
+
+@torch.inference_mode()
+def split_localization(model, tile_loader, centre_loader, mask_paths: list[Path | None], labels, context=None):
+    """:func:`localization_report` of one split: scores its images as tiles (``tile_loader``) and as centre crops
+    (``centre_loader``), both in the split's order, and reads each image's mask (``mask_paths``, None for an unedited
+    image). Unreadable images (skipped by the loaders) are left out."""
+    from contextlib import nullcontext
+
+    n = len(mask_paths)
+    tiles: list[TileScores | None] = [None] * n
+    centre = np.full(n, np.nan)
+    with context or nullcontext():
+        for batch in tile_loader:
+            if "image" in batch:
+                for i, t in zip(batch["index"].tolist(), score_tiles(model, batch), strict=True):
+                    tiles[i] = t
+        for batch in centre_loader:
+            if "image" in batch:
+                centre[batch["index"].numpy()] = model.predict_logits(batch["image"].to(model.device)).float().cpu()
+    kept = [i for i in range(n) if tiles[i] is not None and np.isfinite(centre[i])]
+    masks = [None if mask_paths[i] is None else read_mask(mask_paths[i], tiles[i].image_wh) for i in kept]
+    return localization_report([tiles[i] for i in kept], masks, np.asarray(labels)[kept], centre[kept])

@@ -9,7 +9,7 @@ A checkpoint's ``provenance`` (written by ``DeepfakeClassifier.on_save_checkpoin
 * ``validation``: the ``val/*`` metrics at the time of that checkpoint;
 * ``versions``: deepfake-lightning, torch, lightning, timm; ``git_commit`` when the package runs from a checkout;
 * ``test``: added by ``deepfake test`` on that checkpoint: per split, images, AUROC, AP, ECE and accuracy / macro F1
-  at the tuned threshold; ``test_settings``: its test-time augmentation (``tta_flip``, ``eval_views``).
+  at the tuned threshold; ``test_settings``: its test-time augmentation (``tta_flip``, ``eval_views``, and with tiles ``tile_pooling``).
 
 The calibration and threshold are the checkpoint's own ``calibration`` entry. Anything missing (a checkpoint
 from before provenance existed) reads as ``"unknown"``, never as an error.
@@ -228,7 +228,8 @@ def model_card(facts: ModelFacts) -> str:
         )
     tta = facts.test_settings or {}
     how = ", ".join(
-        ([f"{tta['eval_views']} views"] if tta.get("eval_views", 1) > 1 else [])
+        ([f"tiles ({tta.get('tile_pooling', 'max')} pooling)"] if tta.get("eval_views") == "tiles" else [])
+        + ([f"{tta['eval_views']} views"] if tta.get("eval_views", 1) not in (1, "tiles") else [])
         + (["mirrored (tta_flip)"] if tta.get("tta_flip") else [])
     )
     for split, r in facts.test.items():

@@ -14,7 +14,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from deepfake_lightning.callbacks._console import PrintsResults
 from deepfake_lightning.callbacks._figures import publish_figure
 from deepfake_lightning.checkpoints import update_checkpoint
-from deepfake_lightning.errors import ConfigError
+from deepfake_lightning.errors import ConfigError, DataError
 from deepfake_lightning.evaluation import (
     ROBUSTNESS_GRID,
     format_groups,
@@ -28,6 +28,7 @@ from deepfake_lightning.evaluation import (
     write_predictions,
 )
 from deepfake_lightning.files import atomic_path, write_json
+from deepfake_lightning.localization import format_localization, split_localization
 from deepfake_lightning.models.outputs import collect_logits
 from deepfake_lightning.provenance import DEMO_WARNING, evaluation_record, outside_demo_data
 
@@ -42,6 +43,9 @@ class EvaluationReport(PrintsResults):
     * ``plots/<split>.png``: ROC, precision-recall and confusion matrix (also in TensorBoard);
     * with ``robustness``: ``robustness.csv`` and ``robustness.png``, metrics on ``robustness_split`` under JPEG
       re-compression, Gaussian blur and down-scaling;
+    * for every labelled split whose CSV has a ``mask`` column (``crop`` mode): localization of the edited regions
+      (``localization.py``: pointing game, tile AUROC, edited-vs-original AUROC from tiles and from the centre crop)
+      in ``report.json`` (``localization``), TensorBoard (``test/<split>/localization/...``) and the printed table;
     * with ``group_by``: per split and per value of that CSV column (e.g. ``generator``), the image count, AUROC of
       the group's AI images against the split's human images and accuracy at the tuned threshold, in
       ``report.json`` (``groups``), ``plots/groups.png``, TensorBoard (``test/<split>/group/<value>/...``) and the
@@ -66,6 +70,19 @@ class EvaluationReport(PrintsResults):
         if self.group_by and hasattr(dm, "split_column"):  # a wrong column fails now, not after the evaluation
             for split in dm.labeled_test_splits():
                 dm.split_column(split, self.group_by)
+        for split in self._mask_splits(dm):  # likewise a missing mask file
+            missing = [str(p) for p in dm.masks(split) if p is not None and not p.is_file()]
+            if missing:
+                raise DataError(
+                    f"{split}: {len(missing)} mask file(s) of the mask column do not exist, e.g. {missing[0]}"
+                )
+
+    @staticmethod
+    def _mask_splits(dm) -> list[str]:
+        """Labelled test splits whose CSV names edit masks: scored for localization."""
+        if not hasattr(dm, "has_masks") or dm.hparams.get("mode", "crop") != "crop":
+            return []
+        return [s for s in dm.labeled_test_splits() if dm.has_masks(s)]
 
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module) -> None:
         outputs = pl_module.test_outputs.gathered(trainer.world_size)
@@ -98,18 +115,38 @@ class EvaluationReport(PrintsResults):
             self._publish_groups(trainer, groups, run)
         if self.robustness:
             report["robustness"] = self._robustness(trainer, pl_module, run)
+        localization = {s: self._localization(trainer, pl_module, s) for s in self._mask_splits(dm)}
+        if localization:
+            report["localization"] = localization
+            scalars = {
+                f"test/{split}/localization/{k}": v
+                for split, r in localization.items()
+                for k, v in r.items()
+                if isinstance(v, float)
+            }
+            for logger in trainer.loggers:
+                logger.log_metrics(scalars, step=trainer.global_step)
         write_json(run / "report.json", report)
         self.report = report
         settings = {
             "tta_flip": bool(pl_module.hparams.get("tta_flip", False)),
-            "eval_views": int(getattr(dm, "hparams", {}).get("eval_views", 1)),
+            "eval_views": getattr(dm, "hparams", {}).get("eval_views", 1),
         }
+        if settings["eval_views"] == "tiles":
+            settings["tile_pooling"] = pl_module.hparams.get("tile_pooling", "max")
         self._record_in_checkpoint(trainer.ckpt_path, report, run, settings)
         if report["splits"]:
             by_group = f"\n\nBy {self.group_by}:\n{format_groups(groups)}" if groups else ""
+            where = (
+                f"\n\nLocalization of edited regions (tiles of {dm.hparams.img_size} px, stride "
+                f"{dm.hparams.tile_stride or dm.hparams.img_size}, {pl_module.hparams.tile_pooling} pooling):\n"
+                f"{format_localization(localization)}"
+                if localization
+                else ""
+            )
             self.print_result(
                 f"\nEvaluation (threshold {threshold:.4f}, tuned on validation):\n{format_report(report)}"
-                f"{by_group}\nWritten to {run / 'report.json'}"
+                f"{by_group}{where}\nWritten to {run / 'report.json'}"
             )
 
     def _publish_groups(self, trainer: L.Trainer, groups: dict, run: Path) -> None:
@@ -141,6 +178,19 @@ class EvaluationReport(PrintsResults):
             update_checkpoint(ckpt_path, record)
         except OSError as e:  # e.g. a read-only checkpoint: the report itself is written
             rank_zero_warn(f"could not add the test results to {ckpt_path}: {e}")
+
+    @staticmethod
+    def _localization(trainer: L.Trainer, pl_module, split: str) -> dict:
+        """Scores a split with masks as tiles and as centre crops, whatever views the run evaluates (rank 0)."""
+        dm = trainer.datamodule
+        return split_localization(
+            pl_module,
+            dm.loader(split, eval_views="tiles", distributed=False),
+            dm.loader(split, eval_views=1, distributed=False),
+            dm.masks(split),
+            dm.indexes[split]["label"].to_numpy(),
+            trainer.precision_plugin.forward_context(),
+        )
 
     def _robustness(self, trainer: L.Trainer, pl_module, run: Path) -> str:
         dm = trainer.datamodule
@@ -208,30 +258,40 @@ class PredictionWriter(BasePredictionWriter, PrintsResults):
 
     def write_on_epoch_end(self, trainer: L.Trainer, pl_module, predictions, batch_indices) -> None:
         parts = [p for p in predictions if len(p["index"])]
-        index = torch.cat([p["index"] for p in parts]).cpu() if parts else torch.empty(0, dtype=torch.long)
-        probs = torch.cat([p["prob_ai"] for p in parts]).cpu() if parts else torch.empty(0)
+        keys = ["index", "prob_ai"] + [k for k in ("n_tiles", "tiles_total") if parts and k in parts[0]]
+        columns = {
+            k: torch.cat([p[k] for p in parts]).cpu() if parts else torch.empty(0, dtype=torch.long) for k in keys
+        }
         log_dir = trainer.log_dir  # a broadcast under DDP: every rank must ask
-        if trainer.world_size > 1:
+        if trainer.world_size > 1:  # per image: a tiled evaluation sends its tile counts, not its tiles
             gathered = [None] * trainer.world_size
-            torch.distributed.all_gather_object(gathered, (index, probs))
-            index, probs = torch.cat([g[0] for g in gathered]), torch.cat([g[1] for g in gathered])
+            torch.distributed.all_gather_object(gathered, columns)
+            columns = {k: torch.cat([g[k] for g in gathered if k in g]) for k in keys}
         if not trainer.is_global_zero:
             return
-        index, first = np.unique(index.numpy(), return_index=True)
-        probs = probs.numpy()[first]
+        index, first = np.unique(columns.pop("index").numpy(), return_index=True)
+        probs = columns.pop("prob_ai").numpy()[first]
+        tiles = {k: v.numpy()[first] for k, v in columns.items()}
         dm = trainer.datamodule
         split = dm.predict_name
         ids = dm.split_ids(split)
         threshold = self._threshold(trainer, pl_module, split, probs)
         out = Path(log_dir or trainer.default_root_dir)
         written = write_predictions(
-            out, split, [ids[i] for i in index], probs, threshold, all_ids=None if split == "files" else ids
+            out, split, [ids[i] for i in index], probs, threshold, None if split == "files" else ids, tiles
         )
         self.written = written
         predicted = {ids[j] for j in index}
         skipped = [i for i in ids if i not in predicted] if len(index) < len(ids) else []
         images = f"{len(index)} image{'' if len(index) == 1 else 's'}"
         lines = [f"Predictions for {split} ({images}, threshold {threshold:.4f}): {written['predictions']}"]
+        if tiles:
+            thinned = int((tiles["n_tiles"] < tiles["tiles_total"]).sum())
+            lines.append(
+                f"Whole-image verdicts from {int(tiles['n_tiles'].sum())} tiles ({pl_module.hparams.tile_pooling} "
+                f"pooling)"
+                + (f"; {thinned} image(s) had more tiles than data.max_tiles: see tiles_total" if thinned else "")
+            )
         if "submission" in written:
             lines.append(f"Kaggle submission: {written['submission']}")
         if split == "files" and outside_demo_data(getattr(pl_module, "facts", None), [ids[i] for i in index]):

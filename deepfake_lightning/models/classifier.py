@@ -15,7 +15,7 @@ from torch import nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import BinaryAccuracy
 
-from deepfake_lightning.calibration import CalibrationState, Calibrator
+from deepfake_lightning.calibration import CalibrationState, Calibrator, evaluation_of
 from deepfake_lightning.checkpoints import stored_settings
 from deepfake_lightning.data.tiles import pool_tile_logits
 from deepfake_lightning.errors import ConfigError
@@ -132,6 +132,10 @@ class DeepfakeClassifier(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.calibration = CalibrationState.from_checkpoint(checkpoint.get("calibration"))
+        if self.calibration is not None and not self.calibration.evaluation:
+            # Calibrated before the evaluation was recorded: on the validation views the run was trained with.
+            data = checkpoint.get("datamodule_hyper_parameters", {})
+            self.calibration.evaluation = evaluation_of(data, checkpoint.get("hyper_parameters", {}))
         self.facts = checkpoint_facts(checkpoint, source="checkpoint")
 
     @property
