@@ -129,8 +129,10 @@ def stored_settings(source: str | os.PathLike | dict) -> dict[str, dict]:
 
 def export_settings(config: dict) -> dict[str, dict]:
     """:func:`stored_settings` of an export folder's ``detector.json`` (already read)."""
-    model = {k: config[k] for k in ("backbone", "frontend", "channels_last", "tta_flip") if k in config}
-    top = {k: config[k] for k in ("img_size", "mode", "mean", "std") if k in config}
+    model_keys = ("backbone", "frontend", "channels_last", "tta_flip", "tile_pooling", "tile_topk")
+    model = {k: config[k] for k in model_keys if k in config}
+    data_keys = ("img_size", "mode", "mean", "std", "eval_views", "tile_stride", "max_tiles")
+    top = {k: config[k] for k in data_keys if k in config}
     return {"model": model, "data": {**config.get("data", {}), **top}}
 
 

@@ -4,7 +4,9 @@ The graph is the network of ``DeepfakeClassifier.predict_logits`` (front-end, ba
 the model was trained with ``tta_flip``): normalized images ``image`` (batch, 3, img_size, img_size) float32 in,
 ``logit`` (batch,) out, with a dynamic batch axis. Everything around it stays in ``detector.json``, read by the
 same code as for the PyTorch weights: the preprocessing (image size, resize/crop mode, normalization), the
-calibration (temperature...) and the decision threshold. ``detector.json``'s ``onnx`` entry records the file's
+calibration (temperature...) and the decision threshold, and for a tiled verdict (``eval_views: tiles``) the tiling
+and the pooling: the caller cuts the image into tiles (``data/tiles.py``), the graph scores them as a batch, the
+caller pools their logits (``tile_pooling``). ``detector.json``'s ``onnx`` entry records the file's
 SHA-256, so an ONNX file from another export (or a damaged one) is refused with a clear error instead of giving
 another model's answers.
 """

@@ -9,7 +9,8 @@ A checkpoint's ``provenance`` (written by ``DeepfakeClassifier.on_save_checkpoin
 * ``validation``: the ``val/*`` metrics at the time of that checkpoint;
 * ``versions``: deepfake-lightning, torch, lightning, timm; ``git_commit`` when the package runs from a checkout;
 * ``test``: added by ``deepfake test`` on that checkpoint: per split, images, AUROC, AP, ECE and accuracy / macro F1
-  at the tuned threshold; ``test_settings``: its test-time augmentation (``tta_flip``, ``eval_views``, and with tiles ``tile_pooling``).
+  at the tuned threshold; ``test_settings``: its test-time augmentation (``tta_flip``, ``eval_views``, and with tiles
+  ``tile_pooling``).
 
 The calibration and threshold are the checkpoint's own ``calibration`` entry. Anything missing (a checkpoint
 from before provenance existed) reads as ``"unknown"``, never as an error.

@@ -96,6 +96,13 @@ def export_checkpoint(
         "mode": data.get("mode", "resize"),
         "mean": [float(v) for v in data.get("mean", IMAGENET_MEAN)],
         "std": [float(v) for v in data.get("std", IMAGENET_STD)],
+        # The verdict's views: with "tiles", the caller tiles the whole image (data/tiles.py: TileTransform) and pools
+        # the tile logits (tile_pooling, tile_topk); the network (and model.onnx) sees tiles only.
+        "eval_views": data.get("eval_views", 1),
+        "tile_stride": data.get("tile_stride"),
+        "max_tiles": int(data.get("max_tiles", 64)),
+        "tile_pooling": hp.get("tile_pooling", "max"),
+        "tile_topk": float(hp.get("tile_topk", 0.25)),
         "temperature": (
             calibration.calibrator.temperature
             if calibration and calibration.calibrator.method == "temperature"
@@ -123,8 +130,8 @@ def export_checkpoint(
     return out
 
 
-def _network(config: dict, weights: dict):
-    """The eval-mode ``DeepfakeClassifier`` of an export's ``config`` with ``weights`` (timm names)."""
+def _network(config: dict, weights: dict | None = None):
+    """The eval-mode ``DeepfakeClassifier`` an export's ``config`` describes, with ``weights`` (timm names) if given."""
     from deepfake_lightning.models import DeepfakeClassifier
 
     model = DeepfakeClassifier(
@@ -133,24 +140,19 @@ def _network(config: dict, weights: dict):
         channels_last=config.get("channels_last", True),
         tta_flip=config.get("tta_flip", False),
         frontend=config.get("frontend", "rgb"),
+        tile_pooling=config.get("tile_pooling", "max"),
+        tile_topk=config.get("tile_topk", 0.25),
     )
-    model.net.load_state_dict(weights)
+    if weights is not None:
+        model.net.load_state_dict(weights)
     return model.eval()
 
 
 def load_export(export_dir: str | os.PathLike, map_location: str | torch.device = "cpu"):
     """The ``DeepfakeClassifier`` (eval mode, calibrated) and ``detector.json`` of an export directory, read with
     safetensors and json only: nothing is unpickled."""
-    from deepfake_lightning.models import DeepfakeClassifier
-
     config = read_export_config(export_dir)
-    model = DeepfakeClassifier(
-        config["backbone"],
-        pretrained=False,
-        channels_last=config.get("channels_last", True),
-        tta_flip=config.get("tta_flip", False),
-        frontend=config.get("frontend", "rgb"),
-    )
+    model = _network(config)
     load_weights(model, export_dir, config)
     return model.to(map_location).eval(), config
 

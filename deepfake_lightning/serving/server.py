@@ -17,8 +17,8 @@ def serve_parser() -> argparse.ArgumentParser:
         prog="deepfake serve",
         description="Serve a detector over HTTP (LitServe): POST /predict with one image (raw bytes or multipart) "
         "returns its calibrated AI probability and verdict at the checkpoint's threshold (?explain=true adds a "
-        "Grad-CAM overlay); GET / is a page to drop images on; GET /health and /info. Requests are batched on "
-        "the server.",
+        "Grad-CAM overlay, ?map=true the whole image's tile scores for a crop-mode model); GET / is a page to "
+        "drop images on; GET /health and /info. Requests are batched on the server.",
     )
     parser.add_argument(
         "--ckpt_path",

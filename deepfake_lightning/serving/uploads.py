@@ -4,7 +4,8 @@ the page at ``GET /``.
 LitServe hands a route's JSON body to the inference worker (``LitAPI.decode_request``). Uploads arrive as raw image
 bytes or as a multipart form, so :class:`UploadGate` (an ASGI middleware, LitServer's ``middlewares`` argument)
 reads them in the API process, refuses what is too large or not an image content type with a 4xx JSON error before
-anything is queued, and passes the worker one JSON payload: ``{"image": base64, "filename": ..., "explain": bool}``.
+anything is queued, and passes the worker one JSON payload:
+``{"image": base64, "filename": ..., "explain": bool, "map": bool}``.
 Image decoding (not an image, truncated, decompression bomb) is checked in the worker, per request, by
 ``serving/worker.py``.
 """
@@ -88,7 +89,9 @@ class UploadGate:
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > self.max_bytes:
             raise UploadTooLarge(f"{int(declared) / 2**20:.1f} MB")
-        explain = parse_qs(scope.get("query_string", b"").decode()).get("explain", ["false"])[-1].lower() in TRUTHY
+        query = parse_qs(scope.get("query_string", b"").decode())
+        explain = query.get("explain", ["false"])[-1].lower() in TRUTHY
+        score_map = query.get("map", ["false"])[-1].lower() in TRUTHY
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
 
         async def limited() -> Message:  # also without (or with a false) Content-Length
@@ -116,6 +119,7 @@ class UploadGate:
             upload = uploads[0]
             data, filename = await upload.read(), upload.filename or "upload"
             explain = explain or str(form.get("explain", "")).lower() in TRUTHY
+            score_map = score_map or str(form.get("map", "")).lower() in TRUTHY
             await form.close()
         elif content_type.startswith(RAW_TYPES) or not content_type:
             data, filename = await request.body(), unquote(request.headers.get("x-filename", "upload"))
@@ -129,4 +133,5 @@ class UploadGate:
             )
         if not data:
             return error(400, "empty_upload", "the upload is empty: send an image's bytes")
-        return {"image": base64.b64encode(data).decode("ascii"), "filename": filename, "explain": explain}
+        image = base64.b64encode(data).decode("ascii")
+        return {"image": image, "filename": filename, "explain": explain, "map": score_map}

@@ -30,7 +30,9 @@ class Upload:
 
     filename: str
     explain: bool
-    image: torch.Tensor | None = None
+    map: bool = False
+    image: torch.Tensor | None = None  # the single-view input (the verdict's, or Grad-CAM's for a tiled verdict)
+    tiles: dict | None = None  # the whole image as tiles (data/tiles.py): a tiled verdict, or ?map=true
     status: int = 200
     code: str = ""
     detail: str = ""
@@ -75,14 +77,25 @@ class Engine:
             self.transform = create_transform(
                 self.img_size, train=False, mode=config["mode"], mean=self.mean, std=self.std
             )
+            self.mode, self.tiled = config["mode"], config.get("eval_views") == "tiles"
+            self.pooling = (config.get("tile_pooling", "max"), float(config.get("tile_topk", 0.25)))
+            tiling = (config.get("tile_stride"), int(config.get("max_tiles", 64)))
         elif runtime == "torch":
             detector = self.detector  # loads it
             self.calibrator, self.threshold = detector.model.calibrator, float(detector.threshold)
             self.backbone = detector.model.hparams.backbone
             self.mean, self.std, self.img_size = detector.mean, detector.std, detector.img_size
             self.transform, self.facts = detector.transform, detector.facts
+            self.mode, self.tiled = detector.mode, detector.tiled
+            hp = detector.model.hparams
+            self.pooling = (hp.get("tile_pooling", "max"), float(hp.get("tile_topk", 0.25)))
+            tiling = (detector.data.get("tile_stride"), int(detector.data.get("max_tiles", 64)))
         else:
             raise ConfigError(f"--runtime {runtime!r}: choose torch or onnx")
+        from deepfake_lightning.data.tiles import TileTransform
+
+        # Score maps (and a tiled verdict) need native-resolution tiles: crop-mode models only.
+        self.tiler = TileTransform(self.img_size, *tiling, self.mean, self.std) if self.mode == "crop" else None
 
     @property
     def detector(self):
@@ -114,19 +127,33 @@ class Engine:
             "threshold": self.threshold,
             "img_size": self.img_size,
             "explain": self.can_explain,
+            "map": self.tiler is not None,
+            "tiled": self.tiled,
+            "tile_pooling": self.pooling[0] if self.tiled else None,
             "source": Path(self.ckpt_path).name,
             "warning": DEMO_WARNING if self.facts.trained_on_demo else None,
         }
 
-    def decode(self, data: bytes, filename: str = "upload", explain: bool = False) -> Upload:
-        """Bytes to a preprocessed image; an undecodable upload becomes an :class:`Upload` with a 400 error."""
+    def decode(self, data: bytes, filename: str = "upload", explain: bool = False, score_map: bool = False) -> Upload:
+        """Bytes to a preprocessed image (and its tiles for a tiled verdict or a score map); an undecodable upload
+        becomes an :class:`Upload` with a 400 error, a map asked of a resize-mode model a 422."""
         from deepfake_lightning.data.dataset import BadImageError, load_image
 
-        upload = Upload(filename, explain)
+        upload = Upload(filename, explain, score_map)
+        if score_map and self.tiler is None:
+            upload.status, upload.code = 422, "map_unavailable"
+            upload.detail = (
+                f"no score map from this model: it is data.mode={self.mode}, it sees whole images squashed to "
+                f"{self.img_size} px; maps score native-resolution tiles, which needs a crop-mode model"
+            )
+            return upload
         source = io.BytesIO(data)
         source.name = filename
         try:
-            upload.image = self.transform(load_image(source))
+            picture = load_image(source)
+            upload.image = self.transform(picture)
+            if self.tiled or score_map:
+                upload.tiles = self.tiler(picture)
         except BadImageError as e:
             cause = e.__cause__
             if isinstance(cause, (Image.DecompressionBombError, Image.DecompressionBombWarning)):
@@ -153,6 +180,13 @@ class Engine:
         for n in sizes:
             self.logits(torch.zeros(n, 3, self.img_size, self.img_size))
         return sizes
+
+    def pool(self, tile_logits: np.ndarray) -> float:
+        """The image logit of one image's tile logits, by the model's ``tile_pooling``."""
+        from deepfake_lightning.data.tiles import pool_tile_logits
+
+        logits = torch.from_numpy(np.asarray(tile_logits, dtype=np.float32))
+        return float(pool_tile_logits(logits, torch.tensor([len(logits)]), *self.pooling)[0])
 
     def probs(self, logits: np.ndarray) -> np.ndarray:
         """Calibrated AI probabilities (the checkpoint's calibration, as ``deepfake predict`` applies it)."""
@@ -186,7 +220,9 @@ class DetectorAPI(ls.LitAPI):
 
     ``label`` is 1 (AI-generated) when the calibrated ``prob_ai`` reaches the checkpoint's ``threshold``;
     ``batch_size`` is how many requests shared the forward pass; ``?explain=true`` adds ``gradcam_png``, a base64
-    PNG of the Grad-CAM overlay.
+    PNG of the Grad-CAM overlay; ``?map=true`` (crop-mode models) adds ``map``: the image's ``width``, ``height`` and
+    ``tiles``, each ``{"x", "y", "size", "prob_ai"}`` (calibrated, pixel coordinates in the upload). A model whose
+    verdict scores tiles (``eval_views: tiles``) adds ``n_tiles`` and ``tiles_total`` to every answer.
     """
 
     def __init__(
@@ -206,7 +242,10 @@ class DetectorAPI(ls.LitAPI):
 
     def decode_request(self, request) -> Upload:
         upload = self.engine.decode(
-            base64.b64decode(request["image"]), request.get("filename", "upload"), bool(request.get("explain"))
+            base64.b64decode(request["image"]),
+            request.get("filename", "upload"),
+            bool(request.get("explain")),
+            bool(request.get("map")),
         )
         if upload.explain and upload.image is not None and not self.engine.can_explain:
             upload.image, upload.status, upload.code = None, 422, "explain_unavailable"
@@ -225,9 +264,24 @@ class DetectorAPI(ls.LitAPI):
     def predict(self, x: Upload | list[Upload]) -> dict | list[dict]:
         uploads = x if isinstance(x, list) else [x]
         good = [u for u in uploads if u.image is not None]
+        tiled, maps = self.engine.tiled, {}
         if good:
+            # One forward pass for the batch: each upload's single view (unless its verdict is tiled), then every
+            # upload's tiles; the verdicts come from the former or the pooled tiles, the maps from the tiles.
+            singles = [] if tiled else [u.image for u in good]
+            tiles = [u.tiles["image"] for u in good if u.tiles is not None]
+            logits = self.engine.logits(torch.cat(([torch.stack(singles)] if singles else []) + tiles))
+            verdicts, at = list(logits[: len(singles)]), len(singles)
+            for k, u in enumerate(good):
+                if u.tiles is None:
+                    continue
+                n = len(u.tiles["image"])
+                part, at = logits[at : at + n], at + n
+                if tiled:
+                    verdicts.append(self.engine.pool(part))
+                maps[k] = part
+            probs = self.engine.probs(np.asarray(verdicts, dtype=np.float32))
             images = torch.stack([u.image for u in good])
-            probs = self.engine.probs(self.engine.logits(images))
             wanted = [i for i, u in enumerate(good) if u.explain]
             pngs = dict(zip(wanted, self.engine.explain(images[wanted]), strict=False)) if wanted else {}
         info, outputs, k = self.engine.info(), [], 0
@@ -248,6 +302,18 @@ class DetectorAPI(ls.LitAPI):
                 "batch_size": len(good),
                 "filename": upload.filename,
             }
+            if tiled:
+                out |= {"n_tiles": len(upload.tiles["image"]), "tiles_total": int(upload.tiles["tiles_total"])}
+            if upload.map:
+                size, (width, height) = self.engine.img_size, upload.tiles["image_wh"].tolist()
+                out["map"] = {
+                    "width": width,
+                    "height": height,
+                    "tiles": [
+                        {"x": int(x), "y": int(y), "size": size, "prob_ai": float(p)}
+                        for (x, y), p in zip(upload.tiles["tile_xy"].tolist(), self.engine.probs(maps[k]), strict=True)
+                    ],
+                }
             if k in pngs:
                 out["gradcam_png"] = base64.b64encode(pngs[k]).decode("ascii")
             outputs.append(out)
