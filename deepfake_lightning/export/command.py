@@ -38,10 +38,14 @@ def export_main(args: list[str]) -> Path:
     out = export_checkpoint(a.ckpt_path, a.out, a.format)
     config = read_export_config(out)
     temperature = f", temperature {config['temperature']:.4f}" if config["temperature"] is not None else ""
+    tiles = ""
+    if config.get("eval_views") == "tiles":
+        stride = config["tile_stride"] or config["img_size"]
+        tiles = f", whole-image verdict from tiles (stride {stride}, {config['tile_pooling']} pooling)"
     files = [out / name for fmt, name in (("safetensors", WEIGHTS_FILE), ("onnx", ONNX_FILE)) if fmt in a.format]
     written = ", ".join(f"{f} ({f.stat().st_size / 1e6:.1f} MB)" for f in files)
     print(
         f"Exported {a.ckpt_path} -> {written} and {out / CONFIG_FILE}: {config['backbone']}, {config['img_size']} "
-        f"px {config['mode']}, threshold {config['threshold']:.4f}{temperature}"
+        f"px {config['mode']}{tiles}, threshold {config['threshold']:.4f}{temperature}"
     )
     return out
