@@ -32,7 +32,8 @@ def write_image(path: Path, rng: np.random.Generator, size: tuple[int, int] = (4
 
 def make_kaggle_root(root: Path, n_train: int = 40, n_test: int = 12, seed: int = 0, groups: bool = True) -> Path:
     """Writes a dataset exactly in the Kaggle layout: train.csv (unnamed index, file_name, label[, group]),
-    train_data/, test.csv (id) for test_v2, plus test_v1.csv (id, label) and test_data_v1/."""
+    train_data/, test.csv (id) for test_v2, plus test_v1.csv (id, label) and test_data_v1/, and, as the demo has,
+    test_edited.csv (id, label, mask: two originals and two images with an edited rectangle, masks as PNGs)."""
     rng = np.random.default_rng(seed)
     rows = []
     for i in range(n_train):
@@ -56,6 +57,19 @@ def make_kaggle_root(root: Path, n_train: int = 40, n_test: int = 12, seed: int 
             labels.append(int(i % 3 == 0))
         df = pd.DataFrame({"id": ids, "label": labels}) if labeled else pd.DataFrame({"id": ids})
         df.to_csv(root / csv, index=False)
+    rows = []
+    for i in range(4):
+        f = f"test_data_edited/e{i:031x}.jpg"
+        write_image(root / f, rng)
+        mask = ""
+        if i % 2:
+            mask = f"test_data_edited/masks/e{i:031x}.png"
+            (root / mask).parent.mkdir(parents=True, exist_ok=True)
+            pixels = np.zeros((40, 48), dtype=np.uint8)
+            pixels[8:30, 10:40] = 255
+            Image.fromarray(pixels).save(root / mask)
+        rows.append((f, i % 2, mask))
+    pd.DataFrame(rows, columns=["id", "label", "mask"]).to_csv(root / "test_edited.csv", index=False)
     return root
 
 

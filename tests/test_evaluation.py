@@ -52,7 +52,7 @@ def test_run(demo_run, demo_root, tmp_path_factory):
 
 def test_report_equals_sklearn_on_the_saved_predictions(test_run):
     report = json.loads((test_run / "report.json").read_text())
-    assert set(report["splits"]) == {"val", "test_v1", "test_v2"}
+    assert set(report["splits"]) == {"val", "test_v1", "test_v2", "test_edited"}
     t = report["threshold"]
     for split, r in report["splits"].items():
         pred = pd.read_csv(test_run / "predictions" / f"{split}.csv")

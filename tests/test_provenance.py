@@ -99,7 +99,7 @@ def tested_copy(demo_run, demo_root, tmp_path_factory) -> Path:
 def test_deepfake_test_adds_its_results_to_the_checkpoint(tested_copy):
     report = json.loads((tested_copy.parent.parent / "eval" / "test_best" / "report.json").read_text())
     recorded = torch.load(tested_copy, map_location="cpu", weights_only=True)["provenance"]
-    assert set(recorded["test"]) == {"val", "test_v1", "test_v2"}
+    assert set(recorded["test"]) == {"val", "test_v1", "test_v2", "test_edited"}
     for split, r in recorded["test"].items():
         assert r["auroc"] == report["splits"][split]["auroc"] and r["n_images"] == report["splits"][split]["n_images"]
         assert r["f1_macro"] == report["splits"][split]["at_tuned"]["f1_macro"]
