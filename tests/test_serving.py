@@ -287,6 +287,29 @@ def test_explain_adds_a_gradcam_overlay(http, images):
     assert "gradcam_png" not in _post(http, data, explain=False).json()
 
 
+def test_map_returns_every_tile_with_its_calibrated_probability(http, images, export, demo_root):
+    name, data = images[0]
+    body = http.post("/predict", params={"map": "true"}, content=data, headers={"Content-Type": "image/jpeg"}).json()
+    form = http.post("/predict", files={"file": (name, data)}, data={"map": "true"}).json()
+    assert body["map"] == form["map"] and "map" not in _post(http, data).json()
+    tiles = body["map"]["tiles"]
+    assert (body["map"]["width"], body["map"]["height"]) == (96, 96)
+    # the demo config's stride 32 on 96 px with 64-px tiles: x, y in {0, 32}
+    assert sorted((t["x"], t["y"]) for t in tiles) == [(0, 0), (0, 32), (32, 0), (32, 32)]
+    detector = load_detector(export)
+    picture = load_image(io.BytesIO(data))
+    for t in tiles:
+        crop = detector.transform(picture.crop((t["x"], t["y"], t["x"] + 64, t["y"] + 64)))
+        with torch.inference_mode():
+            expected = float(detector.model.calibrated_probs(detector.model.predict_logits(crop[None]))[0])
+        assert t["size"] == 64 and t["prob_ai"] == pytest.approx(expected, abs=TORCH_SERVER_TOLERANCE)
+    assert not body.get("n_tiles")  # the verdict stays the centre crop's: this model was calibrated on it
+    engine = Engine(str(export))
+    engine.tiler, engine.mode = None, "resize"  # as for a resize-mode model
+    refused = engine.decode(data, name, score_map=True)
+    assert refused.status == 422 and refused.code == "map_unavailable" and "crop-mode" in refused.detail
+
+
 def _bad_uploads(images) -> dict[str, tuple[bytes, str, int, str]]:
     """name -> (body, content type, expected status, expected error code)."""
     good = images[0][1]
@@ -417,6 +440,12 @@ def test_the_page_in_a_real_browser(servers, images, demo_root, tmp_path):
             page.set_input_files("#files", [str(tmp_path / name), str(tmp_path / "notes.txt")])
             card = page.locator(f'.card[data-file="{name}"]')
             card.locator("img.gradcam").wait_for(timeout=30_000)
+            card.locator("canvas.map").wait_for(timeout=30_000)
+            drawn = card.locator("canvas.map").evaluate(
+                "c => { const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;"
+                " let red = 0; for (let i = 0; i < d.length; i += 4) red += d[i]; return [c.width, c.height, red]; }"
+            )
+            map_caption = card.locator("canvas.map + figcaption").inner_text()
             page.locator('.card[data-file="notes.txt"] .error').wait_for(timeout=30_000)
             verdict = card.locator(".verdict").inner_text()
             overlay = card.locator("img.gradcam").evaluate("img => [img.complete, img.naturalWidth]")
@@ -428,6 +457,8 @@ def test_the_page_in_a_real_browser(servers, images, demo_root, tmp_path):
     body = _post(servers["batched"].url, data).json()
     assert verdict == ("AI-generated" if body["label"] else "Human-made")
     assert overlay == [True, 256]
+    assert drawn[:2] == [320, 320] and drawn[2] > 0  # the image with its tiles painted over it
+    assert map_caption.startswith("score map: 4 tiles")
     assert error.startswith("400: notes.txt: not an image")
     assert warning == f"Warning: {DEMO_WARNING}."
     assert Image.open(ARTIFACTS / "serve_page.png").size[0] == 1000

@@ -78,15 +78,12 @@ class TileTransform:
         self.std = torch.tensor(list(std), dtype=torch.float32).view(1, 3, 1, 1)
 
     def __call__(self, image: Image.Image) -> dict:
-        pixels = TF.pil_to_tensor(image)  # (3, H, W) uint8: 48 MB for a 16 MP photograph
-        h, w = pixels.shape[-2:]
+        w, h = image.size
         origins, total = tile_grid(w, h, self.size, self.stride, self.max_tiles)
-        left, top = max(0, -origins[0][0]), max(0, -origins[0][1])
-        if left or top:  # a side shorter than a tile: zero padding, the image centred
-            right, bottom = max(0, self.size - w - left), max(0, self.size - h - top)
-            pixels = torch.nn.functional.pad(pixels, (left, right, top, bottom))
         s = self.size
-        tiles = torch.stack([pixels[:, y + top : y + top + s, x + left : x + left + s] for x, y in origins])
+        # PIL crops one tile at a time (no full-size tensor copy of a 16 MP photograph) and fills the area outside
+        # the image with zeros: a short side is zero-padded, the image centred, as the centre crop pads.
+        tiles = torch.stack([TF.pil_to_tensor(image.crop((x, y, x + s, y + s))) for x, y in origins])
         tiles = (tiles.float() / 255 - self.mean) / self.std
         return {
             "image": tiles,

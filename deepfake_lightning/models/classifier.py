@@ -27,6 +27,9 @@ from deepfake_lightning.models.training import FreezeBackbone, warmup_cosine
 from deepfake_lightning.provenance import ModelFacts, checkpoint_facts, training_record
 
 
+EVAL_CHUNK = 128  # most images (tiles, views) per forward pass in inference; see tile_logits
+
+
 class DeepfakeClassifier(L.LightningModule):
     """Binary AI-generated-image detector on any timm backbone.
 
@@ -208,8 +211,12 @@ class DeepfakeClassifier(L.LightningModule):
         return self.tile_logits(views.flatten(0, 1), net).view(b, v).mean(1)
 
     def tile_logits(self, images: torch.Tensor, net: nn.Module | None = None) -> torch.Tensor:
-        """The logit of each image of (N, 3, H, W), averaged with its mirror's under ``tta_flip``; float32."""
+        """The logit of each image of (N, 3, H, W), averaged with its mirror's under ``tta_flip``; float32. Outside
+        training, more than ``EVAL_CHUNK`` images go through the network in chunks: a photograph with many tiles
+        needs no more activation memory than a batch."""
         net = self.net if net is None else net
+        if len(images) > EVAL_CHUNK and not torch.is_grad_enabled():
+            return torch.cat([self.tile_logits(part, net) for part in images.split(EVAL_CHUNK)])
         logits = self._logits(images, net).float()
         if self.hparams.get("tta_flip", False):
             logits = (logits + self._logits(images.flip(-1), net).float()) / 2
