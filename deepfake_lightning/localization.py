@@ -84,6 +84,31 @@ def read_mask(path: Path, image_wh: tuple[int, int]) -> np.ndarray:
     return mask
 
 
+def check_masks(images: list[Path], masks: list[Path | None]) -> list[str]:
+    """Problems with a split's masks, read from the files' headers only: a missing or unreadable mask, or one whose
+    size is not its image's. One ``path: problem`` string each; empty when all is well."""
+    problems = []
+    for image, mask in zip(images, masks, strict=True):
+        if mask is None:
+            continue
+        try:
+            with Image.open(mask) as m:
+                mask_size = m.size
+        except OSError as e:
+            problems.append(f"{mask}: {'does not exist' if not mask.exists() else f'cannot be read ({e})'}")
+            continue
+        try:
+            with Image.open(image) as im:
+                image_size = im.size
+        except OSError:
+            continue  # the image itself is the data module's to report (bad_images)
+        if mask_size != image_size:
+            problems.append(
+                f"{mask}: {mask_size[0]}x{mask_size[1]}, its image {image} is {image_size[0]}x{image_size[1]}"
+            )
+    return problems
+
+
 def localization_report(
     tiles: list[TileScores], masks: list[np.ndarray | None], labels: np.ndarray, centre_logits: np.ndarray
 ) -> dict:

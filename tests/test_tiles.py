@@ -335,3 +335,25 @@ def test_tiles_with_a_centre_calibrated_model_warn_and_explain_maps_from_the_cli
     stem = Path(edited["id"]).stem
     assert (tmp_path / "m" / f"{stem}_map.png").is_file()
     assert len(pd.read_csv(tmp_path / "m" / f"{stem}_tiles.csv")) == 49
+
+
+def test_missing_or_mismatched_masks_fail_before_the_evaluation(tmp_path):
+    from types import SimpleNamespace
+
+    from deepfake_lightning.callbacks import EvaluationReport
+    from deepfake_lightning.errors import DataError
+    from tests.conftest import make_kaggle_root
+
+    root = make_kaggle_root(tmp_path / "kaggle", n_train=20, n_test=3)
+    masks = pd.read_csv(root / "test_edited.csv", keep_default_na=False)["mask"]
+    (root / masks[1]).unlink()
+    Image.new("L", (10, 10)).save(root / masks[3])
+    dm = DeepfakeDataModule(str(root), img_size=16, mode="crop", test_edited_csv="test_edited.csv", num_workers=0)
+    dm.setup("test")
+    assert dm.has_masks("test_edited") and not dm.has_masks("test_v1")
+    with pytest.raises(DataError) as e:
+        EvaluationReport().on_test_start(SimpleNamespace(datamodule=dm), None)
+    message = str(e.value)
+    assert message.startswith("test_edited: 2 bad mask(s) in its mask column")
+    assert f"{root / masks[1]}: does not exist" in message
+    assert f"{root / masks[3]}: 10x10, its image" in message and "is 48x40" in message

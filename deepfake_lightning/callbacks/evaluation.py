@@ -28,7 +28,7 @@ from deepfake_lightning.evaluation import (
     write_predictions,
 )
 from deepfake_lightning.files import atomic_path, write_json
-from deepfake_lightning.localization import format_localization, split_localization
+from deepfake_lightning.localization import check_masks, format_localization, split_localization
 from deepfake_lightning.models.outputs import collect_logits
 from deepfake_lightning.provenance import DEMO_WARNING, evaluation_record, outside_demo_data
 
@@ -70,12 +70,12 @@ class EvaluationReport(PrintsResults):
         if self.group_by and hasattr(dm, "split_column"):  # a wrong column fails now, not after the evaluation
             for split in dm.labeled_test_splits():
                 dm.split_column(split, self.group_by)
-        for split in self._mask_splits(dm):  # likewise a missing mask file
-            missing = [str(p) for p in dm.masks(split) if p is not None and not p.is_file()]
-            if missing:
-                raise DataError(
-                    f"{split}: {len(missing)} mask file(s) of the mask column do not exist, e.g. {missing[0]}"
-                )
+        for split in self._mask_splits(dm):  # likewise a missing or mismatched mask
+            problems = check_masks([dm.root / p for p in dm.indexes[split]["path"]], dm.masks(split))
+            if problems:
+                more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
+                listing = "\n  ".join(problems[:20]) + more
+                raise DataError(f"{split}: {len(problems)} bad mask(s) in its mask column:\n  {listing}")
 
     @staticmethod
     def _mask_splits(dm) -> list[str]:

@@ -449,7 +449,12 @@ class DeepfakeDataModule(L.LightningDataModule):
     def masks(self, split: str) -> list[Path | None]:
         """Each image's mask PNG (under the data root), None for an unedited image, in the split's order."""
         values = self.split_column(split, MASK_COLUMN)
-        return [None if pd.isna(v) or str(v).strip() == "" else self.root / str(v) for v in values]
+        masks = [None if pd.isna(v) or str(v).strip() == "" else Path(str(v)) for v in values]
+        outside = [str(m) for m in masks if m is not None and (m.is_absolute() or ".." in m.parts)]
+        if outside:  # as for images: paths stay under the data root
+            csv, _ = self._split_csv(split)
+            raise DataError(f"{self.root / csv}: mask paths must be relative to the data root, e.g. {outside[0]!r}")
+        return [None if m is None else self.root / m for m in masks]
 
     def loader(
         self, split: str, train: bool = False, perturb=None, eval_views: int | str | None = None, distributed=True

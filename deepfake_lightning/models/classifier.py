@@ -26,7 +26,6 @@ from deepfake_lightning.models.outputs import TestOutputs
 from deepfake_lightning.models.training import FreezeBackbone, warmup_cosine
 from deepfake_lightning.provenance import ModelFacts, checkpoint_facts, training_record
 
-
 EVAL_CHUNK = 128  # most images (tiles, views) per forward pass in inference; see tile_logits
 
 
