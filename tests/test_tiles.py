@@ -261,6 +261,13 @@ def test_test_reports_localization_and_calibrate_on_tiles_makes_the_verdict_tile
     assert set(report["splits"]) == {"val", "test_v1", "test_v2", "test_edited"}
     recorded = torch.load(tiled, weights_only=True)["provenance"]["test_settings"]
     assert recorded == {"tta_flip": False, "eval_views": "tiles", "tile_pooling": "max"}
+    # the notebooks' loaders give the same tiled verdicts
+    from deepfake_lightning.api import datamodule_for, predict_split
+
+    table = predict_split(load_detector(tiled), datamodule_for(tiled, root=str(demo_root)), "test_edited")
+    tested = pd.read_csv(next(tmp_path.rglob("predictions/test_edited.csv")))
+    assert (table["n_tiles"] == 49).all() and (table["id"] == tested["id"]).all()
+    assert np.allclose(table["prob_ai"], tested["prob_ai"], atol=1e-6)
 
     # predict, export (ONNX too) and serve give the same tiled verdict
     files = [demo_root / i for i in pd.read_csv(demo_root / "test_edited.csv")["id"][:4]]
@@ -357,3 +364,20 @@ def test_missing_or_mismatched_masks_fail_before_the_evaluation(tmp_path):
     assert message.startswith("test_edited: 2 bad mask(s) in its mask column")
     assert f"{root / masks[1]}: does not exist" in message
     assert f"{root / masks[3]}: 10x10, its image" in message and "is 48x40" in message
+
+
+def test_gradcam_of_tiled_images_explains_each_images_top_tile_with_its_pooled_verdict():
+    from deepfake_lightning.callbacks.gradcam import _top_tiles
+    from deepfake_lightning.explain.cam import CamExplainer
+
+    model = DeepfakeClassifier("test_resnet", pretrained=False).eval()
+    tiler = TileTransform(32, None, 64, MEAN, STD)
+    items = [tiler(_photo(64, 64, 5)), tiler(_photo(96, 40, 6))]  # 4 and 3 tiles: not stackable as views
+    images, pooled = _top_tiles(model, items)
+    assert images.shape == (2, 3, 32, 32)
+    with torch.inference_mode():
+        second = model(items[1]["image"])
+    assert torch.equal(images[1], items[1]["image"][int(second.argmax())])
+    assert pooled[1].item() == pytest.approx(second.max().item(), abs=1e-6)
+    with CamExplainer(model) as explainer:
+        assert explainer(images).cam.shape == (2, 32, 32)

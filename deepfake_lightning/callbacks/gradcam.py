@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import lightning as L
@@ -19,8 +20,9 @@ class GradCamExport(Callback):
     of ``num_samples`` images plus the ``num_mistakes`` most confident mistakes of that epoch. Writes overlay
     grids as PNG files under ``<run>/gradcam/epoch=<e>/`` (``gradcam/<split>/`` when testing) and as
     TensorBoard figures; each tile shows the label, the AI probability and the prediction. With several test-time
-    views per image (``data.eval_views: 5``) the centre view is shown and explained, and the probability is the
-    multi-view one, as in the metrics.
+    views per image (``data.eval_views: 5``) the centre view is shown and explained, with tiles
+    (``data.eval_views: tiles``) each image's most suspicious tile, and the probability is the
+    image's own (over every view, or pooled over the tiles), as in the metrics.
 
     It never changes training: CAMs run in eval mode with frozen parameters and a forked RNG, on images read
     straight from the dataset (no extra loader), and only rank 0 computes and writes them.
@@ -117,9 +119,14 @@ class GradCamExport(Callback):
                 items = [it for it in items if isinstance(it, dict)]
                 if not items:
                     continue
-                images = torch.stack([it["image"] for it in items])
                 labels = [int(it["label"]) for it in items]
-                result = explainer(images)
+                if "tile_xy" in items[0]:  # tiled evaluation: each image's most suspicious tile, with its verdict
+                    images, pooled = _top_tiles(pl_module, items)
+                    result = explainer(images)
+                    result = replace(result, logits=pooled.numpy(), probs=pl_module.calibrated_probs(pooled).numpy())
+                else:
+                    images = torch.stack([it["image"] for it in items])
+                    result = explainer(images)
                 fig = cam_grid(
                     denormalize(centre_view(images), dm.hparams.mean, dm.hparams.std),
                     result,
@@ -130,3 +137,15 @@ class GradCamExport(Callback):
                 publish_figure(
                     trainer, fig, out / f"{name}.png", f"gradcam/{split}/{name}", step=trainer.current_epoch, dpi=90
                 )
+
+
+@torch.inference_mode()
+def _top_tiles(pl_module, items: list[dict]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The most suspicious tile of each tiled image (what decides a max-pooled verdict) and the images' pooled
+    logits, on the CPU."""
+    tiles, pooled = [], []
+    for it in items:
+        logits = pl_module.tile_logits(it["image"].to(pl_module.device)).float().cpu()
+        tiles.append(it["image"][int(logits.argmax())])
+        pooled.append(pl_module.pool_tiles(logits, torch.tensor([len(logits)])))
+    return torch.stack(tiles), torch.cat(pooled)
