@@ -180,10 +180,12 @@ def test_console_script_is_installed():
 
 
 @pytest.mark.slow
-def test_ddp_on_two_cpu_processes_matches_a_single_process_evaluation(kaggle_root, tmp_path):
+@pytest.mark.parametrize("views", ["1", "tiles"])
+def test_ddp_on_two_cpu_processes_matches_a_single_process_evaluation(kaggle_root, tmp_path, views):
     """Lightning's DDP on 2 CPU processes (gloo): the run ends, rank 0 alone writes the run directory, and the
     synchronised val/auroc equals a single-process validation of the same checkpoint. 5 validation images on 2
-    ranks: a padding sampler would count one image twice."""
+    ranks: a padding sampler would count one image twice. With tiles (4 per image), each rank pools its images'
+    tiles and only per-image logits are gathered: still 5 calibration logits, not 20."""
     common = _args(
         "demo.yaml",
         kaggle_root,
@@ -193,6 +195,8 @@ def test_ddp_on_two_cpu_processes_matches_a_single_process_evaluation(kaggle_roo
         "--data.test_v1_csv=test_v1.csv",
         "--data.img_size=32",
         "--data.val_fraction=0.125",
+        f"--data.eval_views={views}",
+        "--data.tile_stride=16",
     )
     args = [
         "deepfake",
