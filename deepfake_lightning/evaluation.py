@@ -118,6 +118,7 @@ def format_report(report: dict) -> str:
                 "macroF1@tuned": t["f1_macro"],
                 "acc human": t["acc_human"],
                 "acc AI": t["acc_ai"],
+                "FPR@tuned": t["fpr"],
             }
         )
     return pd.DataFrame(rows).to_string(index=False, float_format=lambda v: f"{v:.4f}")

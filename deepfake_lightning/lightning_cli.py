@@ -196,6 +196,9 @@ class DeepfakeCLI(LightningCLI):
         # One label-shift setting for test (Calibration) and predict (PredictionWriter).
         parser.link_arguments("calibration.adapt_splits", "predictions.adapt_splits")
         parser.link_arguments("calibration.shift_tolerance", "predictions.shift_tolerance")
+        # One stability setting for test (EvaluationReport) and predict (PredictionWriter).
+        parser.link_arguments("report.stability", "predictions.stability")
+        parser.link_arguments("report.stability_tolerance", "predictions.stability_tolerance")
         parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
         # Normalization follows the backbone's own timm data config.
         parser.link_arguments(

@@ -109,6 +109,7 @@ class ModelFacts:
     temperature: float | None = None
     threshold: float = 0.5
     threshold_criterion: str = UNKNOWN
+    fpr_guarantee: dict = field(default_factory=dict)  # fpr_bound thresholds: calibration/state.py CalibrationState
     training_data: dict | str = UNKNOWN
     split_sha256: str = UNKNOWN
     validation: dict | str = UNKNOWN
@@ -158,6 +159,7 @@ class ModelFacts:
             temperature=calibrator.get("temperature") if calibrator.get("method") == "temperature" else None,
             threshold=float(cal.get("threshold", 0.5)),
             threshold_criterion=cal.get("criterion", UNKNOWN) if cal else "none (uncalibrated: 0.5)",
+            fpr_guarantee=dict(cal.get("guarantee") or {}),
             training_data=training,
             split_sha256=provenance.get("split_sha256", UNKNOWN),
             validation=provenance.get("validation", UNKNOWN),
@@ -286,6 +288,15 @@ def model_card(facts: ModelFacts) -> str:
         + (f", temperature {facts.temperature:.4f}" if facts.temperature else "")
         + " |",
         f"| decision threshold | {facts.threshold:.4f} ({facts.threshold_criterion}, chosen on validation) |",
+        *(
+            [
+                f"| false-positive guarantee | at most {g['certified_fpr']:.2%} of human images called AI, at "
+                f"{g['confidence']:.0%} confidence (one-sided Clopper-Pearson bound on {g['n_human']} human "
+                f"validation images, {g['false_positives']} at or above the threshold) |"
+            ]
+            if (g := facts.fpr_guarantee)
+            else []
+        ),
         f"| versions | {_versions(facts.versions)} |",
         f"| git commit | {facts.git_commit or UNKNOWN} |",
         "",

@@ -50,8 +50,9 @@ def test_explore_checkpoint_notebook(source, demo_run, demo_root, tmp_path, monk
     outputs = _execute(
         "01_explore_checkpoint.ipynb", {"DEEPFAKE_CKPT": ckpt, "DEEPFAKE_DATA_ROOT": demo_root}, monkeypatch
     )
-    # ROC/PR/confusion per labelled split (3), threshold trade-off, reliability per split (3), Grad-CAM gallery
-    assert _images(outputs) == 8
+    # ROC/PR/confusion per labelled split (4: val, test_v1, test_v2, test_edited), threshold trade-off, reliability
+    # per split (4), Grad-CAM gallery
+    assert _images(outputs) == 10
     text = "".join(str(o.get("data", {}).get("text/plain", "")) + o.get("text", "") for o in outputs)
     if source == "uncalibrated":  # shown as such, with the command that fixes it; no share estimate
         assert "UNCALIBRATED" in text and "deepfake calibrate" in text and "Not available" in text

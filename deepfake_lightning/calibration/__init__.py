@@ -31,6 +31,7 @@ from deepfake_lightning.calibration.state import CalibrationState, evaluation_of
 from deepfake_lightning.calibration.thresholds import (
     THRESHOLD_CRITERIA,
     check_criterion,
+    check_fpr_bound,
     choose_threshold,
     equal_error_point,
     equal_error_rate,
@@ -48,6 +49,7 @@ __all__ = [
     "bbse_prior",
     "calibration_metrics",
     "check_criterion",
+    "check_fpr_bound",
     "choose_threshold",
     "em_prior",
     "equal_error_point",

@@ -30,7 +30,7 @@ def calibrate_main(args: list[str]) -> CalibrationState:
     them into the checkpoint (or a copy at ``--out``). Returns the calibration state."""
     known, rest = calibrate_parser().parse_known_args(args)
     from deepfake_lightning.calibration import CalibrationState, evaluation_of
-    from deepfake_lightning.calibration.state import EVALUATION_KEYS
+    from deepfake_lightning.calibration.state import EVALUATION_KEYS, guarantee_line
     from deepfake_lightning.checkpoints import is_export, load_checkpoint
     from deepfake_lightning.errors import ConfigError
     from deepfake_lightning.lightning_cli import run_lightning_cli
@@ -51,7 +51,9 @@ def calibrate_main(args: list[str]) -> CalibrationState:
     cli.datamodule.setup("validate")
     logits, labels = collect_logits(model, cli.datamodule.val_dataloader())
     evaluation = evaluation_of(cli.datamodule.hparams, model.hparams)
-    state = CalibrationState.fit(logits, labels, settings["method"], settings["threshold"], evaluation)
+    state = CalibrationState.fit(
+        logits, labels, settings["method"], settings["threshold"], evaluation, settings["confidence"]
+    )
     out = state.write_into(known.ckpt_path, known.out)
     info = state.summary()
     print(
@@ -59,6 +61,7 @@ def calibrate_main(args: list[str]) -> CalibrationState:
         f"NLL {info['val/nll_before']:.4f} -> {info['val/nll']:.4f}; "
         f"threshold ({info['criterion']}) {info['threshold']:.4f}"
         + (f"; temperature {info['temperature']:.4f}" if "temperature" in info else "")
+        + guarantee_line(state)
         + (
             f"; on tiles ({model.hparams['tile_pooling']} pooling): the model's verdicts score tiles from now on"
             if evaluation["data"]["eval_views"] == "tiles"

@@ -20,7 +20,8 @@ from sklearn.metrics import (
 from deepfake_lightning.calibration.calibrators import _check
 from deepfake_lightning.errors import ConfigError
 
-THRESHOLD_CRITERIA = ("f1", "youden", "eer", "target_fpr", "fixed")
+THRESHOLD_CRITERIA = ("f1", "youden", "eer", "target_fpr", "fpr_bound", "fixed")
+CRITERIA_HELP = "f1, youden, eer, target_fpr=<a>, fpr_bound=<a> or fixed=<t>"
 
 
 def thresholded_metrics(probs: np.ndarray, labels: np.ndarray, threshold: float) -> dict[str, float]:
@@ -37,6 +38,7 @@ def thresholded_metrics(probs: np.ndarray, labels: np.ndarray, threshold: float)
         "f1": float(f1_score(y, pred, zero_division=0)),
         "f1_macro": float(f1_score(y, pred, average="macro", zero_division=0)),
         "acc_human": float(tn / max(1, tn + fp)),
+        "fpr": float(fp / max(1, tn + fp)),  # human images called AI: the costly error
         "acc_ai": float(tp / max(1, tp + fn)),
         "tn": int(tn),
         "fp": int(fp),
@@ -72,16 +74,81 @@ def equal_error_rate(probs: np.ndarray, labels: np.ndarray) -> float:
     return equal_error_point(probs, labels)[0]
 
 
-def choose_threshold(probs: np.ndarray, labels: np.ndarray, criterion: str = "f1") -> float:
+def clopper_pearson_upper(false_positives: int, n: int, confidence: float = 0.95) -> float:
+    """One-sided Clopper-Pearson upper confidence bound on a rate from ``false_positives`` of ``n``."""
+    from scipy.stats import beta
+
+    return 1.0 if false_positives >= n else float(beta.ppf(confidence, false_positives + 1, n - false_positives))
+
+
+def humans_needed(target: float, confidence: float = 0.95) -> int:
+    """The fewest human images that certify a false-positive rate of ``target`` at ``confidence`` (with no false
+    positive among them): 299 for 1 % at 95 %, 59 for 5 %."""
+    n = int(np.ceil(np.log(1 - confidence) / np.log1p(-target)))
+    while clopper_pearson_upper(0, n, confidence) > target:  # guard the floating-point edge
+        n += 1
+    return n
+
+
+def check_fpr_bound(target: float, confidence: float, n_human: int) -> None:
+    """A ConfigError saying how many human images are needed, when ``n_human`` cannot certify ``target``."""
+    needed = humans_needed(target, confidence)
+    if n_human < needed:
+        raise ConfigError(
+            f"calibration.threshold fpr_bound={target:g}: certifying a false-positive rate of {target:.2%} at "
+            f"{confidence:.0%} confidence needs at least {needed} human validation images (with no false positive "
+            f"among them); validation has {n_human}. Use more validation data (data.val_fraction), a larger "
+            "bound, or a lower calibration.confidence"
+        )
+
+
+def fpr_bound_threshold(probs: np.ndarray, labels: np.ndarray, target: float, confidence: float = 0.95) -> dict:
+    """The lowest threshold whose one-sided Clopper-Pearson upper bound (at ``confidence``) on the false-positive
+    rate, computed on the human images of ``probs``, is at most ``target``.
+
+    The number of false positives allowed, ``k``, is fixed by the count of human images alone (the largest k whose
+    bound is at most the target), and the threshold sits just above the (k+1)-th highest human score. The true
+    false-positive rate at such a threshold exceeds the bound with probability at most 1 - ``confidence`` (the
+    exceedance of an order statistic is Beta(k+1, n-k) distributed; ``tests/test_reshare_and_bounds.py`` checks it by
+    simulation). Returns ``threshold``, ``certified_fpr`` (the bound), ``target``, ``confidence``, ``n_human`` and
+    ``false_positives`` (on these images, at the threshold).
+
+    Raises:
+        ConfigError: When the human images are too few to certify ``target`` at all (saying how many are needed).
+    """
+    p, y = _check(probs, labels)
+    human = np.sort(p[y == 0])[::-1]
+    n = len(human)
+    check_fpr_bound(target, confidence, n)
+    k = 0
+    while k + 1 < n and clopper_pearson_upper(k + 1, n, confidence) <= target:
+        k += 1
+    threshold = float(np.nextafter(human[k], np.inf))
+    false_positives = int((human >= threshold).sum())  # k or fewer (ties)
+    return {
+        "threshold": threshold,
+        "certified_fpr": clopper_pearson_upper(false_positives, n, confidence),
+        "target": float(target),
+        "confidence": float(confidence),
+        "n_human": int(n),
+        "false_positives": false_positives,
+    }
+
+
+def choose_threshold(probs: np.ndarray, labels: np.ndarray, criterion: str = "f1", confidence: float = 0.95) -> float:
     """Decision threshold on AI probabilities, chosen on labelled validation data.
 
     Criteria: ``f1`` (maximum F1 over sklearn's precision-recall curve), ``youden`` (maximum TPR - FPR over
     sklearn's ROC curve), ``eer`` (the threshold of :func:`equal_error_point`), ``target_fpr=<a>`` (the lowest
-    threshold whose FPR is at most a, i.e. the highest recall allowed), ``fixed=<t>``.
+    threshold whose FPR is at most a, i.e. the highest recall allowed), ``fpr_bound=<a>`` (the lowest threshold
+    whose false-positive rate is certified at most a at ``confidence``: :func:`fpr_bound_threshold`),
+    ``fixed=<t>``.
     """
     name, _, arg = criterion.partition("=")
     if name == "fixed":
         return float(arg)
+    if name == "fpr_bound":
+        return fpr_bound_threshold(probs, labels, float(arg), confidence)["threshold"]
     p, y = _check(probs, labels)
     if name == "f1":
         precision, recall, thresholds = precision_recall_curve(y, p)
@@ -99,13 +166,22 @@ def choose_threshold(probs: np.ndarray, labels: np.ndarray, criterion: str = "f1
         alpha = float(arg)
         ok = np.flatnonzero(fpr <= alpha)
         return float(thresholds[ok[-1]]) if ok.size else float(np.nextafter(p.max(), np.inf))
-    raise ConfigError(f"unknown threshold criterion {criterion!r}; use f1, youden, eer, target_fpr=<a> or fixed=<t>")
+    raise ConfigError(f"unknown threshold criterion {criterion!r}; use {CRITERIA_HELP}")
 
 
 def check_criterion(criterion: str) -> str:
-    """``criterion`` if it names a known criterion, else a ValueError listing them."""
-    if criterion.partition("=")[0] not in THRESHOLD_CRITERIA:
-        raise ConfigError(
-            f"unknown threshold criterion {criterion!r}; use f1, youden, eer, target_fpr=<a> or fixed=<t>"
-        )
+    """``criterion`` if it names a known criterion with a valid argument, else a ConfigError saying why."""
+    name, eq, arg = criterion.partition("=")
+    if name not in THRESHOLD_CRITERIA:
+        raise ConfigError(f"unknown threshold criterion {criterion!r}; use {CRITERIA_HELP}")
+    if name in ("target_fpr", "fpr_bound", "fixed"):
+        try:
+            value = float(arg)
+        except ValueError:
+            value = float("nan")
+        inside = 0.0 <= value <= 1.0 if name == "fixed" else 0.0 < value < 1.0
+        if not inside:
+            raise ConfigError(f"threshold criterion {criterion!r}: {name} needs a number in (0, 1), e.g. {name}=0.01")
+    elif eq:
+        raise ConfigError(f"threshold criterion {criterion!r}: {name} takes no value")
     return criterion

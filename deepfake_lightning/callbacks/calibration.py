@@ -17,11 +17,13 @@ from deepfake_lightning.calibration import (
     Calibrator,
     calibration_metrics,
     check_criterion,
+    check_fpr_bound,
     evaluation_of,
     plot_reliability,
     sigmoid,
     thresholded_metrics,
 )
+from deepfake_lightning.calibration.state import guarantee_line
 from deepfake_lightning.callbacks._console import PrintsResults
 from deepfake_lightning.callbacks._figures import publish_figure
 from deepfake_lightning.checkpoints import load_checkpoint
@@ -48,7 +50,10 @@ class Calibration(PrintsResults):
 
     Args:
         method: ``temperature`` (default), ``platt``, ``isotonic`` or ``none``.
-        threshold: Criterion for the decision threshold: ``f1``, ``youden``, ``eer``, ``target_fpr=<a>``, ``fixed=<t>``.
+        threshold: Criterion for the decision threshold: ``f1``, ``youden``, ``eer``, ``target_fpr=<a>``,
+            ``fpr_bound=<a>`` (the lowest threshold whose false-positive rate is certified at most a: a one-sided
+            Clopper-Pearson bound on the validation human images, at ``confidence``), ``fixed=<t>``.
+        confidence: Confidence of the ``fpr_bound`` guarantee, in (0, 1).
         adapt_splits: Test splits whose threshold is adapted to their estimated AI share.
         shift_tolerance: Smallest |BBSE - EM| share gap that counts as "the images changed" (if also significant).
         n_bins: Bins of the ECE and the reliability diagrams.
@@ -61,8 +66,11 @@ class Calibration(PrintsResults):
         adapt_splits: list[str] | None = None,
         shift_tolerance: float = 0.05,
         n_bins: int = 15,
+        confidence: float = 0.95,
     ):
         Calibrator(method)  # validates the name early
+        if not 0.0 < confidence < 1.0:
+            raise ConfigError(f"calibration.confidence must be in (0, 1), got {confidence}")
         try:
             check_criterion(threshold)
         except ValueError as e:
@@ -72,6 +80,14 @@ class Calibration(PrintsResults):
         self.adapt_splits = list(adapt_splits or [])
         self.shift_tolerance = shift_tolerance
         self.n_bins = n_bins
+        self.confidence = confidence
+
+    def setup(self, trainer: L.Trainer, pl_module, stage: str) -> None:
+        name, _, arg = self.threshold.partition("=")
+        dm = trainer.datamodule
+        if stage == "fit" and name == "fpr_bound" and dm is not None and "val" in getattr(dm, "indexes", {}):
+            # Before training, not after it: too few human validation images cannot certify the bound.
+            check_fpr_bound(float(arg), self.confidence, int((dm.indexes["val"]["label"] == 0).sum()))
 
     # ------------------------------------------------------------------ after fit
     def on_fit_end(self, trainer: L.Trainer, pl_module) -> None:
@@ -92,7 +108,9 @@ class Calibration(PrintsResults):
             z, y = collect_logits(pl_module, loader, trainer)
             try:
                 evaluation = evaluation_of(trainer.datamodule.hparams, pl_module.hparams)
-                state = CalibrationState.fit(z, y, self.method, self.threshold, evaluation)
+                state = CalibrationState.fit(z, y, self.method, self.threshold, evaluation, self.confidence)
+            except ConfigError:
+                raise  # e.g. too few human images to certify an fpr_bound: the user's setting, not a failed fit
             except ValueError as e:
                 # Training finished; do not throw the run away. The checkpoint stays uncalibrated, loudly.
                 rank_zero_warn(
@@ -118,6 +136,7 @@ class Calibration(PrintsResults):
             # which weights these figures are for (the best checkpoint; the others get the same calibration)
             + (f" (for {Path(paths[-1]).name}" if paths else "")
             + (f"; {', '.join(failed)} left uncalibrated)" if failed else ")" if paths else "")
+            + guarantee_line(state)
         )
         log_dir = trainer.log_dir  # a broadcast under DDP: every rank must ask
         if not trainer.is_global_zero or log_dir is None:

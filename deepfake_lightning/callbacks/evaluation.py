@@ -11,6 +11,7 @@ import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.utilities import rank_zero_warn
 
+from deepfake_lightning.calibration.state import guarantee_line
 from deepfake_lightning.callbacks._console import PrintsResults
 from deepfake_lightning.callbacks._figures import publish_figure
 from deepfake_lightning.checkpoints import update_checkpoint
@@ -31,6 +32,15 @@ from deepfake_lightning.files import atomic_path, write_json
 from deepfake_lightning.localization import check_masks, format_localization, split_localization
 from deepfake_lightning.models.outputs import collect_logits
 from deepfake_lightning.provenance import DEMO_WARNING, evaluation_record, outside_demo_data
+from deepfake_lightning.stability import (
+    DEFAULT_TOLERANCE,
+    check_stability,
+    copy_logits,
+    plot_risk_coverage,
+    risk_coverage,
+    stability_report,
+    stability_table,
+)
 
 
 class EvaluationReport(PrintsResults):
@@ -53,16 +63,32 @@ class EvaluationReport(PrintsResults):
 
     It prints a short table at the end.
 
+    * with ``stability`` K: each image also scored on K seeded re-shared copies (``stability.py``): the
+      predictions gain ``prob_min, prob_max, flip_rate, verdict``; ``report.json`` per split a ``stability`` entry
+      (coverage, accuracy and macro F1 on the certain images against all); ``plots/risk_coverage.png``.
+
     Args:
         robustness: Also measure robustness curves.
         robustness_split: The split they are measured on.
         group_by: A column of the splits' CSVs to break the results down by.
+        stability: Re-shared copies per image for the stability check (0: off).
+        stability_tolerance: Share of copies that may flip a verdict before it is ``uncertain``, in [0, 1].
     """
 
-    def __init__(self, robustness: bool = False, robustness_split: str = "test_v1", group_by: str | None = None):
+    def __init__(
+        self,
+        robustness: bool = False,
+        robustness_split: str = "test_v1",
+        group_by: str | None = None,
+        stability: int = 0,
+        stability_tolerance: float = DEFAULT_TOLERANCE,
+    ):
+        check_stability(stability, stability_tolerance)
         self.robustness = robustness
         self.robustness_split = robustness_split
         self.group_by = group_by
+        self.stability = stability
+        self.stability_tolerance = stability_tolerance
         self.report: dict | None = None
 
     def on_test_start(self, trainer: L.Trainer, pl_module) -> None:
@@ -95,7 +121,10 @@ class EvaluationReport(PrintsResults):
         (run / "predictions").mkdir(exist_ok=True)
         threshold = pl_module.threshold
         report = {"threshold": threshold, "calibrated": pl_module.calibration is not None, "splits": {}}
-        groups = {}
+        guarantee = pl_module.calibration.guarantee if pl_module.calibration is not None else {}
+        if guarantee:  # the certified bound, beside each split's observed FPR (splits.<split>.at_tuned.fpr)
+            report["fpr_guarantee"] = dict(guarantee)
+        groups, stability, curves = {}, {}, {}
         for split, out in outputs.items():
             if not out.labeled:
                 continue
@@ -104,15 +133,26 @@ class EvaluationReport(PrintsResults):
             if self.group_by:
                 table[self.group_by] = dm.split_column(split, self.group_by).astype(str).to_numpy()[out.index]
                 groups[split] = group_report(probs, y, table[self.group_by], threshold)
+            if self.stability:
+                k, tolerance = self.stability, self.stability_tolerance
+                stable = copies_table(trainer, pl_module, split, out.index, probs, k, tolerance, threshold)
+                table = pd.concat([table, stable], axis=1)
+                stability[split] = stability_report(stable, probs, y, threshold, self.stability)
+                curves[split] = (*risk_coverage(stable, probs, y, threshold), stability[split]["coverage"])
             with atomic_path(run / "predictions" / f"{split}.csv") as tmp:
                 table.to_csv(tmp, index=False)
             report["splits"][split] = split_report(probs, y, threshold)
+            if split in stability:
+                report["splits"][split]["stability"] = stability[split]
 
             fig = plot_split(probs, y, threshold, f"{split}: {len(y)} images")
             publish_figure(trainer, fig, run / "plots" / f"{split}.png", f"evaluation/{split}")
         if groups:
             report["groups"] = {"column": self.group_by, **groups}
             self._publish_groups(trainer, groups, run)
+        if curves:
+            fig = plot_risk_coverage(curves, self.stability, self.stability_tolerance)
+            publish_figure(trainer, fig, run / "plots" / "risk_coverage.png", "evaluation/risk_coverage")
         if self.robustness:
             report["robustness"] = self._robustness(trainer, pl_module, run)
         localization = {s: self._localization(trainer, pl_module, s) for s in self._mask_splits(dm)}
@@ -145,8 +185,10 @@ class EvaluationReport(PrintsResults):
                 else ""
             )
             self.print_result(
-                f"\nEvaluation (threshold {threshold:.4f}, tuned on validation):\n{format_report(report)}"
-                f"{by_group}{where}\nWritten to {run / 'report.json'}"
+                f"\nEvaluation (threshold {threshold:.4f}, tuned on validation{guarantee_line(pl_module.calibration)})"
+                f":\n{format_report(report)}"
+                f"{by_group}{where}{format_stability(stability, self.stability_tolerance)}"
+                f"\nWritten to {run / 'report.json'}"
             )
 
     def _publish_groups(self, trainer: L.Trainer, groups: dict, run: Path) -> None:
@@ -248,12 +290,24 @@ class PredictionWriter(BasePredictionWriter, PrintsResults):
         adapt_splits: Splits whose threshold is adapted to their estimated AI share. The CLI links it to
             ``calibration.adapt_splits``: one setting for ``test`` and ``predict``.
         shift_tolerance: As ``calibration.shift_tolerance`` (linked likewise).
+        stability: As ``report.stability`` (linked): score each image on this many re-shared copies and add
+            ``prob_min, prob_max, flip_rate, verdict`` (``ai``, ``human`` or ``uncertain``) to the predictions.
+        stability_tolerance: As ``report.stability_tolerance`` (linked).
     """
 
-    def __init__(self, adapt_splits: list[str] | None = None, shift_tolerance: float = 0.05):
+    def __init__(
+        self,
+        adapt_splits: list[str] | None = None,
+        shift_tolerance: float = 0.05,
+        stability: int = 0,
+        stability_tolerance: float = DEFAULT_TOLERANCE,
+    ):
         super().__init__(write_interval="epoch")
+        check_stability(stability, stability_tolerance)
         self.adapt_splits = list(adapt_splits or [])
         self.shift_tolerance = shift_tolerance
+        self.stability = stability
+        self.stability_tolerance = stability_tolerance
         self.written: dict = {}
 
     def write_on_epoch_end(self, trainer: L.Trainer, pl_module, predictions, batch_indices) -> None:
@@ -277,6 +331,11 @@ class PredictionWriter(BasePredictionWriter, PrintsResults):
         ids = dm.split_ids(split)
         threshold = self._threshold(trainer, pl_module, split, probs)
         out = Path(log_dir or trainer.default_root_dir)
+        stable = None
+        if self.stability:  # the Kaggle submission keeps the image's own 0/1 verdict: uncertain is a column
+            k, tolerance = self.stability, self.stability_tolerance
+            stable = copies_table(trainer, pl_module, split, index, probs, k, tolerance, threshold)
+            tiles |= {column: stable[column].to_numpy() for column in stable.columns}
         written = write_predictions(
             out, split, [ids[i] for i in index], probs, threshold, None if split == "files" else ids, tiles
         )
@@ -292,8 +351,18 @@ class PredictionWriter(BasePredictionWriter, PrintsResults):
                 f"pooling)"
                 + (f"; {thinned} image(s) had more tiles than data.max_tiles: see tiles_total" if thinned else "")
             )
+        if stable is not None:
+            uncertain = int((stable["verdict"] == "uncertain").sum())
+            lines.append(
+                f"Stability ({self.stability} re-shared copies each): {uncertain} of {len(stable)} verdict(s) "
+                f"uncertain (more than {self.stability_tolerance:.1%} of the copies flip them); see the verdict, "
+                "flip_rate, prob_min and prob_max columns"
+            )
         if "submission" in written:
-            lines.append(f"Kaggle submission: {written['submission']}")
+            lines.append(
+                f"Kaggle submission: {written['submission']}"
+                + (" (0/1 at the threshold: an uncertain verdict keeps its side)" if stable is not None else "")
+            )
         if split == "files" and outside_demo_data(getattr(pl_module, "facts", None), [ids[i] for i in index]):
             lines.append(f"deepfake: warning: {DEMO_WARNING}")
         if skipped:
@@ -328,3 +397,45 @@ class PredictionWriter(BasePredictionWriter, PrintsResults):
                 "not only the share of AI images; the adapted threshold may not help."
             )
         return report["adapted_threshold"]
+
+
+def copies_table(
+    trainer, pl_module, split: str, index: np.ndarray, probs: np.ndarray, k: int, tolerance: float, threshold: float
+):
+    """The stability columns (``stability.py``) of a split's images ``index`` (dataset order) with calibrated
+    ``probs``: each image's k seeded re-shared copies scored on this process, batched by the data module's loader."""
+    from deepfake_lightning.data.reshare import Reshare
+
+    dm = trainer.datamodule
+    n = len(dm.split_ids(split))
+
+    def loader(j: int):
+        return dm.loader(split, perturb=Reshare(j, salt_with_image=True), distributed=False)
+
+    logits = copy_logits(pl_module, loader, n, k, trainer.precision_plugin.forward_context())[index]
+    copy_probs = np.full(logits.shape, np.nan)
+    finite = np.isfinite(logits)
+    copy_probs[finite] = pl_module.calibrator(logits[finite])
+    return stability_table(probs, copy_probs, threshold, tolerance)
+
+
+def format_stability(reports: dict[str, dict], tolerance: float) -> str:
+    """The printed stability table: coverage and certain-vs-all accuracy per split."""
+    if not reports:
+        return ""
+    rows = [
+        {
+            "split": split,
+            "copies": r["copies"],
+            "coverage": r["coverage"],
+            "uncertain": r["n_uncertain"],
+            "acc certain": r["certain"]["acc"] if r["certain"] else None,
+            "acc all": r["all"]["acc"],
+            "macroF1 certain": r["certain"]["f1_macro"] if r["certain"] else None,
+            "macroF1 all": r["all"]["f1_macro"],
+        }
+        for split, r in reports.items()
+    ]
+    table = pd.DataFrame(rows).to_string(index=False, float_format=lambda v: f"{v:.4f}", na_rep="-")
+    heading = f"Stability under re-sharing (uncertain: more than {tolerance:.1%} of the copies flip the verdict)"
+    return f"\n\n{heading}:\n{table}"

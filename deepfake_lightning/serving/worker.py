@@ -70,6 +70,7 @@ class Engine:
             state = CalibrationState.from_json(export_calibration(config))
             self.calibrator = state.calibrator if state else Calibrator()
             self.threshold = float(config["threshold"])
+            self.guarantee = dict(state.guarantee) if state else {}
             self.backbone = config["backbone"]
             self.mean, self.std = tuple(config["mean"]), tuple(config["std"])
             self.img_size = int(config["img_size"])
@@ -83,6 +84,7 @@ class Engine:
         elif runtime == "torch":
             detector = self.detector  # loads it
             self.calibrator, self.threshold = detector.model.calibrator, float(detector.threshold)
+            self.guarantee = dict(detector.model.calibration.guarantee) if detector.model.calibration else {}
             self.backbone = detector.model.hparams.backbone
             self.mean, self.std, self.img_size = detector.mean, detector.std, detector.img_size
             self.transform, self.facts = detector.transform, detector.facts
@@ -125,6 +127,7 @@ class Engine:
             "version": self.version,
             "runtime": self.runtime,
             "threshold": self.threshold,
+            "fpr_guarantee": self.guarantee or None,
             "img_size": self.img_size,
             "explain": self.can_explain,
             "map": self.tiler is not None,
