@@ -208,6 +208,8 @@ ROBUSTNESS_GRID: dict[str, list[float]] = {
     "jpeg_quality": [100, 90, 75, 50, 30],
     "blur_sigma": [0, 1, 2, 3],
     "downscale": [1.0, 0.75, 0.5],
+    # re-share chains (data/reshare.py) of 1, 2 and 3 operations, seeded per image: what sharing does to an image
+    "reshare_chain": [0, 1, 2, 3],
 }
 
 
@@ -232,6 +234,10 @@ def perturbation(kind: str, level: float) -> Callable[[Image.Image], Image.Image
         return lambda im: im.resize(
             (max(1, round(im.width * level)), max(1, round(im.height * level))), Image.Resampling.BICUBIC
         )
+    if kind == "reshare_chain":
+        from deepfake_lightning.data.reshare import Reshare
+
+        return (lambda im: im) if level <= 0 else Reshare(seed=int(level), length=int(level), salt_with_image=True)
     raise ConfigError(f"unknown perturbation {kind!r}; choose from {list(ROBUSTNESS_GRID)}")
 
 

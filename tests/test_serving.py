@@ -446,6 +446,7 @@ def test_the_page_in_a_real_browser(servers, images, demo_root, tmp_path):
                 " let red = 0; for (let i = 0; i < d.length; i += 4) red += d[i]; return [c.width, c.height, red]; }"
             )
             map_caption = card.locator("canvas.map + figcaption").inner_text()
+            stability_line = card.locator(".stability").inner_text()
             page.locator('.card[data-file="notes.txt"] .error').wait_for(timeout=30_000)
             verdict = card.locator(".verdict").inner_text()
             overlay = card.locator("img.gradcam").evaluate("img => [img.complete, img.naturalWidth]")
@@ -454,8 +455,13 @@ def test_the_page_in_a_real_browser(servers, images, demo_root, tmp_path):
             page.screenshot(path=str(ARTIFACTS / "serve_page.png"), full_page=True)
         finally:
             browser.close()
-    body = _post(servers["batched"].url, data).json()
-    assert verdict == ("AI-generated" if body["label"] else "Human-made")
+    body = requests.post(
+        f"{servers['batched'].url}/predict", params={"stability": 8}, data=data, timeout=60
+    ).json()  # as the page asks: with the stability check on
+    leaning = "AI-generated" if body["label"] else "Human-made"
+    leans = "AI-generated" if body["label"] else "human-made"
+    assert verdict == (f"Uncertain (leans {leans})" if body["verdict"] == "uncertain" else leaning)
+    assert stability_line.startswith("re-shared 8 times: P(AI)")
     assert overlay == [True, 256]
     assert drawn[:2] == [320, 320] and drawn[2] > 0  # the image with its tiles painted over it
     assert map_caption.startswith("score map: 4 tiles")

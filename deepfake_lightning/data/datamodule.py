@@ -84,6 +84,9 @@ class DeepfakeDataModule(L.LightningDataModule):
         img_size: Side of the square network input.
         mode: ``resize`` (whole image scaled) or ``crop`` (native-resolution crops); see ``create_transform``.
         aug_strength: Training augmentation strength in [0, 1].
+        aug_reshare: Probability that a training image is first re-shared by a random chain of 1-3 operations
+            (re-encoding, scaling, cropping, sharpening: ``data/reshare.py``), so that verdicts hold up on
+            re-shared copies.
         eval_views: ``crop`` mode only: 5 evaluates five crops per image (multi-crop test-time augmentation);
             ``tiles`` scores the whole image as ``img_size`` tiles at native resolution, pooled into one verdict
             by ``model.tile_pooling`` (``data/tiles.py``). With tiles, a batch holds ``batch_size // max_tiles``
@@ -128,6 +131,7 @@ class DeepfakeDataModule(L.LightningDataModule):
         img_size: int = 224,
         mode: TransformMode = "resize",
         aug_strength: float = 0.0,
+        aug_reshare: float = 0.0,
         eval_views: int | Literal["tiles"] = 1,
         tile_stride: int | None = None,
         max_tiles: int = 64,
@@ -147,6 +151,8 @@ class DeepfakeDataModule(L.LightningDataModule):
             raise DataError(f"data.val_fraction must be in (0, 1), got {val_fraction}")
         if not 0.0 <= aug_strength <= 1.0:
             raise DataError(f"data.aug_strength must be in [0, 1], got {aug_strength}")
+        if not 0.0 <= aug_reshare <= 1.0:
+            raise DataError(f"data.aug_reshare must be a probability in [0, 1], got {aug_reshare}")
         if predict_split not in ("train", "val", *TEST_SPLITS):
             raise DataError(f"data.predict_split must be train, val or one of {TEST_SPLITS}, got {predict_split!r}")
         check_eval_views(eval_views, mode, tile_stride, max_tiles)
@@ -374,6 +380,7 @@ class DeepfakeDataModule(L.LightningDataModule):
             train=train,
             mode=hp.mode,
             aug_strength=hp.aug_strength,
+            aug_reshare=hp.aug_reshare,
             mean=hp.mean,
             std=hp.std,
             eval_views=1 if train else views,

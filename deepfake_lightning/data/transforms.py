@@ -21,6 +21,7 @@ from typing import Literal
 import torch
 from torchvision.transforms import v2
 
+from deepfake_lightning.data.reshare import RandomReshare
 from deepfake_lightning.data.tiles import TileTransform
 from deepfake_lightning.errors import ConfigError
 
@@ -40,6 +41,7 @@ def create_transform(
     eval_views: int | str = 1,
     tile_stride: int | None = None,
     max_tiles: int = 64,
+    aug_reshare: float = 0.0,
 ):
     """Builds the transform from a PIL RGB image to a normalized float tensor of shape (3, img_size, img_size).
 
@@ -56,6 +58,8 @@ def create_transform(
             output is a dict, see ``data/tiles.py``).
         tile_stride: With ``tiles``: pixels between tile starts (default ``img_size``).
         max_tiles: With ``tiles``: most tiles scored per image; larger grids thin out evenly.
+        aug_reshare: Training only: probability that an image is first re-shared by a random chain of 1-3
+            operations (JPEG, WebP, PNG, down-scaling, cropping, sharpening: ``data/reshare.py``).
     """
     if not 0.0 <= aug_strength <= 1.0:
         raise ConfigError(f"aug_strength must be in [0, 1], got {aug_strength}")
@@ -66,15 +70,18 @@ def create_transform(
         return TileTransform(img_size, tile_stride, max_tiles, mean, std)
     if train:
         eval_views = 1
+    if not 0.0 <= aug_reshare <= 1.0:
+        raise ConfigError(f"data.aug_reshare must be a probability in [0, 1], got {aug_reshare}")
     # Geometry first, on the PIL image (PIL's resampling is the fastest path on CPU), then to a uint8 tensor.
+    ops: list = [RandomReshare(aug_reshare)] if train and aug_reshare > 0 else []  # on the PIL image, first
     if mode == "resize":
-        ops: list = [v2.Resize((img_size, img_size), antialias=True), v2.ToImage()]
+        ops += [v2.Resize((img_size, img_size), antialias=True), v2.ToImage()]
     elif train:
-        ops = [v2.RandomCrop(img_size, pad_if_needed=True), v2.ToImage()]  # zero padding, as CenterCrop pads
+        ops += [v2.RandomCrop(img_size, pad_if_needed=True), v2.ToImage()]  # zero padding, as CenterCrop pads
     elif eval_views == 5:
-        ops = [v2.ToImage(), _PadTo(img_size), v2.FiveCrop(img_size)]
+        ops += [v2.ToImage(), _PadTo(img_size), v2.FiveCrop(img_size)]
     else:
-        ops = [v2.CenterCrop(img_size), v2.ToImage()]
+        ops += [v2.CenterCrop(img_size), v2.ToImage()]
     if train and aug_strength > 0:
         s = aug_strength
         max_sigma = 3.0 * s

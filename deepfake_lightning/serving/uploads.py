@@ -5,7 +5,7 @@ LitServe hands a route's JSON body to the inference worker (``LitAPI.decode_requ
 bytes or as a multipart form, so :class:`UploadGate` (an ASGI middleware, LitServer's ``middlewares`` argument)
 reads them in the API process, refuses what is too large or not an image content type with a 4xx JSON error before
 anything is queued, and passes the worker one JSON payload:
-``{"image": base64, "filename": ..., "explain": bool, "map": bool}``.
+``{"image": base64, "filename": ..., "explain": bool, "map": bool, "stability": int}``.
 Image decoding (not an image, truncated, decompression bomb) is checked in the worker, per request, by
 ``serving/worker.py``.
 """
@@ -27,6 +27,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 # without -H, which says application/x-www-form-urlencoded); the worker then decides whether they are an image.
 RAW_TYPES = ("image/", "application/octet-stream", "application/x-www-form-urlencoded")
 TRUTHY = ("1", "true", "yes", "on")
+MAX_STABILITY = 32  # re-shared copies one request may ask for (?stability=K): each costs about one more prediction
 
 
 def error(status: int, code: str, detail: str) -> JSONResponse:
@@ -92,6 +93,14 @@ class UploadGate:
         query = parse_qs(scope.get("query_string", b"").decode())
         explain = query.get("explain", ["false"])[-1].lower() in TRUTHY
         score_map = query.get("map", ["false"])[-1].lower() in TRUTHY
+        stability = query.get("stability", ["0"])[-1]
+        if not stability.isdigit() or not 0 <= int(stability) <= MAX_STABILITY:
+            return error(
+                400,
+                "bad_stability",
+                f"stability={stability!r}: the number of re-shared copies to score, a whole number from 1 to "
+                f"{MAX_STABILITY} (0 or absent: off)",
+            )
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
 
         async def limited() -> Message:  # also without (or with a false) Content-Length
@@ -134,4 +143,4 @@ class UploadGate:
         if not data:
             return error(400, "empty_upload", "the upload is empty: send an image's bytes")
         image = base64.b64encode(data).decode("ascii")
-        return {"image": image, "filename": filename, "explain": explain, "map": score_map}
+        return {"image": image, "filename": filename, "explain": explain, "map": score_map, "stability": int(stability)}

@@ -13,7 +13,7 @@ import base64
 import io
 import signal
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import litserve as ls
 import numpy as np
@@ -33,6 +33,7 @@ class Upload:
     map: bool = False
     image: torch.Tensor | None = None  # the single-view input (the verdict's, or Grad-CAM's for a tiled verdict)
     tiles: dict | None = None  # the whole image as tiles (data/tiles.py): a tiled verdict, or ?map=true
+    copies: list = field(default_factory=list)  # ?stability=K: K re-shared copies, preprocessed as the verdict's
     status: int = 200
     code: str = ""
     detail: str = ""
@@ -137,7 +138,9 @@ class Engine:
             "warning": DEMO_WARNING if self.facts.trained_on_demo else None,
         }
 
-    def decode(self, data: bytes, filename: str = "upload", explain: bool = False, score_map: bool = False) -> Upload:
+    def decode(
+        self, data: bytes, filename: str = "upload", explain: bool = False, score_map: bool = False, stability: int = 0
+    ) -> Upload:
         """Bytes to a preprocessed image (and its tiles for a tiled verdict or a score map); an undecodable upload
         becomes an :class:`Upload` with a 400 error, a map asked of a resize-mode model a 422."""
         from deepfake_lightning.data.dataset import BadImageError, load_image
@@ -157,6 +160,13 @@ class Engine:
             upload.image = self.transform(picture)
             if self.tiled or score_map:
                 upload.tiles = self.tiler(picture)
+            if stability:  # the stability check's copies (stability.py), scored as the verdict is
+                from deepfake_lightning.data.reshare import Reshare
+
+                verdict_input = self.tiler if self.tiled else self.transform
+                upload.copies = [
+                    verdict_input(Reshare(j, salt_with_image=True)(picture)) for j in range(1, stability + 1)
+                ]
         except BadImageError as e:
             cause = e.__cause__
             if isinstance(cause, (Image.DecompressionBombError, Image.DecompressionBombWarning)):
@@ -226,6 +236,8 @@ class DetectorAPI(ls.LitAPI):
     PNG of the Grad-CAM overlay; ``?map=true`` (crop-mode models) adds ``map``: the image's ``width``, ``height`` and
     ``tiles``, each ``{"x", "y", "size", "prob_ai"}`` (calibrated, pixel coordinates in the upload). A model whose
     verdict scores tiles (``eval_views: tiles``) adds ``n_tiles`` and ``tiles_total`` to every answer.
+    ``?stability=K`` scores K seeded re-shared copies too (``stability.py``): ``verdict`` becomes ``ai``, ``human``
+    or ``uncertain``, and ``stability`` gives ``copies``, ``prob_min``, ``prob_max``, ``flip_rate``, ``tolerance``.
     """
 
     def __init__(
@@ -249,6 +261,7 @@ class DetectorAPI(ls.LitAPI):
             request.get("filename", "upload"),
             bool(request.get("explain")),
             bool(request.get("map")),
+            int(request.get("stability", 0)),
         )
         if upload.explain and upload.image is not None and not self.engine.can_explain:
             upload.image, upload.status, upload.code = None, 422, "explain_unavailable"
@@ -284,6 +297,7 @@ class DetectorAPI(ls.LitAPI):
                     verdicts.append(self.engine.pool(part))
                 maps[k] = part
             probs = self.engine.probs(np.asarray(verdicts, dtype=np.float32))
+            copies = {k: self.engine.probs(self._copy_logits(u.copies)) for k, u in enumerate(good) if u.copies}
             images = torch.stack([u.image for u in good])
             wanted = [i for i, u in enumerate(good) if u.explain]
             pngs = dict(zip(wanted, self.engine.explain(images[wanted]), strict=False)) if wanted else {}
@@ -307,6 +321,18 @@ class DetectorAPI(ls.LitAPI):
             }
             if tiled:
                 out |= {"n_tiles": len(upload.tiles["image"]), "tiles_total": int(upload.tiles["tiles_total"])}
+            if k in copies:  # three-way verdict: uncertain when too many re-shared copies flip it
+                from deepfake_lightning.stability import DEFAULT_TOLERANCE, stability_table
+
+                row = stability_table(np.array([prob]), copies[k][None], self.engine.threshold, DEFAULT_TOLERANCE)
+                out["verdict"] = str(row["verdict"][0])
+                out["stability"] = {
+                    "copies": len(copies[k]),
+                    "prob_min": float(row["prob_min"][0]),
+                    "prob_max": float(row["prob_max"][0]),
+                    "flip_rate": float(row["flip_rate"][0]),
+                    "tolerance": DEFAULT_TOLERANCE,
+                }
             if upload.map:
                 size, (width, height) = self.engine.img_size, upload.tiles["image_wh"].tolist()
                 out["map"] = {
@@ -322,6 +348,14 @@ class DetectorAPI(ls.LitAPI):
             outputs.append(out)
             k += 1
         return outputs if isinstance(x, list) else outputs[0]
+
+    def _copy_logits(self, copies: list) -> np.ndarray:
+        """Logits of one upload's re-shared copies (single views batched, or each copy's tiles pooled)."""
+        if not self.engine.tiled:
+            return self.engine.logits(torch.stack(copies))
+        logits = self.engine.logits(torch.cat([c["image"] for c in copies]))
+        parts = np.split(logits, np.cumsum([len(c["image"]) for c in copies])[:-1])
+        return np.array([self.engine.pool(p) for p in parts], dtype=np.float32)
 
     def encode_response(self, output: dict):
         if "status" in output:  # this request's own 4xx; the rest of its batch is answered normally
