@@ -39,6 +39,10 @@ VARIANTS = {
     "highpass": ["--model.frontend=highpass"],
     "probe": ["--model.freeze_backbone=true", "--model.optimizer.init_args.lr=0.01"],
     "npr_aug1": ["--model.frontend=npr", "--data.aug_strength=1.0"],  # NPR with the strongest blur/JPEG augmentation
+    "npr_reshare": [
+        "--model.frontend=npr",
+        "--data.aug_reshare=0.5",
+    ],  # NPR, half the images re-shared (data/reshare.py)
 }
 
 

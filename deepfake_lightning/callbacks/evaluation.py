@@ -331,13 +331,13 @@ class PredictionWriter(BasePredictionWriter, PrintsResults):
         ids = dm.split_ids(split)
         threshold = self._threshold(trainer, pl_module, split, probs)
         out = Path(log_dir or trainer.default_root_dir)
-        stable = None
+        stable, extra = None, tiles
         if self.stability:  # the Kaggle submission keeps the image's own 0/1 verdict: uncertain is a column
             k, tolerance = self.stability, self.stability_tolerance
             stable = copies_table(trainer, pl_module, split, index, probs, k, tolerance, threshold)
-            tiles |= {column: stable[column].to_numpy() for column in stable.columns}
+            extra = tiles | {column: stable[column].to_numpy() for column in stable.columns}
         written = write_predictions(
-            out, split, [ids[i] for i in index], probs, threshold, None if split == "files" else ids, tiles
+            out, split, [ids[i] for i in index], probs, threshold, None if split == "files" else ids, extra
         )
         self.written = written
         predicted = {ids[j] for j in index}
@@ -404,13 +404,19 @@ def copies_table(
 ):
     """The stability columns (``stability.py``) of a split's images ``index`` (dataset order) with calibrated
     ``probs``: each image's k seeded re-shared copies scored on this process, batched by the data module's loader."""
+    from torch.utils.data import DataLoader, Subset
+
+    from deepfake_lightning.data.dataset import collate_skip_bad
     from deepfake_lightning.data.reshare import Reshare
 
     dm = trainer.datamodule
     n = len(dm.split_ids(split))
 
-    def loader(j: int):
-        return dm.loader(split, perturb=Reshare(j, salt_with_image=True), distributed=False)
+    def loader(j: int):  # the images of ``index`` only (e.g. under trainer.limit_test_batches), in dataset order
+        dataset = Subset(dm.dataset(split, perturb=Reshare(j, salt_with_image=True)), sorted(int(i) for i in index))
+        return DataLoader(
+            dataset, batch_size=dm.images_per_batch(), num_workers=dm.num_workers, collate_fn=collate_skip_bad
+        )
 
     logits = copy_logits(pl_module, loader, n, k, trainer.precision_plugin.forward_context())[index]
     copy_probs = np.full(logits.shape, np.nan)
