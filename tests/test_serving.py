@@ -496,3 +496,20 @@ def test_ctrl_c_or_kill_stops_the_server_and_its_workers(servers, how):
     with pytest.raises(requests.ConnectionError):
         requests.get(f"{server.url}/health", timeout=5)
     assert "Traceback" not in server.log, server.log[-3000:]  # it stops quietly, as cleanly as it stops
+
+
+def test_stability_answers_a_three_way_verdict_and_refuses_a_bad_count(http, images, reference):
+    name, data = images[2]
+    headers = {"Content-Type": "image/jpeg"}
+    body = http.post("/predict", params={"stability": "4"}, content=data, headers=headers).json()
+    st = body["stability"]
+    assert st["copies"] == 4 and st["tolerance"] == 0.25
+    assert st["prob_min"] <= body["prob_ai"] <= st["prob_max"]
+    assert body["prob_ai"] == pytest.approx(reference[name], abs=TORCH_SERVER_TOLERANCE)  # the image's own
+    flipped = st["flip_rate"] > st["tolerance"]
+    assert body["verdict"] == ("uncertain" if flipped else "ai" if body["label"] else "human")
+    again = http.post("/predict", params={"stability": "4"}, content=data, headers=headers).json()
+    assert again["stability"] == st  # seeded copies: the same answer twice
+    for bad in ("abc", "-1", "33"):
+        refused = http.post("/predict", params={"stability": bad}, content=data, headers=headers)
+        assert refused.status_code == 400 and refused.json()["error"] == "bad_stability", bad
