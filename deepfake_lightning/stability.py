@@ -112,6 +112,9 @@ def plot_risk_coverage(curves: dict[str, tuple[np.ndarray, np.ndarray, float]], 
     ax.set_ylabel("risk (error rate among them)")
     ax.set_xlim(0, 1.01)
     ax.set_ylim(bottom=0)
-    ax.set_title(f"Risk vs coverage: most stable first ({k} re-shared copies; dots: tolerance {tolerance:g})")
+    ax.set_title(
+        f"Risk vs coverage, most stable verdicts first\n({k} re-shared copies each; dots: tolerance {tolerance:g})",
+        fontsize=10,
+    )
     ax.legend()
     return fig
