@@ -207,15 +207,18 @@ class DeepfakeClassifier(L.LightningModule):
             return self.pool_tiles(self.tile_logits(images, net), n_tiles)
         views = images.unsqueeze(1) if images.ndim == 4 else images
         b, v = views.shape[:2]
-        return self.tile_logits(views.flatten(0, 1), net).view(b, v).mean(1)
+        # one pass, no chunking: a branch on the batch size would fix the ONNX export's dynamic batch axis
+        return self.tile_logits(views.flatten(0, 1), net, chunk=None).view(b, v).mean(1)
 
-    def tile_logits(self, images: torch.Tensor, net: nn.Module | None = None) -> torch.Tensor:
+    def tile_logits(
+        self, images: torch.Tensor, net: nn.Module | None = None, chunk: int | None = EVAL_CHUNK
+    ) -> torch.Tensor:
         """The logit of each image of (N, 3, H, W), averaged with its mirror's under ``tta_flip``; float32. Outside
-        training, more than ``EVAL_CHUNK`` images go through the network in chunks: a photograph with many tiles
-        needs no more activation memory than a batch."""
+        training, more than ``chunk`` images go through the network in chunks: a photograph with many tiles needs
+        no more activation memory than a batch."""
         net = self.net if net is None else net
-        if len(images) > EVAL_CHUNK and not torch.is_grad_enabled():
-            return torch.cat([self.tile_logits(part, net) for part in images.split(EVAL_CHUNK)])
+        if chunk is not None and len(images) > chunk and not torch.is_grad_enabled():
+            return torch.cat([self.tile_logits(part, net, None) for part in images.split(chunk)])
         logits = self._logits(images, net).float()
         if self.hparams.get("tta_flip", False):
             logits = (logits + self._logits(images.flip(-1), net).float()) / 2
