@@ -352,7 +352,15 @@ class DeepfakeCLI(LightningCLI):
             return  # a custom logger: leave "last" to Lightning's own lookup
         args = logger.setdefault("init_args", {})
         logs = Path(args.get("save_dir") or ".") / (args.get("name") or "lightning_logs")
-        found = sorted(logs.glob("*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
+
+        def trained_at(last: Path) -> float:
+            # When the run last trained: its own TensorBoard events (evaluations log under RUN/eval/), not the
+            # checkpoint's mtime, which `deepfake test` changes when it records its results in the checkpoint.
+            run = last.parent.parent
+            events = [f.stat().st_mtime for f in run.glob("events.out.tfevents.*")]
+            return max(events or [(run / "config.yaml").stat().st_mtime if (run / "config.yaml").is_file() else 0.0])
+
+        found = sorted(logs.glob("*/checkpoints/last.ckpt"), key=trained_at)
         if not found:
             raise FileNotFoundError(
                 f"--ckpt_path last: no {logs}/*/checkpoints/last.ckpt to resume; run without --ckpt_path to start anew"

@@ -31,7 +31,7 @@ def check_stability(k: int, tolerance: float) -> None:
     from deepfake_lightning.errors import ConfigError
 
     if isinstance(k, bool) or not isinstance(k, int) or k < 0:
-        raise ConfigError(f"report.stability must be a whole number of re-shared copies >= 1 (0: off), got {k!r}")
+        raise ConfigError(f"report.stability must be a number of re-shared copies per image (0: off), got {k!r}")
     if not 0.0 <= tolerance <= 1.0:
         raise ConfigError(f"report.stability_tolerance must be a share of copies in [0, 1], got {tolerance}")
 

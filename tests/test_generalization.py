@@ -199,6 +199,7 @@ def test_train_query_errors_name_the_problem(generator_root, query, message):
 
 
 # --------------------------------------------------------------------------- per-group reports
+@pytest.mark.slow
 def test_group_report_equals_sklearn_on_the_saved_predictions(demo_run, demo_root, tmp_path, console):
     ckpt = next((demo_run / "checkpoints").glob("best-*.ckpt"))
     cli = cli_main(

@@ -133,3 +133,33 @@ def test_the_config_of_an_older_run_still_parses(capsys):
     assert exit_info.value.code in (0, None)
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["trainer"]["plugins"] == [{"class_path": "deepfake_lightning.files.AtomicCheckpointIO"}]
+
+
+def test_resume_last_picks_the_newest_training_not_the_newest_tested_checkpoint(tmp_path, monkeypatch):
+    """`deepfake test` records its results in the checkpoint it tests, which makes an older run's last.ckpt the
+    newest file; `--ckpt_path last` still continues the run that trained last (its own TensorBoard events)."""
+    import os
+    from types import SimpleNamespace
+
+    from deepfake_lightning.lightning_cli import DeepfakeCLI
+
+    logs = tmp_path / "lightning_logs"
+    for i, (events_at, ckpt_at) in enumerate(((100, 300), (200, 250))):  # version_0 trained first, tested last
+        run = logs / f"version_{i}"
+        (run / "checkpoints").mkdir(parents=True)
+        torch.save(
+            {"hyper_parameters": {"backbone": "test_resnet"}, "state_dict": {}}, run / "checkpoints" / "last.ckpt"
+        )
+        (run / "events.out.tfevents.1").write_text("")
+        os.utime(run / "events.out.tfevents.1", (events_at, events_at))
+        os.utime(run / "checkpoints" / "last.ckpt", (ckpt_at, ckpt_at))
+    logger = {"class_path": "lightning.pytorch.loggers.TensorBoardLogger", "init_args": {"save_dir": str(tmp_path)}}
+    cfg = SimpleNamespace(
+        trainer=SimpleNamespace(logger=logger),
+        model=SimpleNamespace(backbone="test_resnet"),
+        data=SimpleNamespace(split_file=None),
+        ckpt_path="last",
+    )
+    DeepfakeCLI._resume_last(cfg)
+    assert cfg.ckpt_path == str(logs / "version_1" / "checkpoints" / "last.ckpt")
+    assert logger["init_args"]["version"] == "version_1"

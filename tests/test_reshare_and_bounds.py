@@ -139,7 +139,9 @@ def test_stability_table_and_report_on_known_numbers():
 
 
 def test_bad_stability_and_threshold_settings_are_one_error_naming_the_key():
-    with pytest.raises(ConfigError, match="report.stability must be a whole number"):
+    with pytest.raises(
+        ConfigError, match=r"report.stability must be a number of re-shared copies per image \(0: off\), got -1"
+    ):
         EvaluationReport(stability=-1)
     with pytest.raises(ConfigError, match=r"report.stability_tolerance must be a share of copies in \[0, 1\]"):
         EvaluationReport(stability=4, stability_tolerance=1.5)

@@ -101,7 +101,7 @@ def test_a_tiled_batch_pools_per_image_through_the_model(kaggle_root):
 
 
 def test_bad_tile_settings_are_one_clear_error(kaggle_root):
-    with pytest.raises(ConfigError, match=r"data.eval_views=tiles needs data.mode=crop.*mode=resize"):
+    with pytest.raises(ConfigError, match=r"data.eval_views=tiles needs data.mode=crop.*but data.mode=resize"):
         DeepfakeDataModule(str(kaggle_root), mode="resize", eval_views="tiles")
     with pytest.raises(ConfigError, match="data.max_tiles must be at least 1"):
         DeepfakeDataModule(str(kaggle_root), mode="crop", eval_views="tiles", max_tiles=0)

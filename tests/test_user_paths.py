@@ -93,6 +93,7 @@ def test_command_line_beats_the_checkpoint_tta_flip(subcommand, demo_run, demo_r
     assert diff.max() > 1e-3  # mirrored views change the probabilities (they were identical before)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("subcommand", ["test", "predict"])
 def test_five_views_reach_metrics_predictions_and_gradcam(subcommand, demo_run, demo_root, plain, tmp_path):
     cli, run = _eval(subcommand, demo_run, demo_root, tmp_path, "--data.eval_views=5", cams=True)

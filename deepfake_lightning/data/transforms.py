@@ -105,8 +105,8 @@ def check_eval_views(eval_views, mode: str, tile_stride: int | None = None, max_
     if eval_views != 1 and mode != "crop":
         what = "tiles score the whole image at native resolution" if eval_views == "tiles" else "five crops"
         raise ConfigError(
-            f"data.eval_views={eval_views} needs data.mode=crop ({what}), but this model is mode={mode}: it "
-            "sees whole images squashed to img_size, so its verdict is already on the whole image"
+            f"data.eval_views={eval_views} needs data.mode=crop ({what}), but data.mode={mode}: a resize-mode "
+            "model sees whole images squashed to img_size, so its verdict is already on the whole image"
         )
     if tile_stride is not None and tile_stride < 1:
         raise ConfigError(f"data.tile_stride must be a positive number of pixels, got {tile_stride}")

@@ -107,6 +107,13 @@ def _maps(a: argparse.Namespace, detector):
 
     detector.tile_transform(a.tile_stride, a.max_tiles)  # a resize-mode model: one error line before any work
     files = expand_inputs(a.inputs)
+    if not detector.tiled and detector.model.calibration is not None:
+        print(
+            "deepfake: warning: this model was calibrated on single crops: the pooled probability and verdict of the "
+            "tiles are off (pooled tiles score higher); the map's tile probabilities are single-crop ones and hold. "
+            f"Calibrate it on tiles: deepfake calibrate --config C --ckpt_path {a.ckpt_path} --data.eval_views tiles",
+            file=sys.stderr,
+        )
     if outside_demo_data(detector.facts, files):
         print(f"deepfake: warning: {DEMO_WARNING}", file=sys.stderr)
     table = map_files(detector, files, a.out, a.tile_stride, a.max_tiles)
