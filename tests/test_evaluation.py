@@ -81,19 +81,22 @@ def test_report_equals_sklearn_on_the_saved_predictions(test_run):
 
 def test_robustness_identity_levels_reproduce_clean_metrics(test_run):
     table = pd.read_csv(test_run / "robustness.csv")
-    assert len(table) == 12 and set(table["perturbation"]) == {"jpeg_quality", "blur_sigma", "downscale"}
+    kinds = {"jpeg_quality", "blur_sigma", "downscale", "reshare_chain"}
+    assert len(table) == 16 and set(table["perturbation"]) == kinds
     clean = json.loads((test_run / "report.json").read_text())["splits"]["test_v1"]
     identity = table[
         ((table["perturbation"] == "jpeg_quality") & (table["level"] == 100))
         | ((table["perturbation"] == "blur_sigma") & (table["level"] == 0))
         | ((table["perturbation"] == "downscale") & (table["level"] == 1.0))
+        | ((table["perturbation"] == "reshare_chain") & (table["level"] == 0))
     ]
-    assert len(identity) == 3
+    assert len(identity) == 4
     assert (identity["auroc"] == clean["auroc"]).all() and (identity["acc"] == clean["at_tuned"]["acc"]).all()
     assert (identity["changed_predictions"] == 0).all()
     strong = table[
         ((table["perturbation"] == "blur_sigma") & (table["level"] == 3))
         | ((table["perturbation"] == "jpeg_quality") & (table["level"] == 30))
+        | ((table["perturbation"] == "reshare_chain") & (table["level"] == 3))
     ]
     assert (strong["changed_predictions"] > 0).all()
     assert (test_run / "robustness.png").is_file()
@@ -101,7 +104,7 @@ def test_robustness_identity_levels_reproduce_clean_metrics(test_run):
 
 def test_perturbations_change_pixels_only_when_they_should():
     im = Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 40, 3), dtype=np.uint8))
-    for kind, level in (("jpeg_quality", 100), ("blur_sigma", 0), ("downscale", 1.0)):
+    for kind, level in (("jpeg_quality", 100), ("blur_sigma", 0), ("downscale", 1.0), ("reshare_chain", 0)):
         assert perturbation(kind, level)(im) is im
     assert np.asarray(perturbation("jpeg_quality", 30)(im)).tolist() != np.asarray(im).tolist()
     assert perturbation("downscale", 0.5)(im).size == (20, 20)
