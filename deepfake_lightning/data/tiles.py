@@ -23,7 +23,6 @@ from PIL import Image
 from torch.utils.data import default_collate
 from torchvision.transforms.v2 import functional as TF
 
-TILE_KEYS = ("tile_xy", "tiles_total", "image_wh")
 
 
 def tile_origins(length: int, size: int, stride: int) -> list[int]:
