@@ -24,7 +24,6 @@ from torch.utils.data import default_collate
 from torchvision.transforms.v2 import functional as TF
 
 
-
 def tile_origins(length: int, size: int, stride: int) -> list[int]:
     """Tile starts along one side: every ``stride`` pixels, plus one flush with the far edge; one centred (negative)
     start when the side is shorter than a tile."""
