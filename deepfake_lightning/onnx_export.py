@@ -87,8 +87,9 @@ def write_onnx(model: nn.Module, path: str | os.PathLike, img_size: int) -> dict
 class OnnxModel:
     """An export's ``model.onnx`` (use ``export.load_onnx(DIR)``) in an ONNX Runtime session (CPU unless
     ``providers`` say otherwise), checked against ``detector.json``: the file's SHA-256 and its input and output
-    shapes. ``logits(images)`` takes normalized (B, 3, H, W) images (a tensor or an array) and returns (B,) float32
-    logits."""
+    shapes. ``logits(images)`` takes normalized (B, 3, H, W) images (a tensor or an array), or uint8 pixels as the
+    data module's loaders deliver them (normalized here with detector.json's ``mean`` and ``std``), and returns
+    (B,) float32 logits."""
 
     def __init__(
         self,
@@ -151,5 +152,9 @@ class OnnxModel:
 
     def logits(self, images: torch.Tensor | np.ndarray) -> np.ndarray:
         array = images.detach().cpu().numpy() if isinstance(images, torch.Tensor) else np.asarray(images)
+        if array.dtype == np.uint8:  # the torch model's normalize_input, in NumPy
+            mean = np.asarray(self.config["mean"], np.float32).reshape(1, 3, 1, 1)
+            std = np.asarray(self.config["std"], np.float32).reshape(1, 3, 1, 1)
+            array = (array.astype(np.float32) / 255 - mean) / std
         (out,) = self.session.run([self.output_name], {self.input_name: np.ascontiguousarray(array, np.float32)})
         return out.reshape(-1).astype(np.float32)

@@ -14,6 +14,7 @@ from sklearn.model_selection import StratifiedGroupKFold, train_test_split
 from torch.utils.data import DataLoader
 from torchvision.transforms import v2
 
+from deepfake_lightning.data.augment import augment_batch, sample_plan
 from deepfake_lightning.data.cache import ResizedCache, ensure_cache
 from deepfake_lightning.data.dataset import (
     BadImageError,
@@ -24,6 +25,7 @@ from deepfake_lightning.data.dataset import (
     load_image,
 )
 from deepfake_lightning.data.demo import DemoSpec, build_demo_dataset, demo_is_built
+from deepfake_lightning.data.device import ENCODED_KEY, decode_batch, raise_or_skip
 from deepfake_lightning.data.index import UNLABELED, DataError, read_index
 from deepfake_lightning.data.transforms import (
     IMAGENET_MEAN,
@@ -51,6 +53,27 @@ def check_data_root(root: str | os.PathLike, train_csv: str = "train.csv") -> No
         f"unzip it into {root}, pass --data.root PATH to where it is, or try everything offline with "
         f"--config configs/demo.yaml"
     )
+
+
+def _check_device_work(augment_on: str, decode: str, aug_reshare: float, cache_dir: str | None) -> None:
+    if augment_on not in ("auto", "cpu", "device"):
+        raise DataError(f"data.augment_on must be auto, cpu or device, got {augment_on!r}")
+    if decode not in ("cpu", "device"):
+        raise DataError(f"data.decode must be cpu or device, got {decode!r}")
+    if decode == "cpu":
+        return
+    if augment_on == "cpu":
+        raise DataError(
+            "data.decode=device leaves no pixels in the loader workers to augment: data.augment_on=cpu "
+            "cannot work with it (use auto or device)"
+        )
+    if aug_reshare > 0:
+        raise DataError(
+            "data.aug_reshare re-shares full-size images in the loader workers, which data.decode=device "
+            "leaves undecoded: use data.decode=cpu with it"
+        )
+    if cache_dir is not None:
+        raise DataError("data.cache_dir holds decoded pixels already: data.decode=device has nothing to decode")
 
 
 class DeepfakeDataModule(L.LightningDataModule):
@@ -110,6 +133,14 @@ class DeepfakeDataModule(L.LightningDataModule):
         cache_dir: ``resize`` mode only: decode and resize every training-CSV image once into a memory-mapped
             cache in this folder (``data/cache.py``), read by every later epoch, run and sweep trial while the
             images are unchanged. Needs N x img_size^2 x 3 bytes of disk (12 GB for Kaggle's 80,000 at 224 px).
+        augment_on: Where training images are augmented (flip, jitter, blur, JPEG: ``data/augment.py``, the same
+            distribution either way): ``cpu`` in the loader workers, ``device`` on each batch on the training device,
+            ``auto`` on the device when it is a GPU. The re-share chains (``aug_reshare``) always run in the workers.
+        decode: ``device`` has the workers read JPEG bytes only and the training device decode each batch (nvJPEG on
+            CUDA; ``data/device.py``); other files are decoded by the workers. For training and single-view
+            evaluation (tiles and five views decode in the workers); augmentation then runs on the device.
+
+    The loaders deliver uint8 pixels; the model normalizes them on its device (``normalize_input``).
     """
 
     def __init__(
@@ -145,6 +176,8 @@ class DeepfakeDataModule(L.LightningDataModule):
         check_images: bool = False,
         jpeg_draft: bool = True,
         cache_dir: str | None = None,
+        augment_on: Literal["auto", "cpu", "device"] = "auto",
+        decode: Literal["cpu", "device"] = "cpu",
     ):
         super().__init__()
         if not 0.0 < val_fraction < 1.0:
@@ -158,6 +191,7 @@ class DeepfakeDataModule(L.LightningDataModule):
         check_eval_views(eval_views, mode, tile_stride, max_tiles)
         if cache_dir is not None and mode != "resize":
             raise DataError("data.cache_dir needs data.mode=resize: crop mode trains on native pixels")
+        _check_device_work(augment_on, decode, aug_reshare, cache_dir)
         self.save_hyperparameters()
         self.root = Path(root)
         self.indexes: dict[str, pd.DataFrame] = {}
@@ -358,6 +392,7 @@ class DeepfakeDataModule(L.LightningDataModule):
             raise KeyError(f"split {split!r} is not configured; configured splits: {configured}")
         hp = self.hparams
         df = self.indexes[split]
+        cache = self.cache if split in ("train", "val") else None
         return ImageDataset(
             self.root,
             df["path"],
@@ -365,8 +400,27 @@ class DeepfakeDataModule(L.LightningDataModule):
             self._transform(train, perturb, eval_views),
             bad_images=hp.bad_images,
             draft_size=self._draft_size,
-            cache=self.cache if split in ("train", "val") else None,
+            cache=cache,
+            encoded=self._decodes_on_device(train, perturb, eval_views) and cache is None,
         )
+
+    def _decodes_on_device(self, train: bool, perturb=None, eval_views: int | str | None = None) -> bool:
+        views = self.hparams.eval_views if eval_views is None else eval_views
+        return self.hparams.decode == "device" and perturb is None and (train or views == 1)
+
+    @property
+    def augment_location(self) -> str:
+        """Where training images are augmented: ``cpu`` (loader workers) or ``device``; see ``augment_on``."""
+        hp = self.hparams
+        if hp.augment_on != "auto":
+            return hp.augment_on
+        return "device" if hp.decode == "device" or self._device().type == "cuda" else "cpu"
+
+    def _device(self):
+        import torch
+
+        trainer = self.trainer
+        return trainer.strategy.root_device if trainer is not None else torch.device("cpu")
 
     @property
     def _draft_size(self) -> int | None:
@@ -386,6 +440,8 @@ class DeepfakeDataModule(L.LightningDataModule):
             eval_views=1 if train else views,
             tile_stride=hp.tile_stride,
             max_tiles=hp.max_tiles,
+            normalize=False,  # uint8 to the device, where the model normalizes
+            augment_on=self.augment_location if train else "cpu",
         )
         return transform if perturb is None else v2.Compose([perturb, transform])
 
@@ -401,6 +457,7 @@ class DeepfakeDataModule(L.LightningDataModule):
             self._transform(False, perturb, eval_views),
             bad_images="skip",
             draft_size=self._draft_size,
+            encoded=self._decodes_on_device(False, perturb, eval_views),
         )
 
     @property
@@ -495,6 +552,9 @@ class DeepfakeDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
+        hp = self.hparams
+        if hp.aug_strength > 0 and self.augment_location == "device":
+            rank_zero_info(f"Augmenting training batches on {self._device()} (data.augment_on={hp.augment_on})")
         return self.loader("train", train=True)
 
     def val_dataloader(self) -> DataLoader:
@@ -514,6 +574,8 @@ class DeepfakeDataModule(L.LightningDataModule):
         if not isinstance(batch, dict):  # the model summary's example input
             return batch
         skipped = batch.pop("skipped", [])
+        if ENCODED_KEY in batch:  # data.decode=device: decoded here, straight onto the training device
+            skipped = skipped + self._decode(batch)
         if skipped:
             self.skipped_paths = getattr(self, "skipped_paths", []) + list(skipped)
             self.skipped_images = len(self.skipped_paths)
@@ -523,4 +585,34 @@ class DeepfakeDataModule(L.LightningDataModule):
                 f"Skipped {len(skipped)} unreadable image(s) ({self.skipped_images} so far): {skipped} "
                 "(data.bad_images=skip)"
             )
+        return batch
+
+    def _decode(self, batch: dict) -> list[str]:
+        """Decodes ``batch["encoded"]`` into ``batch["image"]`` on the training device; returns skipped paths."""
+        hp = self.hparams
+        train = self.trainer is not None and self.trainer.training
+        encoded, paths = batch.pop(ENCODED_KEY), batch.pop("path")
+        images, keep, bad = decode_batch(encoded, paths, hp.img_size, hp.mode, train, self._device())
+        files = self.trainer is not None and self.trainer.predicting and self.predict_name == "files"
+        skipped = raise_or_skip(bad, "skip" if files else hp.bad_images)  # files are always skipped, as on the CPU
+        if len(keep) < len(encoded):
+            for key in ("label", "index"):
+                batch[key] = batch[key][keep]
+        if keep:
+            batch["image"] = images
+        return skipped
+
+    def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
+        # Training batches, augmented on the device (data.augment_on): the distribution of data/augment.py.
+        hp = self.hparams
+        trainer = self.trainer
+        if (
+            isinstance(batch, dict)
+            and "image" in batch
+            and hp.aug_strength > 0
+            and trainer is not None
+            and trainer.training
+            and self.augment_location == "device"
+        ):
+            batch["image"] = augment_batch(batch["image"], sample_plan(len(batch["image"]), hp.aug_strength))
         return batch

@@ -12,6 +12,7 @@ import torch
 from PIL import Image, ImageOps
 from torch.utils.data import Dataset, default_collate
 
+from deepfake_lightning.data.device import ENCODED_KEY, device_decodable, read_encoded
 from deepfake_lightning.data.tiles import collate_tiles
 from deepfake_lightning.errors import BadImageError
 
@@ -78,6 +79,7 @@ class ImageDataset(Dataset):
         bad_images: BadImagePolicy = "fail",
         draft_size: int | None = None,
         cache=None,
+        encoded: bool = False,
     ):
         if len(paths) != len(labels):
             raise ValueError(f"{len(paths)} paths but {len(labels)} labels")
@@ -89,12 +91,16 @@ class ImageDataset(Dataset):
         self.bad_images = bad_images
         self.draft_size = draft_size
         self.cache = cache  # a data.cache.ResizedCache: pre-resized pixels, identical to decoding + resizing
+        self.encoded = encoded  # data.decode=device: JPEG bytes for the device to decode (data/device.py)
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int) -> dict | tuple[None, str]:
         path = os.path.join(self.root, self.paths[i])
+        label = torch.tensor(float(self.labels[i]))
+        if self.encoded and device_decodable(path):
+            return {ENCODED_KEY: read_encoded(path), "path": self.paths[i], "label": label, "index": i}
         try:
             image = self.cache.image(self.paths[i]) if self.cache is not None else None
             image = load_image(path, self.draft_size) if image is None else image
@@ -103,16 +109,22 @@ class ImageDataset(Dataset):
                 return (None, self.paths[i])
             raise
         out = self.transform(image)
+        if self.encoded:  # not a JPEG the device decodes: its pixels travel beside the others' bytes
+            return {ENCODED_KEY: out, "path": self.paths[i], "label": label, "index": i}
         item = dict(out) if isinstance(out, dict) else {"image": out}  # a dict: tiles (data/tiles.py)
-        return {**item, "label": torch.tensor(float(self.labels[i])), "index": i}
+        return {**item, "label": label, "index": i}
 
 
 def collate_skip_bad(items: list) -> dict:
-    """Collates good samples (tiled images with :func:`~deepfake_lightning.data.tiles.collate_tiles`); bad ones
-    (``(None, path)``) go to ``batch["skipped"]``."""
+    """Collates good samples (tiled images with :func:`~deepfake_lightning.data.tiles.collate_tiles`; JPEG bytes
+    for the device as a list under ``encoded``); bad ones (``(None, path)``) go to ``batch["skipped"]``."""
     good = [x for x in items if isinstance(x, dict)]
     skipped = [x[1] for x in items if not isinstance(x, dict)]
-    batch = ((collate_tiles if "tile_xy" in good[0] else default_collate)(good)) if good else {}
+    if good and ENCODED_KEY in good[0]:  # sizes differ until decoded: a list
+        encoded = [x.pop(ENCODED_KEY) for x in good]
+        batch = {**default_collate(good), ENCODED_KEY: encoded}
+    else:
+        batch = ((collate_tiles if "tile_xy" in good[0] else default_collate)(good)) if good else {}
     batch["skipped"] = skipped
     return batch
 

@@ -61,7 +61,7 @@ def tile_grid(width: int, height: int, size: int, stride: int | None = None, max
 
 class TileTransform:
     """PIL RGB image -> the dict of tiles described in the module docstring, normalized like the other
-    evaluation transforms (``x / 255``, then ``(x - mean) / std``)."""
+    evaluation transforms (``x / 255``, then ``(x - mean) / std``), or uint8 pixels with ``normalize=False``."""
 
     def __init__(
         self,
@@ -70,8 +70,10 @@ class TileTransform:
         max_tiles: int = 64,
         mean: Sequence[float] = (0.485, 0.456, 0.406),
         std: Sequence[float] = (0.229, 0.224, 0.225),
+        normalize: bool = True,
     ):
         self.size, self.stride, self.max_tiles = int(size), int(stride or size), int(max_tiles)
+        self.normalize = normalize
         self.mean = torch.tensor(list(mean), dtype=torch.float32).view(1, 3, 1, 1)
         self.std = torch.tensor(list(std), dtype=torch.float32).view(1, 3, 1, 1)
 
@@ -82,7 +84,8 @@ class TileTransform:
         # PIL crops one tile at a time (no full-size tensor copy of a 16 MP photograph) and fills the area outside
         # the image with zeros: a short side is zero-padded, the image centred, as the centre crop pads.
         tiles = torch.stack([TF.pil_to_tensor(image.crop((x, y, x + s, y + s))) for x, y in origins])
-        tiles = (tiles.float() / 255 - self.mean) / self.std
+        if self.normalize:
+            tiles = (tiles.float() / 255 - self.mean) / self.std
         return {
             "image": tiles,
             "tile_xy": torch.tensor(origins, dtype=torch.long).view(-1, 2),

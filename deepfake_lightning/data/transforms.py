@@ -10,17 +10,22 @@ Two geometric modes:
 matches the recipe of Wang et al. 2020 ("CNN-generated images are surprisingly easy to spot... for now"):
 Gaussian blur with probability 0.5 and sigma up to 3, JPEG re-compression with probability 0.5 and quality
 down to 30, plus horizontal flips and a mild colour jitter. At 0 training sees only the geometric transform.
+The distribution and its two executors (a loader worker's CPU, or the device on batches) are in ``data/augment.py``.
+
+The data module's loaders ship uint8 pixels (``normalize=False``): a quarter of float32's bytes between processes
+and to the device, where the model normalizes them (``DeepfakeClassifier.normalize_input``). Callers that feed a
+network or an ONNX session directly (served and explained images) keep the default, normalized float32.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Literal
 
 import torch
 from torchvision.transforms import v2
 
+from deepfake_lightning.data.augment import CpuAugment
 from deepfake_lightning.data.reshare import RandomReshare
 from deepfake_lightning.data.tiles import TileTransform
 from deepfake_lightning.errors import ConfigError
@@ -42,8 +47,11 @@ def create_transform(
     tile_stride: int | None = None,
     max_tiles: int = 64,
     aug_reshare: float = 0.0,
+    normalize: bool = True,
+    augment_on: Literal["cpu", "device"] = "cpu",
 ):
-    """Builds the transform from a PIL RGB image to a normalized float tensor of shape (3, img_size, img_size).
+    """Builds the transform from a PIL RGB image to a normalized float tensor of shape (3, img_size, img_size)
+    (uint8 pixels with ``normalize=False``).
 
     Args:
         img_size: Output side length in pixels.
@@ -60,39 +68,40 @@ def create_transform(
         max_tiles: With ``tiles``: most tiles scored per image; larger grids thin out evenly.
         aug_reshare: Training only: probability that an image is first re-shared by a random chain of 1-3
             operations (JPEG, WebP, PNG, down-scaling, cropping, sharpening: ``data/reshare.py``).
+        normalize: Scale to float and normalize with ``mean`` and ``std``; False returns uint8 pixels.
+        augment_on: Training only: ``cpu`` augments here (``data/augment.py``'s ``CpuAugment``); ``device`` leaves
+            flip, jitter, blur and JPEG to ``augment_batch`` on the device (the re-share chains, on full-size images,
+            stay here).
     """
     if not 0.0 <= aug_strength <= 1.0:
         raise ConfigError(f"aug_strength must be in [0, 1], got {aug_strength}")
     if mode not in ("resize", "crop"):
         raise ConfigError(f"mode must be 'resize' or 'crop', got {mode!r}")
     check_eval_views(eval_views, mode, tile_stride, max_tiles)
+    if augment_on not in ("cpu", "device"):
+        raise ConfigError(f"augment_on must be 'cpu' or 'device', got {augment_on!r}")
     if eval_views == "tiles" and not train:
-        return TileTransform(img_size, tile_stride, max_tiles, mean, std)
+        return TileTransform(img_size, tile_stride, max_tiles, mean, std, normalize=normalize)
     if train:
         eval_views = 1
     if not 0.0 <= aug_reshare <= 1.0:
         raise ConfigError(f"data.aug_reshare must be a probability in [0, 1], got {aug_reshare}")
-    # Geometry first, on the PIL image (PIL's resampling is the fastest path on CPU), then to a uint8 tensor.
+    # Geometry first, on the PIL image (PIL's resampling is the fastest path on CPU), then the augmentation on the
+    # small PIL image (data/augment.py), then a uint8 tensor.
     ops: list = [RandomReshare(aug_reshare)] if train and aug_reshare > 0 else []  # on the PIL image, first
     if mode == "resize":
-        ops += [v2.Resize((img_size, img_size), antialias=True), v2.ToImage()]
+        ops += [v2.Resize((img_size, img_size), antialias=True)]
     elif train:
-        ops += [v2.RandomCrop(img_size, pad_if_needed=True), v2.ToImage()]  # zero padding, as CenterCrop pads
-    elif eval_views == 5:
-        ops += [v2.ToImage(), _PadTo(img_size), v2.FiveCrop(img_size)]
-    else:
-        ops += [v2.CenterCrop(img_size), v2.ToImage()]
-    if train and aug_strength > 0:
-        s = aug_strength
-        max_sigma = 3.0 * s
-        kernel = 2 * math.ceil(3 * max_sigma) + 1  # covers +-3 sigma of the widest blur
-        ops += [
-            v2.RandomHorizontalFlip(p=0.5),
-            v2.RandomApply([v2.ColorJitter(brightness=0.2 * s, contrast=0.2 * s, saturation=0.2 * s)], p=0.5 * s),
-            v2.RandomApply([v2.GaussianBlur(kernel_size=kernel, sigma=(0.1, max(0.1, max_sigma)))], p=0.5 * s),
-            v2.RandomApply([v2.JPEG(quality=(round(100 - 70 * s), 100))], p=0.5 * s),
-        ]
-    ops += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean=list(mean), std=list(std))]
+        ops += [v2.RandomCrop(img_size, pad_if_needed=True)]  # zero padding, as CenterCrop pads
+    elif eval_views == 1:
+        ops += [v2.CenterCrop(img_size)]
+    if train and aug_strength > 0 and augment_on == "cpu":
+        ops.append(CpuAugment(aug_strength))
+    ops.append(v2.ToImage())
+    if eval_views == 5:
+        ops += [_PadTo(img_size), v2.FiveCrop(img_size)]
+    if normalize:
+        ops += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean=list(mean), std=list(std))]
     if eval_views > 1:
         ops.append(_StackViews())
     return v2.Compose(ops)

@@ -174,7 +174,11 @@ class CamExplainer:
                 torch.enable_grad(),
                 torch.autocast(device.type, enabled=False),
             ):
-                x = images.to(device=device, dtype=torch.float32).clone()  # a normal tensor, even from inference mode
+                x = images.to(device)
+                normalize = getattr(model, "normalize_input", None)  # uint8 from the data module's loaders
+                x = (
+                    (normalize(x) if normalize is not None else x).float().clone()
+                )  # a normal tensor, even in inference mode
                 targets = [self.target] * len(x)
                 cam = self._cam(input_tensor=x, targets=targets)
                 per_layer = self._cam.compute_cam_per_layer(x, targets, False)
@@ -229,7 +233,9 @@ class _Logit(nn.Module):
 
 # --------------------------------------------------------------------------- display
 def denormalize(images: torch.Tensor, mean, std) -> np.ndarray:
-    """Normalized (B, 3, H, W) tensors back to (B, H, W, 3) float RGB in [0, 1] for display."""
+    """Normalized (B, 3, H, W) tensors (or uint8 pixels) back to (B, H, W, 3) float RGB in [0, 1] for display."""
+    if images.dtype == torch.uint8:
+        return (images.detach().cpu().float() / 255).permute(0, 2, 3, 1).numpy()
     m = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
     s = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
     return (images.detach().cpu().float() * s + m).clamp(0, 1).permute(0, 2, 3, 1).numpy()

@@ -14,6 +14,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import BinaryAccuracy
+from torchvision.transforms import v2
 
 from deepfake_lightning.calibration import CalibrationState, Calibrator, evaluation_of
 from deepfake_lightning.checkpoints import stored_settings
@@ -99,6 +100,8 @@ class DeepfakeClassifier(L.LightningModule):
                 p.requires_grad_(id(p) in head)
         if channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
+        config = timm.data.resolve_model_data_config(self.net)  # what the CLI links to data.mean and data.std
+        self.input_mean, self.input_std = tuple(config["mean"]), tuple(config["std"])
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.train_metrics = MetricCollection({"acc": BinaryAccuracy()})
@@ -162,11 +165,20 @@ class DeepfakeClassifier(L.LightningModule):
         return timm.data.resolve_model_data_config(self.net)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Returns the AI-generated logit, shape (batch,)."""
+        """Returns the AI-generated logit, shape (batch,), of images (batch, 3, H, W): uint8 pixels as the data
+        module's loaders deliver them, or float images already normalized (exports, served images)."""
         return self._logits(x, self.net)
 
+    def normalize_input(self, x: torch.Tensor) -> torch.Tensor:
+        """uint8 images to the backbone's normalized float input, on whatever device they are (the loaders ship
+        uint8, a quarter of float32's bytes); float images are taken as normalized already and pass unchanged."""
+        if x.dtype != torch.uint8:
+            return x
+        x = v2.functional.to_dtype(x, torch.float32, scale=True)
+        return v2.functional.normalize(x, list(self.input_mean), list(self.input_std))
+
     def _logits(self, x: torch.Tensor, net: nn.Module) -> torch.Tensor:
-        x = self.frontend(x)
+        x = self.frontend(self.normalize_input(x))
         if self.hparams.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return net(x).squeeze(-1)
