@@ -10,13 +10,13 @@ image): a horizontal flip with probability 0.5, and with ``aug_strength`` s (the
 * JPEG re-compression with probability 0.5 s, quality uniform over the integers [round(100 - 70 s), 100];
 
 in that order. :class:`CpuAugment` carries a plan out on one PIL image in a loader worker with the fastest tools a
-core has: PIL's own ``ImageEnhance`` (what torchvision runs for PIL images), OpenCV's separable fixed-point Gaussian
-blur (0.1-0.5 ms at 224 px where a 19-tap ``torchvision`` blur on a tensor took 9 ms), and a libjpeg-turbo round
-trip through PIL. :func:`augment_batch` carries the same plan out on a batch of uint8 tensors on the device
-(batched tensor operations, JPEG through torchvision's batched CUDA codec). Both quantize to uint8 after each step
-as PIL does, and both blur with the sampled Gaussian truncated at 3 sigma (OpenCV's kernel size for 8-bit images),
-so the two paths give the same pixels within rounding (``tests/test_augment.py`` checks both against each other and
-against a reference Gaussian).
+core has: the blends of PIL's ``ImageEnhance`` (what torchvision runs for PIL images) as OpenCV lookup tables and
+NumPy, OpenCV's separable fixed-point Gaussian blur (0.1-0.5 ms at 224 px where the 19-tap ``torchvision`` blur on
+a tensor took 9 ms), and a libjpeg-turbo round trip through PIL. :func:`augment_batch` carries the same plan out on
+a batch of uint8 tensors on the device (batched tensor operations, JPEG through torchvision's batched CUDA codec).
+Both truncate to uint8 after each jitter step as PIL does, and both blur with the sampled Gaussian cut where OpenCV
+cuts it for 8-bit images (round(6 sigma + 1) taps, made odd), so the two paths give the same pixels within one grey
+level (``tests/test_augment.py`` checks both against each other and against a reference Gaussian).
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ import cv2
 import numpy as np
 import torch
 from lightning.pytorch.utilities import rank_zero_info
-from PIL import Image, ImageEnhance
+from PIL import Image
+from torchvision.io import ImageReadMode, decode_jpeg, encode_jpeg
 
 FLIP_P = 0.5
 JITTER_P, JITTER_AMPLITUDE = 0.5, 0.2  # times aug_strength
@@ -67,73 +68,81 @@ def sigma_range(strength: float) -> tuple[float, float]:
 
 def sample_plan(n: int, strength: float, generator: torch.Generator | None = None) -> AugmentPlan:
     """Draws the augmentation of ``n`` images at ``strength`` in [0, 1] (from torch's random state: seeded per
-    loader worker by ``seed_everything(workers=True)``)."""
-
-    def uniform(low: float, high: float, *shape: int) -> torch.Tensor:
-        return low + (high - low) * torch.rand(n, *shape, generator=generator)
-
-    def coin(p: float) -> torch.Tensor:
-        return torch.rand(n, generator=generator) < p
-
+    loader worker by ``seed_everything(workers=True)``). One call of the generator: it runs once per image in a
+    loader worker, where every microsecond counts."""
     s = float(strength)
+    u = torch.rand(n, 12, generator=generator)
     amplitude = JITTER_AMPLITUDE * s
+    low, high = max(0.0, 1 - amplitude), 1 + amplitude
+    sigma_low, sigma_high = sigma_range(s)
     q_low, q_high = quality_range(s)
     return AugmentPlan(
-        flip=coin(FLIP_P),
-        jitter=coin(JITTER_P * s),
-        factors=uniform(max(0.0, 1 - amplitude), 1 + amplitude, 3),
-        order=torch.rand(n, 3, generator=generator).argsort(dim=1),
-        blur=coin(BLUR_P * s),
-        sigma=uniform(*sigma_range(s)),
-        jpeg=coin(JPEG_P * s),
-        quality=torch.randint(q_low, q_high + 1, (n,), generator=generator),
+        flip=u[:, 0] < FLIP_P,
+        jitter=u[:, 1] < JITTER_P * s,
+        factors=low + (high - low) * u[:, 2:5],
+        order=u[:, 5:8].argsort(dim=1),
+        blur=u[:, 8] < BLUR_P * s,
+        sigma=sigma_low + (sigma_high - sigma_low) * u[:, 9],
+        jpeg=u[:, 10] < JPEG_P * s,
+        quality=(q_low + (u[:, 11] * (q_high - q_low + 1)).long()).clamp(max=q_high),
     )
 
 
 # ----------------------------------------------------------------------------------------------- CPU (one image)
 class CpuAugment:
-    """PIL RGB image -> the augmented PIL image, one :func:`sample_plan` row per call (in a loader worker)."""
+    """PIL RGB image -> the augmented image as a uint8 (3, H, W) tensor, one :func:`sample_plan` row per call (in a
+    loader worker)."""
 
     def __init__(self, strength: float):
         self.strength = float(strength)
 
-    def __call__(self, image: Image.Image) -> Image.Image:
+    def __call__(self, image: Image.Image) -> torch.Tensor:
         return apply_plan(image, sample_plan(1, self.strength))
 
     def __repr__(self) -> str:
         return f"CpuAugment(strength={self.strength})"
 
 
-_ENHANCERS = {BRIGHTNESS: ImageEnhance.Brightness, CONTRAST: ImageEnhance.Contrast, SATURATION: ImageEnhance.Color}
-
-
-def apply_plan(image: Image.Image, plan: AugmentPlan) -> Image.Image:
-    """Carries out a one-row plan on a PIL RGB image."""
+def apply_plan(image: Image.Image, plan: AugmentPlan) -> torch.Tensor:
+    """Carries out a one-row plan on a PIL RGB image; a uint8 (3, H, W) tensor out."""
     if plan.flip[0]:
         image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    pixels = np.array(image)  # (H, W, 3) uint8, writable
     if plan.jitter[0]:
+        factors = plan.factors[0].tolist()
         for op in plan.order[0].tolist():
-            image = _ENHANCERS[op](image).enhance(float(plan.factors[0, op]))
+            pixels = _enhance(pixels, op, factors[op])
     if plan.blur[0]:
-        image = Image.fromarray(gaussian_blur_cv2(np.asarray(image), float(plan.sigma[0])))
+        pixels = gaussian_blur_cv2(pixels, float(plan.sigma[0]))
     if plan.jpeg[0]:
-        image = jpeg_roundtrip_pil(image, int(plan.quality[0]))
-    return image
+        return jpeg_roundtrip(pixels, int(plan.quality[0]))
+    return torch.from_numpy(pixels).permute(2, 0, 1)
+
+
+def _enhance(pixels: np.ndarray, op: int, factor: float) -> np.ndarray:
+    """PIL's ``ImageEnhance`` on (H, W, 3) uint8 with OpenCV: a blend with a degenerate image (black for brightness,
+    the mean grey level for contrast, the greyscale image for saturation). Brightness and contrast blend with one
+    grey level: a lookup table, PIL's pixels exactly; saturation within one grey level of PIL's."""
+    if op == SATURATION:
+        grey = cv2.cvtColor(cv2.cvtColor(pixels, cv2.COLOR_RGB2GRAY), cv2.COLOR_GRAY2RGB)
+        return cv2.addWeighted(pixels, factor, grey, 1 - factor, -0.5)  # -0.5: truncates as PIL, not rounds
+    level = 0 if op == BRIGHTNESS else int(cv2.cvtColor(pixels, cv2.COLOR_RGB2GRAY).mean() + 0.5)
+    levels = np.float32(level) + np.float32(factor) * (np.arange(256, dtype=np.float32) - np.float32(level))
+    return cv2.LUT(pixels, np.clip(levels, 0, 255).astype(np.uint8))
 
 
 def gaussian_blur_cv2(pixels: np.ndarray, sigma: float) -> np.ndarray:
-    """OpenCV's Gaussian blur of an (H, W, C) uint8 array: kernel size 2 round(3 sigma) + 1 (OpenCV's choice for
+    """OpenCV's Gaussian blur of an (H, W, C) uint8 array: round(6 sigma + 1) taps made odd (OpenCV's choice for
     8-bit images), mirrored borders (``BORDER_REFLECT_101``, torch's ``reflect`` padding)."""
     return cv2.GaussianBlur(pixels, (0, 0), sigmaX=sigma, sigmaY=sigma, borderType=cv2.BORDER_REFLECT_101)
 
 
-def jpeg_roundtrip_pil(image: Image.Image, quality: int) -> Image.Image:
-    """Encodes and decodes an RGB image as JPEG at ``quality`` (libjpeg-turbo, 4:2:0 chroma subsampling)."""
+def jpeg_roundtrip(pixels: np.ndarray, quality: int) -> torch.Tensor:
+    """Encodes (H, W, 3) uint8 RGB as JPEG at ``quality`` with PIL (libjpeg-turbo, 4:2:0 chroma subsampling) and
+    decodes it with torchvision's libjpeg-turbo (PIL's pixels, in half PIL's time): a uint8 (3, H, W) tensor."""
     buffer = io.BytesIO()
-    image.save(buffer, "JPEG", quality=quality)
-    buffer.seek(0)
-    with Image.open(buffer) as decoded:
-        return decoded.convert("RGB")
+    Image.fromarray(pixels).save(buffer, "JPEG", quality=quality)
+    return decode_jpeg(torch.frombuffer(bytearray(buffer.getbuffer()), dtype=torch.uint8), mode=ImageReadMode.RGB)
 
 
 # ------------------------------------------------------------------------------------------ device (a batch)
@@ -209,8 +218,6 @@ _JPEG_NOTE: list[str] = []  # the one-line note about the JPEG fallback, printed
 
 def _jpeg(images: torch.Tensor, plan: AugmentPlan) -> torch.Tensor:
     """JPEG round trips grouped by quality: each group one batched call of torchvision's codec (nvJPEG on CUDA)."""
-    from torchvision.io import decode_jpeg, encode_jpeg
-
     out = images.clone()
     for quality in plan.quality[plan.jpeg].unique().tolist():
         idx = (plan.jpeg & (plan.quality == quality)).nonzero().squeeze(1).tolist()
