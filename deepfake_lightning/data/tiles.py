@@ -74,8 +74,7 @@ class TileTransform:
     ):
         self.size, self.stride, self.max_tiles = int(size), int(stride or size), int(max_tiles)
         self.normalize = normalize
-        self.mean = torch.tensor(list(mean), dtype=torch.float32).view(1, 3, 1, 1)
-        self.std = torch.tensor(list(std), dtype=torch.float32).view(1, 3, 1, 1)
+        self.mean_std = [float(v) for v in mean], [float(v) for v in std]
 
     def __call__(self, image: Image.Image) -> dict:
         w, h = image.size
@@ -84,8 +83,8 @@ class TileTransform:
         # PIL crops one tile at a time (no full-size tensor copy of a 16 MP photograph) and fills the area outside
         # the image with zeros: a short side is zero-padded, the image centred, as the centre crop pads.
         tiles = torch.stack([TF.pil_to_tensor(image.crop((x, y, x + s, y + s))) for x, y in origins])
-        if self.normalize:
-            tiles = (tiles.float() / 255 - self.mean) / self.std
+        if self.normalize:  # the model's normalize_input, to the bit
+            tiles = TF.normalize(TF.to_dtype(tiles, torch.float32, scale=True), self.mean_std[0], self.mean_std[1])
         return {
             "image": tiles,
             "tile_xy": torch.tensor(origins, dtype=torch.long).view(-1, 2),
