@@ -26,7 +26,8 @@ from deepfake_lightning.data.augment import (
     gaussian_blur_cv2,
     sample_plan,
 )
-from deepfake_lightning.data.dataset import BadImageError, collate_skip_bad
+from deepfake_lightning.data.dataset import BadImageError, collate_skip_bad, load_image
+from deepfake_lightning.data.device import decode_batch, read_encoded
 from deepfake_lightning.data.transforms import create_transform
 from deepfake_lightning.models import DeepfakeClassifier
 
@@ -218,25 +219,29 @@ def test_device_augmentation_applies_to_training_batches_only(kaggle_root):
     assert torch.equal(dm.on_after_batch_transfer({**batch}, 0)["image"], batch["image"])  # never at evaluation
 
 
-@pytest.mark.parametrize("mode", ["crop", "resize"])
-def test_decode_on_the_device_gives_the_cpu_pixels(tmp_path, kaggle_root, mode):
-    def batch(decode: str):
-        dm = DeepfakeDataModule(
-            root=str(kaggle_root), test_v1_csv="test_v1.csv", img_size=32, mode=mode, decode=decode, jpeg_draft=False
-        )
-        dm = attach(dm, "cpu", training=False)
-        dm.setup()
-        items = [dm.dataset("test_v1")[i] for i in range(6)]
-        return dm.on_before_batch_transfer(collate_skip_bad(items), 0)
+def test_decode_on_the_device_gives_the_cpu_pixels(kaggle_root):
+    paths = sorted((kaggle_root / "test_data_v1").glob("*.jpg"))[:6]
+    encoded = [read_encoded(p) for p in paths]
+    centre = create_transform(32, train=False, mode="crop", normalize=False)
+    images, keep, bad = decode_batch(encoded, [str(p) for p in paths], 32, "crop", False, torch.device("cpu"))
+    assert keep == list(range(6)) and bad == []
+    assert torch.equal(images, torch.stack([centre(load_image(p)) for p in paths]))  # same libjpeg-turbo, same crop
+    resize = create_transform(32, train=False, mode="resize", normalize=False)
+    images, _, _ = decode_batch(encoded, [str(p) for p in paths], 32, "resize", False, torch.device("cpu"))
+    expected = torch.stack([resize(load_image(p)) for p in paths])
+    assert (images.int() - expected.int()).abs().float().mean() < 2.0  # PIL's and torch's antialiased resize
+    images, _, _ = decode_batch(encoded, [str(p) for p in paths], 32, "crop", True, torch.device("cpu"))
+    assert images.shape == (6, 3, 32, 32)  # random crops of the 40x48 images
 
-    cpu, device = batch("cpu"), batch("device")
-    assert device["image"].dtype == torch.uint8 and device["image"].shape == cpu["image"].shape
-    assert torch.equal(device["label"], cpu["label"]) and torch.equal(device["index"], cpu["index"])
-    diff = (device["image"].int() - cpu["image"].int()).abs().float()
-    if mode == "crop":
-        assert diff.max() == 0  # the same libjpeg-turbo, the same centre crop
-    else:
-        assert diff.mean() < 2.0  # PIL's and torch's antialiased resize differ by rounding
+
+def test_decode_on_the_device_is_for_training_batches(kaggle_root):
+    dm = DeepfakeDataModule(root=str(kaggle_root), test_v1_csv="test_v1.csv", img_size=32, mode="crop", decode="device")
+    dm.setup()
+    assert dm.dataset("train", train=True).encoded
+    assert not any(dm.dataset(split).encoded for split in ("val", "test_v1", "test_v2"))  # calibration, reports...
+    train = attach(dm, "cpu")
+    batch = train.on_before_batch_transfer(collate_skip_bad([dm.dataset("train", train=True)[i] for i in range(8)]), 0)
+    assert batch["image"].shape == (8, 3, 32, 32) and batch["image"].dtype == torch.uint8 and "encoded" not in batch
 
 
 def test_decode_on_the_device_takes_other_files_and_reports_bad_ones(tmp_path, kaggle_root):
@@ -253,9 +258,9 @@ def test_decode_on_the_device_takes_other_files_and_reports_bad_ones(tmp_path, k
             ),
             "cpu",
         )
-        dm.trainer.training = False
         dm.setup()
-        items = [dm.dataset("test_v1")[i] for i in range(4)]
+        dataset = dm.dataset("test_v1", train=True)  # read as the training loader reads
+        items = [dataset[i] for i in range(4)]
         assert items[0]["encoded"].ndim == 3 and items[2]["encoded"].ndim == 1  # pixels beside bytes
         if policy == "fail":
             with pytest.raises(BadImageError, match=ids[1].replace(".", r"\.")):

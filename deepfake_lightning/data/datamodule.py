@@ -136,9 +136,9 @@ class DeepfakeDataModule(L.LightningDataModule):
         augment_on: Where training images are augmented (flip, jitter, blur, JPEG: ``data/augment.py``, the same
             distribution either way): ``cpu`` in the loader workers, ``device`` on each batch on the training device,
             ``auto`` on the device when it is a GPU. The re-share chains (``aug_reshare``) always run in the workers.
-        decode: ``device`` has the workers read JPEG bytes only and the training device decode each batch (nvJPEG on
-            CUDA; ``data/device.py``); other files are decoded by the workers. For training and single-view
-            evaluation (tiles and five views decode in the workers); augmentation then runs on the device.
+        decode: ``device`` has the workers read the training JPEGs' bytes only and the training device decode each
+            batch (nvJPEG on CUDA; ``data/device.py``); other files, and every evaluation loader, are decoded by the
+            workers. Augmentation then runs on the device.
 
     The loaders deliver uint8 pixels; the model normalizes them on its device (``normalize_input``).
     """
@@ -401,12 +401,13 @@ class DeepfakeDataModule(L.LightningDataModule):
             bad_images=hp.bad_images,
             draft_size=self._draft_size,
             cache=cache,
-            encoded=self._decodes_on_device(train, perturb, eval_views) and cache is None,
+            encoded=self._decodes_on_device(train, perturb) and cache is None,
         )
 
-    def _decodes_on_device(self, train: bool, perturb=None, eval_views: int | str | None = None) -> bool:
-        views = self.hparams.eval_views if eval_views is None else eval_views
-        return self.hparams.decode == "device" and perturb is None and (train or views == 1)
+    def _decodes_on_device(self, train: bool, perturb=None) -> bool:
+        # Training batches only: that is where a GPU waits for data. Evaluation loaders are also read outside the
+        # trainer's loops (calibration, reports, notebooks), which must see pixels.
+        return self.hparams.decode == "device" and train and perturb is None
 
     @property
     def augment_location(self) -> str:
@@ -457,7 +458,6 @@ class DeepfakeDataModule(L.LightningDataModule):
             self._transform(False, perturb, eval_views),
             bad_images="skip",
             draft_size=self._draft_size,
-            encoded=self._decodes_on_device(False, perturb, eval_views),
         )
 
     @property
@@ -593,8 +593,7 @@ class DeepfakeDataModule(L.LightningDataModule):
         train = self.trainer is not None and self.trainer.training
         encoded, paths = batch.pop(ENCODED_KEY), batch.pop("path")
         images, keep, bad = decode_batch(encoded, paths, hp.img_size, hp.mode, train, self._device())
-        files = self.trainer is not None and self.trainer.predicting and self.predict_name == "files"
-        skipped = raise_or_skip(bad, "skip" if files else hp.bad_images)  # files are always skipped, as on the CPU
+        skipped = raise_or_skip(bad, hp.bad_images)
         if len(keep) < len(encoded):
             for key in ("label", "index"):
                 batch[key] = batch[key][keep]

@@ -1,9 +1,11 @@
 """Decoding JPEGs on the device (``data.decode: device``), the way NVIDIA DALI and FFCV take it off the CPU.
 
-A loader worker then only reads a JPEG's bytes (:func:`read_encoded`); the main process hands a batch of them to
-torchvision's batched ``decode_jpeg`` on the training device (nvJPEG on CUDA) and cuts each decoded image to the
-network's input there (:func:`decode_batch`): resized whole in ``resize`` mode, cropped at native resolution in
-``crop`` mode (a random crop for training, the centre crop for evaluation; zero-padded when smaller, as on the CPU).
+A training loader's worker then only reads a JPEG's bytes (:func:`read_encoded`); the main process hands a batch of
+them to torchvision's batched ``decode_jpeg`` on the training device (nvJPEG on CUDA) and cuts each decoded image to
+the network's input there (:func:`decode_batch`): resized whole in ``resize`` mode, cropped at native resolution in
+``crop`` mode (a random crop for training; the centre crop with ``train=False``; zero-padded when smaller, as on the
+CPU). Evaluation loaders keep decoding in the workers: their batches are also read outside the trainer's loops
+(calibration, reports, notebooks), and evaluation is not where a GPU waits for data.
 
 Files that are not plain RGB or greyscale JPEGs (PNG, WebP, CMYK JPEG...) are decoded by the worker as before and
 arrive as pixels beside the bytes of the others. A file that fails to decode on the device is named and handled by
