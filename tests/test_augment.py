@@ -249,6 +249,9 @@ def test_decode_on_the_device_takes_other_files_and_reports_bad_ones(tmp_path, k
     shutil.copytree(kaggle_root, root)
     ids = list(pd.read_csv(root / "test_v1.csv")["id"])
     Image.open(root / ids[0]).save(root / ids[0], "PNG")  # a PNG named .jpg: decoded by the worker
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees": nvJPEG would ignore it, so the worker decodes this one
+    Image.open(root / ids[3]).save(root / ids[3], "JPEG", exif=exif.tobytes())
     data = (root / ids[1]).read_bytes()
     (root / ids[1]).write_bytes(data[: data.find(b"\xff\xda") + 40])  # whole headers, the scan cut short
     for policy in ("skip", "fail"):
@@ -261,7 +264,7 @@ def test_decode_on_the_device_takes_other_files_and_reports_bad_ones(tmp_path, k
         dm.setup()
         dataset = dm.dataset("test_v1", train=True)  # read as the training loader reads
         items = [dataset[i] for i in range(4)]
-        assert items[0]["encoded"].ndim == 3 and items[2]["encoded"].ndim == 1  # pixels beside bytes
+        assert [item["encoded"].ndim for item in items] == [3, 1, 1, 3]  # pixels beside bytes
         if policy == "fail":
             with pytest.raises(BadImageError, match=ids[1].replace(".", r"\.")):
                 dm.on_before_batch_transfer(collate_skip_bad(items), 0)

@@ -7,9 +7,9 @@ the network's input there (:func:`decode_batch`): resized whole in ``resize`` mo
 CPU). Evaluation loaders keep decoding in the workers: their batches are also read outside the trainer's loops
 (calibration, reports, notebooks), and evaluation is not where a GPU waits for data.
 
-Files that are not plain RGB or greyscale JPEGs (PNG, WebP, CMYK JPEG...) are decoded by the worker as before and
-arrive as pixels beside the bytes of the others. A file that fails to decode on the device is named and handled by
-``data.bad_images`` like one that fails on the CPU.
+Files that are not plain upright RGB or greyscale JPEGs (PNG, WebP, CMYK JPEG, a photograph with an EXIF
+rotation...) are decoded by the worker as before and arrive as pixels beside the bytes of the others. A file that
+fails to decode on the device is named and handled by ``data.bad_images`` like one that fails on the CPU.
 """
 
 from __future__ import annotations
@@ -26,11 +26,15 @@ from deepfake_lightning.errors import BadImageError
 ENCODED_KEY = "encoded"  # an item's JPEG bytes (1-D uint8) or, for a file decoded by the worker, its pixels
 
 
+ORIENTATION = 0x0112  # the EXIF tag
+
+
 def device_decodable(path: str | os.PathLike) -> bool:
-    """Whether a file is a JPEG the device decodes (RGB or greyscale; its header only is read)."""
+    """Whether a file is a JPEG the device decodes: RGB or greyscale, and upright (nvJPEG ignores EXIF orientation,
+    which ``load_image`` honours). Only its header is read."""
     try:
         with Image.open(path) as im:
-            return im.format == "JPEG" and im.mode in ("RGB", "L")
+            return im.format == "JPEG" and im.mode in ("RGB", "L") and im.getexif().get(ORIENTATION, 1) == 1
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
         return False  # the worker's own decoding names the problem
 
@@ -67,7 +71,7 @@ def decode_batch(
     decoded: dict[int, torch.Tensor] = {i: encoded[i].to(device) for i, e in enumerate(encoded) if e.ndim != 1}
     bad: list[tuple[str, str]] = []
     if jpegs:
-        kwargs = {"mode": ImageReadMode.RGB, "device": device, "apply_exif_orientation": True}
+        kwargs = {"mode": ImageReadMode.RGB, "device": device}  # rotated JPEGs were decoded by the worker
         try:
             decoded |= dict(zip(jpegs, decode_jpeg([encoded[i] for i in jpegs], **kwargs), strict=True))
         except RuntimeError:  # one bad file fails the batched call: decode one by one to find it
