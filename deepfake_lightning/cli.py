@@ -20,6 +20,7 @@ COMMANDS = {
     "test": "evaluate a checkpoint on validation and every test split: report.json, plots, predictions",
     "predict": "calibrated predictions and a Kaggle submission for a split or for image files",
     "calibrate": "fit the calibrator and decision threshold of an existing checkpoint",
+    "audit": "audit a dataset for file-format shortcuts: metadata per class, a metadata-only classifier's AUROC",
     "explain": "Grad-CAM overlays for image files or folders",
     "export": "write a checkpoint as a pickle-free model folder (safetensors and/or ONNX + JSON)",
     "sweep": "an Optuna study over any config key (learning rate, augmentation, threshold criterion...)",
@@ -51,6 +52,7 @@ def cli_main(args: list[str] | None = None, run: bool = True):
 # arguments after the command's name). Modules are imported only when their command runs, and each parser's module
 # imports nothing heavy, so that `deepfake COMMAND --help` answers without loading torch.
 ARGPARSE_COMMANDS = {
+    "audit": ("deepfake_lightning.audit.command:audit_parser", "deepfake_lightning.audit.command:audit_main"),
     "calibrate": (
         "deepfake_lightning.calibration.command:calibrate_parser",
         "deepfake_lightning.calibration.command:calibrate_main",

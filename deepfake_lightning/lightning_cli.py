@@ -199,6 +199,9 @@ class DeepfakeCLI(LightningCLI):
         # One stability setting for test (EvaluationReport) and predict (PredictionWriter).
         parser.link_arguments("report.stability", "predictions.stability")
         parser.link_arguments("report.stability_tolerance", "predictions.stability_tolerance")
+        # One evidence setting for test (EvaluationReport) and predict (PredictionWriter).
+        parser.link_arguments("report.evidence", "predictions.evidence")
+        parser.link_arguments("report.trust_anchors", "predictions.trust_anchors")
         parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
         # Normalization follows the backbone's own timm data config.
         parser.link_arguments(

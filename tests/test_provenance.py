@@ -4,7 +4,6 @@ import hashlib
 import json
 import shutil
 import subprocess
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +32,7 @@ def test_a_fresh_demo_checkpoint_records_its_provenance(demo_run, demo_root):
     best = next((demo_run / "checkpoints").glob("best-*.ckpt"))
     ckpt = torch.load(best, map_location="cpu", weights_only=True)  # plain values only: safe to load
     p = ckpt["provenance"]
-    assert p["data"] == {"kind": "demo", "spec": asdict(DemoSpec()), "root": str(demo_root.resolve())}
+    assert p["data"] == {"kind": "demo", "spec": DemoSpec().to_json(), "root": str(demo_root.resolve())}
     assert p["split_sha256"] == _split_hash(demo_run / "split.csv")
     assert f"auroc={p['validation']['val/auroc']:.4f}" in best.name  # the metrics of that very checkpoint
     assert {"val/f1", "val/acc", "val/loss"} <= p["validation"].keys()

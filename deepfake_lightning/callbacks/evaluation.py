@@ -11,6 +11,7 @@ import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.utilities import rank_zero_warn
 
+from deepfake_lightning.audit.shortcuts import format_reencode, reencode, reencode_report
 from deepfake_lightning.calibration.state import guarantee_line
 from deepfake_lightning.callbacks._console import PrintsResults
 from deepfake_lightning.callbacks._figures import publish_figure
@@ -27,6 +28,13 @@ from deepfake_lightning.evaluation import (
     plot_split,
     split_report,
     write_predictions,
+)
+from deepfake_lightning.evidence import (
+    evidence_columns,
+    evidence_counts,
+    evidence_of,
+    format_counts,
+    load_trust_anchors,
 )
 from deepfake_lightning.files import atomic_path, write_json
 from deepfake_lightning.localization import check_masks, format_localization, split_localization
@@ -66,6 +74,13 @@ class EvaluationReport(PrintsResults):
     * with ``stability`` K: each image also scored on K seeded re-shared copies (``stability.py``): the
       predictions gain ``prob_min, prob_max, flip_rate, verdict``; ``report.json`` per split a ``stability`` entry
       (coverage, accuracy and macro F1 on the certain images against all); ``plots/risk_coverage.png``.
+    * with ``evidence`` (default): each image's provenance metadata (``evidence.py``: C2PA, IPTC source type,
+      generator metadata, camera) in the ``evidence_*`` columns of the predictions, and per split its counts
+      (``report.json``: ``splits.<split>.evidence``, overall and per class).
+    * with ``reencode``: every labelled split scored again after re-encoding both classes the same way
+      (``audit/shortcuts.py``: RGB, at most ``REENCODE_MAX_SIDE`` pixels, JPEG quality ``REENCODE_QUALITY``); each
+      metric before and after in ``report.json`` (``reencode``) and the printed table: a large drop means the
+      model relied on the file (format, size, compression), not the image.
 
     Args:
         robustness: Also measure robustness curves.
@@ -73,6 +88,9 @@ class EvaluationReport(PrintsResults):
         group_by: A column of the splits' CSVs to break the results down by.
         stability: Re-shared copies per image for the stability check (0: off).
         stability_tolerance: Share of copies that may flip a verdict before it is ``uncertain``, in [0, 1].
+        evidence: Read each image's provenance metadata into the predictions and the report.
+        trust_anchors: PEM file of the certificates whose C2PA signers count as ``valid`` (others: ``unverified``).
+        reencode: Also score every labelled split re-encoded (the model audit for file-format shortcuts).
     """
 
     def __init__(
@@ -82,8 +100,14 @@ class EvaluationReport(PrintsResults):
         group_by: str | None = None,
         stability: int = 0,
         stability_tolerance: float = DEFAULT_TOLERANCE,
+        evidence: bool = True,
+        trust_anchors: str | None = None,
+        reencode: bool = False,
     ):
         check_stability(stability, stability_tolerance)
+        self.evidence = evidence
+        self.trust_anchors = load_trust_anchors(trust_anchors)
+        self.reencode = reencode
         self.robustness = robustness
         self.robustness_split = robustness_split
         self.group_by = group_by
@@ -139,11 +163,21 @@ class EvaluationReport(PrintsResults):
                 table = pd.concat([table, stable], axis=1)
                 stability[split] = stability_report(stable, probs, y, threshold, self.stability)
                 curves[split] = (*risk_coverage(stable, probs, y, threshold), stability[split]["coverage"])
+            found = None
+            if self.evidence:
+                found = evidence_of([dm.root / p for p in table["id"]], self.trust_anchors)
+                table = table.assign(**evidence_columns(found))
             with atomic_path(run / "predictions" / f"{split}.csv") as tmp:
                 table.to_csv(tmp, index=False)
             report["splits"][split] = split_report(probs, y, threshold)
             if split in stability:
                 report["splits"][split]["stability"] = stability[split]
+            if found is not None:
+                by_class = {"human": [e for e, v in zip(found, y, strict=True) if v == 0]}
+                by_class["ai"] = [e for e, v in zip(found, y, strict=True) if v == 1]
+                report["splits"][split]["evidence"] = evidence_counts(found) | {
+                    k: evidence_counts(v) for k, v in by_class.items()
+                }
 
             fig = plot_split(probs, y, threshold, f"{split}: {len(y)} images")
             publish_figure(trainer, fig, run / "plots" / f"{split}.png", f"evaluation/{split}")
@@ -155,6 +189,8 @@ class EvaluationReport(PrintsResults):
             publish_figure(trainer, fig, run / "plots" / "risk_coverage.png", "evaluation/risk_coverage")
         if self.robustness:
             report["robustness"] = self._robustness(trainer, pl_module, run)
+        if self.reencode:
+            report["reencode"] = self._reencode(trainer, pl_module, report["splits"])
         localization = {s: self._localization(trainer, pl_module, s) for s in self._mask_splits(dm)}
         if localization:
             report["localization"] = localization
@@ -188,7 +224,9 @@ class EvaluationReport(PrintsResults):
                 f"\nEvaluation (threshold {threshold:.4f}, tuned on validation{guarantee_line(pl_module.calibration)})"
                 f":\n{format_report(report)}"
                 f"{by_group}{where}{format_stability(stability, self.stability_tolerance)}"
-                f"\nWritten to {run / 'report.json'}"
+                + format_counts({s: r["evidence"] for s, r in report["splits"].items() if "evidence" in r})
+                + (format_reencode(report["reencode"]) if "reencode" in report else "")
+                + f"\nWritten to {run / 'report.json'}"
             )
 
     def _publish_groups(self, trainer: L.Trainer, groups: dict, run: Path) -> None:
@@ -220,6 +258,17 @@ class EvaluationReport(PrintsResults):
             update_checkpoint(ckpt_path, record)
         except OSError as e:  # e.g. a read-only checkpoint: the report itself is written
             rank_zero_warn(f"could not add the test results to {ckpt_path}: {e}")
+
+    def _reencode(self, trainer: L.Trainer, pl_module, before: dict) -> dict:
+        """Each labelled test split scored again re-encoded (rank 0): each metric before and after."""
+        dm = trainer.datamodule
+        results = {}
+        for split in dm.labeled_test_splits():
+            loader = dm.loader(split, perturb=reencode, distributed=False)
+            logits, labels = collect_logits(pl_module, loader, trainer)
+            after = split_report(pl_module.calibrator(logits), labels, pl_module.threshold)
+            results[split] = reencode_report(before[split], after)
+        return results
 
     @staticmethod
     def _localization(trainer: L.Trainer, pl_module, split: str) -> dict:
@@ -293,6 +342,10 @@ class PredictionWriter(BasePredictionWriter, PrintsResults):
         stability: As ``report.stability`` (linked): score each image on this many re-shared copies and add
             ``prob_min, prob_max, flip_rate, verdict`` (``ai``, ``human`` or ``uncertain``) to the predictions.
         stability_tolerance: As ``report.stability_tolerance`` (linked).
+        evidence: As ``report.evidence`` (linked): add each image's provenance metadata, the ``evidence_c2pa``,
+            ``evidence_source_type``, ``evidence_generator``, ``evidence_camera`` and ``evidence_summary`` columns
+            (``evidence.py``).
+        trust_anchors: As ``report.trust_anchors`` (linked).
     """
 
     def __init__(
@@ -301,8 +354,12 @@ class PredictionWriter(BasePredictionWriter, PrintsResults):
         shift_tolerance: float = 0.05,
         stability: int = 0,
         stability_tolerance: float = DEFAULT_TOLERANCE,
+        evidence: bool = True,
+        trust_anchors: str | None = None,
     ):
         super().__init__(write_interval="epoch")
+        self.evidence = evidence
+        self.trust_anchors = load_trust_anchors(trust_anchors, "predictions.trust_anchors")
         check_stability(stability, stability_tolerance)
         self.adapt_splits = list(adapt_splits or [])
         self.shift_tolerance = shift_tolerance
@@ -336,6 +393,9 @@ class PredictionWriter(BasePredictionWriter, PrintsResults):
             k, tolerance = self.stability, self.stability_tolerance
             stable = copies_table(trainer, pl_module, split, index, probs, k, tolerance, threshold)
             extra = tiles | {column: stable[column].to_numpy() for column in stable.columns}
+        if self.evidence:  # what each file's metadata says, beside (never inside) prob_ai
+            root = Path("") if split == "files" else dm.root
+            extra = extra | evidence_columns(evidence_of([root / ids[i] for i in index], self.trust_anchors))
         written = write_predictions(
             out, split, [ids[i] for i in index], probs, threshold, None if split == "files" else ids, extra
         )

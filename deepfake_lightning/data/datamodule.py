@@ -88,6 +88,8 @@ class DeepfakeDataModule(L.LightningDataModule):
         root: Data root holding the CSVs and image folders.
         demo: Build the offline demo dataset into ``root`` on first use (see ``data/demo.py``).
         demo_seed: Seed of the demo build.
+        demo_shortcut: ``png`` builds the demo with a planted shortcut, every AI image saved as PNG (for the audits:
+            ``deepfake audit`` and ``deepfake test --report.reencode true``); keep it apart with its own ``root``.
         train_csv: Training CSV, relative to ``root``.
         train_query: Keep only the training-CSV rows matching this pandas query, before the train/val split, e.g.
             ``"generator != 'tconv'"`` to hold a generator out (leave-one-generator-out).
@@ -148,6 +150,7 @@ class DeepfakeDataModule(L.LightningDataModule):
         root: str = "data/ai-vs-human-generated-dataset",
         demo: bool = False,
         demo_seed: int = 0,
+        demo_shortcut: Literal["none", "png"] = "none",
         train_csv: str = "train.csv",
         train_query: str | None = None,
         test_v1_csv: str | None = None,
@@ -200,6 +203,10 @@ class DeepfakeDataModule(L.LightningDataModule):
         self._identity: dict | None = None  # data_identity(), computed once after setup
 
     @property
+    def demo_spec(self) -> DemoSpec:
+        return DemoSpec(seed=self.hparams.demo_seed, shortcut=self.hparams.demo_shortcut)
+
+    @property
     def num_workers(self) -> int:
         if self.hparams.num_workers is not None:
             return self.hparams.num_workers
@@ -210,9 +217,9 @@ class DeepfakeDataModule(L.LightningDataModule):
         # Runs once per node before setup: the only place that writes into the data root.
         if self.trainer is not None and self.trainer.predicting and self.hparams.predict_paths:
             return  # predicting files needs no training data, demo or cached
-        if self.hparams.demo and not demo_is_built(self.root, DemoSpec(seed=self.hparams.demo_seed)):
+        if self.hparams.demo and not demo_is_built(self.root, self.demo_spec):
             rank_zero_info(f"Building the demo dataset in {self.root} (once; later runs reuse it)")
-            build_demo_dataset(self.root, DemoSpec(seed=self.hparams.demo_seed))
+            build_demo_dataset(self.root, self.demo_spec)
         if self.hparams.cache_dir is not None:
             check_data_root(self.root, self.hparams.train_csv)
             self._ensure_cache()  # built here; opened in setup (Lightning: prepare_data assigns no state)
@@ -347,13 +354,11 @@ class DeepfakeDataModule(L.LightningDataModule):
         if "train" not in self.indexes:
             return {}
         if self._identity is None:
-            from dataclasses import asdict
-
             hp = self.hparams
             parts = [(p, s) for s in ("train", "val") for p in self.indexes[s]["path"]]
             labels = pd.concat([self.indexes["train"]["label"], self.indexes["val"]["label"]])
             if hp.demo:
-                data = {"kind": "demo", "spec": asdict(DemoSpec(seed=hp.demo_seed)), "root": str(self.root.resolve())}
+                data = {"kind": "demo", "spec": self.demo_spec.to_json(), "root": str(self.root.resolve())}
             else:
                 csv = self.root / hp.train_csv
                 data = {

@@ -42,6 +42,7 @@ import os
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -65,6 +66,17 @@ class DemoSpec:
     edited_pairs: int = 60
     edited_size: int = 256
     version: int = DEMO_VERSION
+    # A planted file-format shortcut, to show the audits catching one: "png" saves every AI image of train, test_v1
+    # and test_v2 as PNG (human images stay JPEG). "none" (the demo) leaves the format no cue.
+    shortcut: Literal["none", "png"] = "none"
+
+    def to_json(self) -> dict:
+        """What demo.json records (without ``shortcut`` when there is none: unbiased builds of earlier versions
+        stay current)."""
+        spec = asdict(self)
+        if spec["shortcut"] == "none":
+            del spec["shortcut"]
+        return spec
 
 
 TRAIN_GENERATORS = ("tconv", "nearest_smooth", "bilinear_sharpen")
@@ -151,8 +163,12 @@ def _post_process_v2(im: Image.Image, rng: np.random.Generator) -> Image.Image:
     return Image.open(io.BytesIO(buf.getvalue()))
 
 
-def _save(im: Image.Image, path: Path, rng: np.random.Generator) -> None:
-    im.convert("RGB").save(path, "JPEG", quality=int(rng.integers(88, 97)))
+def _save(im: Image.Image, path: Path, rng: np.random.Generator, as_png: bool = False) -> None:
+    quality = int(rng.integers(88, 97))  # drawn either way: the other images stay those of the unbiased build
+    if as_png:
+        im.convert("RGB").save(path, "PNG")
+    else:
+        im.convert("RGB").save(path, "JPEG", quality=quality)
 
 
 def _edited_split(spec: DemoSpec, photos, rng: np.random.Generator, root: Path, name) -> pd.DataFrame:
@@ -182,7 +198,7 @@ def demo_is_built(root: str | os.PathLike, spec: DemoSpec = DemoSpec()) -> bool:
     """Whether ``root`` holds a complete demo build of ``spec`` (what :func:`build_demo_dataset` would reuse)."""
     marker = Path(root) / "demo.json"
     try:
-        return marker.is_file() and json.loads(marker.read_text()) == asdict(spec)
+        return marker.is_file() and json.loads(marker.read_text()) == spec.to_json()
     except (OSError, json.JSONDecodeError):
         return False
 
@@ -196,7 +212,9 @@ def build_demo_dataset(root: str | os.PathLike, spec: DemoSpec = DemoSpec()) -> 
     """
     root = Path(root)
     marker = root / "demo.json"
-    wanted = asdict(spec)
+    if spec.shortcut not in ("none", "png"):
+        raise ValueError(f"demo shortcut must be none or png, got {spec.shortcut!r}")
+    wanted = spec.to_json()
     if marker.is_file() and json.loads(marker.read_text()) == wanted:
         return root
     if root.exists() and any(root.iterdir()) and not marker.is_file():
@@ -216,8 +234,8 @@ def build_demo_dataset(root: str | os.PathLike, spec: DemoSpec = DemoSpec()) -> 
     try:
         photos = source_photos()
 
-        def name(folder: str) -> str:
-            return f"{folder}/{rng.bytes(16).hex()}.jpg"
+        def name(folder: str, png: bool = False) -> str:
+            return f"{folder}/{rng.bytes(16).hex()}.{'png' if png else 'jpg'}"
 
         rows = []
         for pair in range(spec.train_pairs):
@@ -225,8 +243,8 @@ def build_demo_dataset(root: str | os.PathLike, spec: DemoSpec = DemoSpec()) -> 
             generator = TRAIN_GENERATORS[pair % len(TRAIN_GENERATORS)]
             fake = simulate_generator(human, generator, rng)
             for label, img, source in ((0, human, "real"), (1, fake, generator)):
-                f = name("train_data")
-                _save(_to_pil(img), root / f, rng)
+                f = name("train_data", png=label == 1 and spec.shortcut == "png")
+                _save(_to_pil(img), root / f, rng, as_png=f.endswith(".png"))
                 rows.append((f, label, f"pair{pair:05d}", source))
         train = pd.DataFrame(rows, columns=["file_name", "label", "group", "generator"])
         train = train.sample(frac=1.0, random_state=spec.seed).reset_index(drop=True)
@@ -245,8 +263,8 @@ def build_demo_dataset(root: str | os.PathLike, spec: DemoSpec = DemoSpec()) -> 
                 im = _to_pil(img)
                 if post is not None:
                     im = post(im, rng)
-                f = name(folder)
-                _save(im, root / f, rng)
+                f = name(folder, png=bool(label) and spec.shortcut == "png")
+                _save(im, root / f, rng, as_png=f.endswith(".png"))
                 out.append((f, int(label), source))
             return pd.DataFrame(out, columns=["id", "label", "generator"])
 

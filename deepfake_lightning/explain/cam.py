@@ -294,18 +294,28 @@ def short_name(name: str, width: int = 26) -> str:
     return name if len(name) <= width else f"{name[: width // 2 - 1]}…{name[-(width - width // 2) :]}"
 
 
-def explain_files(detector, files: list[Path], out_dir: str | Path, batch_size: int = 16, **explainer_args):
+def explain_files(
+    detector,
+    files: list[Path],
+    out_dir: str | Path,
+    batch_size: int = 16,
+    trust_anchors: str | None = None,
+    **explainer_args,
+):
     """Writes one PNG per readable image (the image beside its CAM overlay, and each layer's map in multi-layer
-    mode) and ``explanations.csv`` (``file, prob_ai, label, error, png``) to ``out_dir``. Unreadable files are
+    mode; its caption says what the file's metadata says, ``evidence.py``) and ``explanations.csv`` (``file,
+    prob_ai, label, error, png, evidence_c2pa, ..., evidence_summary``) to ``out_dir``. Unreadable files are
     listed in the CSV with their error and skipped; they never stop the run. An ``out_dir`` explained into before
     keeps its rows and PNGs: this run's rows are added (a file explained again replaces its row and PNG). Returns
     this run's rows as a DataFrame."""
     import matplotlib.pyplot as plt
 
     from deepfake_lightning.data.dataset import BadImageError, load_image
+    from deepfake_lightning.evidence import COLUMNS as EVIDENCE_COLUMNS
+    from deepfake_lightning.evidence import caption, read_evidence
 
     out_dir = Path(out_dir)
-    columns = ["file", "prob_ai", "label", "error", "png"]
+    columns = ["file", "prob_ai", "label", "error", "png", *EVIDENCE_COLUMNS]
     earlier, used_names = earlier_explanations(out_dir, files, columns)
     rows = []
     with CamExplainer(detector.model, **explainer_args) as explainer:
@@ -334,11 +344,15 @@ def explain_files(detector, files: list[Path], out_dir: str | Path, batch_size: 
                 )
                 fig = cam_grid(rgb[i : i + 1], single, threshold=detector.threshold, columns=1, per_layer=True)
                 fig.axes[0].set_title(f"{short_name(f.name)}\n{fig.axes[0].get_title()}", fontsize=8)
+                evidence = read_evidence(f, trust_anchors)
+                fig.get_layout_engine().set(rect=(0, 0.1, 1, 0.9))  # room below the panels for the caption
+                fig.text(0.5, 0.01, caption(evidence, 50), ha="center", va="bottom", fontsize=6)
                 name = unique_name(f.stem, used_names)
                 fig.savefig(out_dir / f"{name}.png", dpi=100)
                 plt.close(fig)
                 label = int(prob >= detector.threshold)
-                rows.append({"file": str(f), "prob_ai": prob, "label": label, "error": "", "png": f"{name}.png"})
+                row = {"file": str(f), "prob_ai": prob, "label": label, "error": "", "png": f"{name}.png"}
+                rows.append(row | evidence.columns())
     return write_explanations(out_dir, earlier, rows, columns)
 
 

@@ -36,6 +36,9 @@ def explain_parser() -> argparse.ArgumentParser:
         help="true: score maps of whole images (crop-mode models); default: true for a model whose verdict "
         "scores tiles, false otherwise",
     )
+    parser.add_argument(
+        "--trust_anchors", default=None, help="PEM file of certificates whose C2PA signers count as valid"
+    )
     parser.add_argument("--tile_stride", type=_positive, default=None, help="with --map: pixels between tiles")
     parser.add_argument("--max_tiles", type=_positive, default=None, help="with --map: most tiles per image")
     return parser
@@ -70,6 +73,9 @@ def explain_main(args: list[str]):
 
     if a.method not in CAM_METHODS:
         parser.error(f"--method {a.method!r}: choose from {', '.join(sorted(CAM_METHODS))}")
+    from deepfake_lightning.evidence import load_trust_anchors
+
+    a.trust_anchors = load_trust_anchors(a.trust_anchors, "--trust_anchors")  # PEM text from here on
     detector = load_detector(a.ckpt_path)
     if a.map if a.map is not None else detector.tiled:
         return _maps(a, detector)
@@ -89,6 +95,7 @@ def explain_main(args: list[str]):
         layers=a.layers,
         n_layers=a.n_layers,
         target=a.target,
+        trust_anchors=a.trust_anchors,
     )
     bad = table[table["error"] != ""]
     for _, row in bad.iterrows():
@@ -116,7 +123,7 @@ def _maps(a: argparse.Namespace, detector):
         )
     if outside_demo_data(detector.facts, files):
         print(f"deepfake: warning: {DEMO_WARNING}", file=sys.stderr)
-    table = map_files(detector, files, a.out, a.tile_stride, a.max_tiles)
+    table = map_files(detector, files, a.out, a.tile_stride, a.max_tiles, a.trust_anchors)
     bad = table[table["error"].fillna("") != ""]
     for _, row in bad.iterrows():
         print(f"deepfake explain: skipped {row['file']}: {row['error']}", file=sys.stderr)

@@ -4,24 +4,31 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from deepfake_lightning.evidence import COLUMNS as EVIDENCE_COLUMNS
 from deepfake_lightning.explain.cam import earlier_explanations, short_name, unique_name, write_explanations
 
-MAP_COLUMNS = ["file", "prob_ai", "label", "error", "png", "tiles_csv", "n_tiles", "tiles_total"]
+MAP_COLUMNS = ["file", "prob_ai", "label", "error", "png", "tiles_csv", "n_tiles", "tiles_total", *EVIDENCE_COLUMNS]
 
 
 def map_files(
-    detector, files: list[Path], out_dir: str | Path, stride: int | None = None, max_tiles: int | None = None
+    detector,
+    files: list[Path],
+    out_dir: str | Path,
+    stride: int | None = None,
+    max_tiles: int | None = None,
+    trust_anchors: str | None = None,
 ):
     """Writes, per readable image, ``<stem>_map.png`` (:func:`~deepfake_lightning.localization.plot_score_map`) and
     ``<stem>_tiles.csv`` (``x,y,size,prob_ai``, calibrated tile probabilities, pixel coordinates in the original
     image), and ``explanations.csv`` with the image-level verdict (``prob_ai`` of the pooled tiles, ``label`` at the
-    threshold) and tile counts; unreadable files get a row with their error, as in ``explain_files``. Returns this
-    run's rows."""
+    threshold), tile counts and what the file's metadata says (``evidence_*``, also under the map's title);
+    unreadable files get a row with their error, as in ``explain_files``. Returns this run's rows."""
     import matplotlib.pyplot as plt
     import torch
 
     from deepfake_lightning.data.dataset import BadImageError, load_image
     from deepfake_lightning.data.tiles import collate_tiles
+    from deepfake_lightning.evidence import caption, read_evidence
     from deepfake_lightning.files import atomic_path
     from deepfake_lightning.localization import plot_score_map, score_tiles
 
@@ -43,7 +50,10 @@ def map_files(
         label = int(prob >= threshold)
         name = unique_name(f"{f.stem}_map", used)
         verdict = "AI-generated" if label else "human"
-        title = f"{short_name(f.name, 40)}: {verdict}, P(AI) {prob:.3f} (threshold {threshold:.3f})"
+        evidence = read_evidence(f, trust_anchors)
+        title = f"{short_name(f.name, 40)}: {verdict}, P(AI) {prob:.3f} (threshold {threshold:.3f})\n" + caption(
+            evidence, 90
+        )
         fig = plot_score_map(image, scores, probs, threshold, title, pooling=pooling)
         with atomic_path(out_dir / f"{name}.png") as tmp:
             fig.savefig(tmp, dpi=100, format="png")
@@ -62,5 +72,6 @@ def map_files(
                 "n_tiles": scores.n_tiles,
                 "tiles_total": scores.tiles_total,
             }
+            | evidence.columns()
         )
     return write_explanations(out_dir, earlier, rows, MAP_COLUMNS)

@@ -63,6 +63,11 @@ def serve_parser() -> argparse.ArgumentParser:
         "--timeout", type=float, default=30.0, help="seconds a request may wait for its answer (default 30)"
     )
     parser.add_argument(
+        "--trust_anchors",
+        default=None,
+        help="PEM file of certificates whose C2PA signers count as valid (others: unverified)",
+    )
+    parser.add_argument(
         "--log_level",
         default="info",
         choices=["critical", "error", "warning", "info", "debug"],
@@ -80,6 +85,7 @@ def build_server(
     workers_per_device: int = 1,
     accelerator: str = "auto",
     timeout: float = 30.0,
+    trust_anchors: str | None = None,
 ):
     """A ``litserve.LitServer`` for the detector at ``ckpt_path``. The detector is loaded here once, so that a bad
     path, export or ONNX file is an error now rather than in a worker process; the workers load their own copy."""
@@ -97,8 +103,13 @@ def build_server(
         )
     if not os.path.exists(ckpt_path):
         raise FileNotFoundError(f"--ckpt_path: no checkpoint file or export folder at {str(ckpt_path)!r}")
+    from deepfake_lightning.evidence import load_trust_anchors
+
+    anchors = load_trust_anchors(trust_anchors, "--trust_anchors")
     info = Engine(str(ckpt_path), runtime).info()
-    api = DetectorAPI(str(ckpt_path), runtime, max_batch_size=max_batch_size, batch_timeout=batch_timeout)
+    api = DetectorAPI(
+        str(ckpt_path), runtime, max_batch_size=max_batch_size, batch_timeout=batch_timeout, trust_anchors=anchors
+    )
     return ls.LitServer(
         api,
         accelerator=accelerator,
@@ -134,6 +145,7 @@ def serve_main(args: list[str]) -> None:
         a.workers_per_device,
         a.accelerator,
         a.timeout,
+        a.trust_anchors,
     )
     info = server.model_metadata
     url = f"http://{'127.0.0.1' if a.host in ('0.0.0.0', '::') else a.host}:{a.port}"

@@ -34,6 +34,7 @@ class Upload:
     image: torch.Tensor | None = None  # the single-view input (the verdict's, or Grad-CAM's for a tiled verdict)
     tiles: dict | None = None  # the whole image as tiles (data/tiles.py): a tiled verdict, or ?map=true
     copies: list = field(default_factory=list)  # ?stability=K: K re-shared copies, preprocessed as the verdict's
+    evidence: dict | None = None  # the upload's provenance metadata (evidence.py), beside the verdict
     status: int = 200
     code: str = ""
     detail: str = ""
@@ -48,12 +49,13 @@ class Engine:
     ``torch.load(weights_only=True)`` (checkpoints.py) and served with the PyTorch runtime: nothing is unpickled.
     """
 
-    def __init__(self, ckpt_path: str, runtime: str = "torch", device: str = "cpu"):
+    def __init__(self, ckpt_path: str, runtime: str = "torch", device: str = "cpu", trust_anchors: str | None = None):
         from deepfake_lightning import __version__
         from deepfake_lightning.checkpoints import export_calibration, is_export
         from deepfake_lightning.errors import ExportError
 
         self.ckpt_path, self.runtime, self.device, self.version = str(ckpt_path), runtime, device, __version__
+        self.trust_anchors = trust_anchors  # PEM text: C2PA signers that count as valid
         self._detector = None
         if runtime == "onnx":
             from deepfake_lightning.calibration import CalibrationState, Calibrator
@@ -157,6 +159,9 @@ class Engine:
         source.name = filename
         try:
             picture = load_image(source)
+            from deepfake_lightning.evidence import read_evidence
+
+            upload.evidence = read_evidence(data, self.trust_anchors).to_json()
             upload.image = self.transform(picture)
             if self.tiled or score_map:
                 upload.tiles = self.tiler(picture)
@@ -238,21 +243,29 @@ class DetectorAPI(ls.LitAPI):
     verdict scores tiles (``eval_views: tiles``) adds ``n_tiles`` and ``tiles_total`` to every answer.
     ``?stability=K`` scores K seeded re-shared copies too (``stability.py``): ``verdict`` becomes ``ai``, ``human``
     or ``uncertain``, and ``stability`` gives ``copies``, ``prob_min``, ``prob_max``, ``flip_rate``, ``tolerance``.
+    Every answer has ``evidence``: what the file's own metadata says (``evidence.py``: ``c2pa``, ``source_type``,
+    ``generator``, ``camera``, ``summary``), beside the verdict; it never changes ``prob_ai``.
     """
 
     def __init__(
-        self, ckpt_path: str, runtime: str = "torch", max_batch_size: int = 16, batch_timeout: float = 0.01, **kwargs
+        self,
+        ckpt_path: str,
+        runtime: str = "torch",
+        max_batch_size: int = 16,
+        batch_timeout: float = 0.01,
+        trust_anchors: str | None = None,
+        **kwargs,
     ):
         with warnings.catch_warnings():  # LitServe warns that batch/unbatch exist while batching is off (size 1)
             warnings.filterwarnings("ignore", message="The LitServer has both batch and unbatch methods")
             super().__init__(max_batch_size=max_batch_size, batch_timeout=batch_timeout, **kwargs)
-        self.ckpt_path, self.runtime = str(ckpt_path), runtime
+        self.ckpt_path, self.runtime, self.trust_anchors = str(ckpt_path), runtime, trust_anchors
 
     def setup(self, device: str) -> None:
         # An inference worker process: Ctrl+C in the terminal reaches it too, but stopping is the command's
         # (`deepfake serve` stops every worker); without this each worker died of it with a traceback.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-        self.engine = Engine(self.ckpt_path, self.runtime, device)
+        self.engine = Engine(self.ckpt_path, self.runtime, device, self.trust_anchors)
         self.engine.warm_up(self.max_batch_size)
 
     def decode_request(self, request) -> Upload:
@@ -318,6 +331,7 @@ class DetectorAPI(ls.LitAPI):
                 "runtime": self.runtime,
                 "batch_size": len(good),
                 "filename": upload.filename,
+                "evidence": upload.evidence,
             }
             if tiled:
                 out |= {"n_tiles": len(upload.tiles["image"]), "tiles_total": int(upload.tiles["tiles_total"])}

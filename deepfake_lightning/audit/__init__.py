@@ -1,0 +1,1 @@
+"""Shortcut audits of data and models: ``shortcuts.py`` (the audits), ``command.py`` (``deepfake audit``)."""
