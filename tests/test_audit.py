@@ -141,6 +141,7 @@ def _saved(pixels, fmt: str) -> bytes:
     return buffer.getvalue()
 
 
+@pytest.mark.slow  # a `deepfake test` end to end, and every test_v1 image scored again by hand
 def test_deepfake_test_reencode_reports_metrics_before_and_after(demo_run, kaggle_root, tmp_path, console):
     from deepfake_lightning.api import load_detector
     from deepfake_lightning.callbacks import EvaluationReport
