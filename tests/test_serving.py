@@ -29,6 +29,7 @@ from deepfake_lightning.provenance import DEMO_WARNING
 from deepfake_lightning.serving.process import ServerProcess
 from deepfake_lightning.serving.server import build_server
 from deepfake_lightning.serving.worker import DetectorAPI, Engine
+from tests.test_evidence import _certificates, _sign
 from tests.test_export import _refuse_unpickling
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -130,6 +131,41 @@ def reference(export, images) -> dict[str, float]:
     with torch.inference_mode():
         probs = detector.model.calibrated_probs(detector.model.predict_logits(batch))
     return {name: float(p) for (name, _), p in zip(images, probs, strict=False)}
+
+
+@pytest.fixture(scope="module")
+def signed(images, tmp_path_factory) -> tuple[str, bytes, bytes, Path]:
+    """(name, bytes) of a demo image C2PA-signed as trainedAlgorithmicMedia with a self-signed test certificate, the
+    same image unsigned, and the PEM of the root that signed it."""
+    import c2pa
+
+    d = tmp_path_factory.mktemp("signed")
+    chain, key, root = _certificates()
+    (d / "root.pem").write_bytes(root)
+    name, data = images[1]
+    (d / name).write_bytes(data)
+    signer = c2pa.Signer.from_info(c2pa.C2paSignerInfo(alg="es256", sign_cert=chain, private_key=key, ta_url=None))
+    _sign(d / name, d / f"signed_{name}", signer, "trainedAlgorithmicMedia")
+    return f"signed_{name}", (d / f"signed_{name}").read_bytes(), data, d / "root.pem"
+
+
+def test_every_answer_carries_the_evidence_beside_an_unchanged_verdict(http, signed, export):
+    name, data, unsigned, root = signed
+    with_credentials, plain = _post(http, data).json(), _post(http, unsigned).json()
+    assert with_credentials["evidence"] == {
+        "c2pa": "unverified",  # this server trusts no signer
+        "source_type": "trainedAlgorithmicMedia",
+        "generator": "",
+        "camera": "",
+        "summary": "C2PA unverified claiming trainedAlgorithmicMedia, signed by dl tests "
+        "(signer not in the trust list)",
+    }
+    assert plain["evidence"]["summary"] == "no provenance metadata"
+    assert with_credentials["prob_ai"] == plain["prob_ai"]  # the same pixels: the manifest changes nothing
+    from deepfake_lightning.evidence import load_trust_anchors
+
+    trusting = Engine(str(export), trust_anchors=load_trust_anchors(root, "--trust_anchors"))
+    assert trusting.decode(data, name).evidence["c2pa"] == "valid"  # `deepfake serve --trust_anchors root.pem`
 
 
 def _post(http, data: bytes, content_type: str = "image/jpeg", explain: bool = False):
@@ -422,11 +458,12 @@ def _chromium() -> str | None:
 
 @pytest.mark.slow
 @pytest.mark.skipif(_chromium() is None, reason="needs Chromium (Debian's chromium package, which .ci/run installs)")
-def test_the_page_in_a_real_browser(servers, images, demo_root, tmp_path):
+def test_the_page_in_a_real_browser(servers, images, demo_root, tmp_path, signed):
     from playwright.sync_api import sync_playwright
 
     name, data = images[0]
     (tmp_path / name).write_bytes(data)
+    (tmp_path / signed[0]).write_bytes(signed[1])
     (tmp_path / "notes.txt").write_text("not an image")
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=_chromium(), args=["--no-sandbox"])
@@ -437,7 +474,9 @@ def test_the_page_in_a_real_browser(servers, images, demo_root, tmp_path):
                 "document.querySelector('#model').textContent.includes('test_resnet')", timeout=15_000
             )  # the header, from GET /info
             warning = page.locator("#warning").inner_text()  # a demo model says it is not a real detector
-            page.set_input_files("#files", [str(tmp_path / name), str(tmp_path / "notes.txt")])
+            page.set_input_files(
+                "#files", [str(tmp_path / name), str(tmp_path / signed[0]), str(tmp_path / "notes.txt")]
+            )
             card = page.locator(f'.card[data-file="{name}"]')
             card.locator("img.gradcam").wait_for(timeout=30_000)
             card.locator("canvas.map").wait_for(timeout=30_000)
@@ -451,6 +490,11 @@ def test_the_page_in_a_real_browser(servers, images, demo_root, tmp_path):
             verdict = card.locator(".verdict").inner_text()
             overlay = card.locator("img.gradcam").evaluate("img => [img.complete, img.naturalWidth]")
             error = page.locator('.card[data-file="notes.txt"] .error').inner_text()
+            badge = page.locator(f'.card[data-file="{signed[0]}"] .verdict .badge')
+            badge.wait_for(timeout=30_000)
+            badge_text, badge_class = badge.inner_text(), badge.get_attribute("class")
+            badge_title = badge.get_attribute("title")
+            plain_badges = card.locator(".badge").count()
             ARTIFACTS.mkdir(parents=True, exist_ok=True)
             page.screenshot(path=str(ARTIFACTS / "serve_page.png"), full_page=True)
         finally:
@@ -466,6 +510,9 @@ def test_the_page_in_a_real_browser(servers, images, demo_root, tmp_path):
     assert drawn[:2] == [320, 320] and drawn[2] > 0  # the image with its tiles painted over it
     assert map_caption.startswith("score map: 4 tiles")
     assert error.startswith("400: notes.txt: not an image")
+    assert badge_text == "C2PA unverified: trainedAlgorithmicMedia" and "claims-ai" in badge_class
+    assert badge_title.startswith("C2PA unverified claiming trainedAlgorithmicMedia")
+    assert plain_badges == 0  # a file without provenance metadata gets no badge
     assert warning == f"Warning: {DEMO_WARNING}."
     assert Image.open(ARTIFACTS / "serve_page.png").size[0] == 1000
 
