@@ -87,11 +87,12 @@ def test_the_audit_flags_a_planted_format_shortcut_and_passes_the_plain_data(roo
         assert 80 <= classes["human"]["jpeg_quality"]["median"] <= 95  # as saved
     assert {f["feature"] for f in flagged["splits"]["train"]["top_features"]} & {"format_PNG", "format_JPEG"}
     assert flagged["flagged"] and not clean["flagged"]
+    assert clean["splits"]["train"]["metadata_auroc_with_size"] <= FLAG_AUROC  # one distribution of files
     written = json.loads((tmp_path / "shortcut" / "audit.json").read_text())
     assert written["splits"]["train"]["metadata_auroc"] == flagged["splits"]["train"]["metadata_auroc"]
     md = (tmp_path / "shortcut" / "audit.md").read_text()
     assert "FLAGGED: a shortcut" in md and "| format | JPEG" in md
-    assert "train: " in printed and "(FLAGGED)" in printed and "(ok)" in printed
+    assert "train: 60 images, metadata_auroc 1.0 (FLAGGED; with the file size 1.0)" in printed and "(ok;" in printed
 
 
 def test_the_audit_names_an_unreadable_image(roots, tmp_path):

@@ -49,6 +49,10 @@ def audit_main(args: list[str]) -> dict:
         auroc = r.get("metadata_auroc")
         top = ", ".join(f"{f['feature']} {f['auroc']:.2f}" for f in r["top_features"][:3])
         state = "FLAGGED" if r.get("flagged") else "ok"
-        print(f"{split}: {r['images']} images, metadata_auroc {auroc} ({state}); top features: {top or '-'}")
+        size = r.get("metadata_auroc_with_size")
+        print(
+            f"{split}: {r['images']} images, metadata_auroc {auroc} ({state}; with the file size {size}); "
+            f"top features: {top or '-'}"
+        )
     print(f"Written to {out / 'audit.json'} and {out / 'audit.md'}")
     return audit
