@@ -196,3 +196,52 @@ def test_the_demo_with_a_planted_shortcut_saves_ai_images_as_png_and_nothing_els
                     assert im.format == "PNG"
     assert "shortcut" not in json.loads((plain / "demo.json").read_text())  # earlier unbiased builds stay current
     assert json.loads((planted / "demo.json").read_text())["shortcut"] == "png"
+
+
+def format_only(root: Path, n_train: int = 240, n_test: int = 60) -> Path:
+    """Classes that differ by nothing but the file: one distribution of images, human ones saved as JPEG quality 90,
+    AI ones as PNG. A model can only learn the file here."""
+    rng = np.random.default_rng(0)
+
+    def write(folder: str, i: int, label: int) -> str:
+        noise = rng.integers(0, 256, (48, 48, 3)).astype(float) - 128
+        base = Image.fromarray(rng.integers(0, 256, (7, 7, 3), dtype=np.uint8)).resize((48, 48), Image.BILINEAR)
+        image = Image.fromarray((np.asarray(base, float) + 0.3 * noise).clip(0, 255).astype(np.uint8))
+        name = f"{folder}/{i:04d}.{'png' if label else 'jpg'}"
+        (root / folder).mkdir(parents=True, exist_ok=True)
+        image.save(root / name, **({} if label else {"quality": 90}))
+        return name
+
+    y = np.arange(n_train) % 2
+    pd.DataFrame({"file_name": [write("train", i, v) for i, v in enumerate(y)], "label": y}).to_csv(root / "train.csv")
+    y = np.arange(n_test) % 2
+    pd.DataFrame({"id": [write("test", i, v) for i, v in enumerate(y)], "label": y}).to_csv(
+        root / "test.csv", index=False
+    )
+    return root
+
+
+@pytest.mark.slow  # a fit and a test, end to end
+def test_the_model_audit_catches_a_model_that_learned_the_file(tmp_path, console):
+    from deepfake_lightning.callbacks import EvaluationReport
+    from deepfake_lightning.cli import cli_main
+
+    root = format_only(tmp_path / "data")
+    common = ["--config", str(CONFIGS / "convnext.yaml"), "--model.backbone=test_resnet", "--model.pretrained=false"]
+    common += [f"--data.root={root}", "--data.img_size=32", "--data.mode=crop", "--data.batch_size=32"]
+    common += ["--data.num_workers=0", "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
+    fit = cli_main(
+        [
+            "fit",
+            *common,
+            "--trainer.max_epochs=4",
+            "--model.optimizer.init_args.lr=0.003",
+            f"--trainer.default_root_dir={tmp_path}",
+        ]
+    )
+    ckpt = fit.trainer.checkpoint_callback.best_model_path
+    cli = cli_main(["test", *common, f"--ckpt_path={ckpt}", "--report.reencode=true"])
+    report = next(c for c in cli.trainer.callbacks if isinstance(c, EvaluationReport)).report
+    auroc = report["reencode"]["test_v2"]["auroc"]
+    assert auroc["before"] > 0.95 and auroc["after"] < 0.75  # it read the file, and re-encoding took it away
+    assert "deepfake: warning: test_v2: AUROC drops by" in console.getvalue()

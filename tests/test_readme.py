@@ -113,7 +113,7 @@ def _argv(command: str, project: Path) -> list[str]:
     return argv
 
 
-OUTPUTS_CHECKED = ("fit", "test", "predict", "calibrate", "explain", "export", "sweep")  # _outputs knows these
+OUTPUTS_CHECKED = ("fit", "test", "predict", "calibrate", "explain", "export", "sweep", "audit")  # _outputs knows these
 
 
 def _outputs(argv: list[str], project: Path) -> list[Path]:
@@ -155,6 +155,8 @@ def _outputs(argv: list[str], project: Path) -> list[Path]:
         return [project / option("--out")] if option("--out") else [project / option("--ckpt_path")]
     if sub == "explain":
         return [project / option("--out") / "explanations.csv"]
+    if sub == "audit":
+        return [project / option("--out") / "audit.json", project / option("--out") / "audit.md"]
     if sub == "export":
         formats = argv[argv.index("--format") + 1 :] if "--format" in argv else ["safetensors"]
         names = ["detector.json", "README.md"] + [f"model.{f}" for f in formats]
