@@ -3,6 +3,7 @@ certificate, IPTC source types in XMP, generator metadata, and where the evidenc
 
 import datetime
 import json
+import shutil
 from pathlib import Path
 
 import c2pa
@@ -296,3 +297,42 @@ def test_explain_captions_and_csv_carry_the_evidence(fixtures, demo_run, tmp_pat
     assert table.loc[str(fixtures / "c2pa_tampered.jpg"), "evidence_c2pa"] == "invalid"
     assert table.loc[str(fixtures / "a1111.png"), "evidence_generator"] == "a1111"
     assert all((out / png).is_file() for png in table["png"])
+    maps = tmp_path / "maps"  # score maps (a crop-mode model): the evidence under each map's title
+    explain_main([str(fixtures / "iptc.png"), "--ckpt_path", str(ckpt), "--out", str(maps), "--map", "true"])
+    row = pd.read_csv(maps / "explanations.csv", keep_default_na=False).iloc[0]
+    assert row["evidence_source_type"] == "trainedAlgorithmicMedia" and (maps / row["png"]).is_file()
+
+
+def test_deepfake_test_counts_the_evidence_per_split_and_class(fixtures, demo_run, kaggle_root, tmp_path, console):
+    from deepfake_lightning.callbacks import EvaluationReport
+    from deepfake_lightning.cli import cli_main
+
+    root = Path(shutil.copytree(kaggle_root, tmp_path / "data"))
+    table = pd.read_csv(root / "test_v1.csv")
+    ai, human = table.index[table["label"] == 1][:2], table.index[table["label"] == 0][:1]
+    for i, name in zip([*ai, *human], ["c2pa_ai.jpg", "comfyui.png", "camera.jpg"], strict=True):
+        (root / table.loc[i, "id"]).unlink()
+        table.loc[i, "id"] = f"test_data_v1/{name}"
+        shutil.copy(fixtures / name, root / "test_data_v1" / name)
+    table.to_csv(root / "test_v1.csv", index=False)
+    cli = cli_main(
+        [
+            "test",
+            "--config",
+            str(CONFIGS / "demo.yaml"),
+            f"--ckpt_path={next((demo_run / 'checkpoints').glob('best-*.ckpt'))}",
+            f"--data.root={root}",
+            "--data.demo=false",
+            "--data.test_v1_csv=test_v1.csv",
+            "--data.num_workers=0",
+            f"--report.trust_anchors={fixtures / 'root.pem'}",
+            "--trainer.enable_progress_bar=false",
+        ]
+    )
+    report = next(c for c in cli.trainer.callbacks if isinstance(c, EvaluationReport)).report
+    counts = report["splits"]["test_v1"]["evidence"]
+    assert counts["images"] == len(table) and counts["with_evidence"] == 3 and counts["claims_ai"] == 2
+    assert counts["c2pa"] == {"valid": 1} and counts["generator"] == {"comfyui": 1}
+    assert counts["ai"]["claims_ai"] == 2 and counts["human"]["with_evidence"] == 1  # the camera, per class
+    assert report["splits"]["test_v2"]["evidence"]["with_evidence"] == 0
+    assert "test_v1: 3 of 12 images carry provenance metadata, 2 claim AI generation" in console.getvalue()
