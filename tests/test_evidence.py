@@ -303,6 +303,7 @@ def test_explain_captions_and_csv_carry_the_evidence(fixtures, demo_run, tmp_pat
     assert row["evidence_source_type"] == "trainedAlgorithmicMedia" and (maps / row["png"]).is_file()
 
 
+@pytest.mark.slow  # a `deepfake test` end to end
 def test_deepfake_test_counts_the_evidence_per_split_and_class(fixtures, demo_run, kaggle_root, tmp_path, console):
     from deepfake_lightning.callbacks import EvaluationReport
     from deepfake_lightning.cli import cli_main
