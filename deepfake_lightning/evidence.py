@@ -183,7 +183,8 @@ def _metadata(data: bytes) -> dict[str, str]:
     generator = _generator(info, software, _user_comment(comment), xmp)
     if generator:
         found["generator"] = generator
-    camera = " ".join(str(exif.get(tag, "")).strip("\x00 ") for tag in (_EXIF_MAKE, _EXIF_MODEL)).strip()
+    make, model = (str(exif.get(tag, "")).strip("\x00 ") for tag in (_EXIF_MAKE, _EXIF_MODEL))
+    camera = model if make and model.lower().startswith(make.lower()) else f"{make} {model}".strip()
     if camera:
         found["camera"] = camera
     if software:

@@ -152,6 +152,9 @@ def fixtures(tmp_path_factory):
     exif[0x010F], exif[0x0110] = "Canon", "EOS R5"
     small.save(d / "camera.jpg", exif=exif.tobytes())
     exif = Image.Exif()
+    exif[0x010F], exif[0x0110] = "NIKON CORPORATION", "NIKON CORPORATION NIKON Z 9"  # the make inside the model
+    small.save(d / "camera_nikon.jpg", exif=exif.tobytes())
+    exif = Image.Exif()
     exif[0x0131] = "Midjourney v6"
     small.save(d / "midjourney.jpg", exif=exif.tobytes())
     exif = Image.Exif()
@@ -178,6 +181,7 @@ EXPECTED = {  # file: (c2pa untrusted, c2pa with the root as trust anchor, sourc
     "iptc.jpg": ("", "", "trainedAlgorithmicMedia", "", ""),
     "iptc.png": ("", "", "trainedAlgorithmicMedia", "", ""),
     "camera.jpg": ("", "", "", "", "Canon EOS R5"),
+    "camera_nikon.jpg": ("", "", "", "", "NIKON CORPORATION NIKON Z 9"),
     "broken.jpg": ("", "", "", "", ""),
 }
 

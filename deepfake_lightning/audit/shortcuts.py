@@ -70,17 +70,24 @@ def reencode_report(before: dict, after: dict) -> dict:
 
 
 def format_reencode(results: dict) -> str:
-    """The printed table of the model audit."""
+    """The printed table of the model audit: a row per split, each metric as before -> after."""
+    rows = []
+    for split, metrics in results.items():
+        row = {"split": split}
+        for name, r in metrics.items():
+            row[name.replace("@tuned", "@tuned").replace("f1_macro", "macroF1")] = (
+                f"{r['before']:.4f} -> {r['after']:.4f}"
+            )
+        rows.append(row)
     lines = [
-        f"\nRe-encoded (both classes: RGB, at most {REENCODE_MAX_SIDE} px, JPEG {REENCODE_QUALITY}), before -> after:"
+        f"\nRe-encoded (both classes: RGB, at most {REENCODE_MAX_SIDE} px, JPEG {REENCODE_QUALITY}), before -> after:",
+        pd.DataFrame(rows).to_string(index=False),
     ]
-    for split, rows in results.items():
-        cells = [f"{name} {r['before']:.4f} -> {r['after']:.4f}" for name, r in rows.items()]
-        lines.append(f"  {split}: " + ", ".join(cells))
-        drop = -rows.get("auroc", {}).get("change", 0.0)
+    for split, metrics in results.items():
+        drop = -metrics.get("auroc", {}).get("change", 0.0)
         if drop > 0.05:
             lines.append(
-                f"  deepfake: warning: {split}: AUROC drops by {drop:.3f} when every image is re-encoded the same way: "
+                f"deepfake: warning: {split}: AUROC drops by {drop:.3f} when every image is re-encoded the same way: "
                 "the model relies on the file (format, size, compression), not only on the image"
             )
     return "\n".join(lines)
@@ -248,7 +255,9 @@ def format_markdown(audit: dict) -> str:
         )
         if r["top_features"]:
             lines += ["", "| feature | AUROC alone | higher in |", "|---|---|---|"]
-            lines += [f"| {f['feature']} | {f['auroc']:.3f} | {f['higher_in']} |" for f in r["top_features"]]
+            for f in r["top_features"]:
+                note = " (follows the pixels: not in the flag)" if f["feature"] in CONTENT_DEPENDENT else ""
+                lines.append(f"| {f['feature']}{note} | {f['auroc']:.3f} | {f['higher_in']} |")
         lines += ["", "| | human | ai |", "|---|---|---|"]
         human, ai = r["classes"]["human"], r["classes"]["ai"]
         for key in ("images", *CATEGORICAL, *NUMERIC, *FLAGS):
@@ -260,5 +269,9 @@ def format_markdown(audit: dict) -> str:
 
 def _cell(value) -> str:
     if isinstance(value, dict):
+        if value and all(isinstance(v, float) and math.isnan(v) for v in value.values()):
+            return "n/a"  # e.g. the JPEG quality of a class with no JPEG
         return ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in value.items())
+    if isinstance(value, float) and math.isnan(value):
+        return "n/a"
     return f"{value:g}" if isinstance(value, float) else str(value)

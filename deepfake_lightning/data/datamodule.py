@@ -558,8 +558,13 @@ class DeepfakeDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         hp = self.hparams
-        if hp.aug_strength > 0 and self.augment_location == "device":
-            rank_zero_info(f"Augmenting training batches on {self._device()} (data.augment_on={hp.augment_on})")
+        work = (["decoding JPEGs (data.decode=device)"] if hp.decode == "device" else []) + (
+            [f"augmenting (data.augment_on={hp.augment_on})"]
+            if hp.aug_strength > 0 and self.augment_location == "device"
+            else []
+        )
+        if work:  # the batched device path, whatever the device (on a CPU it runs in the main process)
+            rank_zero_info(f"Training batches: {' and '.join(work)} on {self._device()}, in the main process's batches")
         return self.loader("train", train=True)
 
     def val_dataloader(self) -> DataLoader:

@@ -345,8 +345,9 @@ def explain_files(
                 fig = cam_grid(rgb[i : i + 1], single, threshold=detector.threshold, columns=1, per_layer=True)
                 fig.axes[0].set_title(f"{short_name(f.name)}\n{fig.axes[0].get_title()}", fontsize=8)
                 evidence = read_evidence(f, trust_anchors)
-                fig.get_layout_engine().set(rect=(0, 0.1, 1, 0.9))  # room below the panels for the caption
-                fig.text(0.5, 0.01, caption(evidence, 50), ha="center", va="bottom", fontsize=6)
+                # a figure-level label: constrained layout gives it the room its lines need, below the panels
+                width = int(fig.get_figwidth() * 72 / (0.65 * 7))  # characters of 7 pt text across the figure
+                fig.supxlabel(caption(evidence, width), fontsize=7)
                 name = unique_name(f.stem, used_names)
                 fig.savefig(out_dir / f"{name}.png", dpi=100)
                 plt.close(fig)
