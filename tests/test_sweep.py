@@ -45,6 +45,7 @@ def _sweep_file(tmp_path, kaggle_root, name="s", **spec):
     return path
 
 
+@pytest.mark.slow  # a whole (two-trial) sweep and a fit of its best config
 def test_tiny_sweep_writes_trials_and_a_best_config_that_fit_accepts(tmp_path, kaggle_root, capsys):
     study = run_sweep(load_sweep(_sweep_file(tmp_path, kaggle_root)))
     assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 3
