@@ -20,7 +20,9 @@ COMMANDS = {
     "test": "evaluate a checkpoint on validation and every test split: report.json, plots, predictions",
     "predict": "calibrated predictions and a Kaggle submission for a split or for image files",
     "calibrate": "fit the calibrator and decision threshold of an existing checkpoint",
-    "audit": "audit a dataset for file-format shortcuts: metadata per class, a metadata-only classifier's AUROC",
+    "audit": "audit a dataset: file-format shortcuts, and train/test leakage (exact and near duplicates)",
+    "data": "deepfake data scan: what a dataset holds (per split, class, generator), bad files, duplicates; a manifest",
+    "compare": "assemble several `deepfake test` cross-dataset tables into one models x test sets matrix and heat map",
     "explain": "Grad-CAM overlays for image files or folders",
     "export": "write a checkpoint as a pickle-free model folder (safetensors and/or ONNX + JSON)",
     "sweep": "an Optuna study over any config key (learning rate, augmentation, threshold criterion...)",
@@ -53,6 +55,8 @@ def cli_main(args: list[str] | None = None, run: bool = True):
 # imports nothing heavy, so that `deepfake COMMAND --help` answers without loading torch.
 ARGPARSE_COMMANDS = {
     "audit": ("deepfake_lightning.audit.command:audit_parser", "deepfake_lightning.audit.command:audit_main"),
+    "data": ("deepfake_lightning.data.command:data_parser", "deepfake_lightning.data.command:data_main"),
+    "compare": ("deepfake_lightning.cross_dataset:compare_parser", "deepfake_lightning.cross_dataset:compare_main"),
     "calibrate": (
         "deepfake_lightning.calibration.command:calibrate_parser",
         "deepfake_lightning.calibration.command:calibrate_main",

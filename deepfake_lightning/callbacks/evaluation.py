@@ -16,6 +16,7 @@ from deepfake_lightning.calibration.state import guarantee_line
 from deepfake_lightning.callbacks._console import PrintsResults
 from deepfake_lightning.callbacks._figures import publish_figure
 from deepfake_lightning.checkpoints import update_checkpoint
+from deepfake_lightning.cross_dataset import METRICS, TABLE_FILE, cross_dataset_table, markdown
 from deepfake_lightning.errors import ConfigError, DataError
 from deepfake_lightning.evaluation import (
     ROBUSTNESS_GRID,
@@ -202,6 +203,13 @@ class EvaluationReport(PrintsResults):
             }
             for logger in trainer.loggers:
                 logger.log_metrics(scalars, step=trainer.global_step)
+        cross = cross_dataset_table(report["splits"])
+        if len(cross):
+            self._publish_cross_dataset(trainer, cross, run)
+            report["cross_dataset"] = {
+                "rows": cross.replace({np.nan: None}).to_dict(orient="records"),
+                "markdown": markdown(cross),
+            }
         write_json(run / "report.json", report)
         self.report = report
         settings = {
@@ -226,8 +234,26 @@ class EvaluationReport(PrintsResults):
                 f"{by_group}{where}{format_stability(stability, self.stability_tolerance)}"
                 + format_counts({s: r["evidence"] for s, r in report["splits"].items() if "evidence" in r})
                 + (format_reencode(report["reencode"]) if "reencode" in report else "")
+                + (f"\n\nCross-dataset table (tuned threshold):\n{markdown(cross)}" if len(cross) else "")
                 + f"\nWritten to {run / 'report.json'}"
             )
+
+    @staticmethod
+    def _publish_cross_dataset(trainer: L.Trainer, table: pd.DataFrame, run: Path) -> None:
+        """``cross_dataset.csv`` and TensorBoard: a scalar per set and metric, and the Markdown table as text."""
+        with atomic_path(run / TABLE_FILE) as tmp:
+            table.to_csv(tmp, index=False)
+        scalars = {
+            f"cross_dataset/{row['set']}/{m}": float(row[m])
+            for row in table.to_dict(orient="records")
+            for m in METRICS
+            if row[m] is not None and not pd.isna(row[m])
+        }
+        for logger in trainer.loggers:
+            logger.log_metrics(scalars, step=trainer.global_step)
+            experiment = getattr(logger, "experiment", None)
+            if hasattr(experiment, "add_text"):  # TensorBoard renders Markdown tables in its Text tab
+                experiment.add_text("cross_dataset", markdown(table), global_step=trainer.global_step)
 
     def _publish_groups(self, trainer: L.Trainer, groups: dict, run: Path) -> None:
         scalars = {

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import lightning as L
 import pandas as pd
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from sklearn.model_selection import StratifiedGroupKFold, train_test_split
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, WeightedRandomSampler
 from torchvision.transforms import v2
 
 from deepfake_lightning.data.augment import augment_batch, sample_plan
@@ -26,7 +27,10 @@ from deepfake_lightning.data.dataset import (
 )
 from deepfake_lightning.data.demo import DemoSpec, build_demo_dataset, demo_is_built
 from deepfake_lightning.data.device import ENCODED_KEY, decode_batch, raise_or_skip
-from deepfake_lightning.data.index import UNLABELED, DataError, read_index
+from deepfake_lightning.data.index import UNLABELED, DataError
+from deepfake_lightning.data.layouts import check_layout
+from deepfake_lightning.data.manifest import check_manifest
+from deepfake_lightning.data.sources import Sources, read_sources, sampling_weights
 from deepfake_lightning.data.transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -42,16 +46,21 @@ TEST_SPLITS = ("test_v1", "test_v2", "test_edited")
 MASK_COLUMN = "mask"  # a test CSV column naming each image's mask PNG of edited pixels (empty: unedited)
 
 
-def check_data_root(root: str | os.PathLike, train_csv: str = "train.csv") -> None:
-    """Raises a FileNotFoundError that says how to get the Kaggle data, or how to run the demo instead."""
+def check_data_root(root: str | os.PathLike, train_csv: str = "train.csv", layout: str = "auto") -> None:
+    """Raises a FileNotFoundError that says how to get the Kaggle data, or how to run the demo instead, when the data
+    root is not there (or, in the Kaggle layout, has no training CSV)."""
     root = Path(root)
+    if layout in ("folders", "csv") and root.exists():
+        return
+    if layout == "auto" and (root.is_file() or (root.is_dir() and not (root / train_csv).is_file())):
+        return  # a CSV file, or a folders layout: read (and checked) by data/layouts.py
     if root.is_dir() and (root / train_csv).is_file():
         return
     what = "does not exist" if not root.exists() else f"has no {train_csv}"
     raise FileNotFoundError(
         f"data root '{root}' {what}: get the Kaggle data with `kaggle datasets download -d {KAGGLE_DATASET}` and "
-        f"unzip it into {root}, pass --data.root PATH to where it is, or try everything offline with "
-        f"--config configs/demo.yaml"
+        f"unzip it into {root}, pass --data.root PATH to your own data (a folder of class folders, a CSV: see "
+        f"docs/datasets.md), or try everything offline with --config configs/demo.yaml"
     )
 
 
@@ -98,6 +107,31 @@ class DeepfakeDataModule(L.LightningDataModule):
         test_edited_csv: CSV of a split of partly edited images and their originals (the demo's
             ``test_edited.csv``), or None. Any test CSV with a ``mask`` column (a PNG per image, white where it was
             edited, empty for an unedited image) is also scored for localization by ``deepfake test``.
+        layout: How ``root`` is laid out (``data/layouts.py``): ``kaggle`` (``train_csv``, the test CSVs), ``folders``
+            (class folders such as ``0_real``/``1_fake``, ``REAL``/``FAKE``, ``nature``/``ai`` at any depth;
+            ``train``/``val``/``test`` folders give the splits, the folder above a class folder its generator),
+            ``csv`` (``train_csv``, or ``root`` itself, with the columns below), or ``auto`` (the default: ``kaggle``
+            when ``root/train_csv`` exists, ``csv`` when ``root`` is a CSV file, else ``folders``; one line says
+            which and why).
+        label_dirs: Class folder names to labels (``{"photos": 0, "generated": 1}``), replacing the built-in
+            vocabulary of the folders layout; also accepted as label values of a CSV layout.
+        path_column: CSV layout: the image path column (default: the first of path, file_name, filepath, id...).
+        label_column: CSV layout: the label column, 0/1 or class names (default: label, target, is_fake...).
+        generator_column: CSV layout: a column naming each image's generator (default: ``generator`` if present).
+        split_column: CSV layout: a column of train/val/test per image (default: ``split`` if present).
+        test_sets: Named test sets, any number: name -> a folder or CSV path, or a mapping with ``root`` and any of
+            ``layout``, ``split`` (``auto``: the set's test split when it has one, else every image; ``all``,
+            ``train``, ``val``, ``test``), ``label_dirs``, ``path_column``, ``label_column``, ``generator_column``,
+            ``query``. Reported beside ``test_v1``/``test_v2``/``test_edited``, and in ``cross_dataset.csv``.
+        train_sets: More training datasets mixed into this run with ``root``'s: each a path or a mapping with
+            ``root``, ``name``, ``weight`` (its images drawn ``weight`` times as often) and the layout keys above.
+            Each keeps its own val split (or gets a seeded one); a test split of its own is reported as
+            ``<name>_test``. ``split.csv`` records each image's ``dataset``.
+        balance: ``dataset``: each training dataset drawn equally often (times its weight), whatever its size;
+            ``generator``: also, within a dataset, each generator's AI images equally often (generator diversity is
+            what generalizes: Community Forensics). ``none`` (default) shuffles as usual.
+        manifest: A manifest CSV written by ``deepfake data scan``: every image is checked against it (size and
+            SHA-256) before training, and every missing or changed file is listed in one error.
         group_column: Column of ``train_csv`` pairing related images, for a group-aware split.
         val_fraction: Share of training rows held out for validation. With ``group_column`` the split uses
             ``round(1 / val_fraction)`` stratified group folds, so the share is approximate.
@@ -156,6 +190,16 @@ class DeepfakeDataModule(L.LightningDataModule):
         test_v1_csv: str | None = None,
         test_v2_csv: str | None = "test.csv",
         test_edited_csv: str | None = None,
+        layout: Literal["auto", "kaggle", "folders", "csv"] = "auto",
+        label_dirs: dict[str, int] | None = None,
+        path_column: str | None = None,
+        label_column: str | None = None,
+        generator_column: str | None = None,
+        split_column: str | None = None,
+        test_sets: dict[str, str | dict[str, Any]] | None = None,
+        train_sets: list[str | dict[str, Any]] | None = None,
+        balance: Literal["none", "dataset", "generator"] = "none",
+        manifest: str | None = None,
         group_column: str | None = None,
         val_fraction: float = 0.1,
         split_seed: int = 42,
@@ -189,8 +233,7 @@ class DeepfakeDataModule(L.LightningDataModule):
             raise DataError(f"data.aug_strength must be in [0, 1], got {aug_strength}")
         if not 0.0 <= aug_reshare <= 1.0:
             raise DataError(f"data.aug_reshare must be a probability in [0, 1], got {aug_reshare}")
-        if predict_split not in ("train", "val", *TEST_SPLITS):
-            raise DataError(f"data.predict_split must be train, val or one of {TEST_SPLITS}, got {predict_split!r}")
+        check_layout(layout)
         check_eval_views(eval_views, mode, tile_stride, max_tiles)
         if cache_dir is not None and mode != "resize":
             raise DataError("data.cache_dir needs data.mode=resize: crop mode trains on native pixels")
@@ -199,7 +242,7 @@ class DeepfakeDataModule(L.LightningDataModule):
         self.root = Path(root)
         self.indexes: dict[str, pd.DataFrame] = {}
         self.cache: ResizedCache | None = None
-        self._train_index: pd.DataFrame | None = None
+        self._sources: Sources | None = None
         self._identity: dict | None = None  # data_identity(), computed once after setup
 
     @property
@@ -224,13 +267,20 @@ class DeepfakeDataModule(L.LightningDataModule):
             check_data_root(self.root, self.hparams.train_csv)
             self._ensure_cache()  # built here; opened in setup (Lightning: prepare_data assigns no state)
 
-    def _read_train_index(self) -> pd.DataFrame:
-        if self._train_index is None:
+    def _read_sources(self) -> Sources:
+        """Every dataset of the run (``data/sources.py``), read once; one line per dataset says what was read."""
+        if self._sources is None:
             hp = self.hparams
-            self._train_index = read_index(
-                self.root / hp.train_csv, self.root, "file_name", "label", hp.group_column, query=hp.train_query
-            )
-        return self._train_index
+            check_data_root(self.root, hp.train_csv, hp.layout)
+            self._sources = read_sources(hp)
+            if not hp.demo:
+                for line in self._sources.describe():
+                    rank_zero_info(f"Data: {line}")
+        return self._sources
+
+    def _read_train_index(self) -> pd.DataFrame:
+        """Train and val rows of every training dataset (``data.root`` and ``data.train_sets``)."""
+        return self._read_sources().pool
 
     def _ensure_cache(self) -> ResizedCache:
         # Built by prepare_data (once per node, before setup); setup, in every process, finds it current and opens it.
@@ -248,34 +298,52 @@ class DeepfakeDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.indexes or (stage == "predict" and self.hparams.predict_paths):
             return  # predicting files needs no training data
-        check_data_root(self.root, self.hparams.train_csv)
         hp = self.hparams
-        train_all = self._read_train_index()
-        self.indexes.update(self._split_train_val(train_all))
+        sources = self._read_sources()
+        self.indexes.update(self._split_train_val(sources.pool))
         if hp.cache_dir is not None and self.cache is None:
             self.cache = self._ensure_cache()
-        self._train_index = None  # now held by indexes["train"] and ["val"]: keep no second copy
-        for split, csv in zip(TEST_SPLITS, (hp.test_v1_csv, hp.test_v2_csv, hp.test_edited_csv), strict=True):
-            if csv is not None:
-                self.indexes[split] = read_index(self.root / csv, self.root, "id", "label", require_labels=False)
+        self.indexes.update(sources.tests)
+        if stage == "predict" and hp.predict_split not in self.indexes:
+            raise DataError(
+                f"data.predict_split={hp.predict_split!r} is not a configured split; configured: "
+                f"{', '.join(self.indexes)}"
+            )
+        if hp.manifest is not None:
+            check_manifest(hp.manifest, self.manifest_rows())
         if hp.check_images:
             self._check_images()
         self._save_split()
 
-    def _split_train_val(self, df: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    def _split_train_val(self, pool: pd.DataFrame) -> dict[str, pd.DataFrame]:
+        """Train and val: a ``split_file``'s, else per training dataset its own val split (a ``val`` folder or
+        split column) or a seeded, stratified one."""
         hp = self.hparams
         if hp.split_file is not None:
-            return self._load_split(df, Path(hp.split_file))
+            return self._load_split(pool, Path(hp.split_file))
+        parts: dict[str, list[pd.DataFrame]] = {"train": [], "val": []}
+        for name, rows in pool.groupby("dataset", sort=False):
+            given = rows["split"] == "val"
+            if given.any():
+                split = {"train": rows[~given], "val": rows[given]}
+            else:
+                split = self._seeded_split(rows.reset_index(drop=True), self._sources.datasets[name])
+            for key in parts:
+                parts[key].append(split[key])
+        return {k: pd.concat(v, ignore_index=True) for k, v in parts.items()}
+
+    def _seeded_split(self, df: pd.DataFrame, dataset) -> dict[str, pd.DataFrame]:
+        hp = self.hparams
+        where = dataset.source or dataset.root
         counts = df["label"].value_counts()
         if len(counts) < 2 or counts.min() < 2:
             raise DataError(
-                f"{self.root / hp.train_csv}: need at least 2 images of each class for a stratified split, "
-                f"got {counts.to_dict()}"
+                f"{where}: need at least 2 images of each class for a stratified split, got {counts.to_dict()}"
             )
         n_val = int(math.ceil(len(df) * hp.val_fraction))
         if n_val < 2 or len(df) - n_val < 2:
             raise DataError(
-                f"{self.root / hp.train_csv}: {len(df)} rows cannot be split into train and val with "
+                f"{where}: {len(df)} rows cannot be split into train and val with "
                 f"data.val_fraction={hp.val_fraction} (each side needs at least 2 images)"
             )
         idx = range(len(df))
@@ -300,7 +368,7 @@ class DeepfakeDataModule(L.LightningDataModule):
         missing = df.loc[~df["path"].isin(where.keys()), "path"]
         if len(missing):
             raise DataError(
-                f"{split_file} does not match {self.root / self.hparams.train_csv}: {len(missing)} training "
+                f"{split_file} does not match the training data under {self.root}: {len(missing)} training "
                 f"image(s) have no split, e.g. {missing.iloc[0]!r}"
                 + ("" if self.hparams.train_query else " (if that run used --data.train_query, pass the same query)")
             )
@@ -314,7 +382,8 @@ class DeepfakeDataModule(L.LightningDataModule):
         log_dir = trainer.log_dir  # a broadcast under DDP: every rank asks
         if log_dir is None or not trainer.is_global_zero:
             return
-        parts = [self.indexes[s].assign(split=s) for s in ("train", "val")]
+        columns = ["path", "label", *(["group"] if "group" in self.indexes["train"] else []), "generator", "dataset"]
+        parts = [self.indexes[s][columns].assign(split=s) for s in ("train", "val")]
         with atomic_path(Path(log_dir) / SPLIT_FILE) as tmp:
             pd.concat(parts, ignore_index=True).to_csv(tmp, index=False)
 
@@ -349,36 +418,45 @@ class DeepfakeDataModule(L.LightningDataModule):
 
     def data_identity(self) -> dict:
         """What this data module trains on, for a checkpoint's provenance (``provenance.py``): the demo spec, or the
-        training CSV's path, row count, AI share and content hash; and a hash of the train/val split. Empty before
-        ``setup``."""
+        training CSV's path, row count, AI share and content hash (a folders layout: its listing's hash); each extra
+        training dataset; the manifest checked; and a hash of the train/val split. Empty before ``setup``."""
         if "train" not in self.indexes:
             return {}
         if self._identity is None:
             hp = self.hparams
             parts = [(p, s) for s in ("train", "val") for p in self.indexes[s]["path"]]
-            labels = pd.concat([self.indexes["train"]["label"], self.indexes["val"]["label"]])
+            pool = pd.concat([self.indexes["train"], self.indexes["val"]], ignore_index=True)
             if hp.demo:
                 data = {"kind": "demo", "spec": self.demo_spec.to_json(), "root": str(self.root.resolve())}
             else:
-                csv = self.root / hp.train_csv
-                data = {
-                    "kind": "csv",
-                    "train_csv": str(csv.resolve()),
-                    "rows": int(len(labels)),
-                    "ai_share": float(labels.mean()),
-                    "sha256": file_sha256(csv),
-                    "kaggle": self.root.name == KAGGLE_DATASET.split("/")[1],
-                }
+                primary = self._sources.primary
+                data = _dataset_identity(primary, pool[pool["dataset"] == primary.name])
+                data["kaggle"] = primary.layout == "kaggle" and self.root.name == KAGGLE_DATASET.split("/")[1]
+            if len(self._sources.datasets) > 1:
+                data["train_sets"] = [
+                    _dataset_identity(d, pool[pool["dataset"] == name]) | {"weight": self._sources.weights[name]}
+                    for name, d in list(self._sources.datasets.items())[1:]
+                ]
+                data["balance"] = hp.balance
             if hp.train_query:
                 data["train_query"] = hp.train_query
+            if hp.manifest is not None:
+                data["manifest"] = {"path": str(Path(hp.manifest).resolve()), "sha256": file_sha256(hp.manifest)}
             self._identity = {"data": data, "split_sha256": split_sha256(parts)}
         return self._identity
+
+    def manifest_rows(self) -> pd.DataFrame:
+        """Every image of every configured split (``path`` openable from here, label, generator, split, dataset),
+        once each: what ``deepfake data scan`` writes into a manifest and ``data.manifest`` checks."""
+        frames = [self.indexes[s].assign(split=s) for s in self.indexes]
+        rows = pd.concat(frames, ignore_index=True).drop_duplicates("path")
+        return rows.assign(file=[str(self.root / p) for p in rows["path"]])
 
     # ---------------------------------------------------------------- loaders
     def test_splits(self) -> list[str]:
         """The splits ``deepfake test`` evaluates, in order: validation first, then every configured test split
         (unlabeled ones are used for share estimation only)."""
-        return ["val"] + [s for s in TEST_SPLITS if s in self.indexes]
+        return ["val"] + [s for s in self.indexes if s not in ("train", "val")]
 
     def labeled_test_splits(self) -> list[str]:
         """Test splits that are configured and carry labels, in order."""
@@ -471,27 +549,20 @@ class DeepfakeDataModule(L.LightningDataModule):
         return "files" if self.hparams.predict_paths else self.hparams.predict_split
 
     def split_column(self, split: str, column: str) -> pd.Series:
-        """Column ``column`` of the CSV a split comes from (``train.csv`` for train and val), one value per image in
-        the split's order; e.g. the ``generator`` of each image, for per-group reports.
+        """Column ``column`` of the data a split comes from (its CSV's columns, or ``generator`` and ``dataset`` for
+        any layout), one value per image in the split's order; e.g. the ``generator`` of each image, for per-group
+        reports.
 
         Raises:
-            DataError: If the CSV has no such column (naming the CSV and the columns it has).
+            DataError: If the split has no such column (naming the split's source and the columns it has).
         """
-        csv, key = self._split_csv(split)
-        table = pd.read_csv(self.root / csv, encoding="utf-8-sig", dtype={key: str})
-        if column not in table.columns:
-            columns = [c for c in table.columns if not str(c).startswith("Unnamed:")]
-            raise DataError(
-                f"{self.root / csv}: no column {column!r} to group the {split} split by; columns: {columns}"
-            )
-        return table.set_index(key)[column].reindex(self.indexes[split]["path"]).reset_index(drop=True)
-
-    def _split_csv(self, split: str) -> tuple[str, str]:
-        """The CSV a split comes from and its id column."""
-        hp = self.hparams
-        if split in ("train", "val"):
-            return hp.train_csv, "file_name"
-        return dict(zip(TEST_SPLITS, (hp.test_v1_csv, hp.test_v2_csv, hp.test_edited_csv), strict=True))[split], "id"
+        index = self.indexes[split]
+        has = column in index and not (column == "generator" and (index["generator"] == "").all())
+        if not has:
+            columns = [c for c in index.columns if c not in ("path", "label")]
+            where = self._sources.origins.get(split, self.root) if self._sources else self.root
+            raise DataError(f"{where}: no column {column!r} to group the {split} split by; columns: {columns}")
+        return index[column].reset_index(drop=True)
 
     def split_ids(self, split: str) -> list[str]:
         """Image ids of a split as its CSV lists them (paths relative to the root), in order."""
@@ -509,21 +580,19 @@ class DeepfakeDataModule(L.LightningDataModule):
         return hp.batch_size if train or views != "tiles" else max(1, hp.batch_size // hp.max_tiles)
 
     def has_masks(self, split: str) -> bool:
-        """Whether a test split's CSV names edit masks (a ``mask`` column): it is then scored for localization."""
-        if split not in TEST_SPLITS or split not in self.indexes:
-            return False
-        csv, _ = self._split_csv(split)
-        return MASK_COLUMN in pd.read_csv(self.root / csv, nrows=0, encoding="utf-8-sig").columns
+        """Whether a test split's data names edit masks (a ``mask`` column): it is then scored for localization."""
+        return split not in ("train", "val") and split in self.indexes and MASK_COLUMN in self.indexes[split]
 
     def masks(self, split: str) -> list[Path | None]:
-        """Each image's mask PNG (under the data root), None for an unedited image, in the split's order."""
-        values = self.split_column(split, MASK_COLUMN)
-        masks = [None if pd.isna(v) or str(v).strip() == "" else Path(str(v)) for v in values]
+        """Each image's mask PNG (under its dataset's root), None for an unedited image, in the split's order."""
+        index = self.indexes[split]
+        masks = [None if pd.isna(v) or str(v).strip() == "" else Path(str(v)) for v in index[MASK_COLUMN]]
         outside = [str(m) for m in masks if m is not None and (m.is_absolute() or ".." in m.parts)]
         if outside:  # as for images: paths stay under the data root
-            csv, _ = self._split_csv(split)
-            raise DataError(f"{self.root / csv}: mask paths must be relative to the data root, e.g. {outside[0]!r}")
-        return [None if m is None else self.root / m for m in masks]
+            where = self._sources.origins.get(split, self.root)
+            raise DataError(f"{where}: mask paths must be relative to the data root, e.g. {outside[0]!r}")
+        roots = [self._sources.roots.get(d, self.root) for d in index["dataset"]]
+        return [None if m is None else Path(r) / m for m, r in zip(masks, roots, strict=True)]
 
     def loader(
         self, split: str, train: bool = False, perturb=None, eval_views: int | str | None = None, distributed=True
@@ -538,6 +607,11 @@ class DeepfakeDataModule(L.LightningDataModule):
         dataset = self.dataset(split, train=train, perturb=perturb, eval_views=eval_views)
         batch_size = self.images_per_batch(train, eval_views)
         sampler = None
+        weights = sampling_weights(self.indexes["train"], self._sources.weights, hp.balance) if train else None
+        if weights is not None:  # several training datasets, weighted or balanced (data.train_sets, data.balance)
+            sampler = WeightedRandomSampler(
+                weights.tolist(), len(dataset), replacement=True
+            )  # seeded by seed_everything
         if distributed and not train and torch.distributed.is_available() and torch.distributed.is_initialized():
             # Evaluation under DDP: each image on exactly one rank. Lightning's default DistributedSampler pads
             # the shards with repeated images, which would enter the gathered metrics (AUROC...) twice.
@@ -547,7 +621,7 @@ class DeepfakeDataModule(L.LightningDataModule):
         return DataLoader(
             dataset,
             batch_size=batch_size,
-            shuffle=train,
+            shuffle=train and sampler is None,
             sampler=sampler,
             drop_last=train and len(dataset) > batch_size,
             num_workers=workers,
@@ -625,3 +699,20 @@ class DeepfakeDataModule(L.LightningDataModule):
         ):
             batch["image"] = augment_batch(batch["image"], sample_plan(len(batch["image"]), hp.aug_strength))
         return batch
+
+
+def _dataset_identity(dataset, rows: pd.DataFrame) -> dict:
+    """A training dataset's identity: layout, path, row count, AI share and the content hash of its CSV, or of the
+    folder listing (paths and labels) for a folders layout."""
+    out = {
+        "kind": "csv" if dataset.layout == "kaggle" else dataset.layout,
+        "name": dataset.name,
+        "rows": int(len(rows)),
+        "ai_share": float(rows["label"].mean()),
+    }
+    if dataset.source is not None:
+        out |= {"train_csv": str(dataset.source.resolve()), "sha256": file_sha256(dataset.source)}
+    else:
+        listing = "\n".join(f"{p}\t{y}" for p, y in zip(dataset.index["path"], dataset.index["label"], strict=True))
+        out |= {"root": str(dataset.root.resolve()), "listing_sha256": hashlib.sha256(listing.encode()).hexdigest()}
+    return out

@@ -38,6 +38,8 @@ def read_index(
     require_labels: bool = True,
     check_files: bool = True,
     query: str | None = None,
+    label_names: dict[str, int] | None = None,
+    extra_columns: dict[str, str | None] | None = None,
 ) -> pd.DataFrame:
     """Reads one Kaggle-style CSV into a validated index.
 
@@ -51,6 +53,9 @@ def read_index(
         require_labels: Fail when the label column is missing.
         check_files: Fail when a row's image file does not exist.
         query: A pandas query over the CSV's own columns (``"generator != 'tconv'"``); only matching rows are kept.
+        label_names: Class names also accepted as labels, lower case to 0/1 (``{"real": 0, "fake": 1}``).
+        extra_columns: Output column -> CSV column, copied as they are (``{"generator": "model"}``); a None or an
+            absent CSV column is left out.
 
     Returns:
         DataFrame with columns ``path``, ``label`` (int) and ``group`` if configured, in CSV order.
@@ -86,10 +91,15 @@ def read_index(
 
     if label_column and label_column in df.columns:
         raw = pd.to_numeric(df[label_column], errors="coerce")
+        if label_names:
+            named = df[label_column].astype(str).str.strip().str.lower().map(label_names)
+            raw = raw.fillna(named)
         bad = ~raw.isin([0, 1])
         if bad.any():
             raise DataError(
-                f"{csv_path}: column '{label_column}' must be 0 (human) or 1 (AI-generated); bad rows:"
+                f"{csv_path}: column '{label_column}' must be 0 (human) or 1 (AI-generated)"
+                + (f" or a class name ({', '.join(sorted(label_names))})" if label_names else "")
+                + "; bad rows:"
                 f"{_rows(out, bad, df[label_column])}"
             )
         out["label"] = raw.astype("int64")
@@ -100,6 +110,10 @@ def read_index(
         if df[group_column].isna().any():
             raise DataError(f"{csv_path}: empty '{group_column}' in rows:{_rows(out, df[group_column].isna())}")
         out["group"] = df[group_column].astype(str)
+
+    for name, column in (extra_columns or {}).items():
+        if column is not None and column in df.columns:
+            out[name] = df[column].to_numpy()
 
     dup = out["path"].duplicated(keep=False)
     if dup.any():
@@ -113,12 +127,7 @@ def read_index(
         )
 
     if check_files:
-        exists, escapes = _check_files(out["path"], Path(root))
-        if escapes.any():
-            raise DataError(
-                f"{csv_path}: {int(escapes.sum())} path(s) lead out of the data root {os.fspath(root)!r} through a "
-                f"symbolic link; bad rows:{_rows(out, escapes)}"
-            )
+        exists = _check_files(out["path"], Path(root))
         if not exists.all():
             raise DataError(
                 f"{csv_path}: {int((~exists).sum())} image file(s) listed but not found under {os.fspath(root)!r}:"
@@ -143,26 +152,11 @@ def _query(df: pd.DataFrame, query: str, csv_path: Path) -> pd.DataFrame:
     return kept.reset_index(drop=True)
 
 
-def _check_files(paths: pd.Series, root: Path) -> tuple[pd.Series, pd.Series]:
-    """(exists, escapes) per path. The real path is resolved once per folder, and per file only for symbolic
-    links, so that no link (to a file or a folder) can lead out of the root; nothing per file is kept."""
+def _check_files(paths: pd.Series, root: Path) -> pd.Series:
+    """Whether each path is a file under the root. A symbolic link the user placed under the root (a folder on
+    another disk) is followed: the paths themselves cannot leave the root (``_is_safe_relative``)."""
     root_s = os.fspath(root)
-    real_root = os.path.realpath(root_s)
-
-    def inside(p: str) -> bool:
-        real = os.path.realpath(p)
-        return real == real_root or real.startswith(real_root.rstrip(os.sep) + os.sep)
-
-    folder_inside: dict[str, bool] = {}
-    exists, escapes = [], []
-    for p in paths:
-        full = os.path.join(root_s, p)  # as the dataset opens it
-        folder = os.path.dirname(full)
-        if folder not in folder_inside:
-            folder_inside[folder] = inside(folder)
-        escapes.append(not folder_inside[folder] or (os.path.islink(full) and not inside(full)))
-        exists.append(os.path.isfile(full))
-    return pd.Series(exists, index=paths.index), pd.Series(escapes, index=paths.index)
+    return pd.Series([os.path.isfile(os.path.join(root_s, p)) for p in paths], index=paths.index)
 
 
 def _is_safe_relative(path: str) -> bool:

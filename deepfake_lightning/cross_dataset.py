@@ -1,0 +1,159 @@
+"""The cross-dataset table (one row per test set, as the GenImage, AIGCDetectBenchmark, Chameleon, WildRF and
+CNNDetection papers report detectors) and the models x sets matrix that several evaluations assemble into."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from deepfake_lightning.errors import DataError
+
+TABLE_FILE = "cross_dataset.csv"
+# Column -> (report.json key, key inside at_tuned or None)
+COLUMNS = {
+    "images": ("n_images", None),
+    "auroc": ("auroc", None),
+    "ap": ("ap", None),
+    "acc_human": ("at_tuned", "acc_human"),
+    "acc_ai": ("at_tuned", "acc_ai"),
+    "f1_macro": ("at_tuned", "f1_macro"),
+    "fpr": ("at_tuned", "fpr"),
+}
+METRICS = ("auroc", "ap", "acc_human", "acc_ai", "f1_macro", "fpr")
+
+
+def cross_dataset_table(splits: dict[str, dict]) -> pd.DataFrame:
+    """One row per labelled test set of a ``report.json``'s ``splits`` (validation left out), then their ``mean``
+    (unweighted: every set counts once, as the papers average). Thresholded columns are at the tuned threshold; a
+    set with one class only has no AUROC/AP (empty)."""
+    rows = []
+    for name, r in splits.items():
+        if name == "val":
+            continue
+        row = {"set": name}
+        for column, (key, sub) in COLUMNS.items():
+            row[column] = r[key][sub] if sub else r[key]
+        if r["n_ai"] == 0:
+            row["acc_ai"] = None
+        if r["n_human"] == 0:
+            row["acc_human"], row["fpr"] = None, None
+        rows.append(row)
+    table = pd.DataFrame(rows, columns=["set", *COLUMNS])
+    if len(table):
+        mean = {"set": "mean", "images": int(table["images"].sum())}
+        mean |= {m: pd.to_numeric(table[m], errors="coerce").mean() for m in METRICS}
+        table = pd.concat([table, pd.DataFrame([mean])], ignore_index=True)
+    return table
+
+
+def markdown(table: pd.DataFrame, digits: int = 4) -> str:
+    """A GitHub Markdown table (numbers to ``digits`` places, empty cells for n/a)."""
+
+    def cell(v) -> str:
+        if v is None or (isinstance(v, float) and np.isnan(v)):
+            return ""
+        if isinstance(v, (float, np.floating)):
+            return f"{v:.{digits}f}"
+        return str(v)
+
+    head = "| " + " | ".join(map(str, table.columns)) + " |"
+    rule = "|" + "|".join("---" if i == 0 else "---:" for i in range(len(table.columns))) + "|"
+    body = ["| " + " | ".join(cell(v) for v in row) + " |" for row in table.itertuples(index=False)]
+    return "\n".join([head, rule, *body])
+
+
+def read_table(path: str | Path) -> tuple[str, pd.DataFrame]:
+    """(model name, table) from an evaluation folder, a ``report.json`` or a ``cross_dataset.csv``; the model is
+    named after its evaluation folder (``eval/test_last`` of run ``version_3``: ``version_3/test_last``)."""
+    path = Path(path)
+    folder = path if path.is_dir() else path.parent
+    csv = folder / TABLE_FILE
+    if not csv.is_file():
+        raise DataError(
+            f"{path}: no {TABLE_FILE} here; pass a `deepfake test` output folder (it writes one for its labelled "
+            "test sets)"
+        )
+    parts = folder.resolve().parts
+    name = f"{parts[-3]}/{parts[-1]}" if len(parts) >= 3 and parts[-2] == "eval" else folder.name
+    return name, pd.read_csv(csv)
+
+
+def matrix(tables: dict[str, pd.DataFrame], metric: str = "auroc") -> pd.DataFrame:
+    """Models x sets of one metric (the ``mean`` column last: each model's mean over *its* sets)."""
+    if metric not in METRICS:
+        raise DataError(f"--metric {metric!r}: choose one of {', '.join(METRICS)}")
+    rows = {}
+    for model, table in tables.items():
+        rows[model] = dict(zip(table["set"], table[metric], strict=True))
+    out = pd.DataFrame.from_dict(rows, orient="index")
+    sets = [c for c in out.columns if c != "mean"]
+    out = out[sets]
+    out["mean"] = out[sets].mean(axis=1)
+    out.index.name = "model"
+    return out
+
+
+def plot_matrix(table: pd.DataFrame, metric: str):
+    """A heat map of the matrix, each cell written in; a matplotlib Figure."""
+    import matplotlib.pyplot as plt
+
+    values = table.to_numpy(dtype=float)
+    fig, ax = plt.subplots(figsize=(1.6 + 1.1 * table.shape[1], 1.2 + 0.5 * table.shape[0]), constrained_layout=True)
+    good_high = metric != "fpr"
+    image = ax.imshow(values, cmap="viridis" if good_high else "viridis_r", vmin=0.0, vmax=1.0, aspect="auto")
+    ax.set_xticks(range(table.shape[1]), table.columns, rotation=30, ha="right")
+    ax.set_yticks(range(table.shape[0]), table.index)
+    ax.axvline(table.shape[1] - 1.5, color="white", linewidth=2)  # the mean column apart
+    for (i, j), v in np.ndenumerate(values):
+        if not np.isnan(v):
+            colour = "black" if (v > 0.6) == good_high else "white"
+            ax.text(j, i, f"{v:.3f}", ha="center", va="center", fontsize=8, color=colour)
+    fig.colorbar(image, ax=ax, label=metric)
+    ax.set_title(f"Cross-dataset {metric} (models x test sets)")
+    return fig
+
+
+def write_matrix(paths: list[str], out: str | Path, metric: str = "auroc") -> pd.DataFrame:
+    """``deepfake compare``: the matrix of several evaluations as ``matrix_<metric>.csv``, ``.md`` and ``.png``."""
+    tables = {}
+    for p in paths:
+        name, table = read_table(p)
+        while name in tables:
+            name += "'"
+        tables[name] = table
+    result = matrix(tables, metric)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    result.to_csv(out / f"matrix_{metric}.csv")
+    (out / f"matrix_{metric}.md").write_text(markdown(result.reset_index()) + "\n", encoding="utf-8")
+    fig = plot_matrix(result, metric)
+    fig.savefig(out / f"matrix_{metric}.png", dpi=120)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return result
+
+
+def compare_parser():
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="deepfake compare",
+        description="Assemble the cross-dataset tables of several `deepfake test` runs into one models x test sets "
+        "matrix: matrix_<metric>.csv, .md and a heat map .png.",
+    )
+    parser.add_argument("evaluations", nargs="+", help="`deepfake test` output folders (or their report.json)")
+    parser.add_argument("--metric", default="auroc", choices=METRICS, help="the metric in the cells (default auroc)")
+    parser.add_argument("--out", default="cross_dataset", help="output folder (default: cross_dataset)")
+    return parser
+
+
+def compare_main(args: list[str]) -> pd.DataFrame:
+    known = compare_parser().parse_args(args)
+    result = write_matrix(known.evaluations, known.out, known.metric)
+    print(markdown(result.reset_index()))
+    out = Path(known.out)
+    print(f"Written to {out / f'matrix_{known.metric}.csv'}, .md and .png")
+    return result
