@@ -431,6 +431,7 @@ class DeepfakeDataModule(L.LightningDataModule):
             else:
                 primary = self._sources.primary
                 data = _dataset_identity(primary, pool[pool["dataset"] == primary.name])
+                del data["name"]  # the data root's: as before data.train_sets
                 data["kaggle"] = primary.layout == "kaggle" and self.root.name == KAGGLE_DATASET.split("/")[1]
             if len(self._sources.datasets) > 1:
                 data["train_sets"] = [
@@ -560,7 +561,8 @@ class DeepfakeDataModule(L.LightningDataModule):
         has = column in index and not (column == "generator" and (index["generator"] == "").all())
         if not has:
             columns = [c for c in index.columns if c not in ("path", "label")]
-            where = self._sources.origins.get(split, self.root) if self._sources else self.root
+            primary = self._sources.primary
+            where = self._sources.origins.get(split, primary.source or primary.root)
             raise DataError(f"{where}: no column {column!r} to group the {split} split by; columns: {columns}")
         return index[column].reset_index(drop=True)
 
