@@ -12,10 +12,19 @@ def audit_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="deepfake audit",
         description="Audit a dataset for file-format shortcuts: per split and class, the distribution of file "
-        "metadata, and the AUROC of a classifier that sees only that metadata (audit.json, audit.md). Any "
+        "metadata, and the AUROC of a classifier that sees only that metadata; and for leakage: exact and near "
+        "duplicates (perceptual hash) of training images in val and every test set (audit.json, audit.md). Any "
         "--config and --data.* options are read as in `deepfake fit`.",
     )
     parser.add_argument("--out", required=True, help="folder for audit.json and audit.md")
+    parser.add_argument(
+        "--near_distance",
+        type=int,
+        default=4,
+        help="leakage: a perceptual hash within this many bits (of 64) of a training image's is a near duplicate "
+        "(default 4)",
+    )
+    parser.add_argument("--leakage", default="true", choices=["true", "false"], help="check train/test leakage")
     return parser
 
 
@@ -25,6 +34,7 @@ def audit_main(args: list[str]) -> dict:
     known, rest = audit_parser().parse_known_args(args)
     import pandas as pd
 
+    from deepfake_lightning.audit.leakage import format_leakage, leakage_report
     from deepfake_lightning.audit.shortcuts import FLAG_AUROC, audit_split, format_markdown
     from deepfake_lightning.files import write_json
     from deepfake_lightning.lightning_cli import run_lightning_cli
@@ -41,10 +51,21 @@ def audit_main(args: list[str]) -> dict:
         "splits": {s: audit_split(dm.root, index, dm.hparams.bad_images) for s, index in splits.items()},
     }
     audit["flagged"] = any(r.get("flagged") for r in audit["splits"].values())
+    leak_lines = []
+    if known.leakage == "true":  # against train only: val and every test set are the sets a model is measured on
+        tests = {s: dm.indexes[s] for s in ["val", *dm.test_splits()[1:]]}
+        audit["leakage"] = leakage_report(
+            {s: index["path"].tolist() for s, index in tests.items()},
+            dm.indexes["train"]["path"].tolist(),
+            known.near_distance,
+            root=dm.root,
+        )
+        leak_lines = format_leakage(audit["leakage"])
     out = Path(known.out)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "audit.json", audit)
-    (out / "audit.md").write_text(format_markdown(audit), encoding="utf-8")
+    leak_md = ["", "## Leakage between training and the evaluation sets", "", *leak_lines] if leak_lines else []
+    (out / "audit.md").write_text(format_markdown(audit) + "\n".join(leak_md) + "\n", encoding="utf-8")
     for split, r in audit["splits"].items():
         auroc = r.get("metadata_auroc")
         top = ", ".join(f"{f['feature']} {f['auroc']:.2f}" for f in r["top_features"][:3])
@@ -54,5 +75,7 @@ def audit_main(args: list[str]) -> dict:
             f"{split}: {r['images']} images, metadata_auroc {auroc} ({state}; with the file size {size}); "
             f"top features: {top or '-'}"
         )
+    for line in leak_lines:
+        print(line)
     print(f"Written to {out / 'audit.json'} and {out / 'audit.md'}")
     return audit
