@@ -40,11 +40,12 @@ def cross_dataset_table(splits: dict[str, dict]) -> pd.DataFrame:
         if r["n_human"] == 0:
             row["acc_human"], row["fpr"] = None, None
         rows.append(row)
-    table = pd.DataFrame(rows, columns=["set", *COLUMNS])
+    table = pd.DataFrame(rows, columns=["set", *COLUMNS]).astype(object)
     if len(table):
         mean = {"set": "mean", "images": int(table["images"].sum())}
         mean |= {m: pd.to_numeric(table[m], errors="coerce").mean() for m in METRICS}
-        table = pd.concat([table, pd.DataFrame([mean])], ignore_index=True)
+        table = pd.concat([table, pd.DataFrame([mean]).astype(object)], ignore_index=True)
+        table = table.where(table.notna(), None)
     return table
 
 

@@ -15,43 +15,9 @@ from deepfake_lightning.data.demo import DemoSpec, build_demo_dataset
 from deepfake_lightning.data.layouts import DatasetSpec, read_dataset, scan_folders
 from deepfake_lightning.data.sources import sampling_weights
 from deepfake_lightning.errors import DataError
+from tests.helpers.layouts import LAYOUTS, demo_rows, relayout
 
 SMALL = DemoSpec(seed=5, size=48, train_pairs=16, test_v1=12, test_v2=10)
-LAYOUTS = ("cnndetection", "genimage", "cifake", "csv")
-
-
-def demo_rows(demo: Path) -> pd.DataFrame:
-    """The demo's train and test_v1 images with their labels, generators and splits (human train images take their
-    pair's generator, as a folder layout files them; test_v1's human images are ``photos``)."""
-    train = pd.read_csv(demo / "train.csv").rename(columns={"file_name": "path"})
-    fake_of = train[train["label"] == 1].set_index("group")["generator"]
-    train["generator"] = train["group"].map(fake_of)
-    test = pd.read_csv(demo / "test_v1.csv").rename(columns={"id": "path"})
-    test.loc[test["label"] == 0, "generator"] = "photos"
-    rows = pd.concat([train.assign(split="train"), test.assign(split="test")], ignore_index=True)
-    return rows[["path", "label", "generator", "split"]]
-
-
-def relayout(demo: Path, kind: str, out: Path) -> Path:
-    """Hard-links the demo's train and test_v1 images into a public dataset's layout; returns its root (or CSV)."""
-    rows = demo_rows(demo)
-    listed = []
-    for path, label, gen, split in rows.itertuples(index=False):
-        name = Path(path).name
-        target = {
-            "cnndetection": f"{split}/{gen}/{'1_fake' if label else '0_real'}/{name}",
-            "genimage": f"{gen}/{split}/{'ai' if label else 'nature'}/{name}",
-            "cifake": f"{split}/{'FAKE' if label else 'REAL'}/{name}",
-            "csv": f"images/{name}",
-        }[kind]
-        (out / target).parent.mkdir(parents=True, exist_ok=True)
-        os.link(demo / path, out / target)
-        listed.append((target, "FAKE" if label else "REAL", gen, split))
-    if kind != "csv":
-        return out
-    table = pd.DataFrame(listed, columns=["filepath", "is_fake", "model", "split"])
-    table.to_csv(out / "labels.csv", index=False)
-    return out / "labels.csv"
 
 
 @pytest.fixture(scope="module")
