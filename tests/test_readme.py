@@ -26,6 +26,7 @@ import yaml
 
 from deepfake_lightning.cli import main
 from deepfake_lightning.provenance import read_card_metadata
+from tests.helpers.layouts import LAYOUTS, relayout
 
 pytestmark = pytest.mark.slow  # every README command, end to end, as a new user runs them
 
@@ -89,6 +90,8 @@ def project(demo_root, tmp_path_factory) -> Path:
     for i, f in enumerate(pd.read_csv(demo_root / "test.csv")["id"][:3]):
         shutil.copy(demo_root / f, d / "photos" / f"p{i}.jpg")
     shutil.copy(demo_root / pd.read_csv(demo_root / "test_v1.csv")["id"][0], d / "photo.jpg")
+    for kind in LAYOUTS:  # "Your own data": the demo's train and test_v1 images as public datasets lay them out
+        relayout(demo_root, kind, d / "data" / kind)
     for sweep in (d / "configs").glob("sweep_*demo.yaml"):
         spec = yaml.safe_load(sweep.read_text())
         spec["n_trials"] = 2
@@ -113,7 +116,7 @@ def _argv(command: str, project: Path) -> list[str]:
     return argv
 
 
-OUTPUTS_CHECKED = ("fit", "test", "predict", "calibrate", "explain", "export", "sweep", "audit")  # _outputs knows these
+OUTPUTS_CHECKED = ("fit", "test", "predict", "calibrate", "explain", "export", "sweep", "audit", "data", "compare")  # _outputs knows these
 
 
 def _outputs(argv: list[str], project: Path) -> list[Path]:
@@ -130,7 +133,8 @@ def _outputs(argv: list[str], project: Path) -> list[Path]:
 
     sub = argv[0]
     if sub == "fit":
-        run = newest("lightning_logs/version_*/config.yaml").parent
+        base = option("--trainer.default_root_dir") or "."
+        run = newest(f"{base}/lightning_logs/version_*/config.yaml").parent
         return [
             run / "metrics.json",
             run / "checkpoints" / "last.ckpt",
@@ -140,6 +144,9 @@ def _outputs(argv: list[str], project: Path) -> list[Path]:
     if sub == "test":
         run = newest("**/eval/test_*/report.json").parent
         files = [run / "report.json", run / "config.yaml"]
+        if option("--data.test_sets"):  # named test sets: each one's predictions, and the cross-dataset table
+            sets = ["val", "test", *yaml.safe_load(option("--data.test_sets"))]
+            return files + [run / "cross_dataset.csv"] + [run / "predictions" / f"{s}.csv" for s in sets]
         files += [run / "predictions" / f"{s}.csv" for s in ("val", "test_v1", "test_v2")]
         files += [run / "plots" / f"{s}.png" for s in ("val", "test_v1", "test_v2")]
         if option("--report.robustness") == "true":
@@ -155,6 +162,10 @@ def _outputs(argv: list[str], project: Path) -> list[Path]:
         return [project / option("--out")] if option("--out") else [project / option("--ckpt_path")]
     if sub == "explain":
         return [project / option("--out") / "explanations.csv"]
+    if sub == "data":
+        return [project / option("--out")]
+    if sub == "compare":
+        return [project / option("--out") / f"matrix_auroc.{ext}" for ext in ("csv", "md", "png")]
     if sub == "audit":
         return [project / option("--out") / "audit.json", project / option("--out") / "audit.md"]
     if sub == "export":
