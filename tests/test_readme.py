@@ -116,7 +116,8 @@ def _argv(command: str, project: Path) -> list[str]:
     return argv
 
 
-OUTPUTS_CHECKED = ("fit", "test", "predict", "calibrate", "explain", "export", "sweep", "audit", "data", "compare")  # _outputs knows these
+# _outputs knows these
+OUTPUTS_CHECKED = ("fit", "test", "predict", "calibrate", "explain", "export", "sweep", "audit", "data", "compare")
 
 
 def _outputs(argv: list[str], project: Path) -> list[Path]:
