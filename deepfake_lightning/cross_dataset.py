@@ -65,9 +65,8 @@ def markdown(table: pd.DataFrame, digits: int = 4) -> str:
     return "\n".join([head, rule, *body])
 
 
-def read_table(path: str | Path) -> tuple[str, pd.DataFrame]:
-    """(model name, table) from an evaluation folder, a ``report.json`` or a ``cross_dataset.csv``; the model is
-    named after its evaluation folder (``eval/test_last`` of run ``version_3``: ``version_3/test_last``)."""
+def read_table(path: str | Path) -> pd.DataFrame:
+    """The table of an evaluation folder (or of the folder of a ``report.json`` or ``cross_dataset.csv``)."""
     path = Path(path)
     folder = path if path.is_dir() else path.parent
     csv = folder / TABLE_FILE
@@ -76,9 +75,21 @@ def read_table(path: str | Path) -> tuple[str, pd.DataFrame]:
             f"{path}: no {TABLE_FILE} here; pass a `deepfake test` output folder (it writes one for its labelled "
             "test sets)"
         )
-    parts = folder.resolve().parts
-    name = f"{parts[-3]}/{parts[-1]}" if len(parts) >= 3 and parts[-2] == "eval" else folder.name
-    return name, pd.read_csv(csv)
+    return pd.read_csv(csv)
+
+
+def model_names(paths: list[str | Path]) -> list[str]:
+    """Short, distinct names for evaluation folders: their paths past the common prefix, without the
+    ``lightning_logs`` and ``eval`` levels (``runs/a/lightning_logs/version_0/eval/test_last`` beside
+    ``runs/b/...`` is ``a/version_0/test_last``)."""
+    folders = [Path(p).resolve() if Path(p).is_dir() else Path(p).resolve().parent for p in paths]
+    parts = [f.parts for f in folders]
+    common = 0
+    while all(len(p) > common + 1 for p in parts) and len({p[common] for p in parts}) == 1:
+        common += 1
+    common = min(common, min(len(p) for p in parts) - 1)
+    names = ["/".join(x for x in p[common:] if x not in ("lightning_logs", "eval")) for p in parts]
+    return [n if names.count(n) == 1 else f"{n} ({i + 1})" for i, n in enumerate(names)]
 
 
 def matrix(tables: dict[str, pd.DataFrame], metric: str = "auroc") -> pd.DataFrame:
@@ -108,7 +119,9 @@ def plot_matrix(table: pd.DataFrame, metric: str):
     ax.set_yticks(range(table.shape[0]), table.index)
     ax.axvline(table.shape[1] - 1.5, color="white", linewidth=2)  # the mean column apart
     for (i, j), v in np.ndenumerate(values):
-        if not np.isnan(v):
+        if np.isnan(v):
+            ax.text(j, i, "n/a", ha="center", va="center", fontsize=8, color="grey")
+        else:
             colour = "black" if (v > 0.6) == good_high else "white"
             ax.text(j, i, f"{v:.3f}", ha="center", va="center", fontsize=8, color=colour)
     fig.colorbar(image, ax=ax, label=metric)
@@ -118,12 +131,7 @@ def plot_matrix(table: pd.DataFrame, metric: str):
 
 def write_matrix(paths: list[str], out: str | Path, metric: str = "auroc") -> pd.DataFrame:
     """``deepfake compare``: the matrix of several evaluations as ``matrix_<metric>.csv``, ``.md`` and ``.png``."""
-    tables = {}
-    for p in paths:
-        name, table = read_table(p)
-        while name in tables:
-            name += "'"
-        tables[name] = table
+    tables = {name: read_table(p) for name, p in zip(model_names(paths), paths, strict=True)}
     result = matrix(tables, metric)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -256,7 +256,7 @@ class DeepfakeCLI(LightningCLI):
             raise DataError(f"data.predict_paths {cfg.data.predict_paths} holds no files")
         if not cfg.data.demo and not files_only:
             # Fail before the model is built (and ImageNet weights fetched) when the data is not there.
-            check_data_root(cfg.data.root, cfg.data.train_csv)
+            check_data_root(cfg.data.root, cfg.data.train_csv, cfg.data.layout)
         trainer = cfg.trainer
         trainer.precision = resolve_precision(trainer.precision, trainer.accelerator, torch.cuda.is_available())
         if self.subcommand in EVAL_SUBCOMMANDS and ckpt_path not in LIGHTNING_CKPT_NAMES:

@@ -42,8 +42,9 @@ def test_each_layout_reads_the_same_images_labels_generators_and_splits(small_de
     expected = demo_rows(small_demo).assign(name=lambda t: t["path"].map(lambda p: Path(p).name))
     dm = _dm(layouts[kind])
     dm.setup("fit")
-    assert dm.test_splits() == ["val", "test"]  # the layout's test folder is a test set named "test"
-    got = pd.concat([dm.indexes[s].assign(part=s) for s in ("train", "val", "test")], ignore_index=True)
+    test = f"{kind}_test"  # the layout's test folder: a test set named after its dataset
+    assert dm.test_splits() == ["val", test]
+    got = pd.concat([dm.indexes[s].assign(part=s) for s in ("train", "val", test)], ignore_index=True)
     got["name"] = got["path"].map(lambda p: Path(p).name)
     merged = expected.merge(got, on="name", suffixes=("", "_got"), validate="one_to_one")
     assert len(merged) == len(expected) == 32 + 12
@@ -52,8 +53,10 @@ def test_each_layout_reads_the_same_images_labels_generators_and_splits(small_de
         assert (merged["generator_got"] == "").all()
     else:
         assert (merged["generator"] == merged["generator_got"]).all()
-    assert ((merged["split"] == "test") == (merged["part"] == "test")).all()
+    assert ((merged["split"] == "test") == (merged["part"] == test)).all()
     assert len(dm.indexes["val"]) == 4  # no val folder: the seeded 10 % split of the 32 training images
+    batch = next(iter(dm.loader(test)))  # and the images open (a CSV given as the root: paths from its folder)
+    assert batch["image"].shape == (8, 3, 32, 32) and batch["label"].tolist() == dm.indexes[test]["label"][:8].tolist()
 
 
 def test_generator_from_the_folders_above_the_class_folder(tmp_path):
@@ -112,7 +115,7 @@ def test_several_training_datasets_keep_their_provenance_and_are_sampled_as_weig
     dm.setup("fit")
     train = dm.indexes["train"]
     assert train.groupby("dataset").size().to_dict() == {"cifake": 28, "gen": 28}
-    assert dm.test_splits() == ["val", "test", "gen_test", "cnn"]
+    assert dm.test_splits() == ["val", "cifake_test", "gen_test", "cnn"]
     assert Path(train.loc[train["dataset"] == "gen", "path"].iloc[0]).is_absolute()  # other datasets: absolute ids
     w = sampling_weights(train, {"cifake": 1.0, "gen": 2.0}, "dataset")
     assert w[train["dataset"] == "gen"].sum() == pytest.approx(2 / 3)  # shares follow the weights, not the sizes
@@ -196,8 +199,8 @@ def test_files_that_are_not_images_are_named_in_one_warning(layouts, tmp_path):
 
 
 def test_a_test_set_name_given_twice_and_bad_test_set_keys(layouts):
-    with pytest.raises(DataError, match=r"test set name 'test' is given twice: .*cifake \(test split\) and"):
-        _dm(layouts["cifake"], test_sets={"test": str(layouts["genimage"])}).setup("fit")
+    with pytest.raises(DataError, match=r"test set name 'cifake_test' is given twice: .*cifake \(test split\) and"):
+        _dm(layouts["cifake"], test_sets={"cifake_test": str(layouts["genimage"])}).setup("fit")
     with pytest.raises(DataError, match=r"data.test_sets.x: unknown key 'rot' \(did you mean 'root'\?\)"):
         _dm(layouts["cifake"], test_sets={"x": {"rot": "y"}}).setup("fit")
     with pytest.raises(DataError, match=r"data.test_sets.x.split: .* has no val split \(its splits: test, train\)"):

@@ -146,7 +146,8 @@ def _outputs(argv: list[str], project: Path) -> list[Path]:
         run = newest("**/eval/test_*/report.json").parent
         files = [run / "report.json", run / "config.yaml"]
         if option("--data.test_sets"):  # named test sets: each one's predictions, and the cross-dataset table
-            sets = ["val", "test", *yaml.safe_load(option("--data.test_sets"))]
+            own = f"{Path(option('--data.root')).name}_test"  # the root's own test folder, named after it
+            sets = ["val", own, *yaml.safe_load(option("--data.test_sets"))]
             return files + [run / "cross_dataset.csv"] + [run / "predictions" / f"{s}.csv" for s in sets]
         files += [run / "predictions" / f"{s}.csv" for s in ("val", "test_v1", "test_v2")]
         files += [run / "plots" / f"{s}.png" for s in ("val", "test_v1", "test_v2")]

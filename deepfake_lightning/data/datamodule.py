@@ -126,7 +126,8 @@ class DeepfakeDataModule(L.LightningDataModule):
         train_sets: More training datasets mixed into this run with ``root``'s: each a path or a mapping with
             ``root``, ``name``, ``weight`` (its images drawn ``weight`` times as often) and the layout keys above.
             Each keeps its own val split (or gets a seeded one); a test split of its own is reported as
-            ``<name>_test``. ``split.csv`` records each image's ``dataset``.
+            ``<name>_test``, as ``root``'s own is (``<folder name>_test``). ``split.csv`` records each image's
+            ``dataset``.
         balance: ``dataset``: each training dataset drawn equally often (times its weight), whatever its size;
             ``generator``: also, within a dataset, each generator's AI images equally often (generator diversity is
             what generalizes: Community Forensics). ``none`` (default) shuffles as usual.
@@ -273,6 +274,7 @@ class DeepfakeDataModule(L.LightningDataModule):
             hp = self.hparams
             check_data_root(self.root, hp.train_csv, hp.layout)
             self._sources = read_sources(hp)
+            self.root = self._sources.primary.root  # a CSV file given as the root: its folder holds the images
             if not hp.demo:
                 for line in self._sources.describe():
                     rank_zero_info(f"Data: {line}")

@@ -96,8 +96,9 @@ def read_sources(hp) -> Sources:
     for name, dataset in sources.datasets.items():
         rows = dataset.index[dataset.index["split"] == "test"]
         if len(rows):
-            test_name = "test" if dataset is primary else f"{name}_test"
-            _add_test(sources, test_name, _with_ids(rows, dataset, dataset is primary), f"{dataset.root} (test split)")
+            _add_test(
+                sources, f"{name}_test", _with_ids(rows, dataset, dataset is primary), f"{dataset.root} (test split)"
+            )
     for name, value in (hp.test_sets or {}).items():
         _add_test_set(sources, str(name), value)
     return sources

@@ -81,7 +81,7 @@ def validate_search_space(spec: SweepSpec) -> None:
 
     data = (yaml.safe_load(resolved_config(spec, {})) or {}).get("data", {})
     if not data.get("demo"):
-        check_data_root(data["root"], data.get("train_csv") or "train.csv")
+        check_data_root(data["root"], data.get("train_csv") or "train.csv", data.get("layout") or "auto")
     for key, dim in spec.search_space.items():
         try:
             resolved_config(spec, {key: dim.first()})
