@@ -4,7 +4,9 @@
 A checkpoint's ``provenance`` (written by ``DeepfakeClassifier.on_save_checkpoint``) holds:
 
 * ``data``: the training data's identity: for the demo, ``{"kind": "demo", "spec": {...}}``; otherwise
-  ``{"kind": "csv", "train_csv", "rows", "ai_share", "sha256"}`` (the CSV's content hash);
+  ``{"kind": "csv", "train_csv", "rows", "ai_share", "sha256"}`` (the CSV's content hash; a folders layout:
+  ``{"kind": "folders", "root", "rows", "ai_share", "listing_sha256"}``), with ``train_sets`` (each extra training
+  dataset, its ``name`` and ``weight``) and ``balance``, and ``manifest`` (``path``, ``sha256``) when checked;
 * ``split_sha256``: a hash of the train/val split (sorted ``path,split`` lines);
 * ``validation``: the ``val/*`` metrics at the time of that checkpoint;
 * ``versions``: deepfake-lightning, torch, lightning, timm; ``git_commit`` when the package runs from a checkout;
@@ -131,10 +133,15 @@ class ModelFacts:
             return UNKNOWN
         if data.get("kind") == "demo":
             return f"the synthetic demo dataset (demo spec {data.get('spec')})"
-        return (
-            f"{data.get('train_csv')}: {data.get('rows')} images, {100 * float(data.get('ai_share', 0)):.1f} % "
-            f"AI-generated (sha256 {str(data.get('sha256'))[:12]})"
-        )
+        parts = [_describe_dataset(data)]
+        extra = data.get("train_sets", [])
+        parts += [f"{d.get('name')}: {_describe_dataset(d)}, weight {d.get('weight')}" for d in extra]
+        if data.get("train_sets"):
+            parts[-1] += f" (sampling balanced by {data.get('balance')})"
+        if data.get("manifest"):
+            m = data["manifest"]
+            parts.append(f"checked against the manifest {m.get('path')} (sha256 {str(m.get('sha256'))[:12]})")
+        return "; ".join(parts)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -380,3 +387,14 @@ def read_card_metadata(path: str | os.PathLike) -> dict:
     if not text.startswith("---\n"):
         return {}
     return yaml.safe_load(text.split("---\n", 2)[1]) or {}
+
+
+def _describe_dataset(data: dict) -> str:
+    """One training dataset: its CSV (kaggle, csv layouts) or folder (folders layout), size, AI share and hash."""
+    where, digest = data.get("train_csv"), data.get("sha256")
+    if where is None:  # a folders layout: the hash of its listing (paths and labels)
+        where, digest = f"{data.get('root')} ({data.get('kind')} layout)", data.get("listing_sha256")
+    return (
+        f"{where}: {data.get('rows')} images, {100 * float(data.get('ai_share', 0)):.1f} % AI-generated "
+        f"(sha256 {str(digest)[:12]})"
+    )

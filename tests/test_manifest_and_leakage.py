@@ -11,6 +11,7 @@ from deepfake_lightning.audit.leakage import leakage_report, nearest
 from deepfake_lightning.cli import main
 from deepfake_lightning.data import DeepfakeDataModule
 from deepfake_lightning.errors import DataError
+from deepfake_lightning.provenance import ModelFacts
 
 
 def _photo(rng: np.random.Generator, size: int = 64) -> Image.Image:
@@ -36,7 +37,7 @@ def test_scan_writes_a_manifest_and_a_changed_dataset_is_refused_listing_every_f
     printed = capsys.readouterr().out
     manifest = pd.read_csv(tmp_path / "manifest.csv")
     assert list(manifest.columns) == ["path", "bytes", "sha256", "label", "generator", "split", "dataset"]
-    assert len(manifest) == 25 and manifest.loc[manifest["path"] == "test/fake/5.jpg", "split"].item() == "test"
+    assert len(manifest) == 25 and manifest.loc[manifest["path"] == "test/fake/5.jpg", "split"].item() == "data_test"
     row = manifest.set_index("path").loc["train/real/0.jpg"]
     assert row["bytes"] == (root / "train/real/0.jpg").stat().st_size and row["label"] == 0
     assert "Unreadable files: 1\n  train/fake/bad.jpg: not a readable image" in printed
@@ -63,6 +64,11 @@ def test_an_unchanged_dataset_passes_its_manifest_and_the_run_records_its_hash(t
     identity = dm.data_identity()["data"]
     assert identity["manifest"]["sha256"] == file_sha256(tmp_path / "m.csv")
     assert identity["kind"] == "folders" and identity["rows"] == 12
+    line = ModelFacts(training_data=identity).dataset  # the model card's "trained on" line
+    assert line.startswith(f"{root.resolve()} (folders layout): 12 images, 50.0 % AI-generated (sha256 ")
+    assert line.endswith(
+        f"checked against the manifest {(tmp_path / 'm.csv').resolve()} (sha256 {identity['manifest']['sha256'][:12]})"
+    )
 
 
 def test_leakage_counts_exact_and_near_duplicates_per_set(tmp_path):
