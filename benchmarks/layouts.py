@@ -4,7 +4,8 @@
 publishes them (train/REAL, train/FAKE, test/REAL, test/FAKE); files/s of ``scan_folders`` (the folder walk) and of
 ``DeepfakeDataModule.setup`` in each layout (index, checks, split, split.csv). ``--part fit``: the demo's train and
 test_v1 images in the Kaggle layout and written as CIFAKE folders (hard links: the same files), ``deepfake fit`` for
-the same epochs and batches, training images per second from the first to the last training batch.
+the same epochs and batches, training images per second from the first to the last training batch (median, min and
+max of runs in both orders, so that neither layout gets the warmer file cache).
 
     python benchmarks/layouts.py [--part index fit] [--files 100000]
 """
@@ -89,7 +90,7 @@ class _Clock:
         self.start, self.end, self.images, self.callback = None, None, 0, Timer()
 
 
-def part_fit(epochs: int) -> pd.DataFrame:
+def part_fit(epochs: int, repeats: int) -> pd.DataFrame:
     from deepfake_lightning.cli import cli_main
     from deepfake_lightning.data.demo import DemoSpec, build_demo_dataset
     from tests.helpers.layouts import relayout
@@ -99,14 +100,12 @@ def part_fit(epochs: int) -> pd.DataFrame:
     with tempfile.TemporaryDirectory() as tmp:
         demo = build_demo_dataset(Path(tmp) / "demo", DemoSpec())
         cifake = relayout(demo, "cifake", Path(tmp) / "cifake")
-        for layout, root, extra in (
-            ("kaggle", demo, ["--data.test_v1_csv=null", "--data.test_v2_csv=null", "--data.test_edited_csv=null"]),
-            ("folders", cifake, []),
-        ):
+        kaggle = ("kaggle", demo, ["--data.test_v1_csv=null", "--data.test_v2_csv=null", "--data.test_edited_csv=null"])
+        folders = ("folders", cifake, [])
+        for layout, root, extra in [kaggle, folders, folders, kaggle] * repeats:  # each order, for the file cache
             clock = _Clock()
             cli = cli_main(
                 [
-                    "fit",
                     "--config", str(configs / "own_data.yaml"),
                     f"--data.root={root}",
                     f"--trainer.max_epochs={epochs}",
@@ -124,7 +123,10 @@ def part_fit(epochs: int) -> pd.DataFrame:
             seconds = clock.end - clock.start
             rows.append({"layout": layout, "train_images": len(cli.datamodule.indexes["train"]), "epochs": epochs,
                          "img_per_s": round(clock.images / seconds, 1)})  # fmt: skip
-    return pd.DataFrame(rows)
+    table = pd.DataFrame(rows).groupby(["layout", "train_images", "epochs"], as_index=False)["img_per_s"]
+    return table.agg(["median", "min", "max"]).rename(
+        columns=lambda c: f"img_per_s_{c}" if c in ("median", "min", "max") else c
+    )
 
 
 def main() -> None:
@@ -132,11 +134,12 @@ def main() -> None:
     parser.add_argument("--part", nargs="+", default=["index", "fit"], choices=["index", "fit"])
     parser.add_argument("--files", type=int, default=100_000)
     parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=1, help="fit: each layout 2 x repeats times, both orders")
     args = parser.parse_args()
     if "index" in args.part:
         publish(part_index(args.files), "layouts_index")
     if "fit" in args.part:
-        publish(part_fit(args.epochs), "layouts_fit")
+        publish(part_fit(args.epochs, args.repeats), "layouts_fit")
 
 
 if __name__ == "__main__":
