@@ -55,7 +55,7 @@ def cli_main(args: list[str] | None = None, run: bool = True):
 # imports nothing heavy, so that `deepfake COMMAND --help` answers without loading torch.
 ARGPARSE_COMMANDS = {
     "audit": ("deepfake_lightning.audit.command:audit_parser", "deepfake_lightning.audit.command:audit_main"),
-    "data": ("deepfake_lightning.data.command:data_parser", "deepfake_lightning.data.command:data_main"),
+    "data": ("deepfake_lightning.commands.data:data_parser", "deepfake_lightning.commands.data:data_main"),
     "compare": ("deepfake_lightning.cross_dataset:compare_parser", "deepfake_lightning.cross_dataset:compare_main"),
     "calibrate": (
         "deepfake_lightning.calibration.command:calibrate_parser",
