@@ -7,6 +7,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 from torch.utils.data import DataLoader
@@ -53,6 +54,46 @@ class Detector:
     @property
     def verdict_transform(self):
         return self.tile_transform() if self.tiled else self.transform
+
+    @property
+    def views(self) -> int | str:
+        """The views this model's verdict is computed on, as ``deepfake test|predict`` compute it: 1 (one view), 5
+        (five crops) or ``tiles`` (the whole image as tiles), from its stored settings (or its calibration's)."""
+        views = self.data.get("eval_views", 1)
+        return views if views == "tiles" else int(views)
+
+    def evaluation_transform(self):
+        """The data module's evaluation transform for :attr:`views` (uint8 out: the model normalizes), so that
+        :meth:`score_images` sees exactly the pixels ``deepfake predict`` does."""
+        return create_transform(
+            self.img_size,
+            train=False,
+            mode=self.mode,
+            mean=self.mean,
+            std=self.std,
+            eval_views=self.views,
+            tile_stride=self.data.get("tile_stride"),
+            max_tiles=int(self.data.get("max_tiles", 64)),
+            normalize=False,
+        )
+
+    @torch.inference_mode()
+    def score_images(self, images: list) -> np.ndarray:
+        """The model's own verdict probability (calibrated) for each PIL image: its views (one, five or tiles,
+        pooled), ``tta_flip`` and calibration, as ``deepfake predict`` gives it for the same file."""
+        from deepfake_lightning.data.tiles import collate_tiles
+
+        transform = self.evaluation_transform()
+        probs = []
+        for image in images:  # one image per batch: tiles of different images may differ in count
+            x = transform(image)
+            if isinstance(x, dict):  # tiles
+                batch = collate_tiles([{**x, "label": 0, "index": 0}])
+                logits = self.model.predict_logits(batch["image"].to(self.model.device), n_tiles=batch["n_tiles"])
+            else:
+                logits = self.model.predict_logits(x.unsqueeze(0).to(self.model.device))
+            probs.append(self.model.calibrated_probs(logits).float().cpu().numpy()[0])
+        return np.asarray(probs, dtype=np.float64)
 
     def tile_transform(self, stride: int | None = None, max_tiles: int | None = None) -> TileTransform:
         """The whole-image tiling of this model (its stored ``tile_stride`` and ``max_tiles`` unless given).

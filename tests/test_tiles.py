@@ -216,7 +216,10 @@ def test_score_maps_of_a_small_and_a_large_image(tmp_path):
     with torch.inference_mode():
         expected = float(model.calibrated_probs(model(crop[None]))[0])
     assert tiles.iloc[4]["prob_ai"] == pytest.approx(expected, abs=1e-6)
-    assert small["prob_ai"] == pytest.approx(tiles["prob_ai"].max())  # max pooling: the hottest tile's probability
+    assert small["map_prob_ai"] == pytest.approx(tiles["prob_ai"].max())  # max pooling: the hottest tile's
+    # a one-view model: its verdict is its own centre view, as deepfake predict gives it, and the map says it is not
+    assert small["prob_ai"] == pytest.approx(detector.score_images([_photo(96, 80, 1)])[0], abs=1e-6)
+    assert small["verdict_views"] == "1" and not small["map_is_verdict"]
     for name in ("small_map.png", "large_map.png"):
         with Image.open(tmp_path / "maps" / name) as im:
             assert im.width == 700 and im.height >= 400  # the same readable figure size for 96 px and 1600 px

@@ -78,8 +78,9 @@ class Engine:
             self.mean, self.std = tuple(config["mean"]), tuple(config["std"])
             self.img_size = int(config["img_size"])
             self.facts = export_facts(config, source=self.ckpt_path)
+            views = 5 if config.get("eval_views") == 5 else 1  # five crops: averaged as deepfake predict does
             self.transform = create_transform(
-                self.img_size, train=False, mode=config["mode"], mean=self.mean, std=self.std
+                self.img_size, train=False, mode=config["mode"], mean=self.mean, std=self.std, eval_views=views
             )
             self.mode, self.tiled = config["mode"], config.get("eval_views") == "tiles"
             self.pooling = (config.get("tile_pooling", "max"), float(config.get("tile_topk", 0.25)))
@@ -90,7 +91,9 @@ class Engine:
             self.guarantee = dict(detector.model.calibration.guarantee) if detector.model.calibration else {}
             self.backbone = detector.model.hparams.backbone
             self.mean, self.std, self.img_size = detector.mean, detector.std, detector.img_size
-            self.transform, self.facts = detector.transform, detector.facts
+            # The verdict's own views (api.Detector.views): five crops for a five-view model, else one.
+            self.transform = detector.evaluation_transform() if detector.views == 5 else detector.transform
+            self.facts = detector.facts
             self.mode, self.tiled = detector.mode, detector.tiled
             hp = detector.model.hparams
             self.pooling = (hp.get("tile_pooling", "max"), float(hp.get("tile_topk", 0.25)))
@@ -186,6 +189,9 @@ class Engine:
     @torch.inference_mode()
     def logits(self, images: torch.Tensor) -> np.ndarray:
         if self.runtime == "onnx":
+            if images.ndim == 5:  # (B, views, 3, H, W): each image's views averaged, as predict_logits does
+                b, v = images.shape[:2]
+                return self.onnx.logits(images.flatten(0, 1)).reshape(b, v).mean(1)
             return self.onnx.logits(images)
         model = self.detector.model
         return model.predict_logits(images.to(model.device)).float().cpu().numpy()
@@ -299,7 +305,13 @@ class DetectorAPI(ls.LitAPI):
             # upload's tiles; the verdicts come from the former or the pooled tiles, the maps from the tiles.
             singles = [] if tiled else [u.image for u in good]
             tiles = [u.tiles["image"] for u in good if u.tiles is not None]
-            logits = self.engine.logits(torch.cat(([torch.stack(singles)] if singles else []) + tiles))
+            if singles and singles[0].ndim == 4:  # five views per image: their own pass, averaged per image
+                parts = [self.engine.logits(torch.stack(singles))] + (
+                    [self.engine.logits(torch.cat(tiles))] if tiles else []
+                )
+                logits = np.concatenate(parts)
+            else:
+                logits = self.engine.logits(torch.cat(([torch.stack(singles)] if singles else []) + tiles))
             verdicts, at = list(logits[: len(singles)]), len(singles)
             for k, u in enumerate(good):
                 if u.tiles is None:
@@ -349,12 +361,16 @@ class DetectorAPI(ls.LitAPI):
                 }
             if upload.map:
                 size, (width, height) = self.engine.img_size, upload.tiles["image_wh"].tolist()
+                tile_probs = self.engine.probs(maps[k])
                 out["map"] = {
                     "width": width,
                     "height": height,
+                    # the tiles pooled as the model pools them; the verdict itself when its views are these tiles
+                    "prob_ai": float(self.engine.probs(np.asarray([self.engine.pool(maps[k])], dtype=np.float32))[0]),
+                    "is_verdict": bool(tiled),
                     "tiles": [
                         {"x": int(x), "y": int(y), "size": size, "prob_ai": float(p)}
-                        for (x, y), p in zip(upload.tiles["tile_xy"].tolist(), self.engine.probs(maps[k]), strict=True)
+                        for (x, y), p in zip(upload.tiles["tile_xy"].tolist(), tile_probs, strict=True)
                     ],
                 }
             if k in pngs:

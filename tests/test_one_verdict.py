@@ -1,0 +1,108 @@
+"""One model, one verdict: the same images scored through every entry point (deepfake predict, deepfake explain --map,
+api.Detector.score_images, the served API on PyTorch and on ONNX Runtime) give the same probability and label, for a
+one-view, a five-view and a tiled model, a small and a 16-megapixel image."""
+
+import base64
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from deepfake_lightning.api import load_detector
+from deepfake_lightning.cli import main
+from deepfake_lightning.serving.worker import DetectorAPI
+from tests.conftest import CONFIGS
+
+pytestmark = pytest.mark.slow  # several commands per model, end to end
+
+
+@pytest.fixture(scope="module")
+def images(demo_root, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("verdict_images")
+    ids = pd.read_csv(demo_root / "test_v1.csv")["id"]
+    files = []
+    for i in (0, 1):
+        files.append(folder / f"small{i}.jpg")
+        files[-1].write_bytes((demo_root / ids[i]).read_bytes())
+    with Image.open(demo_root / ids[2]) as im:  # 16 MP: 4608 x 3456
+        im.convert("RGB").resize((4608, 3456), Image.Resampling.BICUBIC).save(folder / "large.jpg", quality=92)
+    files.append(folder / "large.jpg")
+    return files
+
+
+@pytest.fixture(scope="module")
+def models(demo_run, demo_root, tmp_path_factory):
+    """The demo checkpoint (one view), and copies calibrated on five views and on tiles (the verdict's views are the
+    calibration's)."""
+    out = tmp_path_factory.mktemp("verdict_models")
+    ckpt = demo_run / "checkpoints" / "last.ckpt"
+    common = ["--config", str(CONFIGS / "demo.yaml"), f"--data.root={demo_root}", "--data.num_workers=0"]
+    made = {1: out / "views_1.ckpt"}  # evaluations are written beside these copies, not into the shared session run
+    shutil.copy(ckpt, made[1])
+    for views in (5, "tiles"):
+        made[views] = out / f"views_{views}.ckpt"
+        main(["calibrate", *common, "--ckpt_path", str(ckpt), f"--data.eval_views={views}", "--out", str(made[views])])
+    return made
+
+
+def _predict(ckpt, images, demo_root, out) -> pd.Series:
+    main(
+        [
+            "predict",
+            "--config", str(CONFIGS / "demo.yaml"),
+            f"--data.root={demo_root}",
+            f"--ckpt_path={ckpt}",
+            f"--data.predict_paths=[{','.join(map(str, images))}]",
+            f"--trainer.default_root_dir={out}",
+            "--data.num_workers=0",
+            "--trainer.enable_progress_bar=false",
+            "--report.evidence=false",
+        ]
+    )  # fmt: skip
+    table = pd.read_csv(next(out.glob("eval/predict_*/predictions/files.csv")))
+    return table.set_index(table["id"].map(lambda p: p.rsplit("/", 1)[-1]))["prob_ai"]
+
+
+def _served(ckpt, images, runtime="torch") -> list[dict]:
+    api = DetectorAPI(str(ckpt), runtime)
+    api.setup("cpu")
+    uploads = [api.decode_request({"image": base64.b64encode(f.read_bytes()).decode(), "map": True}) for f in images]
+    return api.predict(uploads)
+
+
+@pytest.mark.parametrize("views", [1, 5, "tiles"])
+def test_every_entry_point_gives_the_same_verdict(views, models, images, demo_root, tmp_path):
+    ckpt = models[views]
+    detector = load_detector(ckpt)
+    assert detector.views == views
+    with_pil = [Image.open(f).convert("RGB") for f in images]
+    direct = detector.score_images(with_pil)
+    predicted = _predict(ckpt, images, demo_root, tmp_path / "predict")
+    names = [f.name for f in images]
+    assert predicted[names].to_numpy() == pytest.approx(direct, abs=1e-5)
+
+    main(["explain", *map(str, images), "--ckpt_path", str(ckpt), "--out", str(tmp_path / "maps"), "--map", "true"])
+    explained = pd.read_csv(tmp_path / "maps" / "explanations.csv").set_index("file")
+    rows = explained.loc[[str(f) for f in images]]
+    assert rows["prob_ai"].to_numpy() == pytest.approx(direct, abs=1e-5)
+    assert rows["label"].tolist() == [int(p >= detector.threshold) for p in direct]
+    assert rows["verdict_views"].astype(str).tolist() == [str(views)] * 3
+    assert rows["map_is_verdict"].tolist() == [views == "tiles"] * 3
+    if views == "tiles":  # the map is the verdict: its pooled tiles are the verdict's probability
+        assert rows["map_prob_ai"].to_numpy() == pytest.approx(direct, abs=1e-5)
+
+    served = _served(ckpt, images)
+    assert [a["prob_ai"] for a in served] == pytest.approx(direct, abs=1e-5)
+    assert [a["label"] for a in served] == rows["label"].tolist()
+    assert [a["map"]["is_verdict"] for a in served] == [views == "tiles"] * 3
+    assert [a["map"]["prob_ai"] for a in served] == pytest.approx(rows["map_prob_ai"].to_numpy(), abs=1e-5)
+
+    export = tmp_path / "export"
+    main(["export", "--ckpt_path", str(ckpt), "--out", str(export), "--format", "safetensors", "onnx"])
+    assert json.loads((export / "detector.json").read_text())["eval_views"] == views
+    onnx = _served(export, images, "onnx")
+    assert [a["prob_ai"] for a in onnx] == pytest.approx(direct, abs=1e-4)  # ONNX Runtime's float arithmetic
+    assert np.array([a["label"] for a in onnx]).tolist() == rows["label"].tolist()
