@@ -123,64 +123,82 @@ OUTPUTS_CHECKED = ("fit", "test", "predict", "calibrate", "explain", "export", "
 def _outputs(argv: list[str], project: Path) -> list[Path]:
     """The files the README says this command writes (looked up right after it ran)."""
     assert argv[0] in OUTPUTS_CHECKED, f"no expectation for {argv}"
+    return OUTPUTS[argv[0]](_Command(argv, project))
 
-    def newest(pattern: str) -> Path:
-        found = sorted(project.glob(pattern), key=lambda p: p.stat().st_mtime)
+
+@dataclass
+class _Command:
+    argv: list[str]
+    project: Path
+
+    def newest(self, pattern: str) -> Path:
+        found = sorted(self.project.glob(pattern), key=lambda p: p.stat().st_mtime)
         assert found, f"nothing matches {pattern}"
         return found[-1]
 
-    def option(name: str) -> str | None:
-        return argv[argv.index(name) + 1] if name in argv else None
+    def option(self, name: str) -> str | None:
+        return self.argv[self.argv.index(name) + 1] if name in self.argv else None
 
-    sub = argv[0]
-    if sub == "fit":
-        base = option("--trainer.default_root_dir") or "."
-        run = newest(f"{base}/lightning_logs/version_*/config.yaml").parent
-        return [
-            run / "metrics.json",
-            run / "checkpoints" / "last.ckpt",
-            run / "split.csv",
-            run / "calibration" / "calibration.json",
-        ]
-    if sub == "test":
-        run = newest("**/eval/test_*/report.json").parent
-        files = [run / "report.json", run / "config.yaml"]
-        if option("--data.test_sets"):  # named test sets: each one's predictions, and the cross-dataset table
-            own = f"{Path(option('--data.root')).name}_test"  # the root's own test folder, named after it
-            sets = ["val", own, *yaml.safe_load(option("--data.test_sets"))]
-            return files + [run / "cross_dataset.csv"] + [run / "predictions" / f"{s}.csv" for s in sets]
-        files += [run / "predictions" / f"{s}.csv" for s in ("val", "test_v1", "test_v2")]
-        files += [run / "plots" / f"{s}.png" for s in ("val", "test_v1", "test_v2")]
-        if option("--report.robustness") == "true":
-            files += [run / "robustness.csv", run / "robustness.png"]
-        return files
-    if sub == "predict":
-        run = newest("**/eval/predict_*/config.yaml").parent
-        if option("--data.predict_paths"):
-            return [run / "predictions" / "files.csv"]
-        split = option("--data.predict_split") or "test_v2"
-        return [run / "predictions" / f"{split}.csv", run / f"submission_{split}.csv"]
-    if sub == "calibrate":
-        return [project / option("--out")] if option("--out") else [project / option("--ckpt_path")]
-    if sub == "explain":
-        return [project / option("--out") / "explanations.csv"]
-    if sub == "data":
-        return [project / option("--out")]
-    if sub == "compare":
-        return [project / option("--out") / f"matrix_auroc.{ext}" for ext in ("csv", "md", "png")]
-    if sub == "audit":
-        return [project / option("--out") / "audit.json", project / option("--out") / "audit.md"]
-    if sub == "export":
-        formats = argv[argv.index("--format") + 1 :] if "--format" in argv else ["safetensors"]
-        names = ["detector.json", "README.md"] + [f"model.{f}" for f in formats]
-        return [project / option("--out") / name for name in names]
-    if sub == "sweep":
-        study = option("--study_name") or yaml.safe_load((project / option("--config")).read_text())["study_name"]
-        files = [project / "sweeps" / study / "trials.csv", project / "sweeps" / study / "best.yaml"]
-        if "backbones" in study:
-            files.append(project / "sweeps" / study / "comparison.md")
-        return files
-    raise AssertionError(f"OUTPUTS_CHECKED names {argv[0]} but _outputs has no case for it")
+    def out(self, *names: str) -> list[Path]:
+        return [self.project / self.option("--out") / name for name in names]
+
+
+def _fit(c: _Command) -> list[Path]:
+    run = c.newest(f"{c.option('--trainer.default_root_dir') or '.'}/lightning_logs/version_*/config.yaml").parent
+    return [
+        run / "metrics.json",
+        run / "checkpoints" / "last.ckpt",
+        run / "split.csv",
+        run / "calibration" / "calibration.json",
+    ]
+
+
+def _test(c: _Command) -> list[Path]:
+    run = c.newest("**/eval/test_*/report.json").parent
+    files = [run / "report.json", run / "config.yaml"]
+    if c.option("--data.test_sets"):  # named test sets: each one's predictions, and the cross-dataset table
+        own = f"{Path(c.option('--data.root')).name}_test"  # the root's own test folder, named after it
+        sets = ["val", own, *yaml.safe_load(c.option("--data.test_sets"))]
+        return files + [run / "cross_dataset.csv"] + [run / "predictions" / f"{s}.csv" for s in sets]
+    files += [run / "predictions" / f"{s}.csv" for s in ("val", "test_v1", "test_v2")]
+    files += [run / "plots" / f"{s}.png" for s in ("val", "test_v1", "test_v2")]
+    if c.option("--report.robustness") == "true":
+        files += [run / "robustness.csv", run / "robustness.png"]
+    return files
+
+
+def _predict(c: _Command) -> list[Path]:
+    run = c.newest("**/eval/predict_*/config.yaml").parent
+    if c.option("--data.predict_paths"):
+        return [run / "predictions" / "files.csv"]
+    split = c.option("--data.predict_split") or "test_v2"
+    return [run / "predictions" / f"{split}.csv", run / f"submission_{split}.csv"]
+
+
+def _export(c: _Command) -> list[Path]:
+    formats = c.argv[c.argv.index("--format") + 1 :] if "--format" in c.argv else ["safetensors"]
+    return c.out("detector.json", "README.md", *[f"model.{f}" for f in formats])
+
+
+def _sweep(c: _Command) -> list[Path]:
+    study = c.option("--study_name") or yaml.safe_load((c.project / c.option("--config")).read_text())["study_name"]
+    files = [c.project / "sweeps" / study / "trials.csv", c.project / "sweeps" / study / "best.yaml"]
+    return files + ([c.project / "sweeps" / study / "comparison.md"] if "backbones" in study else [])
+
+
+OUTPUTS = {
+    "fit": _fit,
+    "test": _test,
+    "predict": _predict,
+    "calibrate": lambda c: [c.project / (c.option("--out") or c.option("--ckpt_path"))],
+    "explain": lambda c: c.out("explanations.csv"),
+    "audit": lambda c: c.out("audit.json", "audit.md"),
+    "data": lambda c: [c.project / c.option("--out")],
+    "compare": lambda c: c.out(*(f"matrix_auroc.{ext}" for ext in ("csv", "md", "png"))),
+    "export": _export,
+    "sweep": _sweep,
+}
+assert set(OUTPUTS) == set(OUTPUTS_CHECKED)
 
 
 def _serve_and_send_the_curls(argv: list[str], project: Path) -> None:

@@ -140,69 +140,19 @@ class EvaluationReport(PrintsResults):
         log_dir = trainer.log_dir  # a broadcast under DDP: every rank must ask
         if not trainer.is_global_zero or log_dir is None:
             return
-        dm = trainer.datamodule
-        run = Path(log_dir)
+        dm, run = trainer.datamodule, Path(log_dir)
         (run / "plots").mkdir(parents=True, exist_ok=True)
         (run / "predictions").mkdir(exist_ok=True)
-        threshold = pl_module.threshold
-        report = {"threshold": threshold, "calibrated": pl_module.calibration is not None, "splits": {}}
+        report = {"threshold": pl_module.threshold, "calibrated": pl_module.calibration is not None, "splits": {}}
         guarantee = pl_module.calibration.guarantee if pl_module.calibration is not None else {}
         if guarantee:  # the certified bound, beside each split's observed FPR (splits.<split>.at_tuned.fpr)
             report["fpr_guarantee"] = dict(guarantee)
-        groups, stability, curves = {}, {}, {}
+        sections = {"groups": {}, "stability": {}, "curves": {}}
         for split, out in outputs.items():
-            if not out.labeled:
-                continue
-            y, probs = out.labels, pl_module.calibrator(out.logits)
-            table = pd.DataFrame({"id": np.asarray(dm.split_ids(split))[out.index], "label": y, "prob_ai": probs})
-            if self.group_by:
-                table[self.group_by] = dm.split_column(split, self.group_by).astype(str).to_numpy()[out.index]
-                groups[split] = group_report(probs, y, table[self.group_by], threshold)
-            if self.stability:
-                k, tolerance = self.stability, self.stability_tolerance
-                stable = copies_table(trainer, pl_module, split, out.index, probs, k, tolerance, threshold)
-                table = pd.concat([table, stable], axis=1)
-                stability[split] = stability_report(stable, probs, y, threshold, self.stability)
-                curves[split] = (*risk_coverage(stable, probs, y, threshold), stability[split]["coverage"])
-            found = None
-            if self.evidence:
-                found = evidence_of([dm.root / p for p in table["id"]], self.trust_anchors)
-                table = table.assign(**evidence_columns(found))
-            with atomic_path(run / "predictions" / f"{split}.csv") as tmp:
-                table.to_csv(tmp, index=False)
-            report["splits"][split] = split_report(probs, y, threshold)
-            if split in stability:
-                report["splits"][split]["stability"] = stability[split]
-            if found is not None:
-                by_class = {"human": [e for e, v in zip(found, y, strict=True) if v == 0]}
-                by_class["ai"] = [e for e, v in zip(found, y, strict=True) if v == 1]
-                report["splits"][split]["evidence"] = evidence_counts(found) | {
-                    k: evidence_counts(v) for k, v in by_class.items()
-                }
-
-            fig = plot_split(probs, y, threshold, f"{split}: {len(y)} images")
-            publish_figure(trainer, fig, run / "plots" / f"{split}.png", f"evaluation/{split}")
-        if groups:
-            report["groups"] = {"column": self.group_by, **groups}
-            self._publish_groups(trainer, groups, run)
-        if curves:
-            fig = plot_risk_coverage(curves, self.stability, self.stability_tolerance)
-            publish_figure(trainer, fig, run / "plots" / "risk_coverage.png", "evaluation/risk_coverage")
-        if self.robustness:
-            report["robustness"] = self._robustness(trainer, pl_module, run)
-        if self.reencode:
-            report["reencode"] = self._reencode(trainer, pl_module, report["splits"])
-        localization = {s: self._localization(trainer, pl_module, s) for s in self._mask_splits(dm)}
-        if localization:
-            report["localization"] = localization
-            scalars = {
-                f"test/{split}/localization/{k}": v
-                for split, r in localization.items()
-                for k, v in r.items()
-                if isinstance(v, float)
-            }
-            for logger in trainer.loggers:
-                logger.log_metrics(scalars, step=trainer.global_step)
+            if out.labeled:
+                report["splits"][split] = self._split_section(trainer, pl_module, split, out, run, sections)
+        self._extra_sections(trainer, pl_module, report, sections, run)
+        localization = report.get("localization", {})
         cross = cross_dataset_table(report["splits"])
         if len(cross):
             self._publish_cross_dataset(trainer, cross, run)
@@ -220,23 +170,80 @@ class EvaluationReport(PrintsResults):
             settings["tile_pooling"] = pl_module.hparams.get("tile_pooling", "max")
         self._record_in_checkpoint(trainer.ckpt_path, report, run, settings)
         if report["splits"]:
-            by_group = f"\n\nBy {self.group_by}:\n{format_groups(groups)}" if groups else ""
-            where = (
-                f"\n\nLocalization of edited regions (tiles of {dm.hparams.img_size} px, stride "
-                f"{dm.hparams.tile_stride or dm.hparams.img_size}, {pl_module.hparams.tile_pooling} pooling):\n"
-                f"{format_localization(localization)}"
-                if localization
-                else ""
-            )
-            self.print_result(
-                f"\nEvaluation (threshold {threshold:.4f}, tuned on validation{guarantee_line(pl_module.calibration)})"
-                f":\n{format_report(report)}"
-                f"{by_group}{where}{format_stability(stability, self.stability_tolerance)}"
-                + format_counts({s: r["evidence"] for s, r in report["splits"].items() if "evidence" in r})
-                + (format_reencode(report["reencode"]) if "reencode" in report else "")
-                + (f"\n\nCross-dataset table (tuned threshold):\n{markdown(cross)}" if len(cross) else "")
-                + f"\nWritten to {run / 'report.json'}"
-            )
+            self._print_report(dm, pl_module, report, sections, localization, cross, run)
+
+    def _split_section(self, trainer, pl_module, split: str, out, run: Path, sections: dict) -> dict:
+        """One labelled split: its predictions file, plot, and report entry (with its groups, stability and evidence
+        collected into ``sections``)."""
+        dm, threshold = trainer.datamodule, pl_module.threshold
+        y, probs = out.labels, pl_module.calibrator(out.logits)
+        table = pd.DataFrame({"id": np.asarray(dm.split_ids(split))[out.index], "label": y, "prob_ai": probs})
+        if self.group_by:
+            table[self.group_by] = dm.split_column(split, self.group_by).astype(str).to_numpy()[out.index]
+            sections["groups"][split] = group_report(probs, y, table[self.group_by], threshold)
+        entry = split_report(probs, y, threshold)
+        if self.stability:
+            k, tolerance = self.stability, self.stability_tolerance
+            stable = copies_table(trainer, pl_module, split, out.index, probs, k, tolerance, threshold)
+            table = pd.concat([table, stable], axis=1)
+            entry["stability"] = sections["stability"][split] = stability_report(stable, probs, y, threshold, k)
+            sections["curves"][split] = (*risk_coverage(stable, probs, y, threshold), entry["stability"]["coverage"])
+        if self.evidence:
+            found = evidence_of([dm.root / p for p in table["id"]], self.trust_anchors)
+            table = table.assign(**evidence_columns(found))
+            by_class = {
+                name: [e for e, v in zip(found, y, strict=True) if v == c] for name, c in (("human", 0), ("ai", 1))
+            }
+            entry["evidence"] = evidence_counts(found) | {k: evidence_counts(v) for k, v in by_class.items()}
+        with atomic_path(run / "predictions" / f"{split}.csv") as tmp:
+            table.to_csv(tmp, index=False)
+        fig = plot_split(probs, y, threshold, f"{split}: {len(y)} images")
+        publish_figure(trainer, fig, run / "plots" / f"{split}.png", f"evaluation/{split}")
+        return entry
+
+    def _extra_sections(self, trainer, pl_module, report: dict, sections: dict, run: Path) -> None:
+        """Groups, risk-coverage, robustness, re-encoding and localization, each when asked for or available."""
+        if sections["groups"]:
+            report["groups"] = {"column": self.group_by, **sections["groups"]}
+            self._publish_groups(trainer, sections["groups"], run)
+        if sections["curves"]:
+            fig = plot_risk_coverage(sections["curves"], self.stability, self.stability_tolerance)
+            publish_figure(trainer, fig, run / "plots" / "risk_coverage.png", "evaluation/risk_coverage")
+        if self.robustness:
+            report["robustness"] = self._robustness(trainer, pl_module, run)
+        if self.reencode:
+            report["reencode"] = self._reencode(trainer, pl_module, report["splits"])
+        localization = {s: self._localization(trainer, pl_module, s) for s in self._mask_splits(trainer.datamodule)}
+        if localization:
+            report["localization"] = localization
+            scalars = {
+                f"test/{split}/localization/{k}": v
+                for split, r in localization.items()
+                for k, v in r.items()
+                if isinstance(v, float)
+            }
+            for logger in trainer.loggers:
+                logger.log_metrics(scalars, step=trainer.global_step)
+
+    def _print_report(self, dm, pl_module, report, sections, localization, cross, run: Path) -> None:
+        groups, stability = sections["groups"], sections["stability"]
+        by_group = f"\n\nBy {self.group_by}:\n{format_groups(groups)}" if groups else ""
+        where = (
+            f"\n\nLocalization of edited regions (tiles of {dm.hparams.img_size} px, stride "
+            f"{dm.hparams.tile_stride or dm.hparams.img_size}, {pl_module.hparams.tile_pooling} pooling):\n"
+            f"{format_localization(localization)}"
+            if localization
+            else ""
+        )
+        self.print_result(
+            f"\nEvaluation (threshold {report['threshold']:.4f}, tuned on validation"
+            f"{guarantee_line(pl_module.calibration)}):\n{format_report(report)}"
+            f"{by_group}{where}{format_stability(stability, self.stability_tolerance)}"
+            + format_counts({s: r["evidence"] for s, r in report["splits"].items() if "evidence" in r})
+            + (format_reencode(report["reencode"]) if "reencode" in report else "")
+            + (f"\n\nCross-dataset table (tuned threshold):\n{markdown(cross)}" if len(cross) else "")
+            + f"\nWritten to {run / 'report.json'}"
+        )
 
     @staticmethod
     def _publish_cross_dataset(trainer: L.Trainer, table: pd.DataFrame, run: Path) -> None:

@@ -89,23 +89,7 @@ def read_index(
     if out["path"].isna().any():
         raise DataError(f"{csv_path}: empty '{path_column}' in rows:{_rows(out, out['path'].isna())}")
 
-    if label_column and label_column in df.columns:
-        raw = pd.to_numeric(df[label_column], errors="coerce")
-        if label_names:
-            named = df[label_column].astype(str).str.strip().str.lower().map(label_names)
-            raw = raw.fillna(named)
-        bad = ~raw.isin([0, 1])
-        if bad.any():
-            raise DataError(
-                f"{csv_path}: column '{label_column}' must be 0 (human) or 1 (AI-generated)"
-                + (f" or a class name ({', '.join(sorted(label_names))})" if label_names else "")
-                + "; bad rows:"
-                f"{_rows(out, bad, df[label_column])}"
-            )
-        out["label"] = raw.astype("int64")
-    else:
-        out["label"] = UNLABELED
-
+    out["label"] = _labels(df, out, csv_path, label_column, label_names)
     if group_column:
         if df[group_column].isna().any():
             raise DataError(f"{csv_path}: empty '{group_column}' in rows:{_rows(out, df[group_column].isna())}")
@@ -115,17 +99,39 @@ def read_index(
         if column is not None and column in df.columns:
             out[name] = df[column].to_numpy()
 
+    _check_paths(out, csv_path, path_column, root, check_files)
+    return out
+
+
+def _labels(df: pd.DataFrame, out: pd.DataFrame, csv_path: Path, label_column, label_names) -> pd.Series:
+    """0/1 labels (or class names mapped by ``label_names``); UNLABELED without a label column."""
+    if not label_column or label_column not in df.columns:
+        return pd.Series(UNLABELED, index=out.index, dtype="int64")
+    raw = pd.to_numeric(df[label_column], errors="coerce")
+    if label_names:
+        named = df[label_column].astype(str).str.strip().str.lower().map(label_names)
+        raw = raw.fillna(named)
+    bad = ~raw.isin([0, 1])
+    if bad.any():
+        raise DataError(
+            f"{csv_path}: column '{label_column}' must be 0 (human) or 1 (AI-generated)"
+            + (f" or a class name ({', '.join(sorted(label_names))})" if label_names else "")
+            + f"; bad rows:{_rows(out, bad, df[label_column])}"
+        )
+    return raw.astype("int64")
+
+
+def _check_paths(out: pd.DataFrame, csv_path: Path, path_column: str, root, check_files: bool) -> None:
+    """No duplicates, no path leaving the root, and (``check_files``) every file there."""
     dup = out["path"].duplicated(keep=False)
     if dup.any():
         raise DataError(f"{csv_path}: duplicate '{path_column}' entries:{_rows(out, dup)}")
-
     unsafe = ~out["path"].map(_is_safe_relative)
     if unsafe.any():
         raise DataError(
             f"{csv_path}: paths must be relative and stay inside the data root {str(root)!r}; bad rows:"
             f"{_rows(out, unsafe)}"
         )
-
     if check_files:
         exists = _check_files(out["path"], Path(root))
         if not exists.all():
@@ -133,7 +139,6 @@ def read_index(
                 f"{csv_path}: {int((~exists).sum())} image file(s) listed but not found under {os.fspath(root)!r}:"
                 f"{_rows(out, ~exists)}"
             )
-    return out
 
 
 def _query(df: pd.DataFrame, query: str, csv_path: Path) -> pd.DataFrame:

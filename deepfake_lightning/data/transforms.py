@@ -73,19 +73,12 @@ def create_transform(
             flip, jitter, blur and JPEG to ``augment_batch`` on the device (the re-share chains, on full-size images,
             stay here).
     """
-    if not 0.0 <= aug_strength <= 1.0:
-        raise ConfigError(f"aug_strength must be in [0, 1], got {aug_strength}")
-    if mode not in ("resize", "crop"):
-        raise ConfigError(f"mode must be 'resize' or 'crop', got {mode!r}")
+    _check_settings(aug_strength, mode, aug_reshare, augment_on)
     check_eval_views(eval_views, mode, tile_stride, max_tiles)
-    if augment_on not in ("cpu", "device"):
-        raise ConfigError(f"augment_on must be 'cpu' or 'device', got {augment_on!r}")
     if eval_views == "tiles" and not train:
         return TileTransform(img_size, tile_stride, max_tiles, mean, std, normalize=normalize)
     if train:
         eval_views = 1
-    if not 0.0 <= aug_reshare <= 1.0:
-        raise ConfigError(f"data.aug_reshare must be a probability in [0, 1], got {aug_reshare}")
     # Geometry first, on the PIL image (PIL's resampling is the fastest path on CPU), then the augmentation on the
     # small PIL image (data/augment.py), then a uint8 tensor.
     ops: list = [RandomReshare(aug_reshare)] if train and aug_reshare > 0 else []  # on the PIL image, first
@@ -105,6 +98,17 @@ def create_transform(
     if eval_views > 1:
         ops.append(_StackViews())
     return v2.Compose(ops)
+
+
+def _check_settings(aug_strength: float, mode: str, aug_reshare: float, augment_on: str) -> None:
+    if not 0.0 <= aug_strength <= 1.0:
+        raise ConfigError(f"aug_strength must be in [0, 1], got {aug_strength}")
+    if mode not in ("resize", "crop"):
+        raise ConfigError(f"mode must be 'resize' or 'crop', got {mode!r}")
+    if augment_on not in ("cpu", "device"):
+        raise ConfigError(f"augment_on must be 'cpu' or 'device', got {augment_on!r}")
+    if not 0.0 <= aug_reshare <= 1.0:
+        raise ConfigError(f"data.aug_reshare must be a probability in [0, 1], got {aug_reshare}")
 
 
 def check_eval_views(eval_views, mode: str, tile_stride: int | None = None, max_tiles: int = 64) -> None:

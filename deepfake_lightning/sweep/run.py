@@ -24,6 +24,36 @@ def _started(study: optuna.Study) -> list[FrozenTrial]:
     return [t for t in study.get_trials(deepcopy=False) if t.state != TrialState.WAITING]
 
 
+def _next_trial(spec: SweepSpec, study, storage, worker: int | None, heartbeat: bool):
+    """The next trial to run, or None once the study holds ``n_trials`` (claimed under the study's lock)."""
+    with _claim_lock(spec, storage):
+        if heartbeat:  # trials of dead workers (no heartbeat for a grace period) become FAIL, and are re-queued
+            optuna.storages.fail_stale_trials(study)
+        if len(_started(study)) >= spec.n_trials:
+            return None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "heartbeat is supposed to be used with optimize": we beat below
+            trial = study.ask()
+        if worker is not None:
+            trial.set_user_attr("worker", worker)
+    return trial
+
+
+def _run_one(spec: SweepSpec, study, storage, trial, heartbeat: bool) -> None:
+    """Runs one trial and tells the study how it ended (a crash is recorded as failed with its error)."""
+    try:
+        with _heartbeat(storage, trial, spec.heartbeat_interval) if heartbeat else contextlib.nullcontext():
+            value = run_trial(spec, trial)
+    except optuna.TrialPruned:
+        _tell(study, trial, state=TrialState.PRUNED)
+    except Exception as e:  # a crashed trial is recorded as failed with its error; the sweep goes on
+        trial.set_user_attr("error", f"{type(e).__name__}: {e}")
+        trial.set_user_attr("traceback", traceback.format_exc()[-4000:])
+        _tell(study, trial, state=TrialState.FAIL)
+    else:
+        _tell(study, trial, value)
+
+
 def run_sweep(spec: SweepSpec, worker: int | None = None) -> optuna.Study:
     """Validates the sweep, then runs trials until the study holds ``n_trials`` (counting every worker's): here,
     or with ``spec.workers > 1`` in that many worker processes. ``worker`` is set inside a worker process."""
@@ -48,28 +78,8 @@ def run_sweep(spec: SweepSpec, worker: int | None = None) -> optuna.Study:
             return study
     progress = _Progress(spec, study, enabled=worker is None)
     heartbeat = bool(spec.heartbeat_interval) and hasattr(storage, "record_heartbeat")
-    while True:
-        with _claim_lock(spec, storage):
-            if heartbeat:  # trials of dead workers (no heartbeat for a grace period) become FAIL, and are re-queued
-                optuna.storages.fail_stale_trials(study)
-            if len(_started(study)) >= spec.n_trials:
-                break
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # "heartbeat is supposed to be used with optimize": we beat below
-                trial = study.ask()
-            if worker is not None:
-                trial.set_user_attr("worker", worker)
-        try:
-            with _heartbeat(storage, trial, spec.heartbeat_interval) if heartbeat else contextlib.nullcontext():
-                value = run_trial(spec, trial)
-        except optuna.TrialPruned:
-            _tell(study, trial, state=TrialState.PRUNED)
-        except Exception as e:  # a crashed trial is recorded as failed with its error; the sweep goes on
-            trial.set_user_attr("error", f"{type(e).__name__}: {e}")
-            trial.set_user_attr("traceback", traceback.format_exc()[-4000:])
-            _tell(study, trial, state=TrialState.FAIL)
-        else:
-            _tell(study, trial, value)
+    while (trial := _next_trial(spec, study, storage, worker, heartbeat)) is not None:
+        _run_one(spec, study, storage, trial, heartbeat)
         progress.report(study.trials[trial.number])
     progress.close()
     if worker is None:
