@@ -149,7 +149,7 @@ def format_localization(reports: dict[str, dict]) -> str:
             "tile AUROC": r["tile_auroc"],
             "image AUROC tiles": r["image_auroc_tiles"],
             "image AUROC centre": r["image_auroc_centre"],
-            "tiles/image": r["tiles_per_image"],
+            "tiles/image": f"{r['tiles_per_image']:.1f}",  # a count: not to four places
         }
         for split, r in reports.items()
     ]

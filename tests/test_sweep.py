@@ -12,6 +12,7 @@ import yaml
 
 from deepfake_lightning.cli import cli_main, main
 from deepfake_lightning.sweep import SweepConfigError, load_sweep, run_sweep
+from deepfake_lightning.sweep.console import _print_summary
 from tests.conftest import CONFIGS
 
 
@@ -167,7 +168,7 @@ def test_a_dead_worker_is_reported_and_its_trial_failed(tmp_path, kaggle_root, c
     assert capsys.readouterr().out.startswith("[sweep dead] worker 1 exited with code -9; its trial 0 is marked failed")
 
 
-def test_trial_table_puts_pruned_trials_after_complete_ones(tmp_path, kaggle_root):
+def test_trial_table_puts_pruned_trials_after_complete_ones(tmp_path, kaggle_root, capsys):
     """Optuna stores a pruned trial's last monitored value (val/auroc) as its value: it must not pass for an
     objective (val/f1_tuned) in trials.csv, best.yaml or the plots."""
     from optuna.distributions import FloatDistribution
@@ -211,6 +212,11 @@ def test_trial_table_puts_pruned_trials_after_complete_ones(tmp_path, kaggle_roo
     best = written["best"].read_text()
     assert best.startswith("# Best trial 2 of study 'pruned': val/f1_tuned = 0.9400")
     assert yaml.safe_load(best)["data"]["aug_strength"] == 0.3
+    _print_summary(study, spec, written)  # the closing line names the plots too
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        f"Plots in {spec.folder}/: history.html, history.png, importances.html, importances.png, parallel.html, "
+        "parallel.png"
+    )
 
 
 def test_sweep_without_config_lists_the_sweep_files(monkeypatch, capsys):

@@ -384,3 +384,11 @@ def test_gradcam_of_tiled_images_explains_each_images_top_tile_with_its_pooled_v
     assert pooled[1].item() == pytest.approx(second.max().item(), abs=1e-6)
     with CamExplainer(model) as explainer:
         assert explainer(images).cam.shape == (2, 32, 32)
+
+
+def test_the_localization_table_prints_tile_counts_as_counts():
+    from deepfake_lightning.localization import format_localization
+
+    row = {"n_edited": 60, "pointing_game": 0.5, "tile_auroc": 0.75, "image_auroc_tiles": 0.8}
+    printed = format_localization({"test_edited": row | {"image_auroc_centre": 0.6, "tiles_per_image": 49.0}})
+    assert printed.splitlines()[1].split() == ["test_edited", "60", "0.5000", "0.7500", "0.8000", "0.6000", "49.0"]

@@ -78,13 +78,15 @@ def _last_monitored(trial: FrozenTrial) -> float | None:
     return float(steps[max(steps)]) if steps else None
 
 
-def _print_summary(study: optuna.Study, spec: SweepSpec) -> None:
+def _print_summary(study: optuna.Study, spec: SweepSpec, written: dict | None = None) -> None:
     out = spec.folder
+    plots = sorted(p.name for p in (written or {}).values() if p.suffix in (".png", ".html"))
     if any(t.state == TrialState.COMPLETE for t in study.get_trials(deepcopy=False)):
         print(
             f"Best trial {study.best_trial.number}: {spec.objective.metric} = {study.best_value:.4f} "
             f"{study.best_params}\nWrote {out}/trials.csv and {out}/best.yaml "
             f"(train it: deepfake fit --config {out}/best.yaml)"
+            + (f"\nPlots in {out}/: {', '.join(plots)}" if plots else "")
         )
     else:
         print(f"No trial completed; see {out}/trials.csv")

@@ -73,8 +73,7 @@ def run_sweep(spec: SweepSpec, worker: int | None = None) -> optuna.Study:
             return study
         if spec.workers > 1:
             _run_workers(spec, study)
-            write_outputs(study, spec)
-            _print_summary(study, spec)
+            _print_summary(study, spec, write_outputs(study, spec))
             return study
     progress = _Progress(spec, study, enabled=worker is None)
     heartbeat = bool(spec.heartbeat_interval) and hasattr(storage, "record_heartbeat")
@@ -83,8 +82,7 @@ def run_sweep(spec: SweepSpec, worker: int | None = None) -> optuna.Study:
         progress.report(study.trials[trial.number])
     progress.close()
     if worker is None:
-        write_outputs(study, spec)
-        _print_summary(study, spec)
+        _print_summary(study, spec, write_outputs(study, spec))
     return study
 
 
