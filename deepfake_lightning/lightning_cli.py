@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import torch
+import yaml
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
@@ -41,7 +42,11 @@ from deepfake_lightning.models import DeepfakeClassifier
 
 # Preprocessing that belongs to a trained model: taken from its checkpoint unless the command line says otherwise.
 # The data settings a model keeps: its preprocessing, and the training-row filter its train/val split came from.
-STORED_DATA_KEYS = ("img_size", "mode", "train_query", "eval_views", "tile_stride", "max_tiles")
+STORED_DATA_KEYS = (
+    "img_size", "mode", "train_query", "eval_views", "tile_stride", "max_tiles",
+    # how its training data was read, so that an evaluation rebuilds the same validation split (data/sources.py)
+    "layout", "label_dirs", "path_column", "label_column", "generator_column", "split_column", "train_sets", "balance",
+)  # fmt: skip
 EVAL_SUBCOMMANDS = ("validate", "test", "predict")
 LIGHTNING_CKPT_NAMES = (None, "last", "best", "hpc", "registry")  # --ckpt_path values that are not our files
 
@@ -64,6 +69,38 @@ def resolve_precision(precision: str | int | None, accelerator: str | None, cuda
         )
         return "32-true"
     return precision
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """YAML that refuses a mapping naming a key twice (PyYAML keeps the last silently: a test set given twice under
+    one name would lose the first)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise ConfigError(f"{key!r} is given twice in one mapping (line {key_node.start_mark.line + 1})")
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def check_duplicate_keys(argv: list[str]) -> None:
+    """One error line for a key given twice in a ``--config`` file or in a mapping value on the command line
+    (``--data.test_sets '{a: x, a: y}'``), naming where."""
+    pairs = [a.split("=", 1) if "=" in a else [a, argv[i + 1] if i + 1 < len(argv) else ""] for i, a in enumerate(argv)]
+    for flag, value in pairs:
+        if not flag.startswith("--") or not value:
+            continue
+        is_file = flag == "--config" and Path(value).is_file()
+        if not is_file and not value.lstrip().startswith(("{", "[")):
+            continue
+        try:
+            yaml.load(Path(value).read_text() if is_file else value, Loader=_StrictLoader)
+        except ConfigError as e:
+            raise ConfigError(f"{value if is_file else flag}: {e}") from None
+        except yaml.YAMLError:
+            continue  # not YAML: the parser says what is wrong with it
 
 
 def command_line_keys(argv: list[str]) -> list[str]:
@@ -223,6 +260,7 @@ class DeepfakeCLI(LightningCLI):
         else:
             argv = list(sys.argv[1:] if args is None else args)
             DeepfakeArgumentParser.argv = argv  # for naming the config file of an unknown key
+            check_duplicate_keys(argv)
             self.config = parser.parse_args(argv)
         section = self.config.get(self.config.get("subcommand") or "", self.config)
         self._given = {k: copy.deepcopy(section.get(k)) for k in command_line_keys(argv) if k in section}

@@ -14,7 +14,7 @@ from tests.helpers.layouts import CSV_COLUMNS, LAYOUTS, relayout
 METRICS = ["images", "auroc", "ap", "acc_human", "acc_ai", "f1_macro", "fpr"]
 
 
-def test_table_rows_and_mean_from_a_report():
+def test_table_rows_and_mean_from_a_report(capsys):
     split = {
         "n_images": 4, "n_ai": 2, "n_human": 2, "auroc": 0.75, "ap": 0.8,
         "at_tuned": {"acc_human": 1.0, "acc_ai": 0.5, "f1_macro": 0.7, "fpr": 0.0},
@@ -28,6 +28,12 @@ def test_table_rows_and_mean_from_a_report():
         "| set | images | auroc | ap | acc_human | acc_ai | f1_macro | fpr |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
+    same = split | {"auroc": 0.97915}  # the mean of equal rows prints as they do (no float noise)
+    rows = cross_dataset_table({"a": same, "b": same, "c": same})
+    assert rows.loc[3, "auroc"] == 0.97915 and markdown(rows).splitlines()[-1].split(" | ")[2] == f"{0.97915:.4f}"
+    with pytest.raises(SystemExit):
+        main(["compare", "nope"])
+    assert "nope does not exist; pass `deepfake test` output folders" in capsys.readouterr().err
     m = matrix({"m1": table, "m2": table.assign(auroc=[0.5, None, 0.5])}, "auroc")
     assert m.loc["m2", "mean"] == 0.5 and list(m.columns) == ["a", "b", "mean"]
 

@@ -163,6 +163,17 @@ def test_split_file_records_the_dataset_of_every_image_and_is_reused(layouts, tm
     )
     dm.setup("fit")
     assert sorted(dm.indexes["val"]["path"]) == sorted(split.loc[split["split"] == "val", "path"])
+    # evaluating the model rebuilds its validation split from its stored data settings (train_sets included)
+    cli = cli_main(
+        [
+            "validate",
+            f"--data.root={layouts['cifake']}",
+            f"--ckpt_path={tmp_path / 'lightning_logs/version_0/checkpoints/last.ckpt'}",
+            "--data.num_workers=0",
+            "--trainer.enable_progress_bar=false",
+        ]
+    )
+    assert sorted(cli.datamodule.indexes["val"]["path"]) == sorted(split.loc[split["split"] == "val", "path"])
 
 
 @pytest.mark.parametrize(
@@ -171,6 +182,12 @@ def test_split_file_records_the_dataset_of_every_image_and_is_reused(layouts, tm
         (["a/x.jpg", "b/y.jpg"], {}, r"no class folders found \(folder names 0_real/1_fake/ai/fake/human/nature/real"),
         (["REAL/x.jpg", "FAKE/"], {}, r"FAKE: class folder holds no images; add its images or remove it"),
         (["fake/real/x.jpg", "real/y.jpg"], {}, r"fake/real: a human class folder inside the AI class folder fake"),
+        (["real/ai/x.jpg", "fake/y.jpg"], {}, r"real/ai: an AI class folder inside the human class folder real"),
+        (
+            ["labels.csv", "a/x.jpg"],
+            {},
+            r"no class folders found .* \(it holds labels\.csv: --data\.root .*labels\.csv\)",
+        ),
         (["x.jpg", "real/y.jpg", "fake/z.jpg"], {}, r"x\.jpg: 1 image\(s\) under .* are in no class folder"),
         (["real/y.jpg", "fake/z.jpg"], {"layout": "folder"}, r"unknown layout 'folder' \(did you mean folders\?\)"),
         (["real/y.jpg", "real/z.jpg"], {}, r"no AI images among its 2"),
@@ -198,7 +215,19 @@ def test_files_that_are_not_images_are_named_in_one_warning(layouts, tmp_path):
     assert not dm.indexes["train"]["path"].str.endswith(".txt").any()
 
 
-def test_a_test_set_name_given_twice_and_bad_test_set_keys(layouts):
+def test_a_test_set_name_given_twice_and_bad_test_set_keys(layouts, capsys):
+    from deepfake_lightning.cli import main
+
+    for bad, message in (
+        (["--data.test_sets", "{x: a, x: b}"], "--data.test_sets: 'x' is given twice in one mapping (line 1)"),
+        (
+            ["--data.layout", "folder"],
+            "unknown layout 'folder' (did you mean folders?); choose one of auto, kaggle, folders, csv",
+        ),
+    ):
+        with pytest.raises(SystemExit) as e:
+            main(["data", "scan", str(layouts["cifake"]), *bad])
+        assert e.value.code == 2 and capsys.readouterr().err.strip().endswith(message)
     with pytest.raises(DataError, match=r"test set name 'cifake_test' is given twice: .*cifake \(test split\) and"):
         _dm(layouts["cifake"], test_sets={"cifake_test": str(layouts["genimage"])}).setup("fit")
     with pytest.raises(DataError, match=r"data.test_sets.x: unknown key 'rot' \(did you mean 'root'\?\)"):

@@ -46,9 +46,15 @@ def test_scan_writes_a_manifest_and_a_changed_dataset_is_refused_listing_every_f
     (root / "train/real/1.jpg").write_bytes((root / "train/real/2.jpg").read_bytes())  # changed
     _photo(np.random.default_rng(9)).save(root / "train/real/new.jpg")  # not in the manifest
     dm = DeepfakeDataModule(str(root), manifest=str(tmp_path / "manifest.csv"), num_workers=0)
-    with pytest.raises(DataError, match=r"(?s)3 file\(s\) differ from the manifest") as e:
+    with pytest.raises(DataError, match=r"(?s)3 file\(s\) differ from the manifest.*Restore those files, or") as e:
         dm.setup("fit")
     message = str(e.value)
+    capsys.readouterr()
+    with pytest.raises(SystemExit):  # the scan checks a manifest it is given
+        main(
+            ["data", "scan", str(root), "--data.manifest", str(tmp_path / "manifest.csv"), "--out", str(tmp_path / "x")]
+        )
+    assert "3 file(s) differ from the manifest" in capsys.readouterr().err
     assert "train/fake/bad.jpg: in the manifest, not in the dataset" in message
     assert "train/real/1.jpg: changed" in message
     assert "train/real/new.jpg: in the dataset, not in the manifest" in message

@@ -64,7 +64,8 @@ def audit_main(args: list[str]) -> dict:
     out = Path(known.out)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "audit.json", audit)
-    leak_md = ["", "## Leakage between training and the evaluation sets", "", *leak_lines] if leak_lines else []
+    leak_md = ["", "## Leakage between training and the evaluation sets", "", "```", *leak_lines, "```"]
+    leak_md = leak_md if leak_lines else []
     (out / "audit.md").write_text(format_markdown(audit) + "\n".join(leak_md) + "\n", encoding="utf-8")
     for split, r in audit["splits"].items():
         auroc = r.get("metadata_auroc")

@@ -30,11 +30,11 @@ def data_main(args: list[str]):
         if not Path(known.root).exists():
             raise FileNotFoundError(f"data root '{known.root}' does not exist")
         rest = [*rest, f"--data.root={known.root}"]
-    from deepfake_lightning.data.manifest import build_manifest, duplicate_groups, manifest_sha256, summary_table
-    from deepfake_lightning.files import atomic_path
+    from deepfake_lightning.data.manifest import build_manifest, duplicate_groups, summary_table
+    from deepfake_lightning.files import atomic_path, file_sha256
     from deepfake_lightning.lightning_cli import run_lightning_cli
 
-    cli = run_lightning_cli([*rest, "--model.pretrained=false", "--data.manifest=null"], run=False)
+    cli = run_lightning_cli([*rest, "--model.pretrained=false"], run=False)  # a --data.manifest is checked first
     dm = cli.datamodule
     dm.prepare_data()
     dm.setup("fit")
@@ -44,8 +44,8 @@ def data_main(args: list[str]):
     with atomic_path(out) as tmp:
         manifest.drop(columns="error").to_csv(tmp, index=False)
     print(_report(manifest, summary_table(manifest), duplicate_groups(manifest)))
-    print(f"Manifest: {out} ({len(manifest)} files, sha256 {manifest_sha256(manifest)[:16]}); check a dataset "
-          f"against it with --data.manifest {out}")  # fmt: skip
+    print(f"Manifest: {out} ({len(manifest)} files, sha256 {file_sha256(out)[:16]}, as runs record it); check a "
+          f"dataset against it with --data.manifest {out}")  # fmt: skip
     return manifest
 
 

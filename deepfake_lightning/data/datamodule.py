@@ -49,6 +49,7 @@ MASK_COLUMN = "mask"  # a test CSV column naming each image's mask PNG of edited
 def check_data_root(root: str | os.PathLike, train_csv: str = "train.csv", layout: str = "auto") -> None:
     """Raises a FileNotFoundError that says how to get the Kaggle data, or how to run the demo instead, when the data
     root is not there (or, in the Kaggle layout, has no training CSV)."""
+    check_layout(layout)
     root = Path(root)
     if layout in ("folders", "csv") and root.exists():
         return
@@ -191,7 +192,7 @@ class DeepfakeDataModule(L.LightningDataModule):
         test_v1_csv: str | None = None,
         test_v2_csv: str | None = "test.csv",
         test_edited_csv: str | None = None,
-        layout: Literal["auto", "kaggle", "folders", "csv"] = "auto",
+        layout: str = "auto",
         label_dirs: dict[str, int] | None = None,
         path_column: str | None = None,
         label_column: str | None = None,
@@ -312,7 +313,8 @@ class DeepfakeDataModule(L.LightningDataModule):
                 f"{', '.join(self.indexes)}"
             )
         if hp.manifest is not None:
-            check_manifest(hp.manifest, self.manifest_rows())
+            checked = check_manifest(hp.manifest, self.manifest_rows())
+            rank_zero_info(f"Data: all {checked} files match the manifest {hp.manifest} (size and SHA-256)")
         if hp.check_images:
             self._check_images()
         self._save_split()

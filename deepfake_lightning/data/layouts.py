@@ -204,7 +204,7 @@ def _child(sub, lower, label, class_dir, split, generator, vocab) -> tuple:
     if lower in vocab:
         if label is not None and vocab[lower] != label:
             raise DataError(
-                f"{sub}: a {_class(vocab[lower])} class folder inside the {_class(label)} class folder {class_dir}: "
+                f"{sub}: {_a(_class(vocab[lower]))} class folder inside the {_class(label)} class folder {class_dir}: "
                 "one folder cannot hold both classes; move one of them out, or rename it (data.label_dirs)"
             )
         return sub, vocab[lower], class_dir if label is not None else sub, split, generator
@@ -219,6 +219,10 @@ def _class(label: int) -> str:
     return "AI" if label == 1 else "human"
 
 
+def _a(word: str) -> str:
+    return f"an {word}" if word[0] in "AEIOUaeiou" else f"a {word}"
+
+
 def _is_loop(link: str, parent: str) -> bool:
     """Whether a linked folder leads back to one of its own ancestors (it would be walked forever)."""
     target = os.path.realpath(link)
@@ -229,10 +233,12 @@ def _is_loop(link: str, parent: str) -> bool:
 def _check_scan(root: Path, vocab: dict, class_dirs: dict, loose: list, others: list) -> None:
     names = "/".join(sorted(vocab))
     if not class_dirs:
+        csvs = sorted(p.name for p in root.glob("*.csv"))
+        hint = f" (it holds {csvs[0]}: --data.root {root / csvs[0]})" if csvs else ""
         raise DataError(
             f"{root}: no class folders found (folder names {names}, any case, at any depth); name the folders so, "
             'map your own names with --data.label_dirs \'{"mine_real": 0, "mine_ai": 1}\', or list the images in '
-            "a CSV (--data.layout csv)"
+            f"a CSV (--data.layout csv){hint}"
         )
     empty = [d for d, n in class_dirs.items() if n == 0]
     if empty:

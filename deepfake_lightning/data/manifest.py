@@ -61,9 +61,9 @@ def manifest_sha256(manifest: pd.DataFrame) -> str:
     return hashlib.sha256(ordered.to_csv(index=False).encode()).hexdigest()
 
 
-def check_manifest(manifest_csv: str | os.PathLike, rows: pd.DataFrame) -> None:
+def check_manifest(manifest_csv: str | os.PathLike, rows: pd.DataFrame) -> int:
     """Checks the dataset ``rows`` (with ``path`` and ``file``) against a manifest: every manifest entry present
-    with the same size and SHA-256, and no image missing from the manifest.
+    with the same size and SHA-256, and no image missing from the manifest. Returns how many files were checked.
 
     Raises:
         FileNotFoundError: If the manifest is missing.
@@ -97,7 +97,10 @@ def check_manifest(manifest_csv: str | os.PathLike, rows: pd.DataFrame) -> None:
             f"{manifest_csv}: {len(problems)} file(s) differ from the manifest:\n  "
             + "\n  ".join(problems[:_LISTED])
             + more
+            + "\n  Restore those files, or accept the dataset as it is now with a new manifest: deepfake data scan "
+            "ROOT --out FILE"
         )
+    return len(wanted)
 
 
 def summary_table(manifest: pd.DataFrame) -> pd.DataFrame:
