@@ -73,8 +73,19 @@ def _resolve(target: str):
     return getattr(import_module(module), name)
 
 
+def _check_paths(argv: list[str]) -> None:
+    """A ``--ckpt_path`` that is not there fails now, in a tenth of a second, not after torch and Lightning load."""
+    for i, arg in enumerate(argv):
+        value = arg.split("=", 1)[1] if arg.startswith("--ckpt_path=") else None
+        if arg == "--ckpt_path" and i + 1 < len(argv):
+            value = argv[i + 1]
+        if value and value not in ("last", "best", "hpc", "registry", "null") and not os.path.exists(value):
+            raise FileNotFoundError(f"no such checkpoint file or export folder: {value!r}")
+
+
 def _dispatch(argv: list[str]) -> None:
     command = argv[0] if argv else None
+    _check_paths(argv[1:])
     if command in (None, "-h", "--help"):
         sys.stdout.write(usage())
         if command is None:
@@ -93,6 +104,22 @@ def _dispatch(argv: list[str]) -> None:
     cli_main(argv)
 
 
+def torch_mismatch() -> str:
+    """What to install when torch and torchvision do not work together (read from the installed metadata, without
+    importing either)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        have = f"torch {version('torch')} and torchvision {version('torchvision')}"
+    except PackageNotFoundError:
+        have = "torch and torchvision"
+    return (
+        f"{have} do not work together (torchvision's operators do not load into this torch): install a matching "
+        "pair of one build, e.g. pip install torch==2.14.1 torchvision==0.29.1, or for CPUs both from "
+        "https://download.pytorch.org/whl/cpu"
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point. Input errors (missing data, bad CSVs or images, unavailable weights, bad settings) print
     one ``deepfake: error:`` line and exit with status 2; set DEEPFAKE_TRACEBACK=1 to see the traceback instead."""
@@ -102,6 +129,12 @@ def main(argv: list[str] | None = None) -> None:
         if os.environ.get("DEEPFAKE_TRACEBACK"):
             raise
         print(f"deepfake: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except RuntimeError as e:
+        if "torchvision::" not in str(e) or os.environ.get("DEEPFAKE_TRACEBACK"):
+            raise
+        # torchvision's compiled operators do not load into this torch: the two come from different builds
+        print(f"deepfake: error: {torch_mismatch()}", file=sys.stderr)
         sys.exit(2)
     except FloatingPointError as e:  # a numerical fault in training: the message names the step and the checkpoint
         if os.environ.get("DEEPFAKE_TRACEBACK"):

@@ -232,3 +232,32 @@ def test_ddp_on_two_cpu_processes_matches_a_single_process_evaluation(kaggle_roo
         ]
     )
     assert float(single.trainer.callback_metrics["val/auroc"]) == pytest.approx(ddp_auroc, abs=1e-6)
+
+
+def test_a_missing_checkpoint_fails_before_torch_is_imported():
+    code = (
+        "import sys\nfrom deepfake_lightning.cli import main\ntry:\n    main(['test', '--ckpt_path', 'nope.ckpt'])\n"
+        "except SystemExit as e:\n    print(e.code, 'torch' in sys.modules)"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert run.stdout.strip() == "2 False"  # exit 2, torch never loaded
+    assert run.stderr.strip() == "deepfake: error: no such checkpoint file or export folder: 'nope.ckpt'"
+
+
+def test_a_torch_torchvision_mismatch_is_one_line(monkeypatch, capsys):
+    from importlib.metadata import version
+
+    from deepfake_lightning import cli
+
+    def broken(argv):
+        raise RuntimeError("operator torchvision::nms does not exist")
+
+    monkeypatch.setattr(cli, "_dispatch", broken)
+    with pytest.raises(SystemExit) as e:
+        cli.main(["fit"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and len(err) == 1
+    assert err[0].startswith(
+        f"deepfake: error: torch {version('torch')} and torchvision {version('torchvision')} do not"
+    )
+    assert "pip install torch==2.14.1 torchvision==0.29.1" in err[0]
