@@ -25,8 +25,8 @@ from pathlib import Path
 import pandas as pd
 from _results import publish  # benchmarks/_results.py, beside this script
 
-from deepfake_lightning.audit.command import audit_main
 from deepfake_lightning.cli import cli_main
+from deepfake_lightning.commands.audit import audit_main
 from deepfake_lightning.evidence import read_evidence
 
 REPO = Path(__file__).resolve().parents[1]

@@ -54,15 +54,18 @@ def cli_main(args: list[str] | None = None, run: bool = True):
 # arguments after the command's name). Modules are imported only when their command runs, and each parser's module
 # imports nothing heavy, so that `deepfake COMMAND --help` answers without loading torch.
 ARGPARSE_COMMANDS = {
-    "audit": ("deepfake_lightning.audit.command:audit_parser", "deepfake_lightning.audit.command:audit_main"),
+    "audit": ("deepfake_lightning.commands.audit:audit_parser", "deepfake_lightning.commands.audit:audit_main"),
     "data": ("deepfake_lightning.commands.data:data_parser", "deepfake_lightning.commands.data:data_main"),
     "compare": ("deepfake_lightning.cross_dataset:compare_parser", "deepfake_lightning.cross_dataset:compare_main"),
     "calibrate": (
-        "deepfake_lightning.calibration.command:calibrate_parser",
-        "deepfake_lightning.calibration.command:calibrate_main",
+        "deepfake_lightning.commands.calibration:calibrate_parser",
+        "deepfake_lightning.commands.calibration:calibrate_main",
     ),
-    "explain": ("deepfake_lightning.explain.command:explain_parser", "deepfake_lightning.explain.command:explain_main"),
-    "export": ("deepfake_lightning.export.command:export_parser", "deepfake_lightning.export.command:export_main"),
+    "explain": (
+        "deepfake_lightning.commands.explain:explain_parser",
+        "deepfake_lightning.commands.explain:explain_main",
+    ),
+    "export": ("deepfake_lightning.commands.export:export_parser", "deepfake_lightning.commands.export:export_main"),
     "sweep": ("deepfake_lightning.sweep.spec:sweep_parser", "deepfake_lightning.sweep.run:sweep_main"),
     "serve": ("deepfake_lightning.serving.server:serve_parser", "deepfake_lightning.serving.server:serve_main"),
 }

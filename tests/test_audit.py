@@ -14,8 +14,8 @@ import torch
 from PIL import Image
 from sklearn.metrics import roc_auc_score
 
-from deepfake_lightning.audit.command import audit_main
 from deepfake_lightning.audit.shortcuts import FLAG_AUROC, file_features, jpeg_quality, reencode
+from deepfake_lightning.commands.audit import audit_main
 from deepfake_lightning.data import DataError
 from deepfake_lightning.data.demo import DemoSpec, build_demo_dataset
 

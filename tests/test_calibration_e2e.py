@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from deepfake_lightning import DeepfakeClassifier
-from deepfake_lightning.calibration.command import calibrate_main
 from deepfake_lightning.cli import cli_main
+from deepfake_lightning.commands.calibration import calibrate_main
 from tests.conftest import CONFIGS
 
 

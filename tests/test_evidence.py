@@ -290,7 +290,7 @@ def test_predict_files_gets_evidence_columns_and_the_same_probabilities(fixtures
 
 
 def test_explain_captions_and_csv_carry_the_evidence(fixtures, demo_run, tmp_path):
-    from deepfake_lightning.explain.command import explain_main
+    from deepfake_lightning.commands.explain import explain_main
 
     ckpt = next((demo_run / "checkpoints").glob("best-*.ckpt"))
     out = tmp_path / "explained"

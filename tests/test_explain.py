@@ -15,9 +15,9 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from deepfake_lightning import DeepfakeClassifier, DeepfakeDataModule
 from deepfake_lightning.callbacks import GradCamExport
 from deepfake_lightning.cli import main
+from deepfake_lightning.commands.explain import explain_parser
 from deepfake_lightning.data.demo import _random_crop, _to_pil, simulate_generator, source_photos
 from deepfake_lightning.explain import CAM_METHODS, CamExplainer, default_target_layers
-from deepfake_lightning.explain.command import explain_parser
 
 
 @pytest.mark.parametrize(

@@ -15,10 +15,10 @@ from safetensors.torch import load_file
 from deepfake_lightning import __version__
 from deepfake_lightning.api import datamodule_for, load_detector, predict_split
 from deepfake_lightning.cli import cli_main, main
+from deepfake_lightning.commands.explain import explain_main
+from deepfake_lightning.commands.export import export_main
 from deepfake_lightning.errors import ExportError
-from deepfake_lightning.explain.command import explain_main
 from deepfake_lightning.export import load_export
-from deepfake_lightning.export.command import export_main
 from tests.conftest import CONFIGS
 
 

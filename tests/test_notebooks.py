@@ -8,7 +8,7 @@ import pytest
 import torch
 import yaml
 
-from deepfake_lightning.export.command import export_main
+from deepfake_lightning.commands.export import export_main
 from deepfake_lightning.sweep import load_sweep, run_sweep
 from tests.conftest import CONFIGS
 

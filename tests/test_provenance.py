@@ -13,9 +13,9 @@ import torch
 
 from deepfake_lightning.api import load_detector
 from deepfake_lightning.cli import cli_main
+from deepfake_lightning.commands.explain import explain_main
+from deepfake_lightning.commands.export import export_main
 from deepfake_lightning.data.demo import DemoSpec
-from deepfake_lightning.explain.command import explain_main
-from deepfake_lightning.export.command import export_main
 from deepfake_lightning.provenance import DEMO_WARNING, UNKNOWN, read_card_metadata
 from tests.conftest import CONFIGS
 

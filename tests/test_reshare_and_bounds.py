@@ -270,7 +270,7 @@ def test_stability_in_test_and_predict_and_an_fpr_bound_through_the_cli(demo_run
     predictions = pd.read_csv(next(tmp_path.rglob("predict_bounded/predictions/files.csv")))
     assert len(predictions) == 5 and set(predictions["verdict"]) <= {"ai", "human", "uncertain"}
     assert ((predictions["flip_rate"] * 3).round(6) % 1 == 0).all()  # a share of 3 copies
-    from deepfake_lightning.export.command import export_main
+    from deepfake_lightning.commands.export import export_main
     from deepfake_lightning.serving.worker import Engine
 
     out = export_main(["--ckpt_path", str(bounded), "--out", str(tmp_path / "export")])

@@ -20,10 +20,10 @@ from PIL import Image
 from deepfake_lightning import __version__
 from deepfake_lightning.api import datamodule_for, load_detector, predict_split
 from deepfake_lightning.cli import main
+from deepfake_lightning.commands.export import export_main
 from deepfake_lightning.data.dataset import load_image
 from deepfake_lightning.errors import ExportError
 from deepfake_lightning.export import load_onnx
-from deepfake_lightning.export.command import export_main
 from deepfake_lightning.files import file_sha256
 from deepfake_lightning.provenance import DEMO_WARNING
 from deepfake_lightning.serving.process import ServerProcess

@@ -18,7 +18,7 @@ import yaml
 
 from deepfake_lightning.api import newest_checkpoint
 from deepfake_lightning.cli import cli_main, main
-from deepfake_lightning.export.command import export_main
+from deepfake_lightning.commands.export import export_main
 from tests.conftest import CONFIGS
 
 FAST = ["--data.num_workers=0", "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
@@ -289,7 +289,7 @@ def test_console_has_no_library_noise_and_real_flops(demo_root, tmp_path, consol
 
 
 def test_calibrate_and_platt_are_quiet(demo_run, demo_root, tmp_path, monkeypatch):
-    from deepfake_lightning.calibration.command import calibrate_main
+    from deepfake_lightning.commands.calibration import calibrate_main
 
     monkeypatch.setattr(sys, "argv", ["deepfake", "calibrate", "--anything"])  # as from the console script
     with warnings.catch_warnings():

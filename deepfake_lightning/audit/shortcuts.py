@@ -4,7 +4,7 @@ Issue trackers of published detectors report models that learned JPEG against PN
 another, rather than real against generated; a Kaggle-style dataset can carry such a shortcut (format, size, aspect
 ratio, JPEG quality, metadata presence differing between the classes) and its test scores then mean little.
 
-* **Dataset audit** (``deepfake audit --config C --out DIR``, ``audit/command.py``): per split and class, the
+* **Dataset audit** (``deepfake audit --config C --out DIR``, ``commands/audit.py``): per split and class, the
   distribution of format, width, height, aspect ratio, file size, JPEG quality (estimated from the quantization
   tables), chroma subsampling and metadata presence, read from file headers only; then a classifier that sees
   **only** the container's features (scikit-learn's gradient boosting, 5-fold stratified cross-validation) and its
