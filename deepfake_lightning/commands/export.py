@@ -33,7 +33,7 @@ def export_main(args: list[str]) -> Path:
     a = export_parser().parse_args(args)
     from deepfake_lightning.checkpoints import CONFIG_FILE, read_export_config
     from deepfake_lightning.export.folder import WEIGHTS_FILE, export_checkpoint
-    from deepfake_lightning.onnx_export import ONNX_FILE
+    from deepfake_lightning.export.onnx import ONNX_FILE
 
     out = export_checkpoint(a.ckpt_path, a.out, a.format)
     config = read_export_config(out)

@@ -1,5 +1,5 @@
 """Model folders that load without unpickling anything: writing and reading them (``folder.py``) and the
-``deepfake export`` command (``command.py``). ONNX files are ``onnx_export.py``'s.
+``deepfake export`` command (``commands/export.py``). ONNX files are ``onnx.py``'s.
 
 The names are imported from here on first use (PEP 562), so that ``deepfake export --help`` does not pay for torch.
 """

@@ -5,7 +5,7 @@ only tensors and JSON:
 
 * ``model.safetensors``: the backbone's weights under timm's own names, so that
   ``timm.create_model(backbone, num_classes=1).load_state_dict(safetensors.torch.load_file(...))`` works too;
-* ``model.onnx`` (with ``--format onnx``): the same network for ONNX Runtime, see ``onnx_export.py``;
+* ``model.onnx`` (with ``--format onnx``): the same network for ONNX Runtime, see ``export/onnx.py``;
 * ``detector.json``: everything else inference needs: backbone name, image size, transform mode, normalization,
   calibration (method and parameters, temperature, the validation probabilities behind adaptive thresholds),
   decision threshold, the data module's settings (to re-create its splits), and the package version that wrote it.
@@ -36,8 +36,8 @@ from deepfake_lightning.checkpoints import (
 )
 from deepfake_lightning.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from deepfake_lightning.errors import ExportError
+from deepfake_lightning.export.onnx import ONNX_FILE, OnnxModel, write_onnx
 from deepfake_lightning.files import atomic_path
-from deepfake_lightning.onnx_export import ONNX_FILE, OnnxModel, write_onnx
 from deepfake_lightning.provenance import export_facts, model_card
 
 WEIGHTS_FILE = "model.safetensors"
@@ -187,5 +187,5 @@ def load_weights(model, export_dir: str | os.PathLike, config: dict | None = Non
 
 def load_onnx(export_dir: str | os.PathLike, providers: list[str] | None = None) -> OnnxModel:
     """An export's ``model.onnx`` in an ONNX Runtime session, checked against its ``detector.json`` (see
-    ``onnx_export.OnnxModel``)."""
+    ``export.onnx.OnnxModel``)."""
     return OnnxModel(export_dir, read_export_config(export_dir), providers)
