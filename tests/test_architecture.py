@@ -220,3 +220,17 @@ def test_only_checkpoints_py_calls_torch_load_and_always_weights_only():
                 keywords = {k.arg: ast.unparse(k.value) for k in node.keywords}
                 calls.setdefault(str(f.relative_to(PACKAGE)), []).append(keywords.get("weights_only"))
     assert calls == {"checkpoints.py": ["True"]}, calls
+
+
+def test_the_data_keys_listed_in_command_help_are_the_data_modules():
+    import inspect
+
+    from deepfake_lightning.commands import DATA_KEYS
+    from deepfake_lightning.data import DeepfakeDataModule
+
+    assert list(DATA_KEYS) == list(inspect.signature(DeepfakeDataModule).parameters)
+    for command in ("audit", "calibrate", "data"):  # their --help lists every key (without loading torch)
+        run = subprocess.run(
+            [sys.executable, "-m", "deepfake_lightning.cli", command, "--help"], capture_output=True, text=True
+        )
+        assert "--data.test_sets" in " ".join(run.stdout.split()) and "--data.decode" in run.stdout

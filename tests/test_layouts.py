@@ -236,3 +236,16 @@ def test_a_test_set_name_given_twice_and_bad_test_set_keys(layouts, capsys):
         _dm(layouts["cifake"], test_sets={"x": {"root": str(layouts["cnndetection"]), "split": "val"}}).setup("fit")
     with pytest.raises(DataError, match=r"data.test_sets.train: 'train' names a split of the training data"):
         _dm(layouts["cifake"], test_sets={"train": str(layouts["genimage"])}).setup("fit")
+
+
+def test_a_kaggle_layout_without_its_test_csv_says_how_to_go_on(small_demo, tmp_path):
+    root = tmp_path / "mine"
+    shutil.copytree(small_demo, root, copy_function=os.link)
+    (root / "test.csv").unlink()
+    with pytest.raises(
+        FileNotFoundError, match=r"data.test_v2_csv: .*test\.csv does not exist; pass --data.test_v2_csv null"
+    ):
+        _dm(root).setup("fit")
+    dm = _dm(root, test_v2_csv=None)
+    dm.setup("fit")
+    assert dm.test_splits() == ["val"]

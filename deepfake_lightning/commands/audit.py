@@ -7,6 +7,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from deepfake_lightning.commands import data_options_epilog
+
 
 def audit_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -15,6 +17,7 @@ def audit_parser() -> argparse.ArgumentParser:
         "metadata, and the AUROC of a classifier that sees only that metadata; and for leakage: exact and near "
         "duplicates (perceptual hash) of training images in val and every test set (audit.json, audit.md). Any "
         "--config and --data.* options are read as in `deepfake fit`.",
+        epilog=data_options_epilog(),
     )
     parser.add_argument("--out", required=True, help="folder for audit.json and audit.md")
     parser.add_argument(

@@ -7,6 +7,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from deepfake_lightning.commands import data_options_epilog
+
 
 def data_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -16,6 +18,7 @@ def data_parser() -> argparse.ArgumentParser:
         "as in `deepfake fit`), prints the images per split, class and generator, unreadable files and duplicates "
         "by content, and writes a manifest (path, bytes, sha256, label, generator, split, dataset) to check the data "
         "against later with --data.manifest.",
+        epilog=data_options_epilog(),
     )
     parser.add_argument("action", choices=["scan"], help="scan: index, check and write the manifest")
     parser.add_argument("root", nargs="?", help="the data root (the same as --data.root)")

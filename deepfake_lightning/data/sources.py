@@ -135,6 +135,11 @@ def _add_kaggle_tests(sources: Sources, hp, explicit_only: bool = False) -> None
     for split, csv in zip(KAGGLE_TESTS, (hp.test_v1_csv, hp.test_v2_csv, hp.test_edited_csv), strict=True):
         if csv is None or (explicit_only and not (primary.root / csv).is_file() and csv == "test.csv"):
             continue
+        if not (primary.root / csv).is_file():
+            raise FileNotFoundError(
+                f"data.{split}_csv: {primary.root / csv} does not exist; pass --data.{split}_csv null if this data "
+                f"has no {split} split"
+            )
         index = read_kaggle_csv(primary.root / csv, primary.root, "id", require_labels=False)
         _add_test(sources, split, index.assign(dataset=primary.name), str(primary.root / csv))
 
