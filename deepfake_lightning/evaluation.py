@@ -174,13 +174,15 @@ def write_predictions(
     threshold: float,
     all_ids: list[str] | None = None,
     extra: dict[str, np.ndarray] | None = None,
+    failed: dict[str, str] | None = None,
 ) -> dict[str, Path]:
     """Writes ``predictions/<split>.csv`` (``id,prob_ai,label``, then the ``extra`` columns, e.g. ``n_tiles`` and
     ``tiles_total`` of a tiled evaluation) and, when every id of the split has a prediction,
     ``submission_<split>.csv`` in Kaggle's format (``id,label``; the split's ids, in its order, one row each).
 
-    Returns the paths written. A split with unpredicted ids (unreadable images skipped) gets no submission file;
-    the missing ids are listed in the returned dict under ``missing`` instead of being filled in silently.
+    Returns the paths written. ``failed`` (id -> reason: unreadable images) adds a row per image with its ``error``
+    and no probability. A split with unpredicted ids gets no submission file; the missing ids are listed in the
+    returned dict under ``missing`` instead of being filled in silently.
     """
     out_dir = Path(out_dir)
     (out_dir / "predictions").mkdir(parents=True, exist_ok=True)
@@ -188,11 +190,15 @@ def write_predictions(
     table["label"] = (table["prob_ai"] >= threshold).astype(int)
     for column, values in (extra or {}).items():
         table[column] = values
+    if failed:  # unreadable images: a row each, with why, and no probability
+        table["error"] = ""
+        rows = pd.DataFrame({"id": list(failed), "error": list(failed.values())})
+        table = pd.concat([table, rows], ignore_index=True).astype({"label": "Int64"})
     written: dict = {"predictions": out_dir / "predictions" / f"{split}.csv"}
     with atomic_path(written["predictions"]) as tmp:
         table.to_csv(tmp, index=False)
     if all_ids is not None:
-        by_id = table.set_index("id")["label"]
+        by_id = table.dropna(subset=["prob_ai"]).set_index("id")["label"]
         missing = [i for i in all_ids if i not in by_id.index]
         if missing:
             written["missing"] = missing

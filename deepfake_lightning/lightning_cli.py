@@ -290,7 +290,7 @@ class DeepfakeCLI(LightningCLI):
             self._apply_stored_settings(cfg, stored_settings(ckpt_path))
         files_only = self.subcommand == "predict" and cfg.data.predict_paths  # needs no training data
         # A missing file is an error now, before an evaluation folder is made for a run that cannot happen.
-        if files_only and not expand_inputs(cfg.data.predict_paths):
+        if files_only and not expand_inputs(cfg.data.predict_paths, keep_missing=True):
             raise DataError(f"data.predict_paths {cfg.data.predict_paths} holds no files")
         if not cfg.data.demo and not files_only:
             # Fail before the model is built (and ImageNet weights fetched) when the data is not there.

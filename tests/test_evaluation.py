@@ -19,7 +19,7 @@ from sklearn.metrics import (
 )
 
 from deepfake_lightning import DeepfakeClassifier
-from deepfake_lightning.cli import cli_main
+from deepfake_lightning.cli import cli_main, main
 from deepfake_lightning.data.transforms import create_transform
 from deepfake_lightning.evaluation import equal_error_rate, perturbation, write_predictions
 from tests.conftest import CONFIGS
@@ -126,25 +126,45 @@ def test_predict_writes_kaggle_submission_in_split_order(demo_run, demo_root, tm
     assert (pred["label"].to_numpy() == sub["label"].to_numpy()).all()
 
 
-def test_predict_on_a_folder_skips_and_reports_unreadable_files(demo_run, demo_root, tmp_path, console):
+def test_predict_on_a_folder_skips_and_reports_unreadable_files(demo_run, demo_root, tmp_path, console, capsys):
     folder = tmp_path / "in"
     folder.mkdir()
     ids = pd.read_csv(demo_root / "test_v1.csv")["id"][:3]
     for f in ids:
         (folder / f.split("/")[-1]).write_bytes((demo_root / f).read_bytes())
     (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    missing_file = tmp_path / "gone.jpg"  # a missing path does not stop the others: a row with its error
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        cli = _run("predict", demo_run, demo_root, tmp_path / "out", f"--data.predict_paths=[{folder}]")
+        cli = _run("predict", demo_run, demo_root, tmp_path / "out", f"--data.predict_paths=[{folder},{missing_file}]")
     # no Python warning drawn into the progress bar: the unreadable file is reported once, after it (below)
     assert not [w for w in caught if "broken.jpg" in str(w.message)]
-    table = pd.read_csv(Path(cli.trainer.log_dir) / "predictions" / "files.csv")
-    assert sorted(table["id"].map(lambda p: p.split("/")[-1])) == sorted(f.split("/")[-1] for f in ids)
-    assert table["prob_ai"].between(0, 1).all()
+    table = pd.read_csv(Path(cli.trainer.log_dir) / "predictions" / "files.csv", keep_default_na=False)
+    scored = table[table["error"] == ""]
+    assert sorted(scored["id"].map(lambda p: p.split("/")[-1])) == sorted(f.split("/")[-1] for f in ids)
+    assert scored["prob_ai"].astype(float).between(0, 1).all()
+    failed = table[table["error"] != ""].set_index("id")
+    assert sorted(failed.index) == sorted([str(folder / "broken.jpg"), str(missing_file)])
+    assert "Truncated File Read" in failed.loc[str(folder / "broken.jpg"), "error"]  # PIL's own reason
+    assert "No such file or directory" in failed.loc[str(missing_file), "error"]
+    assert (failed["prob_ai"] == "").all() and (failed["label"] == "").all()  # no probability, never a verdict
     lines = console.getvalue().splitlines()  # reported once more after the bar, with the result
-    missing = [line for line in lines if line.startswith("deepfake: warning: 1 image(s) could not be read")]
-    assert len(missing) == 1 and missing[0].endswith(f"['{folder / 'broken.jpg'}']")
+    missing = [line for line in lines if line.startswith("deepfake: warning: 2 image(s) could not be read")]
+    assert len(missing) == 1 and str(folder / "broken.jpg") in missing[0]
     assert lines.index(missing[0]) > next(i for i, line in enumerate(lines) if line.startswith("Predictions for files"))
+    # nothing readable at all: the command fails (exit 2), predict and explain alike, after writing the rows
+    ckpt = next((demo_run / "checkpoints").glob("best-*.ckpt"))
+    for command in (
+        ["predict", "--config", str(CONFIGS / "demo.yaml"), f"--data.root={demo_root}", f"--ckpt_path={ckpt}",
+         f"--data.predict_paths=[{folder / 'broken.jpg'},{missing_file}]", f"--trainer.default_root_dir={tmp_path}",
+         "--data.num_workers=0", "--trainer.enable_progress_bar=false"],
+        ["explain", str(folder / "broken.jpg"), str(missing_file), "--ckpt_path", str(ckpt),
+         "--out", str(tmp_path / "x")],
+    ):  # fmt: skip
+        with pytest.raises(SystemExit) as e:
+            main(command)
+        assert e.value.code == 2
+        assert "none of the 2 " in capsys.readouterr().err
 
 
 def test_no_submission_when_an_id_has_no_prediction(tmp_path):

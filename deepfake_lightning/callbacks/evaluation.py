@@ -17,6 +17,7 @@ from deepfake_lightning.callbacks._console import PrintsResults
 from deepfake_lightning.callbacks._figures import publish_figure
 from deepfake_lightning.checkpoints import update_checkpoint
 from deepfake_lightning.cross_dataset import METRICS, TABLE_FILE, cross_dataset_table, markdown
+from deepfake_lightning.data.dataset import read_error
 from deepfake_lightning.errors import ConfigError, DataError
 from deepfake_lightning.evaluation import (
     ROBUSTNESS_GRID,
@@ -429,12 +430,15 @@ class PredictionWriter(BasePredictionWriter, PrintsResults):
         if self.evidence:  # what each file's metadata says, beside (never inside) prob_ai
             root = Path("") if split == "files" else dm.root
             extra = extra | evidence_columns(evidence_of([root / ids[i] for i in index], self.trust_anchors))
-        written = write_predictions(
-            out, split, [ids[i] for i in index], probs, threshold, None if split == "files" else ids, extra
-        )
-        self.written = written
         predicted = {ids[j] for j in index}
         skipped = [i for i in ids if i not in predicted] if len(index) < len(ids) else []
+        limited = trainer.limit_predict_batches not in (None, 1.0)
+        root = Path("") if split == "files" else dm.root
+        failed = {} if limited else {i: read_error(root / i) or "not predicted" for i in skipped}
+        written = write_predictions(
+            out, split, [ids[i] for i in index], probs, threshold, None if split == "files" else ids, extra, failed
+        )
+        self.written = written
         images = f"{len(index)} image{'' if len(index) == 1 else 's'}"
         lines = [f"Predictions for {split} ({images}, threshold {threshold:.4f}): {written['predictions']}"]
         if tiles:
@@ -462,8 +466,8 @@ class PredictionWriter(BasePredictionWriter, PrintsResults):
             limit = trainer.limit_predict_batches
             why = (
                 f"were not predicted (trainer.limit_predict_batches={limit})"
-                if limit not in (None, 1.0)
-                else "could not be read and have no prediction"
+                if limited
+                else "could not be read: a row each in the predictions, with its error"
             )
             # a line of the result, after the progress bar, rather than a Python warning drawn into the bar
             lines.append(
@@ -471,6 +475,8 @@ class PredictionWriter(BasePredictionWriter, PrintsResults):
                 + (" (no submission file written: it needs every id)" if split != "files" else "")
             )
         self.print_result("\n".join(lines))
+        if not len(index) and failed:  # nothing could be scored: the command failed (after saying why, per file)
+            raise DataError(f"none of the {len(failed)} image(s) could be read; {written['predictions']} says why")
 
     def _threshold(self, trainer: L.Trainer, pl_module, split: str, probs: np.ndarray) -> float:
         """The tuned threshold, or, for a split listed in ``adapt_splits``, the threshold adapted to

@@ -83,7 +83,7 @@ def explain_main(args: list[str]):
         resolve_layers(getattr(detector.model, "net", detector.model), a.layers, a.n_layers)
     except ValueError as e:
         parser.error(f"--layers: {e}")
-    files = expand_inputs(a.inputs)
+    files = expand_inputs(a.inputs, keep_missing=True)  # a missing file is a row with its error, as in predict
     if outside_demo_data(detector.facts, files):
         print(f"deepfake: warning: {DEMO_WARNING}", file=sys.stderr)
     table = explain_files(
@@ -104,23 +104,25 @@ def explain_main(args: list[str]):
         f"Explained {len(table) - len(bad)} image(s), skipped {len(bad)}; wrote their PNGs and rows in "
         f"{Path(a.out) / 'explanations.csv'}"
     )
+    _none_read(table, bad)
     return table
+
+
+def _none_read(table, bad) -> None:
+    """Exit non-zero (one error line) when not one image could be read: a run that scored nothing failed."""
+    if len(bad) and len(bad) == len(table):
+        from deepfake_lightning.errors import DataError
+
+        raise DataError(f"none of the {len(table)} file(s) could be read as an image (each row says why)")
 
 
 def _maps(a: argparse.Namespace, detector):
     from deepfake_lightning.data.dataset import expand_inputs
-    from deepfake_lightning.explain.maps import map_files
+    from deepfake_lightning.explain.maps import map_files, views_name
     from deepfake_lightning.provenance import DEMO_WARNING, outside_demo_data
 
     detector.tile_transform(a.tile_stride, a.max_tiles)  # a resize-mode model: one error line before any work
-    files = expand_inputs(a.inputs)
-    if not detector.tiled and detector.model.calibration is not None:
-        print(
-            "deepfake: warning: this model was calibrated on single crops: the pooled probability and verdict of the "
-            "tiles are off (pooled tiles score higher); the map's tile probabilities are single-crop ones and hold. "
-            f"Calibrate it on tiles: deepfake calibrate --config C --ckpt_path {a.ckpt_path} --data.eval_views tiles",
-            file=sys.stderr,
-        )
+    files = expand_inputs(a.inputs, keep_missing=True)
     if outside_demo_data(detector.facts, files):
         print(f"deepfake: warning: {DEMO_WARNING}", file=sys.stderr)
     table = map_files(detector, files, a.out, a.tile_stride, a.max_tiles, a.trust_anchors)
@@ -131,9 +133,15 @@ def _maps(a: argparse.Namespace, detector):
     for _, row in good.iterrows():
         thinned = f" of {row['tiles_total']}" if row["n_tiles"] < row["tiles_total"] else ""
         verdict = "AI-generated" if row["label"] == 1 else "human"
-        print(f"{row['file']}: {verdict}, P(AI) {row['prob_ai']:.3f}, {row['n_tiles']}{thinned} tiles scored")
+        views = (
+            ""
+            if row["map_is_verdict"]
+            else f" on its {views_name(detector.views)} (map: P(AI) {row['map_prob_ai']:.3f})"
+        )
+        print(f"{row['file']}: {verdict}, P(AI) {row['prob_ai']:.3f}{views}, {row['n_tiles']}{thinned} tiles scored")
     print(
         f"Mapped {len(good)} image(s), skipped {len(bad)}; wrote <stem>_map.png and <stem>_tiles.csv per image and "
         f"{Path(a.out) / 'explanations.csv'}"
     )
+    _none_read(table, bad)
     return table

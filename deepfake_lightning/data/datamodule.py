@@ -536,7 +536,7 @@ class DeepfakeDataModule(L.LightningDataModule):
 
     def _files_dataset(self, perturb=None, eval_views: int | str | None = None) -> ImageDataset:
 
-        paths = [str(p) for p in expand_inputs(self.hparams.predict_paths or [])]
+        paths = [str(p) for p in expand_inputs(self.hparams.predict_paths or [], keep_missing=True)]
         if not paths:
             raise DataError(f"data.predict_paths {self.hparams.predict_paths} holds no files")
         return ImageDataset(

@@ -129,15 +129,26 @@ def collate_skip_bad(items: list) -> dict:
     return batch
 
 
-def expand_inputs(inputs: list[str]) -> list[Path]:
-    """Files named directly, plus every (non-hidden) file under the named directories, sorted."""
+def expand_inputs(inputs: list[str], keep_missing: bool = False) -> list[Path]:
+    """Files named directly, plus every (non-hidden) file under the named directories, sorted. A path that does not
+    exist raises, or with ``keep_missing`` stays in the list, to become a row with its error (predict, explain: one
+    missing file does not stop the others)."""
     files: list[Path] = []
     for item in inputs:
         p = Path(item)
         if p.is_dir():
             files += sorted(f for f in p.rglob("*") if f.is_file() and not f.name.startswith("."))
-        elif p.is_file():
+        elif p.is_file() or keep_missing:
             files.append(p)
         else:
             raise FileNotFoundError(f"no such file or directory: {item}")
     return files
+
+
+def read_error(path: str | os.PathLike) -> str:
+    """Why an image cannot be read (the reason ``load_image`` gives), or "" when it can."""
+    try:
+        load_image(path)
+    except BadImageError as e:
+        return str(e.__cause__ or e)
+    return ""
