@@ -51,6 +51,16 @@ EVAL_SUBCOMMANDS = ("validate", "test", "predict")
 LIGHTNING_CKPT_NAMES = (None, "last", "best", "hpc", "registry")  # --ckpt_path values that are not our files
 
 
+def _check_predict_paths(paths: list[str]) -> None:
+    """Before an evaluation folder is made for a run that cannot happen: no file listed, or none of them there. Some
+    missing files are rows with their error in the predictions."""
+    listed = expand_inputs(paths, keep_missing=True)
+    if not listed:
+        raise DataError(f"data.predict_paths {paths} holds no files")
+    if not any(p.exists() for p in listed):
+        raise FileNotFoundError(f"no such file or directory: {', '.join(map(str, listed))}")
+
+
 def resolve_precision(precision: str | int | None, accelerator: str | None, cuda_available: bool) -> str:
     """The training precision to use.
 
@@ -289,9 +299,8 @@ class DeepfakeCLI(LightningCLI):
             # Read with weights_only (checkpoints.py): a crafted checkpoint is refused here, before anything runs.
             self._apply_stored_settings(cfg, stored_settings(ckpt_path))
         files_only = self.subcommand == "predict" and cfg.data.predict_paths  # needs no training data
-        # A missing file is an error now, before an evaluation folder is made for a run that cannot happen.
-        if files_only and not expand_inputs(cfg.data.predict_paths, keep_missing=True):
-            raise DataError(f"data.predict_paths {cfg.data.predict_paths} holds no files")
+        if files_only:
+            _check_predict_paths(cfg.data.predict_paths)
         if not cfg.data.demo and not files_only:
             # Fail before the model is built (and ImageNet weights fetched) when the data is not there.
             check_data_root(cfg.data.root, cfg.data.train_csv, cfg.data.layout)
