@@ -433,7 +433,7 @@ def test_the_page_is_one_offline_file(http):
 def test_serve_command_errors(export, tmp_path, demo_run, capsys):
     with pytest.raises(SystemExit) as e:
         main(["serve", "--ckpt_path", str(tmp_path / "missing")])
-    assert e.value.code == 2 and "no checkpoint file or export folder" in capsys.readouterr().err
+    assert e.value.code == 2 and "no such checkpoint file or export folder" in capsys.readouterr().err
     with pytest.raises(SystemExit):  # a file that is not a checkpoint
         main(["serve", "--ckpt_path", str(export / "detector.json"), "--port", "0"])
     assert "not a PyTorch checkpoint" in capsys.readouterr().err
