@@ -55,12 +55,6 @@ def build_manifest(rows: pd.DataFrame, verify: bool = True) -> pd.DataFrame:
     return manifest
 
 
-def manifest_sha256(manifest: pd.DataFrame) -> str:
-    """A hash of a manifest's content (paths, sizes, hashes, labels), independent of row order."""
-    ordered = manifest.sort_values("path")[["path", "bytes", "sha256", "label"]]
-    return hashlib.sha256(ordered.to_csv(index=False).encode()).hexdigest()
-
-
 def check_manifest(manifest_csv: str | os.PathLike, rows: pd.DataFrame) -> int:
     """Checks the dataset ``rows`` (with ``path`` and ``file``) against a manifest: every manifest entry present
     with the same size and SHA-256, and no image missing from the manifest. Returns how many files were checked.
