@@ -1,136 +1,24 @@
-"""Loading a trained detector for inference outside the CLI (notebooks, scripts, ``deepfake explain``)."""
+"""The notebooks' API: a trained detector (detector.py), the runs under ``lightning_logs``, their data and scalars."""
 
 from __future__ import annotations
 
 import inspect
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
 from torch.utils.data import DataLoader
-from torchvision.transforms import v2
 
 from deepfake_lightning.checkpoints import is_export, load_checkpoint, stored_settings
 from deepfake_lightning.data import DeepfakeDataModule
 from deepfake_lightning.data.dataset import collate_skip_bad
-from deepfake_lightning.data.tiles import TileTransform
-from deepfake_lightning.data.transforms import IMAGENET_MEAN, IMAGENET_STD, check_eval_views, create_transform
-from deepfake_lightning.export.folder import load_export
-from deepfake_lightning.models import DeepfakeClassifier
-from deepfake_lightning.provenance import ModelFacts
+from deepfake_lightning.detector import Detector, load_detector
 
-
-@dataclass
-class Detector:
-    """A trained, calibrated model in eval mode with the evaluation transform it was trained with.
-
-    ``model.calibrated_probs(logits)`` gives calibrated AI probabilities and ``threshold`` the decision threshold
-    chosen on validation data (0.5 for an uncalibrated checkpoint). ``transform`` is the single-view evaluation
-    transform (what Grad-CAM explains); ``verdict_transform`` what the model's verdict is computed on: the same,
-    or with ``eval_views: tiles`` stored in the model (or its calibration) the whole image as tiles.
-    """
-
-    model: DeepfakeClassifier
-    transform: v2.Compose
-    img_size: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    facts: ModelFacts = field(default_factory=ModelFacts)  # training data, metrics, versions: see provenance.py
-    mode: str = "resize"
-    data: dict = field(default_factory=dict)  # every stored data setting (eval_views, tile_stride, max_tiles...)
-
-    @property
-    def threshold(self) -> float:
-        return self.model.threshold
-
-    @property
-    def tiled(self) -> bool:
-        """Whether this model's verdict scores tiles (``data.eval_views: tiles`` when it was calibrated)."""
-        return self.data.get("eval_views") == "tiles"
-
-    @property
-    def verdict_transform(self):
-        return self.tile_transform() if self.tiled else self.transform
-
-    @property
-    def views(self) -> int | str:
-        """The views this model's verdict is computed on, as ``deepfake test|predict`` compute it: 1 (one view), 5
-        (five crops) or ``tiles`` (the whole image as tiles), from its stored settings (or its calibration's)."""
-        views = self.data.get("eval_views", 1)
-        return views if views == "tiles" else int(views)
-
-    def evaluation_transform(self):
-        """The data module's evaluation transform for :attr:`views` (uint8 out: the model normalizes), so that
-        :meth:`score_images` sees exactly the pixels ``deepfake predict`` does."""
-        return create_transform(
-            self.img_size,
-            train=False,
-            mode=self.mode,
-            mean=self.mean,
-            std=self.std,
-            eval_views=self.views,
-            tile_stride=self.data.get("tile_stride"),
-            max_tiles=int(self.data.get("max_tiles", 64)),
-            normalize=False,
-        )
-
-    @torch.inference_mode()
-    def score_images(self, images: list) -> np.ndarray:
-        """The model's own verdict probability (calibrated) for each PIL image: its views (one, five or tiles,
-        pooled), ``tta_flip`` and calibration, as ``deepfake predict`` gives it for the same file."""
-        from deepfake_lightning.data.tiles import collate_tiles
-
-        transform = self.evaluation_transform()
-        probs = []
-        for image in images:  # one image per batch: tiles of different images may differ in count
-            x = transform(image)
-            if isinstance(x, dict):  # tiles
-                batch = collate_tiles([{**x, "label": 0, "index": 0}])
-                logits = self.model.predict_logits(batch["image"].to(self.model.device), n_tiles=batch["n_tiles"])
-            else:
-                logits = self.model.predict_logits(x.unsqueeze(0).to(self.model.device))
-            probs.append(self.model.calibrated_probs(logits).float().cpu().numpy()[0])
-        return np.asarray(probs, dtype=np.float64)
-
-    def tile_transform(self, stride: int | None = None, max_tiles: int | None = None) -> TileTransform:
-        """The whole-image tiling of this model (its stored ``tile_stride`` and ``max_tiles`` unless given).
-
-        Raises:
-            ConfigError: For a ``resize``-mode model, which sees whole images already.
-        """
-        stride = stride or self.data.get("tile_stride")
-        max_tiles = max_tiles or self.data.get("max_tiles", 64)
-        check_eval_views("tiles", self.mode, stride, max_tiles)
-        return TileTransform(self.img_size, stride, max_tiles, self.mean, self.std)
-
-
-def load_detector(ckpt_path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Detector:
-    """Loads a detector with its own preprocessing (image size, resize/crop mode, normalization) from either
-
-    * a directory written by ``deepfake export`` (safetensors + JSON: nothing is unpickled, safe to share), or
-    * a ``.ckpt`` written by ``deepfake fit``, taking the preprocessing from the data-module hyperparameters stored
-      in it. It is read with ``torch.load(weights_only=True)``: a file holding anything beyond plain values and
-      tensors is refused with a :class:`~deepfake_lightning.errors.CheckpointError`, never run.
-    """
-    if is_export(ckpt_path):
-        model, _ = load_export(ckpt_path, map_location)
-        data = stored_settings(ckpt_path)["data"]
-    else:
-        ckpt = load_checkpoint(ckpt_path)  # read once, weights_only: a crafted pickle is refused, never run
-        model = DeepfakeClassifier.from_checkpoint(ckpt, map_location)
-        data = stored_settings(ckpt)["data"]
-    cfg = model.data_config
-    img_size = int(data.get("img_size", cfg["input_size"][-1]))
-    mean = tuple(data.get("mean", cfg.get("mean", IMAGENET_MEAN)))
-    std = tuple(data.get("std", cfg.get("std", IMAGENET_STD)))
-    mode = data.get("mode", "resize")
-    transform = create_transform(img_size, train=False, mode=mode, mean=mean, std=std)
-    facts = model.facts or ModelFacts()
-    facts.source = str(ckpt_path)
-    return Detector(model, transform, img_size, mean, std, facts, mode, data)
+__all__ = [
+    "Detector", "load_detector", "training_runs", "newest_checkpoint", "datamodule_for", "predict_split", "load_runs",
+    "scalars",
+]  # fmt: skip
 
 
 def training_runs(logs_dir: str | os.PathLike = "lightning_logs") -> list[Path]:

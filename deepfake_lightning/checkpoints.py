@@ -27,6 +27,7 @@ import torch
 
 from deepfake_lightning.errors import CheckpointError, ExportError
 from deepfake_lightning.files import AtomicCheckpointIO, atomic_path
+from deepfake_lightning.settings import InferenceSettings
 
 # An export folder (see export/folder.py): its settings file, and the format that file declares.
 CONFIG_FILE = "detector.json"
@@ -129,10 +130,9 @@ def stored_settings(source: str | os.PathLike | dict) -> dict[str, dict]:
 
 def export_settings(config: dict) -> dict[str, dict]:
     """:func:`stored_settings` of an export folder's ``detector.json`` (already read)."""
-    model_keys = ("backbone", "frontend", "channels_last", "tta_flip", "tile_pooling", "tile_topk")
+    model_keys = ("backbone", "channels_last", *InferenceSettings.MODEL_KEYS)
     model = {k: config[k] for k in model_keys if k in config}
-    data_keys = ("img_size", "mode", "mean", "std", "eval_views", "tile_stride", "max_tiles")
-    top = {k: config[k] for k in data_keys if k in config}
+    top = {k: config[k] for k in InferenceSettings.DATA_KEYS if k in config}
     return {"model": model, "data": {**config.get("data", {}), **top}}
 
 

@@ -39,11 +39,13 @@ from deepfake_lightning.data.dataset import expand_inputs
 from deepfake_lightning.errors import ConfigError, DataError
 from deepfake_lightning.export.folder import load_weights
 from deepfake_lightning.models import DeepfakeClassifier
+from deepfake_lightning.settings import InferenceSettings
 
 # Preprocessing that belongs to a trained model: taken from its checkpoint unless the command line says otherwise.
 # The data settings a model keeps: its preprocessing, and the training-row filter its train/val split came from.
 STORED_DATA_KEYS = (
-    "img_size", "mode", "train_query", "eval_views", "tile_stride", "max_tiles",
+    # its inference settings (settings.py) but mean and std, which follow its backbone (model.data_config)
+    *(k for k in InferenceSettings.DATA_KEYS if k not in ("mean", "std")), "train_query",
     # how its training data was read, so that an evaluation rebuilds the same validation split (data/sources.py)
     "layout", "label_dirs", "path_column", "label_column", "generator_column", "split_column", "train_sets", "balance",
 )  # fmt: skip

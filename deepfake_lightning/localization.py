@@ -41,6 +41,12 @@ class TileScores:
     def n_tiles(self) -> int:
         return len(self.logits)
 
+    @classmethod
+    def of(cls, tiles: dict, logits: np.ndarray, logit: float) -> TileScores:
+        """From one image's tile dict (``data/tiles.py``), its tiles' logits and their pooled ``logit``."""
+        wh = tuple(int(v) for v in tiles["image_wh"])
+        return cls(np.asarray(tiles["tile_xy"]), tiles["image"].shape[-1], logits, logit, int(tiles["tiles_total"]), wh)
+
     def table(self, probs: np.ndarray) -> pd.DataFrame:
         """``x,y,size,prob_ai``: the ``<stem>_tiles.csv`` of ``deepfake explain --map``."""
         return pd.DataFrame({"x": self.xy[:, 0], "y": self.xy[:, 1], "size": self.size, "prob_ai": probs})

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from deepfake_lightning.checkpoints import export_calibration, export_settings, stored_settings
+from deepfake_lightning.settings import DEFAULTS
 
 UNKNOWN = "unknown"
 KAGGLE_DATASET = "alessandrasala79/ai-vs-human-generated-dataset"
@@ -159,7 +160,7 @@ class ModelFacts:
             training = {"kind": "demo", "spec": {"seed": data_hparams.get("demo_seed", 0)}}
         return cls(
             backbone=model_hparams.get("backbone", UNKNOWN),
-            frontend=model_hparams.get("frontend", "rgb"),
+            frontend=model_hparams.get("frontend", DEFAULTS.frontend),
             img_size=data_hparams.get("img_size", UNKNOWN),
             mode=data_hparams.get("mode", UNKNOWN),
             calibration=calibrator.get("method", "none"),
@@ -239,7 +240,7 @@ def model_card(facts: ModelFacts) -> str:
     tta = facts.test_settings or {}
     how = ", ".join(
         ([f"tiles ({tta.get('tile_pooling', 'max')} pooling)"] if tta.get("eval_views") == "tiles" else [])
-        + ([f"{tta['eval_views']} views"] if tta.get("eval_views", 1) not in (1, "tiles") else [])
+        + ([f"{tta['eval_views']} views"] if tta.get("eval_views", DEFAULTS.eval_views) not in (1, "tiles") else [])
         + (["mirrored (tta_flip)"] if tta.get("tta_flip") else [])
     )
     for split, r in facts.test.items():

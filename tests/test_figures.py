@@ -41,6 +41,40 @@ def test_cam_grids_name_method_target_and_layers_and_keep_titles_inside(n_layers
     assert all(_inside(fig, t) for t in [*titles, fig._suptitle])  # first row's two-line titles included
 
 
+@pytest.mark.parametrize("mode", ["crop", "resize"])
+def test_explanation_figure_shows_where_the_view_lies_in_the_whole_image(mode):
+    """A 2048 x 1365 photograph's 64 px centre crop is outlined where CenterCrop takes it (scaled to the thumbnail);
+    a resize-mode model's view is the whole image, which the panel says. The map has a colour bar, the figure the
+    verdict as its title, and every title stays inside."""
+    from matplotlib.patches import Rectangle
+    from PIL import Image
+
+    from deepfake_lightning.explain.figures import THUMBNAIL, explanation_figure, verdict_title, view_box
+    from deepfake_lightning.settings import InferenceSettings
+
+    settings = InferenceSettings(img_size=64, mode=mode)
+    picture = Image.new("RGB", (2048, 1365), (200, 120, 90))
+    assert view_box(settings, 2048, 1365) == ((992, 650, 64, 64) if mode == "crop" else (0, 0, 2048, 1365))
+    title = verdict_title("photo.jpg", 0.7, 0.5, 5)
+    assert title == "photo.jpg: AI-generated, P(AI) 0.700 on the model's 5 views (threshold 0.500)"
+    cam = np.linspace(0, 1, 64 * 64, dtype=np.float32).reshape(64, 64)
+    fig = explanation_figure(picture, np.full((64, 64, 3), 0.5, np.float32), [("layer4", cam)], settings, title)
+    whole, view, bar = fig.axes
+    boxes = [p for p in whole.patches if isinstance(p, Rectangle)]
+    scale = THUMBNAIL / 2048
+    if mode == "crop":
+        (box,) = boxes
+        assert box.get_xy() == pytest.approx((992 * scale, 650 * scale)) and box.get_width() == pytest.approx(
+            64 * scale
+        )
+        assert "64 px centre crop" in whole.get_title()
+    else:
+        assert boxes == [] and "squashed to 64 x 64 px" in whole.get_title()
+    assert "2048 x 1365 px" in whole.get_title() and "layer4" in view.get_title()
+    assert bar.get_ylabel().startswith("relevance") and fig._suptitle.get_text() == title
+    assert all(_inside(fig, t) for t in [whole.title, view.title, fig._suptitle])
+
+
 def test_group_legend_sits_below_the_bars():
     groups = {
         split: {g: {"auroc": 0.9, "acc": 0.95, "n_images": 10} for g in ("sd", "midjourney", "dalle")}

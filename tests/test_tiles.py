@@ -22,6 +22,7 @@ from deepfake_lightning.errors import ConfigError
 from deepfake_lightning.explain.maps import map_files
 from deepfake_lightning.localization import localization_report, score_tiles
 from deepfake_lightning.models import DeepfakeClassifier
+from deepfake_lightning.settings import InferenceSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -113,7 +114,8 @@ def test_bad_tile_settings_are_one_clear_error(kaggle_root):
         DeepfakeClassifier("test_resnet", pretrained=False, tile_pooling="median")
     with pytest.raises(ConfigError, match=r"model.tile_topk must be in \(0, 1\]"):
         DeepfakeClassifier("test_resnet", pretrained=False, tile_topk=0)
-    resize = Detector(DeepfakeClassifier("test_resnet", pretrained=False), None, 32, MEAN, STD, mode="resize")
+    settings = InferenceSettings(img_size=32, mode="resize", mean=MEAN, std=STD)
+    resize = Detector.from_model(DeepfakeClassifier("test_resnet", pretrained=False), settings)
     with pytest.raises(ConfigError, match="needs data.mode=crop"):
         resize.tile_transform()
 
@@ -195,7 +197,7 @@ def test_the_demo_edited_split_pairs_originals_and_masked_edits(tmp_path):
 # --------------------------------------------------------------------------- score maps
 def test_score_maps_of_a_small_and_a_large_image(tmp_path):
     model = DeepfakeClassifier("test_resnet", pretrained=False).eval()
-    detector = Detector(model, None, 32, MEAN, STD, mode="crop", data={"max_tiles": 16})
+    detector = Detector.from_model(model, InferenceSettings(img_size=32, mode="crop", mean=MEAN, std=STD, max_tiles=16))
     _photo(96, 80, 1).save(tmp_path / "small.png")
     _photo(1600, 1200, 2).save(tmp_path / "large.jpg", quality=90)
     (tmp_path / "broken.jpg").write_bytes(b"not an image")
@@ -210,7 +212,7 @@ def test_score_maps_of_a_small_and_a_large_image(tmp_path):
     assert tiles[["x", "y"]].max().tolist() == [96 - 32, 80 - 32] and (tiles["size"] == 32).all()
     # each tile's probability is the calibrated score of that very crop of the original image
     x, y = (int(v) for v in tiles.iloc[4][["x", "y"]])
-    crop = create_transform(32, train=False, mode="crop", mean=MEAN, std=STD)(
+    crop = create_transform(32, train=False, mode="crop", normalize=False)(  # uint8: the model normalizes
         _photo(96, 80, 1).crop((x, y, x + 32, y + 32))
     )
     with torch.inference_mode():

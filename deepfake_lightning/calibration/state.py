@@ -13,6 +13,7 @@ import numpy as np
 from deepfake_lightning.calibration.calibrators import CalibrationMethod, Calibrator, calibration_metrics, sigmoid
 from deepfake_lightning.calibration.label_shift import label_shift_report
 from deepfake_lightning.calibration.thresholds import choose_threshold, fpr_bound_threshold
+from deepfake_lightning.settings import DEFAULTS, InferenceSettings
 
 
 @dataclass
@@ -180,7 +181,7 @@ class CalibrationState:
         return update_checkpoint(ckpt_path, lambda ckpt: ckpt.update(calibration=self.to_checkpoint()), out_path)
 
 
-EVALUATION_KEYS = {"data": ("eval_views", "tile_stride", "max_tiles"), "model": ("tile_pooling", "tile_topk")}
+EVALUATION_KEYS = InferenceSettings.EVALUATION_KEYS
 
 
 def _tiles(data: dict) -> bool:
@@ -190,7 +191,7 @@ def _tiles(data: dict) -> bool:
 def evaluation_of(data: dict, model: dict) -> dict[str, dict]:
     """The :attr:`CalibrationState.evaluation` record of data-module and model hyperparameters: the settings that
     change validation logits (the tile settings only matter, and are only kept, with ``eval_views: tiles``)."""
-    out = {"data": {"eval_views": data.get("eval_views", 1)}}
+    out = {"data": {"eval_views": data.get("eval_views", DEFAULTS.eval_views)}}
     if _tiles(data):
         out["data"] |= {k: data.get(k) for k in EVALUATION_KEYS["data"][1:]}
         out["model"] = {k: model.get(k) for k in EVALUATION_KEYS["model"] if k in model}

@@ -42,6 +42,7 @@ from deepfake_lightning.files import atomic_path, write_json
 from deepfake_lightning.localization import check_masks, format_localization, split_localization
 from deepfake_lightning.models.outputs import collect_logits
 from deepfake_lightning.provenance import DEMO_WARNING, evaluation_record, outside_demo_data
+from deepfake_lightning.settings import DEFAULTS
 from deepfake_lightning.stability import (
     DEFAULT_TOLERANCE,
     check_stability,
@@ -164,11 +165,11 @@ class EvaluationReport(PrintsResults):
         write_json(run / "report.json", report)
         self.report = report
         settings = {
-            "tta_flip": bool(pl_module.hparams.get("tta_flip", False)),
-            "eval_views": getattr(dm, "hparams", {}).get("eval_views", 1),
+            "tta_flip": bool(pl_module.hparams.get("tta_flip", DEFAULTS.tta_flip)),
+            "eval_views": getattr(dm, "hparams", {}).get("eval_views", DEFAULTS.eval_views),
         }
         if settings["eval_views"] == "tiles":
-            settings["tile_pooling"] = pl_module.hparams.get("tile_pooling", "max")
+            settings["tile_pooling"] = pl_module.hparams.get("tile_pooling", DEFAULTS.tile_pooling)
         self._record_in_checkpoint(trainer.ckpt_path, report, run, settings)
         if report["splits"]:
             self._print_report(dm, pl_module, report, sections, localization, cross, run)

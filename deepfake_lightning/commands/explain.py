@@ -66,9 +66,10 @@ def explain_main(args: list[str]):
     """``deepfake explain IMAGE_OR_DIR... --ckpt_path CKPT --out DIR [--method] [--layers] [--n_layers] [--target]``."""
     parser = explain_parser()
     a = parser.parse_args(args)
-    from deepfake_lightning.api import load_detector
     from deepfake_lightning.data.dataset import expand_inputs
-    from deepfake_lightning.explain.cam import CAM_METHODS, explain_files, resolve_layers
+    from deepfake_lightning.detector import load_detector
+    from deepfake_lightning.explain.cam import CAM_METHODS, resolve_layers
+    from deepfake_lightning.explain.files import explain_files
     from deepfake_lightning.provenance import DEMO_WARNING, outside_demo_data
 
     if a.method not in CAM_METHODS:
@@ -118,7 +119,8 @@ def _none_read(table, bad) -> None:
 
 def _maps(a: argparse.Namespace, detector):
     from deepfake_lightning.data.dataset import expand_inputs
-    from deepfake_lightning.explain.maps import map_files, views_name
+    from deepfake_lightning.explain.figures import views_name
+    from deepfake_lightning.explain.maps import map_files
     from deepfake_lightning.provenance import DEMO_WARNING, outside_demo_data
 
     detector.tile_transform(a.tile_stride, a.max_tiles)  # a resize-mode model: one error line before any work
@@ -136,7 +138,7 @@ def _maps(a: argparse.Namespace, detector):
         views = (
             ""
             if row["map_is_verdict"]
-            else f" on its {views_name(detector.views)} (map: P(AI) {row['map_prob_ai']:.3f})"
+            else f" on its {views_name(detector.settings.eval_views)} (map: P(AI) {row['map_prob_ai']:.3f})"
         )
         print(f"{row['file']}: {verdict}, P(AI) {row['prob_ai']:.3f}{views}, {row['n_tiles']}{thinned} tiles scored")
     print(

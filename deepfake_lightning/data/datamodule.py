@@ -32,14 +32,13 @@ from deepfake_lightning.data.layouts import check_layout
 from deepfake_lightning.data.manifest import check_manifest
 from deepfake_lightning.data.sources import Sources, read_sources, sampling_weights
 from deepfake_lightning.data.transforms import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
     TransformMode,
     check_eval_views,
     create_transform,
 )
 from deepfake_lightning.files import atomic_path, file_sha256
 from deepfake_lightning.provenance import KAGGLE_DATASET, split_sha256
+from deepfake_lightning.settings import DEFAULTS
 
 SPLIT_FILE = "split.csv"
 TEST_SPLITS = ("test_v1", "test_v2", "test_edited")
@@ -208,15 +207,15 @@ class DeepfakeDataModule(L.LightningDataModule):
         split_file: str | None = None,
         predict_split: str = "test_v2",
         predict_paths: list[str] | None = None,
-        img_size: int = 224,
-        mode: TransformMode = "resize",
+        img_size: int = DEFAULTS.img_size,
+        mode: TransformMode = DEFAULTS.mode,
         aug_strength: float = 0.0,
         aug_reshare: float = 0.0,
-        eval_views: int | Literal["tiles"] = 1,
-        tile_stride: int | None = None,
-        max_tiles: int = 64,
-        mean: tuple[float, float, float] = IMAGENET_MEAN,
-        std: tuple[float, float, float] = IMAGENET_STD,
+        eval_views: int | Literal["tiles"] = DEFAULTS.eval_views,
+        tile_stride: int | None = DEFAULTS.tile_stride,
+        max_tiles: int = DEFAULTS.max_tiles,
+        mean: tuple[float, float, float] = DEFAULTS.mean,
+        std: tuple[float, float, float] = DEFAULTS.std,
         batch_size: int = 64,
         num_workers: int | None = None,
         pin_memory: bool | None = None,

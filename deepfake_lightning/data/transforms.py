@@ -29,11 +29,12 @@ from deepfake_lightning.data.augment import CpuAugment
 from deepfake_lightning.data.reshare import RandomReshare
 from deepfake_lightning.data.tiles import TileTransform
 from deepfake_lightning.errors import ConfigError
+from deepfake_lightning.settings import IMAGENET_MEAN, IMAGENET_STD, check_views
 
 TransformMode = Literal["resize", "crop"]
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+# The inference settings and their check live in settings.py (written once); named here too for the data side.
+check_eval_views = check_views
 
 
 def create_transform(
@@ -103,28 +104,10 @@ def create_transform(
 def _check_settings(aug_strength: float, mode: str, aug_reshare: float, augment_on: str) -> None:
     if not 0.0 <= aug_strength <= 1.0:
         raise ConfigError(f"aug_strength must be in [0, 1], got {aug_strength}")
-    if mode not in ("resize", "crop"):
-        raise ConfigError(f"mode must be 'resize' or 'crop', got {mode!r}")
     if augment_on not in ("cpu", "device"):
         raise ConfigError(f"augment_on must be 'cpu' or 'device', got {augment_on!r}")
     if not 0.0 <= aug_reshare <= 1.0:
         raise ConfigError(f"data.aug_reshare must be a probability in [0, 1], got {aug_reshare}")
-
-
-def check_eval_views(eval_views, mode: str, tile_stride: int | None = None, max_tiles: int = 64) -> None:
-    """One error line for an evaluation-view setting that cannot work (the keys named as on the command line)."""
-    if eval_views not in (1, 5, "tiles"):
-        raise ConfigError(f"data.eval_views must be 1, 5 or tiles, got {eval_views!r}")
-    if eval_views != 1 and mode != "crop":
-        what = "tiles score the whole image at native resolution" if eval_views == "tiles" else "five crops"
-        raise ConfigError(
-            f"data.eval_views={eval_views} needs data.mode=crop ({what}), but data.mode={mode}: a resize-mode "
-            "model sees whole images squashed to img_size, so its verdict is already on the whole image"
-        )
-    if tile_stride is not None and tile_stride < 1:
-        raise ConfigError(f"data.tile_stride must be a positive number of pixels, got {tile_stride}")
-    if max_tiles < 1:
-        raise ConfigError(f"data.max_tiles must be at least 1, got {max_tiles}")
 
 
 class _StackViews(torch.nn.Module):

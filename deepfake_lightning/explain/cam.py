@@ -10,8 +10,7 @@ Plotting lives in :func:`overlay` and :func:`cam_grid`, apart from the maps.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
-from pathlib import Path
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -31,6 +30,7 @@ from pytorch_grad_cam.utils.model_targets import BinaryClassifierOutputTarget
 from torch import nn
 
 from deepfake_lightning.errors import ConfigError
+from deepfake_lightning.settings import DEFAULTS
 
 CAM_METHODS = {
     "gradcam": GradCAM,
@@ -184,7 +184,7 @@ class CamExplainer:
                 per_layer = self._cam.compute_cam_per_layer(x, targets, False)
                 logits = self._cam.outputs.detach().float().reshape(-1)
             predict_logits = getattr(model, "predict_logits", None)
-            if predict_logits is not None and (views.ndim == 5 or model.hparams.get("tta_flip", False)):
+            if predict_logits is not None and (views.ndim == 5 or model.hparams.get("tta_flip", DEFAULTS.tta_flip)):
                 with torch.no_grad():
                     logits = predict_logits(views.to(device)).float()
         finally:
@@ -287,104 +287,3 @@ def cam_grid(
         target = "AI-generated" if result.target == "ai" else "human"
         fig.suptitle(f"{result.method}, explaining the {target} class", fontsize=9)
     return fig
-
-
-def short_name(name: str, width: int = 26) -> str:
-    """A file name that fits above a picture: long ones (Kaggle's are 36 characters) keep their start and end."""
-    return name if len(name) <= width else f"{name[: width // 2 - 1]}…{name[-(width - width // 2) :]}"
-
-
-def explain_files(
-    detector,
-    files: list[Path],
-    out_dir: str | Path,
-    batch_size: int = 16,
-    trust_anchors: str | None = None,
-    **explainer_args,
-):
-    """Writes one PNG per readable image (the image beside its CAM overlay, and each layer's map in multi-layer
-    mode; its caption says what the file's metadata says, ``evidence.py``) and ``explanations.csv`` (``file,
-    prob_ai, label, error, png, evidence_c2pa, ..., evidence_summary``) to ``out_dir``. Unreadable files are
-    listed in the CSV with their error and skipped; they never stop the run. An ``out_dir`` explained into before
-    keeps its rows and PNGs: this run's rows are added (a file explained again replaces its row and PNG). Returns
-    this run's rows as a DataFrame."""
-    import matplotlib.pyplot as plt
-
-    from deepfake_lightning.data.dataset import BadImageError, load_image
-    from deepfake_lightning.evidence import COLUMNS as EVIDENCE_COLUMNS
-    from deepfake_lightning.evidence import caption, read_evidence
-
-    out_dir = Path(out_dir)
-    columns = ["file", "prob_ai", "label", "error", "png", *EVIDENCE_COLUMNS]
-    earlier, used_names = earlier_explanations(out_dir, files, columns)
-    rows = []
-    with CamExplainer(detector.model, **explainer_args) as explainer:
-        for start in range(0, len(files), batch_size):
-            batch_files, tensors = [], []
-            for f in files[start : start + batch_size]:
-                try:
-                    tensors.append(detector.transform(load_image(f)))
-                    batch_files.append(f)
-                except BadImageError as e:
-                    error = str(e.__cause__ or e)
-                    rows.append({"file": str(f), "prob_ai": None, "label": None, "error": error, "png": ""})
-            if not tensors:
-                continue
-            images = torch.stack(tensors)
-            result = explainer(images)
-            rgb = denormalize(images, detector.mean, detector.std)
-            for i, f in enumerate(batch_files):
-                prob = float(result.probs[i])
-                single = replace(
-                    result,
-                    cam=result.cam[i : i + 1],
-                    per_layer={k: v[i : i + 1] for k, v in result.per_layer.items()},
-                    logits=result.logits[i : i + 1],
-                    probs=result.probs[i : i + 1],
-                )
-                fig = cam_grid(rgb[i : i + 1], single, threshold=detector.threshold, columns=1, per_layer=True)
-                fig.axes[0].set_title(f"{short_name(f.name)}\n{fig.axes[0].get_title()}", fontsize=8)
-                evidence = read_evidence(f, trust_anchors)
-                # a figure-level label: constrained layout gives it the room its lines need, below the panels
-                width = int(fig.get_figwidth() * 72 / (0.65 * 7))  # characters of 7 pt text across the figure
-                fig.supxlabel(caption(evidence, width), fontsize=7)
-                name = unique_name(f.stem, used_names)
-                fig.savefig(out_dir / f"{name}.png", dpi=100)
-                plt.close(fig)
-                label = int(prob >= detector.threshold)
-                row = {"file": str(f), "prob_ai": prob, "label": label, "error": "", "png": f"{name}.png"}
-                rows.append(row | evidence.columns())
-    return write_explanations(out_dir, earlier, rows, columns)
-
-
-def earlier_explanations(out_dir: Path, files: list[Path], columns: list[str]):
-    """The rows of an ``explanations.csv`` already in ``out_dir``, less those of ``files`` (explained again now), and
-    the PNG names they use (so that new names do not overwrite theirs)."""
-    import pandas as pd
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    csv = out_dir / "explanations.csv"
-    again = {str(Path(f).resolve()) for f in files}
-    earlier = pd.read_csv(csv, keep_default_na=False, dtype=str) if csv.is_file() else pd.DataFrame(columns=columns)
-    earlier = earlier[[str(Path(f).resolve()) not in again for f in earlier["file"]]].reindex(columns=columns)
-    return earlier, {Path(p).stem for p in earlier["png"].fillna("") if p}
-
-
-def unique_name(stem: str, used: set[str]) -> str:
-    """``stem``, or with underscores appended while it is taken (the same stem in two folders)."""
-    while stem in used:
-        stem += "_"
-    used.add(stem)
-    return stem
-
-
-def write_explanations(out_dir: Path, earlier, rows: list[dict], columns: list[str]):
-    """Writes ``explanations.csv`` (earlier rows, then this run's) atomically; returns this run's rows."""
-    import pandas as pd
-
-    from deepfake_lightning.files import atomic_path
-
-    table = pd.DataFrame(rows, columns=columns).astype({"label": "Int64"})
-    with atomic_path(out_dir / "explanations.csv") as tmp:
-        pd.concat([t for t in (earlier, table) if len(t)] or [table]).to_csv(tmp, index=False)
-    return table

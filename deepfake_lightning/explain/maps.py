@@ -5,17 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from deepfake_lightning.evidence import COLUMNS as EVIDENCE_COLUMNS
-from deepfake_lightning.explain.cam import earlier_explanations, short_name, unique_name, write_explanations
+from deepfake_lightning.explain.figures import verdict_title
+from deepfake_lightning.explain.files import earlier_explanations, unique_name, write_explanations
 
 MAP_COLUMNS = [
     "file", "prob_ai", "label", "verdict_views", "map_prob_ai", "map_is_verdict", "error", "png", "tiles_csv",
     "n_tiles", "tiles_total", *EVIDENCE_COLUMNS,
 ]  # fmt: skip
-
-
-def views_name(views: int | str) -> str:
-    """How a verdict's views read in a caption: ``tiles``, ``1 view``, ``5 views``."""
-    return "tiles" if views == "tiles" else f"{views} view{'' if views == 1 else 's'}"
 
 
 def map_files(
@@ -34,23 +30,19 @@ def map_files(
     file's metadata says (``evidence_*``, also under the map's title); unreadable files get a row with their error, as
     in ``explain_files``. Returns this run's rows."""
     import matplotlib.pyplot as plt
-    import torch
 
     from deepfake_lightning.data.dataset import BadImageError, load_image
-    from deepfake_lightning.data.tiles import collate_tiles
     from deepfake_lightning.evidence import caption, read_evidence
     from deepfake_lightning.files import atomic_path
-    from deepfake_lightning.localization import plot_score_map, score_tiles
+    from deepfake_lightning.localization import TileScores, plot_score_map
 
     out_dir = Path(out_dir)
-    tiler = detector.tile_transform(stride, max_tiles)  # ConfigError for a resize-mode model, before any work
-    model, threshold = detector.model, detector.threshold
-    pooling = model.hparams.get("tile_pooling", "max")
+    tiler = detector.tile_transform(stride, max_tiles, normalize=False)  # ConfigError for a resize-mode model
+    threshold, settings = detector.threshold, detector.settings
     # The map is the verdict's own scoring only for a tiled model whose tiling the command line left alone.
-    same_tiles = (stride in (None, detector.data.get("tile_stride"))) and (
-        max_tiles in (None, detector.data.get("max_tiles", 64))
-    )
-    map_is_verdict = detector.views == "tiles" and same_tiles
+    same_tiles = stride in (None, settings.tile_stride) and max_tiles in (None, settings.max_tiles)
+    map_is_verdict = settings.tiled and same_tiles
+    verdict_input = detector.evaluation_transform()
     earlier, used = earlier_explanations(out_dir, files, MAP_COLUMNS)
     rows = []
     for f in files:
@@ -59,22 +51,24 @@ def map_files(
         except BadImageError as e:
             rows.append({"file": str(f), "error": str(e.__cause__ or e), "png": "", "tiles_csv": ""})
             continue
-        scores = score_tiles(model, collate_tiles([tiler(image)]))[0]
-        probs = model.calibrator(scores.logits)
-        map_prob = float(model.calibrator(torch.tensor([scores.logit]).numpy())[0])
-        prob = map_prob if map_is_verdict else float(detector.score_images([image])[0])
+        tiles = tiler(image)
+        inputs = [tiles] if map_is_verdict else [tiles, verdict_input(image)]
+        parts = detector.view_logits_of(inputs)  # the map's tiles and the verdict's views in one pass
+        scores = TileScores.of(tiles, parts[0], detector.pool(parts[0]))
+        probs = detector.probs(scores.logits)
+        map_prob = float(detector.probs([scores.logit])[0])
+        prob = map_prob if map_is_verdict else float(detector.probs([detector.combine(inputs[1], parts[1])])[0])
         label = int(prob >= threshold)
         name = unique_name(f"{f.stem}_map", used)
-        verdict = "AI-generated" if label else "human"
         evidence = read_evidence(f, trust_anchors)
-        title = (
-            f"{short_name(f.name, 40)}: {verdict}, P(AI) {prob:.3f} on the model's {views_name(detector.views)} "
-            f"(threshold {threshold:.3f})\n"
-        )
+        title = verdict_title(f.name, prob, threshold, settings.eval_views) + "\n"
         if not map_is_verdict:  # the map scores other views than the verdict: say so, with the map's own figure
-            title += f"map: {scores.n_tiles} tiles, {pooling} pooling, P(AI) {map_prob:.3f} (not the verdict's views)\n"
+            title += (
+                f"map: {scores.n_tiles} tiles, {settings.tile_pooling} pooling, P(AI) {map_prob:.3f} "
+                "(not the verdict's views)\n"
+            )
         title += caption(evidence, 90)
-        fig = plot_score_map(image, scores, probs, threshold, title, pooling=pooling)
+        fig = plot_score_map(image, scores, probs, threshold, title, pooling=settings.tile_pooling)
         with atomic_path(out_dir / f"{name}.png") as tmp:
             fig.savefig(tmp, dpi=100, format="png")
         plt.close(fig)
@@ -86,7 +80,7 @@ def map_files(
                 "file": str(f),
                 "prob_ai": prob,
                 "label": label,
-                "verdict_views": str(detector.views),
+                "verdict_views": str(settings.eval_views),
                 "map_prob_ai": map_prob,
                 "map_is_verdict": map_is_verdict,
                 "error": "",

@@ -30,15 +30,16 @@ from deepfake_lightning.checkpoints import (
     FORMAT,
     FORMAT_VERSION,
     export_calibration,
+    export_settings,
     load_checkpoint,
     read_export_config,
     stored_settings,
 )
-from deepfake_lightning.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from deepfake_lightning.errors import ExportError
 from deepfake_lightning.export.onnx import ONNX_FILE, OnnxModel, write_onnx
 from deepfake_lightning.files import atomic_path
 from deepfake_lightning.provenance import export_facts, model_card
+from deepfake_lightning.settings import InferenceSettings
 
 WEIGHTS_FILE = "model.safetensors"
 CARD_FILE = "README.md"
@@ -88,21 +89,12 @@ def export_checkpoint(
         "format_version": FORMAT_VERSION,
         "package_version": __version__,
         "backbone": hp["backbone"],
-        "frontend": hp.get("frontend", "rgb"),
         "num_classes": 1,
         "channels_last": bool(hp.get("channels_last", True)),
-        "tta_flip": bool(hp.get("tta_flip", False)),
-        "img_size": int(data.get("img_size", 224)),
-        "mode": data.get("mode", "resize"),
-        "mean": [float(v) for v in data.get("mean", IMAGENET_MEAN)],
-        "std": [float(v) for v in data.get("std", IMAGENET_STD)],
-        # The verdict's views: with "tiles", the caller tiles the whole image (data/tiles.py: TileTransform) and pools
-        # the tile logits (tile_pooling, tile_topk); the network (and model.onnx) sees tiles only.
-        "eval_views": data.get("eval_views", 1),
-        "tile_stride": data.get("tile_stride"),
-        "max_tiles": int(data.get("max_tiles", 64)),
-        "tile_pooling": hp.get("tile_pooling", "max"),
-        "tile_topk": float(hp.get("tile_topk", 0.25)),
+        # The inference settings (settings.py), at the top level where ONNX Runtime callers read them. With
+        # eval_views "tiles", the caller tiles the whole image (data/tiles.py: TileTransform) and pools the tile
+        # logits (tile_pooling, tile_topk); the network (and model.onnx) sees tiles only.
+        **InferenceSettings.from_stored(settings).to_json(),
         "temperature": (
             calibration.calibrator.temperature
             if calibration and calibration.calibrator.method == "temperature"
@@ -134,14 +126,12 @@ def _network(config: dict, weights: dict | None = None):
     """The eval-mode ``DeepfakeClassifier`` an export's ``config`` describes, with ``weights`` (timm names) if given."""
     from deepfake_lightning.models import DeepfakeClassifier
 
+    settings = InferenceSettings.from_stored(export_settings(config))
     model = DeepfakeClassifier(
         config["backbone"],
         pretrained=False,
         channels_last=config.get("channels_last", True),
-        tta_flip=config.get("tta_flip", False),
-        frontend=config.get("frontend", "rgb"),
-        tile_pooling=config.get("tile_pooling", "max"),
-        tile_topk=config.get("tile_topk", 0.25),
+        **settings.section("model"),
     )
     if weights is not None:
         model.net.load_state_dict(weights)

@@ -26,6 +26,7 @@ from deepfake_lightning.models.metrics import flatten_metrics, make_metrics
 from deepfake_lightning.models.outputs import TestOutputs
 from deepfake_lightning.models.training import FreezeBackbone, warmup_cosine
 from deepfake_lightning.provenance import ModelFacts, checkpoint_facts, training_record
+from deepfake_lightning.settings import DEFAULTS
 
 EVAL_CHUNK = 128  # most images (tiles, views) per forward pass in inference; see tile_logits
 
@@ -73,18 +74,15 @@ class DeepfakeClassifier(L.LightningModule):
         warmup_epochs: float = 1.0,
         freeze_backbone_epochs: int = 0,
         freeze_backbone: bool = False,
-        frontend: Frontend = "rgb",
+        frontend: Frontend = DEFAULTS.frontend,
         channels_last: bool = True,
-        tta_flip: bool = False,
-        tile_pooling: Literal["max", "topk", "mean"] = "max",
-        tile_topk: float = 0.25,
+        tta_flip: bool = DEFAULTS.tta_flip,
+        tile_pooling: Literal["max", "topk", "mean"] = DEFAULTS.tile_pooling,
+        tile_topk: float = DEFAULTS.tile_topk,
         compile: bool | dict = False,
     ):
         super().__init__()
-        if tile_pooling not in ("max", "topk", "mean"):
-            raise ConfigError(f"model.tile_pooling must be max, topk or mean, got {tile_pooling!r}")
-        if not 0.0 < tile_topk <= 1.0:
-            raise ConfigError(f"model.tile_topk must be in (0, 1], got {tile_topk}")
+        DEFAULTS.merged(tile_pooling=tile_pooling, tile_topk=tile_topk)  # one error line for a bad pooling
         if freeze_backbone and freeze_backbone_epochs:
             raise ConfigError(
                 "model.freeze_backbone (head only, whole run) and model.freeze_backbone_epochs (head "
@@ -192,7 +190,7 @@ class DeepfakeClassifier(L.LightningModule):
 
     def setup(self, stage: str) -> None:
         dm = getattr(self.trainer, "datamodule", None)
-        frontend = self.hparams.get("frontend", "rgb")
+        frontend = self.hparams.get("frontend", DEFAULTS.frontend)
         if frontend in PIXEL_LEVEL and getattr(dm, "hparams", {}).get("mode") == "resize":
             rank_zero_warn(
                 f"model.frontend={frontend} looks at pixel-level traces that data.mode=resize interpolates "
@@ -232,14 +230,16 @@ class DeepfakeClassifier(L.LightningModule):
         if chunk is not None and len(images) > chunk and not torch.is_grad_enabled():
             return torch.cat([self.tile_logits(part, net, None) for part in images.split(chunk)])
         logits = self._logits(images, net).float()
-        if self.hparams.get("tta_flip", False):
+        if self.hparams.get("tta_flip", DEFAULTS.tta_flip):
             logits = (logits + self._logits(images.flip(-1), net).float()) / 2
         return logits
 
     def pool_tiles(self, tile_logits: torch.Tensor, n_tiles: torch.Tensor) -> torch.Tensor:
         """Image logits from consecutive tile logits, ``n_tiles`` per image, by ``model.tile_pooling``."""
         hp = self.hparams
-        return pool_tile_logits(tile_logits, n_tiles, hp.get("tile_pooling", "max"), hp.get("tile_topk", 0.25))
+        return pool_tile_logits(
+            tile_logits, n_tiles, hp.get("tile_pooling", DEFAULTS.tile_pooling), hp.get("tile_topk", DEFAULTS.tile_topk)
+        )
 
     def model_step(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         logits = self._logits(batch["image"], self.__dict__.get("_compiled_net", self.net))

@@ -20,7 +20,6 @@ import numpy as np
 import torch
 from PIL import Image
 
-from deepfake_lightning.errors import ConfigError
 from deepfake_lightning.serving.uploads import error
 
 
@@ -31,19 +30,25 @@ class Upload:
     filename: str
     explain: bool
     map: bool = False
-    image: torch.Tensor | None = None  # the single-view input (the verdict's, or Grad-CAM's for a tiled verdict)
-    tiles: dict | None = None  # the whole image as tiles (data/tiles.py): a tiled verdict, or ?map=true
+    inputs: torch.Tensor | dict | None = None  # the verdict's views (detector.evaluation_transform), uint8
+    picture: Image.Image | None = None  # the decoded upload, kept only for ?explain=true (the figure shows it whole)
+    tiles: dict | None = None  # ?map=true: the whole image as tiles (the verdict's own, for a tiled model)
     copies: list = field(default_factory=list)  # ?stability=K: K re-shared copies, preprocessed as the verdict's
     evidence: dict | None = None  # the upload's provenance metadata (evidence.py), beside the verdict
     status: int = 200
     code: str = ""
     detail: str = ""
 
+    @property
+    def ok(self) -> bool:
+        return self.inputs is not None
+
 
 class Engine:
-    """A detector ready to answer: preprocessing, logits on ``runtime`` (``torch``, or ``onnx`` for an export with a
-    ``model.onnx``), calibrated probabilities, the threshold, and Grad-CAM overlays (always on the PyTorch weights:
-    ONNX Runtime has no gradients; they are loaded on the first ``explain``).
+    """A detector (detector.py: the same one ``deepfake explain`` and ``load_detector`` use) ready to answer
+    uploads: the model's own views and calibration on ``runtime`` (``torch``, or ``onnx`` for an export with a
+    ``model.onnx``), the threshold, score maps, and Grad-CAM figures (always on the PyTorch weights: ONNX Runtime has
+    no gradients; they are loaded on the first ``explain``).
 
     Exports are read with safetensors, JSON and ONNX Runtime only; a ``.ckpt`` (from ``deepfake fit``) with
     ``torch.load(weights_only=True)`` (checkpoints.py) and served with the PyTorch runtime: nothing is unpickled.
@@ -51,75 +56,24 @@ class Engine:
 
     def __init__(self, ckpt_path: str, runtime: str = "torch", device: str = "cpu", trust_anchors: str | None = None):
         from deepfake_lightning import __version__
-        from deepfake_lightning.checkpoints import export_calibration, is_export
-        from deepfake_lightning.errors import ExportError
+        from deepfake_lightning.detector import load_detector
 
         self.ckpt_path, self.runtime, self.device, self.version = str(ckpt_path), runtime, device, __version__
         self.trust_anchors = trust_anchors  # PEM text: C2PA signers that count as valid
-        self._detector = None
-        if runtime == "onnx":
-            from deepfake_lightning.calibration import CalibrationState, Calibrator
-            from deepfake_lightning.data.transforms import create_transform
-            from deepfake_lightning.export.folder import load_onnx
-            from deepfake_lightning.provenance import export_facts
-
-            if not is_export(ckpt_path):
-                raise ExportError(
-                    f"--runtime onnx serves an export folder with a model.onnx, not {ckpt_path!r}: "
-                    f"deepfake export --ckpt_path {ckpt_path} --out DIR --format safetensors onnx"
-                )
-            self.onnx = load_onnx(ckpt_path, ["CUDAExecutionProvider"] if device.startswith("cuda") else None)
-            config = self.onnx.config
-            state = CalibrationState.from_json(export_calibration(config))
-            self.calibrator = state.calibrator if state else Calibrator()
-            self.threshold = float(config["threshold"])
-            self.guarantee = dict(state.guarantee) if state else {}
-            self.backbone = config["backbone"]
-            self.mean, self.std = tuple(config["mean"]), tuple(config["std"])
-            self.img_size = int(config["img_size"])
-            self.facts = export_facts(config, source=self.ckpt_path)
-            views = 5 if config.get("eval_views") == 5 else 1  # five crops: averaged as deepfake predict does
-            self.transform = create_transform(
-                self.img_size, train=False, mode=config["mode"], mean=self.mean, std=self.std, eval_views=views
-            )
-            self.mode, self.tiled = config["mode"], config.get("eval_views") == "tiles"
-            self.pooling = (config.get("tile_pooling", "max"), float(config.get("tile_topk", 0.25)))
-            tiling = (config.get("tile_stride"), int(config.get("max_tiles", 64)))
-        elif runtime == "torch":
-            detector = self.detector  # loads it
-            self.calibrator, self.threshold = detector.model.calibrator, float(detector.threshold)
-            self.guarantee = dict(detector.model.calibration.guarantee) if detector.model.calibration else {}
-            self.backbone = detector.model.hparams.backbone
-            self.mean, self.std, self.img_size = detector.mean, detector.std, detector.img_size
-            # The verdict's own views (api.Detector.views): five crops for a five-view model, else one.
-            self.transform = detector.evaluation_transform() if detector.views == 5 else detector.transform
-            self.facts = detector.facts
-            self.mode, self.tiled = detector.mode, detector.tiled
-            hp = detector.model.hparams
-            self.pooling = (hp.get("tile_pooling", "max"), float(hp.get("tile_topk", 0.25)))
-            tiling = (detector.data.get("tile_stride"), int(detector.data.get("max_tiles", 64)))
-        else:
-            raise ConfigError(f"--runtime {runtime!r}: choose torch or onnx")
-        from deepfake_lightning.data.tiles import TileTransform
-
+        self.detector = load_detector(ckpt_path, device, runtime)
+        settings = self.detector.settings
+        self.img_size, self.mode, self.tiled = settings.img_size, settings.mode, settings.tiled
+        self.verdict_input = self.detector.evaluation_transform()  # the verdict's views, as deepfake predict's
         # Score maps (and a tiled verdict) need native-resolution tiles: crop-mode models only.
-        self.tiler = TileTransform(self.img_size, *tiling, self.mean, self.std) if self.mode == "crop" else None
+        self.tiler = self.detector.tile_transform(normalize=False) if self.mode == "crop" else None
 
     @property
-    def detector(self):
-        """The PyTorch detector (``api.Detector``), loaded on first use."""
-        if self._detector is None:
-            from deepfake_lightning.api import load_detector
-
-            self._detector = load_detector(self.ckpt_path, map_location=self.device)
-        return self._detector
+    def threshold(self) -> float:
+        return self.detector.threshold
 
     @property
     def can_explain(self) -> bool:
-        """Grad-CAM needs the PyTorch weights: a ``.ckpt``, or an export with ``model.safetensors``."""
-        if self.runtime == "torch":
-            return True
-        return "safetensors" in self.onnx.config.get("formats", ["safetensors"])
+        return self.detector.can_explain
 
     def info(self) -> dict:
         """What the page and ``GET /info`` show about the model."""
@@ -127,27 +81,29 @@ class Engine:
 
         from deepfake_lightning.provenance import DEMO_WARNING
 
+        settings = self.detector.settings
         # every upload comes from outside the demo data, so a demo model always carries the CLI's warning
         return {
-            "model": self.backbone,
+            "model": self.detector.backbone,
             "version": self.version,
             "runtime": self.runtime,
             "threshold": self.threshold,
-            "fpr_guarantee": self.guarantee or None,
+            "fpr_guarantee": self.detector.guarantee or None,
             "img_size": self.img_size,
+            "views": settings.describe(),
             "explain": self.can_explain,
             "map": self.tiler is not None,
             "tiled": self.tiled,
-            "tile_pooling": self.pooling[0] if self.tiled else None,
+            "tile_pooling": settings.tile_pooling if self.tiled else None,
             "source": Path(self.ckpt_path).name,
-            "warning": DEMO_WARNING if self.facts.trained_on_demo else None,
+            "warning": DEMO_WARNING if self.detector.facts.trained_on_demo else None,
         }
 
     def decode(
         self, data: bytes, filename: str = "upload", explain: bool = False, score_map: bool = False, stability: int = 0
     ) -> Upload:
-        """Bytes to a preprocessed image (and its tiles for a tiled verdict or a score map); an undecodable upload
-        becomes an :class:`Upload` with a 400 error, a map asked of a resize-mode model a 422."""
+        """Bytes to the verdict's preprocessed views (and tiles for a score map); an undecodable upload becomes an
+        :class:`Upload` with a 400 error, a map asked of a resize-mode model a 422."""
         from deepfake_lightning.data.dataset import BadImageError, load_image
 
         upload = Upload(filename, explain, score_map)
@@ -165,15 +121,16 @@ class Engine:
             from deepfake_lightning.evidence import read_evidence
 
             upload.evidence = read_evidence(data, self.trust_anchors).to_json()
-            upload.image = self.transform(picture)
-            if self.tiled or score_map:
-                upload.tiles = self.tiler(picture)
+            upload.inputs = self.verdict_input(picture)
+            if score_map:
+                upload.tiles = upload.inputs if self.tiled else self.tiler(picture)
+            if explain:
+                upload.picture = picture
             if stability:  # the stability check's copies (stability.py), scored as the verdict is
                 from deepfake_lightning.data.reshare import Reshare
 
-                verdict_input = self.tiler if self.tiled else self.transform
                 upload.copies = [
-                    verdict_input(Reshare(j, salt_with_image=True)(picture)) for j in range(1, stability + 1)
+                    self.verdict_input(Reshare(j, salt_with_image=True)(picture)) for j in range(1, stability + 1)
                 ]
         except BadImageError as e:
             cause = e.__cause__
@@ -186,15 +143,9 @@ class Engine:
             upload.status = 400
         return upload
 
-    @torch.inference_mode()
     def logits(self, images: torch.Tensor) -> np.ndarray:
-        if self.runtime == "onnx":
-            if images.ndim == 5:  # (B, views, 3, H, W): each image's views averaged, as predict_logits does
-                b, v = images.shape[:2]
-                return self.onnx.logits(images.flatten(0, 1)).reshape(b, v).mean(1)
-            return self.onnx.logits(images)
-        model = self.detector.model
-        return model.predict_logits(images.to(model.device)).float().cpu().numpy()
+        """The network's logit of each of (N, 3, H, W) images (one view each)."""
+        return self.detector.view_logits(images)
 
     def warm_up(self, max_batch_size: int) -> list[int]:
         """Runs the network once at every batch size up to ``max_batch_size`` on a GPU (once, at batch 1, on a
@@ -202,38 +153,39 @@ class Engine:
         algorithms and lazily loaded kernels. Returns the batch sizes run."""
         sizes = list(range(1, max_batch_size + 1)) if self.device.startswith("cuda") else [1]
         for n in sizes:
-            self.logits(torch.zeros(n, 3, self.img_size, self.img_size))
+            self.logits(torch.zeros(n, 3, self.img_size, self.img_size, dtype=torch.uint8))
         return sizes
 
-    def pool(self, tile_logits: np.ndarray) -> float:
-        """The image logit of one image's tile logits, by the model's ``tile_pooling``."""
-        from deepfake_lightning.data.tiles import pool_tile_logits
+    def score(self, uploads: list[Upload]) -> list[dict]:
+        """Each upload's verdict logit, and its map's tile logits and copies' logits where asked, from one pass of
+        the network over every view of every upload."""
+        inputs, owners = [], []
+        for k, u in enumerate(uploads):
+            inputs.append(u.inputs)
+            owners.append((k, "verdict"))
+            if u.tiles is not None and u.tiles is not u.inputs:
+                inputs.append(u.tiles)
+                owners.append((k, "map"))
+            inputs += u.copies
+            owners += [(k, "copy")] * len(u.copies)
+        scores = [{"copies": []} for _ in uploads]
+        parts = self.detector.view_logits_of(inputs)
+        for x, part, (k, role) in zip(inputs, parts, owners, strict=True):
+            if role == "copy":
+                scores[k]["copies"].append(self.detector.combine(x, part))
+                continue
+            if role == "verdict":
+                scores[k]["logit"] = self.detector.combine(x, part)
+            if isinstance(x, dict) and uploads[k].tiles is x:
+                scores[k]["tiles"] = part
+        return scores
 
-        logits = torch.from_numpy(np.asarray(tile_logits, dtype=np.float32))
-        return float(pool_tile_logits(logits, torch.tensor([len(logits)]), *self.pooling)[0])
+    def explain(self, upload: Upload, prob: float) -> bytes:
+        """The Grad-CAM figure (PNG bytes) of one upload: the whole image with the network's view marked, that
+        view's map of what raised the AI-generated logit with a colour bar, titled with the verdict ``prob``."""
+        from deepfake_lightning.explain.figures import explanation_png
 
-    def probs(self, logits: np.ndarray) -> np.ndarray:
-        """Calibrated AI probabilities (the checkpoint's calibration, as ``deepfake predict`` applies it)."""
-        return self.calibrator(logits)
-
-    def explain(self, images: torch.Tensor, min_side: int = 256) -> list[bytes]:
-        """Grad-CAM overlays (PNG bytes) of the AI-generated logit, upscaled to at least ``min_side`` pixels."""
-        from deepfake_lightning.explain.cam import CamExplainer, denormalize, overlay
-
-        with CamExplainer(self.detector.model) as explainer:
-            cams = explainer(images).cam
-        pngs = []
-        for rgb, cam in zip(denormalize(images, self.mean, self.std), cams, strict=False):
-            picture = Image.fromarray(overlay(rgb, cam))
-            if min(picture.size) < min_side:
-                scale = min_side / min(picture.size)
-                picture = picture.resize(
-                    (round(picture.width * scale), round(picture.height * scale)), Image.Resampling.BILINEAR
-                )
-            buffer = io.BytesIO()
-            picture.save(buffer, format="PNG")
-            pngs.append(buffer.getvalue())
-        return pngs
+        return explanation_png(self.detector, upload.picture, upload.filename, prob)
 
 
 class DetectorAPI(ls.LitAPI):
@@ -282,8 +234,8 @@ class DetectorAPI(ls.LitAPI):
             bool(request.get("map")),
             int(request.get("stability", 0)),
         )
-        if upload.explain and upload.image is not None and not self.engine.can_explain:
-            upload.image, upload.status, upload.code = None, 422, "explain_unavailable"
+        if upload.explain and upload.ok and not self.engine.can_explain:
+            upload.inputs, upload.status, upload.code = None, 422, "explain_unavailable"
             upload.detail = (
                 "this server cannot explain: its export has no PyTorch weights (model.safetensors) for "
                 "Grad-CAM; export with --format safetensors onnx, or ask without explain=true"
@@ -298,94 +250,73 @@ class DetectorAPI(ls.LitAPI):
 
     def predict(self, x: Upload | list[Upload]) -> dict | list[dict]:
         uploads = x if isinstance(x, list) else [x]
-        good = [u for u in uploads if u.image is not None]
-        tiled, maps = self.engine.tiled, {}
-        if good:
-            # One forward pass for the batch: each upload's single view (unless its verdict is tiled), then every
-            # upload's tiles; the verdicts come from the former or the pooled tiles, the maps from the tiles.
-            singles = [] if tiled else [u.image for u in good]
-            tiles = [u.tiles["image"] for u in good if u.tiles is not None]
-            if singles and singles[0].ndim == 4:  # five views per image: their own pass, averaged per image
-                parts = [self.engine.logits(torch.stack(singles))] + (
-                    [self.engine.logits(torch.cat(tiles))] if tiles else []
-                )
-                logits = np.concatenate(parts)
-            else:
-                logits = self.engine.logits(torch.cat(([torch.stack(singles)] if singles else []) + tiles))
-            verdicts, at = list(logits[: len(singles)]), len(singles)
-            for k, u in enumerate(good):
-                if u.tiles is None:
-                    continue
-                n = len(u.tiles["image"])
-                part, at = logits[at : at + n], at + n
-                if tiled:
-                    verdicts.append(self.engine.pool(part))
-                maps[k] = part
-            probs = self.engine.probs(np.asarray(verdicts, dtype=np.float32))
-            copies = {k: self.engine.probs(self._copy_logits(u.copies)) for k, u in enumerate(good) if u.copies}
-            images = torch.stack([u.image for u in good])
-            wanted = [i for i, u in enumerate(good) if u.explain]
-            pngs = dict(zip(wanted, self.engine.explain(images[wanted]), strict=False)) if wanted else {}
-        info, outputs, k = self.engine.info(), [], 0
+        good = [u for u in uploads if u.ok]
+        scores = iter(self.engine.score(good))  # one forward pass for the batch: views, map tiles, copies
+        outputs = []
         for upload in uploads:
-            if upload.image is None:
+            if not upload.ok:
                 outputs.append({"status": upload.status, "error": upload.code, "detail": upload.detail})
-                continue
-            prob = float(probs[k])
-            label = int(prob >= self.engine.threshold)
-            out = {
-                "prob_ai": prob,
-                "label": label,
-                "verdict": "ai" if label else "human",
-                "threshold": self.engine.threshold,
-                "model": info["model"],
-                "version": info["version"],
-                "runtime": self.runtime,
-                "batch_size": len(good),
-                "filename": upload.filename,
-                "evidence": upload.evidence,
-            }
-            if tiled:
-                out |= {"n_tiles": len(upload.tiles["image"]), "tiles_total": int(upload.tiles["tiles_total"])}
-            if k in copies:  # three-way verdict: uncertain when too many re-shared copies flip it
-                from deepfake_lightning.stability import DEFAULT_TOLERANCE, stability_table
-
-                row = stability_table(np.array([prob]), copies[k][None], self.engine.threshold, DEFAULT_TOLERANCE)
-                out["verdict"] = str(row["verdict"][0])
-                out["stability"] = {
-                    "copies": len(copies[k]),
-                    "prob_min": float(row["prob_min"][0]),
-                    "prob_max": float(row["prob_max"][0]),
-                    "flip_rate": float(row["flip_rate"][0]),
-                    "tolerance": DEFAULT_TOLERANCE,
-                }
-            if upload.map:
-                size, (width, height) = self.engine.img_size, upload.tiles["image_wh"].tolist()
-                tile_probs = self.engine.probs(maps[k])
-                out["map"] = {
-                    "width": width,
-                    "height": height,
-                    # the tiles pooled as the model pools them; the verdict itself when its views are these tiles
-                    "prob_ai": float(self.engine.probs(np.asarray([self.engine.pool(maps[k])], dtype=np.float32))[0]),
-                    "is_verdict": bool(tiled),
-                    "tiles": [
-                        {"x": int(x), "y": int(y), "size": size, "prob_ai": float(p)}
-                        for (x, y), p in zip(upload.tiles["tile_xy"].tolist(), tile_probs, strict=True)
-                    ],
-                }
-            if k in pngs:
-                out["gradcam_png"] = base64.b64encode(pngs[k]).decode("ascii")
-            outputs.append(out)
-            k += 1
+            else:
+                outputs.append(self._answer(upload, next(scores), len(good)))
         return outputs if isinstance(x, list) else outputs[0]
 
-    def _copy_logits(self, copies: list) -> np.ndarray:
-        """Logits of one upload's re-shared copies (single views batched, or each copy's tiles pooled)."""
-        if not self.engine.tiled:
-            return self.engine.logits(torch.stack(copies))
-        logits = self.engine.logits(torch.cat([c["image"] for c in copies]))
-        parts = np.split(logits, np.cumsum([len(c["image"]) for c in copies])[:-1])
-        return np.array([self.engine.pool(p) for p in parts], dtype=np.float32)
+    def _answer(self, upload: Upload, score: dict, batch_size: int) -> dict:
+        """One upload's JSON: the verdict, and its stability, map and Grad-CAM figure where asked."""
+        engine = self.engine
+        prob = float(engine.detector.probs([score["logit"]])[0])
+        label = int(prob >= engine.threshold)
+        out = {
+            "prob_ai": prob,
+            "label": label,
+            "verdict": "ai" if label else "human",
+            "threshold": engine.threshold,
+            "model": engine.detector.backbone,
+            "version": engine.version,
+            "runtime": self.runtime,
+            "batch_size": batch_size,
+            "filename": upload.filename,
+            "evidence": upload.evidence,
+        }
+        if engine.tiled:
+            out |= {"n_tiles": len(upload.inputs["image"]), "tiles_total": int(upload.inputs["tiles_total"])}
+        if upload.copies:  # three-way verdict: uncertain when too many re-shared copies flip it
+            out |= self._stability(prob, engine.detector.probs(score["copies"]))
+        if upload.map:
+            out["map"] = self._map(upload, score["tiles"])
+        if upload.explain:
+            out["gradcam_png"] = base64.b64encode(engine.explain(upload, prob)).decode("ascii")
+        return out
+
+    def _stability(self, prob: float, copies: np.ndarray) -> dict:
+        from deepfake_lightning.stability import DEFAULT_TOLERANCE, stability_table
+
+        row = stability_table(np.array([prob]), copies[None], self.engine.threshold, DEFAULT_TOLERANCE)
+        return {
+            "verdict": str(row["verdict"][0]),
+            "stability": {
+                "copies": len(copies),
+                "prob_min": float(row["prob_min"][0]),
+                "prob_max": float(row["prob_max"][0]),
+                "flip_rate": float(row["flip_rate"][0]),
+                "tolerance": DEFAULT_TOLERANCE,
+            },
+        }
+
+    def _map(self, upload: Upload, tile_logits: np.ndarray) -> dict:
+        detector = self.engine.detector
+        width, height = upload.tiles["image_wh"].tolist()
+        tile_probs = detector.probs(tile_logits)
+        return {
+            "width": width,
+            "height": height,
+            # the tiles pooled as the model pools them; the verdict itself when its views are these tiles
+            "prob_ai": float(detector.probs([detector.pool(tile_logits)])[0]),
+            "is_verdict": bool(self.engine.tiled),
+            "tiles": [
+                {"x": int(x), "y": int(y), "size": self.engine.img_size, "prob_ai": float(p)}
+                for (x, y), p in zip(upload.tiles["tile_xy"].tolist(), tile_probs, strict=True)
+            ],
+        }
 
     def encode_response(self, output: dict):
         if "status" in output:  # this request's own 4xx; the rest of its batch is answered normally
