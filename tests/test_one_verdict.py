@@ -1,5 +1,5 @@
-"""One model, one verdict: the same images scored through every entry point (deepfake predict, deepfake explain --map,
-api.Detector.score_images, the served API on PyTorch and on ONNX Runtime) give the same probability and label, for a
+"""One model, one verdict: the same images scored through every entry point (deepfake predict, deepfake explain with
+and without --map, Detector.score_images on PyTorch and ONNX Runtime, the served API on both) give the same probability and label, for a
 one-view, a five-view and a tiled model, a small and a 16-megapixel image."""
 
 import base64
@@ -94,6 +94,11 @@ def test_every_entry_point_gives_the_same_verdict(views, models, images, demo_ro
     if views == "tiles":  # the map is the verdict: its pooled tiles are the verdict's probability
         assert rows["map_prob_ai"].to_numpy() == pytest.approx(direct, abs=1e-5)
 
+    main(["explain", *map(str, images), "--ckpt_path", str(ckpt), "--out", str(tmp_path / "cams"), "--map", "false"])
+    cams = pd.read_csv(tmp_path / "cams" / "explanations.csv").set_index("file").loc[[str(f) for f in images]]
+    assert cams["prob_ai"].to_numpy() == pytest.approx(direct, abs=1e-5)  # Grad-CAM's figure, the same verdict
+    assert cams["verdict_views"].astype(str).tolist() == [str(views)] * 3
+
     served = _served(ckpt, images)
     assert [a["prob_ai"] for a in served] == pytest.approx(direct, abs=1e-5)
     assert [a["label"] for a in served] == rows["label"].tolist()
@@ -103,6 +108,9 @@ def test_every_entry_point_gives_the_same_verdict(views, models, images, demo_ro
     export = tmp_path / "export"
     main(["export", "--ckpt_path", str(ckpt), "--out", str(export), "--format", "safetensors", "onnx"])
     assert json.loads((export / "detector.json").read_text())["eval_views"] == views
+    on_onnx = load_detector(export, runtime="onnx")
+    assert on_onnx.runtime == "onnx" and on_onnx.settings == detector.settings
+    assert on_onnx.score_images(with_pil) == pytest.approx(direct, abs=1e-4)
     onnx = _served(export, images, "onnx")
     assert [a["prob_ai"] for a in onnx] == pytest.approx(direct, abs=1e-4)  # ONNX Runtime's float arithmetic
     assert np.array([a["label"] for a in onnx]).tolist() == rows["label"].tolist()
