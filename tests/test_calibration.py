@@ -11,6 +11,7 @@ from sklearn.metrics import precision_recall_curve, roc_curve
 from torchmetrics.functional.classification import binary_calibration_error
 
 from deepfake_lightning.calibration import (
+    CalibrationState,
     Calibrator,
     adapt_threshold,
     bbse_prior,
@@ -237,26 +238,50 @@ def test_calibration_state_round_trips_through_checkpoint_and_json():
         CalibrationState.from_checkpoint({"threshold": 0.5})
 
 
-def test_temperature_on_perfectly_separated_logits_does_not_saturate():
-    """The NLL has no minimum when validation is perfectly separated; the scale stops before probabilities become
-    exactly 0 or 1, so that the tuned threshold stays a usable value strictly inside (0, 1)."""
-    z = np.array([-4.0, -3.0, -2.5, -1.0, 1.5, 2.0, 3.0, 5.0])
+def test_temperature_on_perfectly_separated_logits_is_bounded_by_the_validation_size():
+    """The NLL has no minimum when validation is perfectly separated: 8 images support no probability nearer 0 or 1
+    than about 1/9, so the scaled logits stop at log(9) (on the 99th percentile of |z|), the tuned threshold stays
+    strictly inside (0, 1), and the calibrator says so in one line."""
+    z = np.array([-4.0, -3.0, -2.5, -1.0, 1.5, 2.0, 3.0, 5.0]) / 10  # a model whose logits are too timid
     y = np.array([0, 0, 0, 0, 1, 1, 1, 1])
     t = fit_temperature(z, y)
+    assert np.quantile(np.abs(z), 0.99) / t == pytest.approx(np.log(9))
     probs = sigmoid(z / t)
-    assert np.all((probs > 0) & (probs < 1))
-    assert np.max(np.abs(z / t)) == pytest.approx(30.0)  # the cap: |z / T| <= 30
+    assert probs.min() > 0.05 and probs.max() < 0.95
     threshold = choose_threshold(probs, y, "f1")
     assert 0 < threshold < 1 and np.all((probs >= threshold) == (y == 1))
+    assert fit_temperature(z, y, bounded=False) < t  # unbounded, only the saturation cap |z / T| <= 30 holds it
+    assert np.max(np.abs(z / fit_temperature(z, y, bounded=False))) == pytest.approx(30.0)
+    # logits already sharper than 8 images support: calibration does not sharpen them further, nor soften them
+    assert fit_temperature(z * 10, y) == pytest.approx(1.0)
+    calibrator = Calibrator.fit(z, y, "temperature")
+    assert calibrator.temperature == pytest.approx(t) and calibrator.bounded_on == 8
+    assert calibrator.unbounded_temperature is None
+    assert calibrator.bound_line() == (
+        f"temperature bounded at {t:.3g} (the validation set is separable: the fit would sharpen without end): 8 "
+        "validation images support no probability nearer 0 or 1 than about 1/9; more validation data lifts the bound"
+    )
 
 
-def test_the_temperature_cap_applies_only_to_separated_logits():
-    """An overlapping validation set with one extreme logit keeps its NLL optimum (|z / T| may exceed 30 there)."""
-    rng = np.random.default_rng(1)
-    y = (rng.random(400) < 0.5).astype(int)
+def test_a_small_nearly_separable_set_is_bounded_and_a_large_overlapping_one_keeps_its_optimum():
+    """The demo's case: 200 validation images, classes barely overlapping, whose NLL optimum sharpens the logits
+    many times over (T well below 1). Bounded, the probabilities keep about 1/201 from 0 and 1, and the line gives
+    the temperature the fit wanted. 4000 overlapping images with one extreme logit keep the NLL optimum."""
+    rng = np.random.default_rng(3)
+    y = np.repeat([0, 1], 100)
+    z = np.where(y == 1, 1.0, -1.0) * rng.uniform(0.3, 1.0, 200)
+    z[0] = 0.35  # one human image among the AI ones: not separable
+    bounded, wanted = fit_temperature(z, y), fit_temperature(z, y, bounded=False)
+    assert wanted < 0.5 and bounded > wanted
+    assert np.quantile(np.abs(z), 0.99) / bounded == pytest.approx(np.log(201))
+    calibrator = Calibrator.fit(z, y, "temperature")
+    assert calibrator.unbounded_temperature == pytest.approx(wanted) and "the fit wanted" in calibrator.bound_line()
+    assert CalibrationState.fit(z, y, "temperature").summary()["temperature_bounded_on"] == 200
+
+    y = (rng.random(4000) < 0.5).astype(int)
     z = rng.normal(2 * (2 * y - 1), 1.5)  # overlapping classes
     z[np.argmax(z)] = 60.0  # one extremely confident image
     t = fit_temperature(z, y)
-    w = 1 / t
-    grad = np.mean((sigmoid(w * z) - y) * z)
-    assert abs(grad) < 1e-8 and np.max(np.abs(z / t)) > 30  # the unconstrained optimum, not the cap
+    grad = np.mean((sigmoid(z / t) - y) * z)
+    assert abs(grad) < 1e-8 and np.max(np.abs(z / t)) > 30  # the unconstrained optimum, not a bound
+    assert Calibrator.fit(z, y, "temperature").bound_line() is None

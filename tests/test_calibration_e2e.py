@@ -24,10 +24,14 @@ def test_fit_stores_temperature_and_threshold_in_the_checkpoints(demo_run):
         assert state["calibrator"]["method"] == "temperature" and state["calibrator"]["temperature"] > 0
         assert 0.0 < state["threshold"] < 1.0 and state["criterion"] == "f1"
         assert state["val_after"]["nll"] <= state["val_before"]["nll"]
-        assert state["val_after"]["ece"] < state["val_before"]["ece"]
+        assert state["val_after"]["ece"] <= state["val_before"]["ece"]
     info = json.loads((demo_run / "calibration" / "calibration.json").read_text())
     metrics = json.loads((demo_run / "metrics.json").read_text())
-    assert metrics["val/ece"] == pytest.approx(info["val/ece"]) and metrics["val/ece"] < metrics["val/ece_before"]
+    assert metrics["val/ece"] == pytest.approx(info["val/ece"]) and metrics["val/ece"] <= metrics["val/ece_before"]
+    # The demo's 160 nearly separable validation images: the NLL fit wants T ~ 0.16 (probabilities of exactly 0 and
+    # 1 on new images); the bound keeps the model's own logits (calibrators.temperature_bound)
+    assert info["temperature_bounded_on"] == 160 and info["temperature"] == pytest.approx(1.0)
+    assert info["temperature_unbounded"] < 0.5
     assert metrics["calibration/temperature"] == pytest.approx(info["temperature"])
     assert (demo_run / "calibration" / "reliability_val.png").stat().st_size > 10_000
 
@@ -103,15 +107,17 @@ def test_calibrate_command_writes_a_calibrated_copy(demo_run, demo_root, tmp_pat
     assert model.calibrated_probs(z).item() == pytest.approx(1 / (1 + np.exp(-(a * 0.5 + b))), abs=1e-6)
 
 
-def test_failed_calibration_warns_and_keeps_the_trained_checkpoint(kaggle_root, tmp_path, monkeypatch):
+def test_failed_calibration_warns_and_keeps_the_trained_checkpoint(kaggle_root, tmp_path, monkeypatch, console):
     from deepfake_lightning.calibration import CalibrationState
 
     def fail(*args, **kwargs):
         raise ValueError("need both classes among the labels")
 
     monkeypatch.setattr(CalibrationState, "fit", fail)
-    with pytest.warns(UserWarning, match="Calibration failed.*left uncalibrated"):
-        cli = cli_main(_tiny_fit(kaggle_root, tmp_path))
+    cli = cli_main(_tiny_fit(kaggle_root, tmp_path))
+    warned = [line for line in console.getvalue().splitlines() if "calibration failed" in line]
+    assert len(warned) == 2 and all(line.startswith("deepfake: warning: calibration failed for ") for line in warned)
+    assert "left uncalibrated (threshold 0.5)" in warned[0] and ".py:" not in console.getvalue()
     assert cli.model.calibration is None and cli.model.threshold == 0.5
     last = tmp_path / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
     assert "calibration" not in torch.load(last, map_location="cpu", weights_only=True)
@@ -133,8 +139,8 @@ def test_the_result_line_says_which_checkpoint_it_calibrated_when_another_failed
         return fit(*args, **kwargs)
 
     monkeypatch.setattr(CalibrationState, "fit", fail_first)
-    with pytest.warns(UserWarning, match="Calibration failed for .*last.ckpt"):
-        cli_main(_tiny_fit(kaggle_root, tmp_path))
+    cli_main(_tiny_fit(kaggle_root, tmp_path))
+    assert "deepfake: warning: calibration failed for last.ckpt: need both classes" in console.getvalue()
     checkpoints = tmp_path / "lightning_logs" / "version_0" / "checkpoints"
     best = next(checkpoints.glob("best-*.ckpt"))
     assert "calibration" in torch.load(best, map_location="cpu", weights_only=True)

@@ -1,6 +1,6 @@
 """One model, one verdict: the same images scored through every entry point (deepfake predict, deepfake explain with
-and without --map, Detector.score_images on PyTorch and ONNX Runtime, the served API on both) give the same probability and label, for a
-one-view, a five-view and a tiled model, a small and a 16-megapixel image."""
+and without --map, Detector.score_images on PyTorch and ONNX Runtime, the served API on both) give the same
+probability and label, for a one-view, a five-view and a tiled model, a small and a 16-megapixel image."""
 
 import base64
 import json

@@ -28,14 +28,38 @@ def logit(p: np.ndarray | float) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- calibrators
-def fit_temperature(logits: np.ndarray, labels: np.ndarray, max_iter: int = 100, tol: float = 1e-10) -> float:
-    """Temperature T > 0 minimising the NLL of ``sigmoid(logits / T)``.
+SMALL_VALIDATION = 1000  # below this many images, a temperature is bounded (see temperature_bound)
+
+
+def temperature_bound(logits: np.ndarray, labels: np.ndarray) -> float | None:
+    """The largest logit scale ``w = 1 / T`` that a validation set supports, or None when it is large and its
+    classes overlap (then the NLL optimum is trusted).
+
+    n validation images cannot support a probability nearer 0 or 1 than about 1 / (n + 1) (Laplace's rule of
+    succession), yet on a small or separable set the NLL keeps falling as T -> 0 (the demo's fell to T = 0.16 and
+    printed probabilities of exactly 0 and 1). So there the scaled logit of the 99th percentile of ``|z|`` may
+    reach ``log(n + 1)``, no further (the percentile, not the maximum: one extreme image does not set the scale),
+    unless the model's own logits reach further: calibration is then kept from sharpening them (T >= 1).
+    """
+    z, y = _check(logits, labels)
+    n = len(z)
+    separated = z[y == 0].max() < z[y == 1].min()
+    if n >= SMALL_VALIDATION and not separated:
+        return None
+    scale = max(float(np.quantile(np.abs(z), 0.99)), _EPS)
+    # It bounds sharpening only: logits that are already sharper than that are left as the model gives them.
+    return max(1.0, min(math.log(n + 1), MAX_SCALED_LOGIT) / scale)
+
+
+def fit_temperature(
+    logits: np.ndarray, labels: np.ndarray, max_iter: int = 100, tol: float = 1e-10, bounded: bool = True
+) -> float:
+    """Temperature T > 0 minimising the NLL of ``sigmoid(logits / T)``, within :func:`temperature_bound` (unless
+    ``bounded`` is False: then only ``|z / T| <= MAX_SCALED_LOGIT`` on separated logits, so that no probability
+    saturates to exactly 0 or 1).
 
     The NLL is convex in ``w = 1 / T``; Newton's method with step halving runs until the gradient vanishes
-    (|grad| / n < ``tol``), so the answer does not depend on an early stop. Only on perfectly separated logits
-    (every AI logit above every human one) has the NLL no minimum (it falls as T -> 0): there the scale stops at
-    ``|z / T| <= MAX_SCALED_LOGIT`` for every given logit, so that no calibrated probability saturates to exactly
-    0 or 1 (and a threshold tuned on them stays strictly inside (0, 1)).
+    (|grad| / n < ``tol``) or the scale reaches its bound, so the answer does not depend on an early stop.
 
     Raises:
         ValueError: If the optimum is not a positive temperature (logits anti-correlated with the labels),
@@ -49,6 +73,8 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray, max_iter: int = 100,
 
     separated = z[y == 0].max() < z[y == 1].min()
     w_max = MAX_SCALED_LOGIT / max(float(np.abs(z).max()), _EPS) if separated else math.inf
+    if bounded:
+        w_max = min(w_max, temperature_bound(z, y) or math.inf)
     w = min(1.0, w_max)
     for _ in range(max_iter):
         p = sigmoid(w * z)
@@ -60,7 +86,7 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray, max_iter: int = 100,
         f0 = nll(w)
         while nll(min(w - step, w_max)) > f0 and abs(step) > 1e-15:
             step /= 2
-        if min(w - step, w_max) == w:  # at the cap and the NLL still falls beyond it: separated logits
+        if min(w - step, w_max) == w:  # at the bound and the NLL still falls beyond it
             break
         w = min(w - step, w_max)
     if not w > 0:
@@ -79,6 +105,10 @@ class Calibrator:
     platt: tuple[float, float] = (1.0, 0.0)  # a, b in sigmoid(a * z + b)
     isotonic_x: list[float] = field(default_factory=list)  # knots on the uncalibrated probability
     isotonic_y: list[float] = field(default_factory=list)
+    # Set when temperature_bound stopped the fit: the validation images, and the temperature the NLL wanted (None:
+    # none, the set was separable and the NLL fell without end).
+    bounded_on: int | None = None
+    unbounded_temperature: float | None = None
 
     @classmethod
     def fit(cls, logits: np.ndarray, labels: np.ndarray, method: CalibrationMethod = "temperature") -> Calibrator:
@@ -86,7 +116,13 @@ class Calibrator:
         if method == "none":
             return cls("none")
         if method == "temperature":
-            return cls("temperature", temperature=fit_temperature(z, y))
+            t = fit_temperature(z, y)
+            wanted = fit_temperature(z, y, bounded=False)
+            if wanted < t * (1 - 1e-6):  # the bound stopped the fit
+                separated = z[y == 0].max() < z[y == 1].min()
+                return cls("temperature", temperature=t, bounded_on=len(z),
+                           unbounded_temperature=None if separated else wanted)  # fmt: skip
+            return cls("temperature", temperature=t)
         if method == "platt":
             lr = LogisticRegression(C=np.inf, tol=1e-10, max_iter=1000).fit(z[:, None], y)
             return cls("platt", platt=(float(lr.coef_[0, 0]), float(lr.intercept_[0])))
@@ -105,6 +141,21 @@ class Calibrator:
         if self.method == "isotonic":
             return np.interp(sigmoid(z), self.isotonic_x, self.isotonic_y)
         return sigmoid(z)
+
+    def bound_line(self) -> str | None:
+        """One line saying that the temperature was bounded and why, or None."""
+        if self.bounded_on is None:
+            return None
+        n = self.bounded_on
+        wanted = (
+            "the validation set is separable: the fit would sharpen without end"
+            if self.unbounded_temperature is None
+            else f"the fit wanted {self.unbounded_temperature:.3g}"
+        )
+        return (
+            f"temperature bounded at {self.temperature:.3g} ({wanted}): {n} validation images support no "
+            f"probability nearer 0 or 1 than about 1/{n + 1}; more validation data lifts the bound"
+        )
 
     def state_dict(self) -> dict:
         return asdict(self)

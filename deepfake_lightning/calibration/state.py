@@ -108,6 +108,9 @@ class CalibrationState:
         out: dict[str, Any] = {"method": cal.method, "threshold": self.threshold, "criterion": self.criterion}
         if cal.method == "temperature":
             out["temperature"] = cal.temperature
+            if cal.bounded_on is not None:  # temperature_bound stopped the fit (calibrators.py)
+                out["temperature_bounded_on"] = cal.bounded_on
+                out["temperature_unbounded"] = cal.unbounded_temperature
         if cal.method == "platt":
             out["platt_a"], out["platt_b"] = cal.platt
         out |= {f"fpr_guarantee/{k}": v for k, v in self.guarantee.items()}

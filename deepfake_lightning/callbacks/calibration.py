@@ -113,9 +113,11 @@ class Calibration(PrintsResults):
                 raise  # e.g. too few human images to certify an fpr_bound: the user's setting, not a failed fit
             except ValueError as e:
                 # Training finished; do not throw the run away. The checkpoint stays uncalibrated, loudly.
-                rank_zero_warn(
-                    f"Calibration failed for {path or 'the final weights'}: {e}. The checkpoint is left "
-                    "uncalibrated (threshold 0.5); `deepfake calibrate` can retry with another method."
+                # One line after the progress bar, not a Python warning with this file's path in front of it.
+                self.print_result(
+                    f"deepfake: warning: calibration failed for {Path(path).name if path else 'the final weights'}: "
+                    f"{e}. That checkpoint is left uncalibrated (threshold 0.5); `deepfake calibrate` can retry "
+                    "with another method or more validation data."
                 )
                 state = None
                 failed.append(Path(path).name if path else "the final weights")
@@ -138,6 +140,8 @@ class Calibration(PrintsResults):
             + (f"; {', '.join(failed)} left uncalibrated)" if failed else ")" if paths else "")
             + guarantee_line(state)
         )
+        if state.calibrator.bound_line():
+            self.print_result(f"Calibration: {state.calibrator.bound_line()}")
         log_dir = trainer.log_dir  # a broadcast under DDP: every rank must ask
         if not trainer.is_global_zero or log_dir is None:
             return

@@ -71,4 +71,6 @@ def calibrate_main(args: list[str]) -> CalibrationState:
             else ""
         )
     )
+    if state.calibrator.bound_line():
+        print(f"Calibration: {state.calibrator.bound_line()}")
     return state
