@@ -112,6 +112,7 @@ PRIVATE_MEMBERS = [
     ("lightning.pytorch.cli", "LightningCLI", "_parse_ckpt_path", "lightning_cli.py (checkpoint read first)"),
     ("lightning.pytorch.cli", "LightningArgumentParser", "callback_keys", "lightning_cli.py (callbacks aside)"),
     ("lightning.pytorch.cli", "LightningArgumentParser", "_actions", "lightning_cli.py (did you mean)"),
+    ("jsonargparse", "ArgumentParser", "_actions", "sweep/spec.py (did you mean)"),
     ("lightning.pytorch", "LightningModule", "_trainer", "models/classifier.py (provenance on save)"),
     ("lightning.pytorch.overrides.distributed", None, "UnrepeatedDistributedSampler", "data/datamodule.py"),
     ("lightning.pytorch.loops", "_TrainingEpochLoop", "batch_progress", "callbacks/run_summary.py"),

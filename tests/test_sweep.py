@@ -265,6 +265,23 @@ def test_unknown_key_fails_before_training_naming_it(tmp_path, kaggle_root, monk
     assert not list((tmp_path / "sweeps" / "typo").glob("trial_*"))
 
 
+def test_a_mistyped_option_gets_a_did_you_mean_and_blames_where_it_was_typed(tmp_path, kaggle_root):
+    """On the command line: the option, a suggestion, no sweep file named; in the sweep file: the file and its key."""
+    path = _sweep_file(tmp_path, kaggle_root)
+    from deepfake_lightning.sweep.spec import parse_sweep
+
+    with pytest.raises(SweepConfigError) as typed:
+        parse_sweep(["--config", str(path), "--n_trails", "2"])
+    assert str(typed.value) == (
+        "unknown option --n_trails (did you mean --n_trials?); `deepfake sweep --help` lists every option"
+    )
+    path.write_text(path.read_text().replace("n_trials:", "n_trails:"))
+    assert "n_trails:" in path.read_text()
+    with pytest.raises(SweepConfigError) as filed:
+        load_sweep(path)
+    assert str(filed.value) == f"{path}: unknown key 'n_trails' (did you mean n_trials?)"
+
+
 @pytest.mark.parametrize(
     ("dim", "message"),
     [

@@ -154,8 +154,25 @@ def parse_sweep(args: list[str]) -> SweepSpec:
     try:
         cfg = parser.parse_args(args)
     except ArgumentError as e:
+        unknown = _unknown_option(parser, args, str(e))
+        if unknown:  # a mistyped option on the command line: not the sweep file's fault
+            raise SweepConfigError(unknown) from None
         raise SweepConfigError(f"{config}: {_explain(config, e)}") from None
     return _build(parser, cfg, config)
+
+
+def _unknown_option(parser, args: list[str], message: str) -> str | None:
+    """For an option on the command line that the sweep does not have: the error, with a "did you mean"."""
+    import difflib
+    import re
+
+    found = re.search(r"[Uu]nrecognized arguments: (--[\w.-]+)", message)
+    if not found or found.group(1) not in " ".join(args):
+        return None
+    known = sorted(o for a in parser._actions for o in a.option_strings if o.startswith("--"))
+    close = difflib.get_close_matches(found.group(1), known, n=1, cutoff=0.6)
+    hint = f" (did you mean {close[0]}?)" if close else ""
+    return f"unknown option {found.group(1)}{hint}; `deepfake sweep --help` lists every option"
 
 
 def _config_path(args: list[str]) -> str | None:
@@ -197,10 +214,17 @@ def _build(parser, cfg, path) -> SweepSpec:
 def _explain(config: str, error: Exception) -> str:
     """jsonargparse's message on one line; for a bad search-space entry, which key it is (jsonargparse names only
     ``search_space``)."""
+    import difflib
+    import re
+
     import yaml
     from jsonargparse import ArgumentError, ArgumentParser
 
     message = " ".join(line.strip() for line in str(error).splitlines() if line.strip())
+    unknown = re.search(r"Option '([\w.]+)' is not accepted", message)
+    if unknown:  # a mistyped key in the sweep file
+        close = difflib.get_close_matches(unknown.group(1), list(SweepSpec.__dataclass_fields__), n=1, cutoff=0.6)
+        return f"unknown key {unknown.group(1)!r}" + (f" (did you mean {close[0]}?)" if close else "")
     raw = (
         (yaml.safe_load(Path(config).read_text()) or {}).get("search_space")
         if 'key "search_space"' in message
