@@ -18,8 +18,7 @@ from deepfake_lightning.audit.shortcuts import FLAG_AUROC, file_features, jpeg_q
 from deepfake_lightning.commands.audit import audit_main
 from deepfake_lightning.data import DataError
 from deepfake_lightning.data.demo import DemoSpec, build_demo_dataset
-
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+from tests.helpers import CONFIGS, best_checkpoint
 
 
 def layout(root: Path, ai_format: str = "JPEG", n_train: int = 60, n_test: int = 24, seed: int = 0) -> Path:
@@ -150,7 +149,7 @@ def test_deepfake_test_reencode_reports_metrics_before_and_after(demo_run, kaggl
     from deepfake_lightning.cli import cli_main
     from deepfake_lightning.data.dataset import load_image
 
-    ckpt = next((demo_run / "checkpoints").glob("best-*.ckpt"))
+    ckpt = best_checkpoint(demo_run)
     cli = cli_main(
         [
             "test",

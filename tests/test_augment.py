@@ -3,7 +3,6 @@ loaders with normalization in the model, ``data.augment_on`` and ``data.decode``
 
 import itertools
 import shutil
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -30,9 +29,9 @@ from deepfake_lightning.data.dataset import BadImageError, collate_skip_bad, loa
 from deepfake_lightning.data.device import decode_batch, read_encoded
 from deepfake_lightning.data.transforms import create_transform
 from deepfake_lightning.models import DeepfakeClassifier
+from tests.helpers import CONFIGS
 
 OPS = ("flip", "jitter", "blur", "jpeg")
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
 def photo(seed: int = 0, size: tuple[int, int] = (64, 80)) -> np.ndarray:

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from deepfake_lightning.data import DataError, DeepfakeDataModule
-from tests.conftest import make_kaggle_root
+from tests.helpers import make_kaggle_root
 
 
 def _dm(root, cache_dir, **kw) -> DeepfakeDataModule:

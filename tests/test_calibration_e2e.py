@@ -11,15 +11,11 @@ import torch
 from deepfake_lightning import DeepfakeClassifier
 from deepfake_lightning.cli import cli_main
 from deepfake_lightning.commands.calibration import calibrate_main
-from tests.conftest import CONFIGS
-
-
-def _best(run):
-    return next((run / "checkpoints").glob("best-*.ckpt"))
+from tests.helpers import CONFIGS, best_checkpoint
 
 
 def test_fit_stores_temperature_and_threshold_in_the_checkpoints(demo_run):
-    for path in (_best(demo_run), demo_run / "checkpoints" / "last.ckpt"):
+    for path in (best_checkpoint(demo_run), demo_run / "checkpoints" / "last.ckpt"):
         state = torch.load(path, map_location="cpu", weights_only=True)["calibration"]
         assert state["calibrator"]["method"] == "temperature" and state["calibrator"]["temperature"] > 0
         assert 0.0 < state["threshold"] < 1.0 and state["criterion"] == "f1"
@@ -37,7 +33,7 @@ def test_fit_stores_temperature_and_threshold_in_the_checkpoints(demo_run):
 
 
 def test_loaded_model_predicts_calibrated_probabilities(demo_run):
-    model = DeepfakeClassifier.load_from_checkpoint(_best(demo_run), map_location="cpu")
+    model = DeepfakeClassifier.load_from_checkpoint(best_checkpoint(demo_run), map_location="cpu")
     t = model.calibration.calibrator.temperature
     logits = torch.tensor([-3.0, 0.0, 0.4, 2.0])
     expected = torch.sigmoid(logits / t)
@@ -57,7 +53,7 @@ def test_deepfake_test_reports_calibration_and_thresholds(demo_run, demo_root, t
             "--trainer.enable_progress_bar=false",
             f"--data.split_file={demo_run / 'split.csv'}",
             "--calibration.adapt_splits=[test_v2]",
-            f"--ckpt_path={_best(demo_run)}",
+            f"--ckpt_path={best_checkpoint(demo_run)}",
         ]
     )
     run = Path(cli.trainer.log_dir)

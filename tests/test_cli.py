@@ -12,7 +12,7 @@ import yaml
 from deepfake_lightning import DeepfakeClassifier
 from deepfake_lightning.cli import cli_main, main
 from deepfake_lightning.lightning_cli import resolve_precision
-from tests.conftest import CONFIGS
+from tests.helpers import CONFIGS
 
 # clip_probe.yaml's ViT-L/14 (304 M parameters, 224 px only) is run with a tiny ViT in test_generalization.py.
 ALL_CONFIGS = sorted(

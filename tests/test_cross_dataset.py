@@ -8,7 +8,7 @@ import pytest
 
 from deepfake_lightning.cli import cli_main, main
 from deepfake_lightning.cross_dataset import cross_dataset_table, markdown, matrix
-from tests.conftest import CONFIGS
+from tests.helpers import CONFIGS
 from tests.helpers.layouts import CSV_COLUMNS, LAYOUTS, relayout
 
 METRICS = ["images", "auroc", "ap", "acc_human", "acc_ai", "f1_macro", "fpr"]

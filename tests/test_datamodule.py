@@ -5,7 +5,7 @@ import pytest
 
 from deepfake_lightning.data import DataError, DeepfakeDataModule
 from deepfake_lightning.data.dataset import BadImageError
-from tests.conftest import make_kaggle_root
+from tests.helpers import make_kaggle_root
 
 
 def _dm(root, **kw):

@@ -22,31 +22,24 @@ from deepfake_lightning import DeepfakeClassifier
 from deepfake_lightning.cli import cli_main, main
 from deepfake_lightning.data.transforms import create_transform
 from deepfake_lightning.evaluation import equal_error_rate, perturbation, write_predictions
-from tests.conftest import CONFIGS
-
-
-def _run(subcommand, demo_run, demo_root, out, *extra):
-    ckpt = next((demo_run / "checkpoints").glob("best-*.ckpt"))
-    return cli_main(
-        [
-            subcommand,
-            "--config",
-            str(CONFIGS / "demo.yaml"),
-            f"--data.root={demo_root}",
-            f"--trainer.default_root_dir={out}",
-            "--data.num_workers=0",
-            "--trainer.enable_progress_bar=false",
-            f"--data.split_file={demo_run / 'split.csv'}",
-            f"--ckpt_path={ckpt}",
-            *extra,
-        ]
-    )
+from tests.helpers import CONFIGS, best_checkpoint, copy_run, demo_command
 
 
 @pytest.fixture(scope="module")
-def test_run(demo_run, demo_root, tmp_path_factory):
+def run(demo_run, tmp_path_factory):
+    """A copy of the session's trained run: evaluations write into their run (``RUN/eval/``) and record their
+    results in its checkpoint, which the session's other tests read."""
+    return copy_run(demo_run, tmp_path_factory.mktemp("evaluated") / "run")
+
+
+def _run(subcommand, run, demo_root, out, *extra):
+    return cli_main(demo_command(subcommand, demo_root, *extra, ckpt=best_checkpoint(run), out=out, run=run))
+
+
+@pytest.fixture(scope="module")
+def test_run(run, demo_root, tmp_path_factory):
     out = tmp_path_factory.mktemp("test_run")
-    cli = _run("test", demo_run, demo_root, out, "--report.robustness=true")
+    cli = _run("test", run, demo_root, out, "--report.robustness=true")
     return Path(cli.trainer.log_dir)
 
 
@@ -112,21 +105,21 @@ def test_perturbations_change_pixels_only_when_they_should():
         perturbation("rotate", 1)
 
 
-def test_predict_writes_kaggle_submission_in_split_order(demo_run, demo_root, tmp_path):
-    cli = _run("predict", demo_run, demo_root, tmp_path, "--data.predict_split=test_v2")
-    run = Path(cli.trainer.log_dir)
-    assert run.parent == demo_run / "eval" and run.name.startswith("predict_best-epoch=")
+def test_predict_writes_kaggle_submission_in_split_order(run, demo_root, tmp_path):
+    cli = _run("predict", run, demo_root, tmp_path, "--data.predict_split=test_v2")
+    evaluation = Path(cli.trainer.log_dir)
+    assert evaluation.parent == run / "eval" and evaluation.name.startswith("predict_best-epoch=")
     split = pd.read_csv(demo_root / "test.csv")
-    sub = pd.read_csv(run / "submission_test_v2.csv")
+    sub = pd.read_csv(evaluation / "submission_test_v2.csv")
     assert list(sub.columns) == ["id", "label"]
     assert sub["id"].tolist() == split["id"].tolist() and sub["id"].is_unique
     assert set(sub["label"]) <= {0, 1}
-    pred = pd.read_csv(run / "predictions" / "test_v2.csv").set_index("id").loc[split["id"]]
+    pred = pd.read_csv(evaluation / "predictions" / "test_v2.csv").set_index("id").loc[split["id"]]
     assert (pred["label"].to_numpy() == (pred["prob_ai"].to_numpy() >= cli.model.threshold)).all()
     assert (pred["label"].to_numpy() == sub["label"].to_numpy()).all()
 
 
-def test_predict_on_a_folder_skips_and_reports_unreadable_files(demo_run, demo_root, tmp_path, console, capsys):
+def test_predict_on_a_folder_skips_and_reports_unreadable_files(run, demo_root, tmp_path, console, capsys):
     folder = tmp_path / "in"
     folder.mkdir()
     ids = pd.read_csv(demo_root / "test_v1.csv")["id"][:3]
@@ -136,7 +129,7 @@ def test_predict_on_a_folder_skips_and_reports_unreadable_files(demo_run, demo_r
     missing_file = tmp_path / "gone.jpg"  # a missing path does not stop the others: a row with its error
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        cli = _run("predict", demo_run, demo_root, tmp_path / "out", f"--data.predict_paths=[{folder},{missing_file}]")
+        cli = _run("predict", run, demo_root, tmp_path / "out", f"--data.predict_paths=[{folder},{missing_file}]")
     # no Python warning drawn into the progress bar: the unreadable file is reported once, after it (below)
     assert not [w for w in caught if "broken.jpg" in str(w.message)]
     table = pd.read_csv(Path(cli.trainer.log_dir) / "predictions" / "files.csv", keep_default_na=False)
@@ -153,7 +146,7 @@ def test_predict_on_a_folder_skips_and_reports_unreadable_files(demo_run, demo_r
     assert len(missing) == 1 and str(folder / "broken.jpg") in missing[0]
     assert lines.index(missing[0]) > next(i for i, line in enumerate(lines) if line.startswith("Predictions for files"))
     # nothing readable at all: the command fails (exit 2), predict and explain alike, after writing the rows
-    ckpt = next((demo_run / "checkpoints").glob("best-*.ckpt"))
+    ckpt = best_checkpoint(run)
     for command in (
         ["predict", "--config", str(CONFIGS / "demo.yaml"), f"--data.root={demo_root}", f"--ckpt_path={ckpt}",
          f"--data.predict_paths=[{folder / 'broken.jpg'},{missing_file}]", f"--trainer.default_root_dir={tmp_path}",
@@ -206,11 +199,11 @@ def test_equal_error_rate_on_a_known_case():
     assert equal_error_rate(p, y) == pytest.approx(0.25)
 
 
-def test_predict_adapts_the_threshold_for_opted_in_splits(demo_run, demo_root, tmp_path):
+def test_predict_adapts_the_threshold_for_opted_in_splits(run, demo_root, tmp_path):
     from deepfake_lightning.calibration import label_shift_report
 
     cli = _run(
-        "predict", demo_run, demo_root, tmp_path, "--data.predict_split=test_v2", "--calibration.adapt_splits=[test_v2]"
+        "predict", run, demo_root, tmp_path, "--data.predict_split=test_v2", "--calibration.adapt_splits=[test_v2]"
     )
     pred = pd.read_csv(Path(cli.trainer.log_dir) / "predictions" / "test_v2.csv")
     state = cli.model.calibration

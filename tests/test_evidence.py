@@ -20,8 +20,8 @@ from deepfake_lightning.evidence import (
     load_trust_anchors,
     read_evidence,
 )
+from tests.helpers import CONFIGS, best_checkpoint
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 IPTC = "http://cv.iptc.org/newscodes/digitalsourcetype/"
 
 
@@ -256,7 +256,7 @@ def test_predict_files_gets_evidence_columns_and_the_same_probabilities(fixtures
     from deepfake_lightning.callbacks import PredictionWriter
     from deepfake_lightning.cli import cli_main
 
-    ckpt = next((demo_run / "checkpoints").glob("best-*.ckpt"))
+    ckpt = best_checkpoint(demo_run)
     files = [str(fixtures / n) for n in ("c2pa_ai.jpg", "comfyui.png", "plain.jpg", "iptc.png")]
     tables = {}
     for evidence in ("true", "false"):
@@ -292,7 +292,7 @@ def test_predict_files_gets_evidence_columns_and_the_same_probabilities(fixtures
 def test_explain_captions_and_csv_carry_the_evidence(fixtures, demo_run, tmp_path):
     from deepfake_lightning.commands.explain import explain_main
 
-    ckpt = next((demo_run / "checkpoints").glob("best-*.ckpt"))
+    ckpt = best_checkpoint(demo_run)
     out = tmp_path / "explained"
     explain_main(
         [str(fixtures / "c2pa_tampered.jpg"), str(fixtures / "a1111.png"), "--ckpt_path", str(ckpt), "--out", str(out)]
@@ -325,7 +325,7 @@ def test_deepfake_test_counts_the_evidence_per_split_and_class(fixtures, demo_ru
             "test",
             "--config",
             str(CONFIGS / "demo.yaml"),
-            f"--ckpt_path={next((demo_run / 'checkpoints').glob('best-*.ckpt'))}",
+            f"--ckpt_path={best_checkpoint(demo_run)}",
             f"--data.root={root}",
             "--data.demo=false",
             "--data.test_v1_csv=test_v1.csv",

@@ -18,6 +18,7 @@ from deepfake_lightning.cli import main
 from deepfake_lightning.commands.explain import explain_parser
 from deepfake_lightning.data.demo import _random_crop, _to_pil, simulate_generator, source_photos
 from deepfake_lightning.explain import CAM_METHODS, CamExplainer, default_target_layers
+from tests.helpers import best_checkpoint
 
 
 @pytest.mark.parametrize(
@@ -237,7 +238,7 @@ def test_explain_command_writes_pngs_and_csv_and_reports_bad_files(demo_run, dem
     for f in test["id"][:4]:
         shutil.copy(demo_root / f, images)
     (images / "readme.txt").write_text("not an image")
-    ckpt = next((demo_run / "checkpoints").glob("best-*.ckpt"))
+    ckpt = best_checkpoint(demo_run)
     monkeypatch.setattr(
         sys,
         "argv",

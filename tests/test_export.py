@@ -19,7 +19,7 @@ from deepfake_lightning.commands.explain import explain_main
 from deepfake_lightning.commands.export import export_main
 from deepfake_lightning.errors import ExportError
 from deepfake_lightning.export import load_export
-from tests.conftest import CONFIGS
+from tests.helpers import CONFIGS, best_checkpoint
 
 
 class _Refused:
@@ -35,7 +35,7 @@ def _refuse_unpickling(monkeypatch):
 
 
 def test_export_loads_without_unpickling_and_predicts_the_same(demo_run, demo_root, tmp_path, monkeypatch):
-    ckpt = next((demo_run / "checkpoints").glob("best-*.ckpt"))
+    ckpt = best_checkpoint(demo_run)
     out = export_main(["--ckpt_path", str(ckpt), "--out", str(tmp_path / "export")])
     raw = torch.load(ckpt, map_location="cpu", weights_only=True)
     config = json.loads((out / "detector.json").read_text())

@@ -16,7 +16,7 @@ from deepfake_lightning import DeepfakeClassifier, DeepfakeDataModule
 from deepfake_lightning.cli import cli_main, main
 from deepfake_lightning.data.index import DataError
 from deepfake_lightning.models.frontends import create_frontend, srm_kernels
-from tests.conftest import CONFIGS
+from tests.helpers import CONFIGS, best_checkpoint
 
 
 # --------------------------------------------------------------------------- front-ends
@@ -201,7 +201,7 @@ def test_train_query_errors_name_the_problem(generator_root, query, message):
 # --------------------------------------------------------------------------- per-group reports
 @pytest.mark.slow
 def test_group_report_equals_sklearn_on_the_saved_predictions(demo_run, demo_root, tmp_path, console):
-    ckpt = next((demo_run / "checkpoints").glob("best-*.ckpt"))
+    ckpt = best_checkpoint(demo_run)
     cli = cli_main(
         [
             "test",
@@ -244,7 +244,7 @@ def test_group_report_equals_sklearn_on_the_saved_predictions(demo_run, demo_roo
 
 
 def test_group_by_an_unknown_column_is_one_error(demo_run, demo_root, tmp_path, monkeypatch, capsys):
-    ckpt = next((demo_run / "checkpoints").glob("best-*.ckpt"))
+    ckpt = best_checkpoint(demo_run)
     with pytest.raises(SystemExit) as exit_info:
         main(
             [

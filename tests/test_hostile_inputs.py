@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader
 from deepfake_lightning import DeepfakeClassifier
 from deepfake_lightning.data import BadImageError, DataError, DeepfakeDataModule, load_image
 from deepfake_lightning.data.dataset import collate_skip_bad
-from tests.conftest import make_kaggle_root
+from tests.helpers import make_kaggle_root
 
 
 def png_bomb(width: int = 100_000, height: int = 100_000) -> bytes:

@@ -10,7 +10,7 @@ import yaml
 
 from deepfake_lightning.commands.export import export_main
 from deepfake_lightning.sweep import load_sweep, run_sweep
-from tests.conftest import CONFIGS
+from tests.helpers import CONFIGS, best_checkpoint
 
 pytestmark = pytest.mark.slow  # both notebooks, executed end to end
 
@@ -39,7 +39,7 @@ def test_committed_notebooks_have_no_outputs(name):
 
 @pytest.mark.parametrize("source", ["checkpoint", "export", "uncalibrated"])
 def test_explore_checkpoint_notebook(source, demo_run, demo_root, tmp_path, monkeypatch):
-    ckpt = next((demo_run / "checkpoints").glob("best-*.ckpt"))
+    ckpt = best_checkpoint(demo_run)
     if source == "export":  # a `deepfake export` directory works the same (no pickle involved)
         ckpt = export_main(["--ckpt_path", str(ckpt), "--out", str(tmp_path / "export")])
     if source == "uncalibrated":  # e.g. trained with --calibration.method none, or a failed calibration

@@ -14,7 +14,7 @@ from PIL import Image
 from deepfake_lightning.api import load_detector
 from deepfake_lightning.cli import main
 from deepfake_lightning.serving.worker import DetectorAPI
-from tests.conftest import CONFIGS
+from tests.helpers import demo_command
 
 pytestmark = pytest.mark.slow  # several commands per model, end to end
 
@@ -39,29 +39,19 @@ def models(demo_run, demo_root, tmp_path_factory):
     calibration's)."""
     out = tmp_path_factory.mktemp("verdict_models")
     ckpt = demo_run / "checkpoints" / "last.ckpt"
-    common = ["--config", str(CONFIGS / "demo.yaml"), f"--data.root={demo_root}", "--data.num_workers=0"]
     made = {1: out / "views_1.ckpt"}  # evaluations are written beside these copies, not into the shared session run
     shutil.copy(ckpt, made[1])
     for views in (5, "tiles"):
         made[views] = out / f"views_{views}.ckpt"
-        main(["calibrate", *common, "--ckpt_path", str(ckpt), f"--data.eval_views={views}", "--out", str(made[views])])
+        main(
+            [*demo_command("calibrate", demo_root, f"--data.eval_views={views}", ckpt=ckpt), "--out", str(made[views])]
+        )
     return made
 
 
 def _predict(ckpt, images, demo_root, out) -> pd.Series:
-    main(
-        [
-            "predict",
-            "--config", str(CONFIGS / "demo.yaml"),
-            f"--data.root={demo_root}",
-            f"--ckpt_path={ckpt}",
-            f"--data.predict_paths=[{','.join(map(str, images))}]",
-            f"--trainer.default_root_dir={out}",
-            "--data.num_workers=0",
-            "--trainer.enable_progress_bar=false",
-            "--report.evidence=false",
-        ]
-    )  # fmt: skip
+    paths = f"--data.predict_paths=[{','.join(map(str, images))}]"
+    main(demo_command("predict", demo_root, paths, "--report.evidence=false", ckpt=ckpt, out=out))
     table = pd.read_csv(next(out.glob("eval/predict_*/predictions/files.csv")))
     return table.set_index(table["id"].map(lambda p: p.rsplit("/", 1)[-1]))["prob_ai"]
 

@@ -17,7 +17,7 @@ from deepfake_lightning.commands.explain import explain_main
 from deepfake_lightning.commands.export import export_main
 from deepfake_lightning.data.demo import DemoSpec
 from deepfake_lightning.provenance import DEMO_WARNING, UNKNOWN, read_card_metadata
-from tests.conftest import CONFIGS
+from tests.helpers import CONFIGS, best_checkpoint
 
 QUIET = ["--data.num_workers=0", "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
 
@@ -29,7 +29,7 @@ def _split_hash(split_csv: Path) -> str:
 
 
 def test_a_fresh_demo_checkpoint_records_its_provenance(demo_run, demo_root):
-    best = next((demo_run / "checkpoints").glob("best-*.ckpt"))
+    best = best_checkpoint(demo_run)
     ckpt = torch.load(best, map_location="cpu", weights_only=True)  # plain values only: safe to load
     p = ckpt["provenance"]
     assert p["data"] == {"kind": "demo", "spec": DemoSpec().to_json(), "root": str(demo_root.resolve())}
@@ -79,7 +79,7 @@ def tested_copy(demo_run, demo_root, tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("copy") / "version_0"
     (run / "checkpoints").mkdir(parents=True)
     ckpt = run / "checkpoints" / "best.ckpt"
-    shutil.copy(next((demo_run / "checkpoints").glob("best-*.ckpt")), ckpt)
+    shutil.copy(best_checkpoint(demo_run), ckpt)
     cli_main(
         [
             "test",

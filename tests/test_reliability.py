@@ -17,7 +17,7 @@ from deepfake_lightning.api import scalars
 from deepfake_lightning.checkpoints import SafeCheckpointIO
 from deepfake_lightning.cli import cli_main
 from deepfake_lightning.files import atomic_path
-from tests.conftest import CONFIGS
+from tests.helpers import CONFIGS
 
 
 def test_a_write_that_dies_midway_leaves_the_previous_file(tmp_path, monkeypatch):

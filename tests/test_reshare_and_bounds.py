@@ -23,6 +23,7 @@ from deepfake_lightning.data import create_transform
 from deepfake_lightning.data.reshare import OPERATIONS, RandomReshare, Reshare, apply_operation, reshare
 from deepfake_lightning.errors import ConfigError
 from deepfake_lightning.stability import risk_coverage, stability_report, stability_table
+from tests.helpers import best_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -207,7 +208,7 @@ def test_calibration_state_carries_the_guarantee():
 
 # --------------------------------------------------------------------------- end to end on the demo
 def _ckpt(demo_run) -> Path:
-    return next((demo_run / "checkpoints").glob("best-*.ckpt"))
+    return best_checkpoint(demo_run)
 
 
 @pytest.mark.slow

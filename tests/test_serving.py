@@ -29,6 +29,7 @@ from deepfake_lightning.provenance import DEMO_WARNING
 from deepfake_lightning.serving.process import ServerProcess
 from deepfake_lightning.serving.server import build_server
 from deepfake_lightning.serving.worker import DetectorAPI, Engine
+from tests.helpers import best_checkpoint
 from tests.test_evidence import _certificates, _sign
 from tests.test_export import _refuse_unpickling
 
@@ -42,7 +43,7 @@ TORCH_SERVER_TOLERANCE = 2e-3 if torch.cuda.is_available() else 1e-6
 @pytest.fixture(scope="module")
 def export(demo_run, tmp_path_factory) -> Path:
     """The demo model exported as the README says: safetensors and ONNX."""
-    ckpt = next((demo_run / "checkpoints").glob("best-*.ckpt"))
+    ckpt = best_checkpoint(demo_run)
     return export_main(
         [
             "--ckpt_path",

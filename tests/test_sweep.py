@@ -13,7 +13,7 @@ import yaml
 from deepfake_lightning.cli import cli_main, main
 from deepfake_lightning.sweep import SweepConfigError, load_sweep, run_sweep
 from deepfake_lightning.sweep.console import _print_summary
-from tests.conftest import CONFIGS
+from tests.helpers import CONFIGS
 
 
 def _sweep_file(tmp_path, kaggle_root, name="s", **spec):

@@ -23,6 +23,7 @@ from deepfake_lightning.explain.maps import map_files
 from deepfake_lightning.localization import localization_report, score_tiles
 from deepfake_lightning.models import DeepfakeClassifier
 from deepfake_lightning.settings import InferenceSettings
+from tests.helpers import best_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -244,7 +245,7 @@ def test_score_tiles_keeps_each_images_tiles_apart():
 
 # --------------------------------------------------------------------------- end to end on the demo
 def _ckpt(demo_run) -> Path:
-    return next((demo_run / "checkpoints").glob("best-*.ckpt"))
+    return best_checkpoint(demo_run)
 
 
 @pytest.mark.slow
@@ -354,7 +355,7 @@ def test_missing_or_mismatched_masks_fail_before_the_evaluation(tmp_path):
 
     from deepfake_lightning.callbacks import EvaluationReport
     from deepfake_lightning.errors import DataError
-    from tests.conftest import make_kaggle_root
+    from tests.helpers import make_kaggle_root
 
     root = make_kaggle_root(tmp_path / "kaggle", n_train=20, n_test=3)
     masks = pd.read_csv(root / "test_edited.csv", keep_default_na=False)["mask"]

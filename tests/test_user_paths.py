@@ -19,7 +19,7 @@ import yaml
 from deepfake_lightning.api import newest_checkpoint
 from deepfake_lightning.cli import cli_main, main
 from deepfake_lightning.commands.export import export_main
-from tests.conftest import CONFIGS
+from tests.helpers import CONFIGS
 
 FAST = ["--data.num_workers=0", "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
 EVAL_LIMITS = ["--trainer.limit_test_batches=2", "--trainer.limit_predict_batches=2"]  # 128 images per split
