@@ -1,4 +1,5 @@
-"""The README is a test: every `deepfake ...` command in its shell blocks is run here, in README order, from a
+"""The README is a test: every `deepfake ...` command in its shell blocks and in the docs/ pages it links is run
+here, in reading order (each page at its first link), from a
 fresh project directory (the configs, the notebooks and a demo data build), as a new user would after the
 quickstart. Commands run with tiny limits added (one short epoch, two-trial sweeps), and each must exit 0 and
 write the files the README says. Commands that need what this machine lacks are listed in CANNOT_RUN with the
@@ -54,10 +55,23 @@ TINY_FIT = {
 IN_SUBPROCESS = ("--trainer.strategy ddp",)
 
 
+def documentation() -> str:
+    """The README with each page of docs/ it links put in at its first link, in the README's order: the order a
+    reader follows, and the order their commands run in."""
+    out, seen = [], set()
+    for line in (ROOT / "README.md").read_text().splitlines():
+        out.append(line)
+        for page in re.findall(r"\]\((docs/[\w-]+\.md)\)", line):
+            if page not in seen:
+                seen.add(page)
+                out.append((ROOT / page).read_text())
+    return "\n".join(out)
+
+
 def readme_commands(program: str = "deepfake") -> list[str]:
-    """Every `deepfake` (or other ``program``) command in the README's bash blocks, continuation lines joined,
-    comments dropped."""
-    text = (ROOT / "README.md").read_text()
+    """Every `deepfake` (or other ``program``) command in the bash blocks of the README and its docs/ pages,
+    continuation lines joined, comments dropped."""
+    text = documentation()
     commands = []
     for block in re.findall(r"```bash\n(.*?)```", text, re.S):
         for line in block.replace("\\\n", " ").splitlines():
@@ -314,6 +328,21 @@ def test_readme_command(index, readme, project):
         assert mtime >= ran.started - 1, f"{command}: {path} not written by this command"
 
 
+def test_every_docs_page_is_linked_and_every_relative_link_resolves():
+    """docs/ is reachable from the README (so its commands run), and no link of the README or a page is dead."""
+    pages = sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "docs").glob("*.md"))
+    linked = re.findall(r"\]\((docs/[\w-]+\.md)\)", (ROOT / "README.md").read_text())
+    assert pages and sorted(set(linked)) == pages
+    dead = []
+    for page in [ROOT / "README.md", *(ROOT / p for p in pages)]:
+        for target in re.findall(r"\]\(([^)\s]+)\)", page.read_text()):
+            if re.match(r"(https?:|mailto:|#)", target):
+                continue
+            if not (page.parent / target.split("#")[0]).exists():
+                dead.append(f"{page.relative_to(ROOT)}: {target}")
+    assert dead == []
+
+
 def test_every_readme_command_is_covered():
     """Every README command is checked: it cannot run here (CANNOT_RUN, then it must fail with one clear line),
     prints a config, is the server (checked with its curl examples), or is a command whose files `_outputs` knows.
@@ -362,3 +391,24 @@ def test_notebooks_run_from_their_folder_after_the_quickstart(readme, project, m
         texts[name] = "".join(str(o.get("data", {}).get("text/plain", "")) + o.get("text", "") for o in outputs)
     assert "data/demo" in texts["01_explore_checkpoint.ipynb"] and "ai_share_em" in texts["01_explore_checkpoint.ipynb"]
     assert "No sweep study" in texts["02_compare_runs.ipynb"] and "val/auroc" in texts["02_compare_runs.ipynb"]
+
+
+def test_the_readme_python_runs_and_agrees_with_predict(readme, project, monkeypatch):
+    """The Python API block, run in the project after the quickstart: its probability is the one `deepfake predict`
+    wrote for the same file with the same checkpoint."""
+    blocks = re.findall(r"```python\n(.*?)```", documentation(), re.S)
+    assert blocks, "the README shows no Python"
+    monkeypatch.chdir(project)
+    scope: dict = {}
+    for block in blocks:
+        exec(compile(block, "README.md", "exec"), scope)
+    probs, is_ai = scope["probs"], scope["is_ai"]
+    assert len(probs) == 1 and 0 < probs[0] < 1 and is_ai.tolist() == [int(probs[0] >= scope["detector"].threshold)]
+    detector = scope["detector"]
+    argv = ["predict", "--config", "configs/demo.yaml", "--ckpt_path", detector.source, "--data.num_workers=0"]
+    argv += ["--data.predict_paths=[photo.jpg]", "--trainer.enable_progress_bar=false"]
+    main(argv)
+    newest = max(
+        project.glob("lightning_logs/version_0/eval/predict_last*/predictions/files.csv"), key=os.path.getmtime
+    )
+    assert pd.read_csv(newest)["prob_ai"].iloc[0] == pytest.approx(float(probs[0]), abs=1e-5)
