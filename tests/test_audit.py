@@ -18,7 +18,14 @@ from deepfake_lightning.audit.shortcuts import FLAG_AUROC, file_features, jpeg_q
 from deepfake_lightning.commands.audit import audit_main
 from deepfake_lightning.data import DataError
 from deepfake_lightning.data.demo import DemoSpec, build_demo_dataset
-from tests.helpers import CONFIGS, best_checkpoint
+from tests.helpers import CONFIGS, best_checkpoint, copy_run
+
+
+@pytest.fixture(scope="module")
+def demo_run(demo_run, tmp_path_factory):
+    """A copy of the session's trained run (conftest's ``demo_run``): this module's evaluations write into it
+    (``RUN/eval/``, results recorded in its checkpoint), not into the run the session's other tests read."""
+    return copy_run(demo_run, tmp_path_factory.mktemp("run_copy") / "version_0")
 
 
 def layout(root: Path, ai_format: str = "JPEG", n_train: int = 60, n_test: int = 24, seed: int = 0) -> Path:

@@ -11,7 +11,14 @@ import torch
 from deepfake_lightning import DeepfakeClassifier
 from deepfake_lightning.cli import cli_main
 from deepfake_lightning.commands.calibration import calibrate_main
-from tests.helpers import CONFIGS, best_checkpoint
+from tests.helpers import CONFIGS, best_checkpoint, copy_run
+
+
+@pytest.fixture(scope="module")
+def demo_run(demo_run, tmp_path_factory):
+    """A copy of the session's trained run (conftest's ``demo_run``): this module's evaluations write into it
+    (``RUN/eval/``, results recorded in its checkpoint), not into the run the session's other tests read."""
+    return copy_run(demo_run, tmp_path_factory.mktemp("run_copy") / "version_0")
 
 
 def test_fit_stores_temperature_and_threshold_in_the_checkpoints(demo_run):
@@ -41,6 +48,7 @@ def test_loaded_model_predicts_calibrated_probabilities(demo_run):
     assert model.threshold == pytest.approx(model.calibration.threshold)
 
 
+@pytest.mark.slow  # a full `deepfake test` with reports (13 s); the fast tier tests calibration without it
 def test_deepfake_test_reports_calibration_and_thresholds(demo_run, demo_root, tmp_path):
     cli = cli_main(
         [

@@ -20,7 +20,15 @@ from deepfake_lightning.evidence import (
     load_trust_anchors,
     read_evidence,
 )
-from tests.helpers import CONFIGS, best_checkpoint
+from tests.helpers import CONFIGS, best_checkpoint, copy_run
+
+
+@pytest.fixture(scope="module")
+def demo_run(demo_run, tmp_path_factory):
+    """A copy of the session's trained run (conftest's ``demo_run``): this module's evaluations write into it
+    (``RUN/eval/``, results recorded in its checkpoint), not into the run the session's other tests read."""
+    return copy_run(demo_run, tmp_path_factory.mktemp("run_copy") / "version_0")
+
 
 IPTC = "http://cv.iptc.org/newscodes/digitalsourcetype/"
 

@@ -16,7 +16,14 @@ from deepfake_lightning import DeepfakeClassifier, DeepfakeDataModule
 from deepfake_lightning.cli import cli_main, main
 from deepfake_lightning.data.index import DataError
 from deepfake_lightning.models.frontends import create_frontend, srm_kernels
-from tests.helpers import CONFIGS, best_checkpoint
+from tests.helpers import CONFIGS, best_checkpoint, copy_run
+
+
+@pytest.fixture(scope="module")
+def demo_run(demo_run, tmp_path_factory):
+    """A copy of the session's trained run (conftest's ``demo_run``): this module's evaluations write into it
+    (``RUN/eval/``, results recorded in its checkpoint), not into the run the session's other tests read."""
+    return copy_run(demo_run, tmp_path_factory.mktemp("run_copy") / "version_0")
 
 
 # --------------------------------------------------------------------------- front-ends

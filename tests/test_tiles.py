@@ -23,7 +23,15 @@ from deepfake_lightning.explain.maps import map_files
 from deepfake_lightning.localization import localization_report, score_tiles
 from deepfake_lightning.models import DeepfakeClassifier
 from deepfake_lightning.settings import InferenceSettings
-from tests.helpers import best_checkpoint
+from tests.helpers import best_checkpoint, copy_run
+
+
+@pytest.fixture(scope="module")
+def demo_run(demo_run, tmp_path_factory):
+    """A copy of the session's trained run (conftest's ``demo_run``): this module's evaluations write into it
+    (``RUN/eval/``, results recorded in its checkpoint), not into the run the session's other tests read."""
+    return copy_run(demo_run, tmp_path_factory.mktemp("run_copy") / "version_0")
+
 
 ROOT = Path(__file__).resolve().parents[1]
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)

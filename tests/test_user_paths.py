@@ -19,7 +19,15 @@ import yaml
 from deepfake_lightning.api import newest_checkpoint
 from deepfake_lightning.cli import cli_main, main
 from deepfake_lightning.commands.export import export_main
-from tests.helpers import CONFIGS
+from tests.helpers import CONFIGS, copy_run
+
+
+@pytest.fixture(scope="module")
+def demo_run(demo_run, tmp_path_factory):
+    """A copy of the session's trained run (conftest's ``demo_run``): this module's evaluations write into it
+    (``RUN/eval/``, results recorded in its checkpoint), not into the run the session's other tests read."""
+    return copy_run(demo_run, tmp_path_factory.mktemp("run_copy") / "version_0")
+
 
 FAST = ["--data.num_workers=0", "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
 EVAL_LIMITS = ["--trainer.limit_test_batches=2", "--trainer.limit_predict_batches=2"]  # 128 images per split
@@ -74,17 +82,27 @@ def _predictions(run: Path, split: str = "test_v2") -> pd.DataFrame:
     return pd.read_csv(run / "predictions" / f"{split}.csv").set_index("id").sort_index()
 
 
+class _Plain(dict):
+    """Reference `test` and `predict` of the demo checkpoint with no extra flag, each run when first asked for (the
+    fast tier asks for `predict` only)."""
+
+    def __init__(self, demo_run, demo_root, out):
+        super().__init__()
+        self.args = demo_run, demo_root, out
+
+    def __missing__(self, subcommand: str) -> pd.DataFrame:
+        _, run = _eval(subcommand, *self.args)
+        self[subcommand] = _predictions(run)
+        return self[subcommand]
+
+
 @pytest.fixture(scope="module")
 def plain(demo_run, demo_root, tmp_path_factory):
-    """Reference `test` and `predict` of the demo checkpoint with no extra flag."""
-    out = tmp_path_factory.mktemp("plain")
-    _, test_dir = _eval("test", demo_run, demo_root, out)
-    _, predict_dir = _eval("predict", demo_run, demo_root, out)
-    return {"test": _predictions(test_dir), "predict": _predictions(predict_dir)}
+    return _Plain(demo_run, demo_root, tmp_path_factory.mktemp("plain"))
 
 
 # --------------------------------------------------------------------------- {test, predict} x flags
-@pytest.mark.parametrize("subcommand", ["test", "predict"])
+@pytest.mark.parametrize("subcommand", [pytest.param("test", marks=pytest.mark.slow), "predict"])
 def test_command_line_beats_the_checkpoint_tta_flip(subcommand, demo_run, demo_root, plain, tmp_path):
     cli, run = _eval(subcommand, demo_run, demo_root, tmp_path, "--model.tta_flip=true")
     assert cli.model.hparams.tta_flip is True
@@ -94,7 +112,7 @@ def test_command_line_beats_the_checkpoint_tta_flip(subcommand, demo_run, demo_r
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("subcommand", ["test", "predict"])
+@pytest.mark.parametrize("subcommand", [pytest.param("test", marks=pytest.mark.slow), "predict"])
 def test_five_views_reach_metrics_predictions_and_gradcam(subcommand, demo_run, demo_root, plain, tmp_path):
     cli, run = _eval(subcommand, demo_run, demo_root, tmp_path, "--data.eval_views=5", cams=True)
     preds = _predictions(run)
@@ -123,20 +141,20 @@ def test_gradcam_tiles_carry_the_multi_view_probability(demo_run, demo_root):
     assert np.allclose(result.probs, expected, atol=1e-6)
 
 
-@pytest.mark.parametrize("subcommand", ["test", "predict"])
+@pytest.mark.parametrize("subcommand", [pytest.param("test", marks=pytest.mark.slow), "predict"])
 def test_no_logger_still_writes_the_evaluation_files(subcommand, demo_run, demo_root, plain, tmp_path):
     _, run = _eval(subcommand, demo_run, demo_root, tmp_path, "--trainer.logger=false")
     assert run.parent == demo_run / "eval" and not list(run.glob("events.out.tfevents.*"))
     assert np.allclose(_predictions(run)["prob_ai"], plain[subcommand]["prob_ai"], atol=1e-9)
 
 
-@pytest.mark.parametrize("subcommand", ["test", "predict"])
+@pytest.mark.parametrize("subcommand", [pytest.param("test", marks=pytest.mark.slow), "predict"])
 def test_checkpointing_off_is_accepted_at_evaluation(subcommand, demo_run, demo_root, plain, tmp_path):
     _, run = _eval(subcommand, demo_run, demo_root, tmp_path, "--trainer.enable_checkpointing=false")
     assert np.allclose(_predictions(run)["prob_ai"], plain[subcommand]["prob_ai"], atol=1e-9)
 
 
-@pytest.mark.parametrize("subcommand", ["test", "predict"])
+@pytest.mark.parametrize("subcommand", [pytest.param("test", marks=pytest.mark.slow), "predict"])
 def test_bf16_evaluation(subcommand, demo_run, demo_root, plain, tmp_path):
     cli, run = _eval(subcommand, demo_run, demo_root, tmp_path, "--trainer.precision=bf16-mixed")
     assert cli.trainer.precision == "bf16-mixed"
@@ -145,7 +163,7 @@ def test_bf16_evaluation(subcommand, demo_run, demo_root, plain, tmp_path):
     assert 0 < diff.max() < 0.05  # bfloat16 autocast really ran, and stays close to float32
 
 
-@pytest.mark.parametrize("subcommand", ["test", "predict"])
+@pytest.mark.parametrize("subcommand", [pytest.param("test", marks=pytest.mark.slow), "predict"])
 def test_export_folder_as_ckpt_path(subcommand, demo_run, demo_root, plain, export_dir, tmp_path):
     cli, run = _eval(subcommand, demo_run, demo_root, tmp_path, ckpt=export_dir)
     assert run == tmp_path / "eval" / f"{subcommand}_demo_v1"  # outside any training run
