@@ -7,6 +7,7 @@ images. Then the cost of the stability check: ``deepfake predict`` of test_v1 (4
 ``--report.stability 8``, wall time of the whole call, best of two.
 
     python benchmarks/reshare.py          # about 8 minutes on 2 CPU cores
+    python benchmarks/reshare.py --cost_only CKPT [--data_root DIR]   # only the stability check's cost
 
 The leave-one-generator-out figures come from ``python benchmarks/generalization.py --variants npr npr_reshare``.
 Prints the tables and writes benchmarks/results/reshare.csv and reshare_cost.csv.
@@ -29,8 +30,38 @@ REPO = Path(__file__).resolve().parents[1]
 QUIET = ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
 
 
+def stability_cost(base: list[str], ckpt: str) -> pd.DataFrame:
+    """Wall time of ``deepfake predict`` of test_v1 (400 images) plain and with ``--report.stability 8``, best of
+    two whole calls each, and their ratio."""
+    cost = []
+    for k in (0, 8):
+        times = []
+        for _ in range(2):
+            started = time.perf_counter()
+            cli_main(
+                ["predict", *base, f"--ckpt_path={ckpt}", "--data.predict_split=test_v1", f"--report.stability={k}"]
+            )
+            times.append(time.perf_counter() - started)
+        cost.append({"stability": k, "images": 400, "wall_s": min(times)})
+    cost = pd.DataFrame(cost)
+    cost["ratio"] = cost["wall_s"] / cost["wall_s"].iloc[0]
+    return cost
+
+
 def main() -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cost_only", metavar="CKPT", help="only the stability check's cost, on this checkpoint")
+    parser.add_argument("--data_root", help="the demo data (default: configs/demo.yaml's data/demo)")
+    args = parser.parse_args()
     os.chdir(REPO)  # configs/demo.yaml's data root (data/demo) is relative to the project
+    if args.cost_only:
+        with tempfile.TemporaryDirectory() as tmp:
+            base = ["--config", "configs/demo.yaml", *QUIET, f"--trainer.default_root_dir={tmp}"]
+            base += [f"--data.root={args.data_root}"] if args.data_root else []
+            publish(stability_cost(base, args.cost_only).round(3), "reshare_cost")
+        return
     rows, cost = [], []
     with tempfile.TemporaryDirectory() as tmp:
         for p in (0.0, 0.5):
@@ -57,25 +88,9 @@ def main() -> None:
             rows.append(row)
             print(pd.DataFrame([row]).T.to_string(header=False), flush=True)
             if p == 0.0:  # the cost of the stability check, on this model
-                for k in (0, 8):
-                    times = []
-                    for _ in range(2):
-                        started = time.perf_counter()
-                        cli_main(
-                            [
-                                "predict",
-                                *base,
-                                f"--ckpt_path={best}",
-                                "--data.predict_split=test_v1",
-                                f"--report.stability={k}",
-                            ]
-                        )
-                        times.append(time.perf_counter() - started)
-                    cost.append({"stability": k, "images": 400, "wall_s": min(times)})
+                cost = stability_cost(base, best)
     table = pd.DataFrame(rows)
     publish(table.round(4), "reshare", transpose=True)
-    cost = pd.DataFrame(cost)
-    cost["ratio"] = cost["wall_s"] / cost["wall_s"].iloc[0]
     publish(cost.round(3), "reshare_cost")
 
 

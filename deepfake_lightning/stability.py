@@ -14,7 +14,6 @@ An uncertain verdict is one that a harmless re-encode, scale or crop would overt
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from contextlib import nullcontext
 
 import numpy as np
@@ -37,17 +36,24 @@ def check_stability(k: int, tolerance: float) -> None:
 
 
 @torch.inference_mode()
-def copy_logits(model, loader_of_copy: Callable[[int], object], n_images: int, k: int, context=None) -> np.ndarray:
-    """(n_images, k) logits of each image's copies 1..k; ``loader_of_copy(j)`` is a loader over the same images (in
-    dataset order, ``batch["index"]``) with copy j's re-share applied. NaN where an image could not be read."""
+def copy_logits(model, loader, n_images: int, k: int, context=None) -> np.ndarray:
+    """(n_images, k) logits of each image's copies 1..k; ``loader`` batches the data module's
+    ``dataset(split, copies=k)`` (each image decoded once, its k copies made from its pixels: ``ReshareCopies``), in
+    dataset order (``batch["index"]``); every copy of a batch goes through the model in one pass. NaN where an image
+    could not be read."""
     out = np.full((n_images, k), np.nan)
     with context or nullcontext():
-        for j in range(k):
-            for batch in loader_of_copy(j + 1):
-                if "image" not in batch:
-                    continue
-                logits = model.predict_logits(batch["image"].to(model.device), n_tiles=batch.get("n_tiles"))
-                out[batch["index"].numpy(), j] = logits.float().cpu().numpy()
+        for batch in loader:
+            if "copies" in batch:  # (B, k, ...): one view per copy, or several (five crops)
+                views = batch["copies"]
+                logits = model.predict_logits(views.flatten(0, 1).to(model.device)).view(len(views), k)
+            elif "copy_tiles" in batch:  # every copy's tiles, pooled per copy
+                counts = batch["copy_tiles"]
+                logits = model.predict_logits(batch["image"].to(model.device), n_tiles=counts.flatten())
+                logits = logits.view(len(counts), k)
+            else:
+                continue
+            out[batch["index"].numpy()] = logits.float().cpu().numpy()
     return out
 
 

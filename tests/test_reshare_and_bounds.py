@@ -116,6 +116,46 @@ def test_training_reshare_follows_its_probability_and_torch_seed():
 
 
 # --------------------------------------------------------------------------- the stability check
+@pytest.mark.parametrize(("mode", "views"), [("resize", 1), ("crop", 5), ("crop", "tiles")])
+def test_the_copies_of_one_decoding_are_the_copies_of_k_decodings(demo_root, mode, views):
+    """The stability check decodes each image once (ReshareCopies): its k copies are exactly what the data module
+    gave when each copy re-read and re-decoded the file (Reshare(j, salt_with_image=True) before the transform), for
+    one view, five views and tiles; and their logits go through the model batched."""
+    from torch.utils.data import DataLoader
+
+    from deepfake_lightning.data.dataset import collate_skip_bad
+    from deepfake_lightning.models import DeepfakeClassifier
+    from deepfake_lightning.stability import copy_logits
+    from tests.helpers import datamodule
+
+    k = 3
+    dm = datamodule(
+        demo_root, "test", test_v1_csv="test_v1.csv", img_size=64, mode=mode, eval_views=views, tile_stride=32
+    )
+    once = dm.dataset("test_v1", copies=k)
+    for i in (0, 5):
+        item = once[i]
+        for j in range(1, k + 1):
+            again = dm.dataset("test_v1", perturb=Reshare(j, salt_with_image=True))[i]
+            if views == "tiles":
+                start = int(item["copy_tiles"][: j - 1].sum())
+                tiles = item["image"][start : start + int(item["copy_tiles"][j - 1])]
+                assert torch.equal(tiles, again["image"])
+            else:
+                assert torch.equal(item["copies"][j - 1], again["image"])
+    model = DeepfakeClassifier("test_resnet", pretrained=False, tile_pooling="max").eval()
+    loader = DataLoader(once, batch_size=4, collate_fn=collate_skip_bad)
+    n = len(once)
+    logits = copy_logits(model, loader, n, k)
+    assert logits.shape == (n, k) and np.isfinite(logits).all()
+    with torch.inference_mode():  # copy 2 of image 5, scored alone as the per-copy loaders scored it
+        alone = dm.dataset("test_v1", perturb=Reshare(2, salt_with_image=True))[5]
+        x = alone["image"] if views != "tiles" else alone["image"]
+        n_tiles = torch.tensor([len(x)]) if views == "tiles" else None
+        expected = model.predict_logits(x if views == "tiles" else x[None], n_tiles=n_tiles)
+    assert logits[5, 1] == pytest.approx(float(expected[0]), abs=1e-5)
+
+
 def test_stability_table_and_report_on_known_numbers():
     probs = np.array([0.9, 0.8, 0.2, 0.1])
     copies = np.array(

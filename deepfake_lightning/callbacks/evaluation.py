@@ -503,21 +503,17 @@ def copies_table(
     trainer, pl_module, split: str, index: np.ndarray, probs: np.ndarray, k: int, tolerance: float, threshold: float
 ):
     """The stability columns (``stability.py``) of a split's images ``index`` (dataset order) with calibrated
-    ``probs``: each image's k seeded re-shared copies scored on this process, batched by the data module's loader."""
+    ``probs``: each image's k seeded re-shared copies (made from its pixels decoded once) scored on this process."""
     from torch.utils.data import DataLoader, Subset
 
     from deepfake_lightning.data.dataset import collate_skip_bad
-    from deepfake_lightning.data.reshare import Reshare
 
     dm = trainer.datamodule
     n = len(dm.split_ids(split))
-
-    def loader(j: int):  # the images of ``index`` only (e.g. under trainer.limit_test_batches), in dataset order
-        dataset = Subset(dm.dataset(split, perturb=Reshare(j, salt_with_image=True)), sorted(int(i) for i in index))
-        return DataLoader(
-            dataset, batch_size=dm.images_per_batch(), num_workers=dm.num_workers, collate_fn=collate_skip_bad
-        )
-
+    # the images of ``index`` only (e.g. under trainer.limit_test_batches), in dataset order, each decoded once
+    dataset = Subset(dm.dataset(split, copies=k), sorted(int(i) for i in index))
+    batch = max(1, dm.images_per_batch() // k)  # k copies per image: about the usual number of views per pass
+    loader = DataLoader(dataset, batch_size=batch, num_workers=dm.num_workers, collate_fn=collate_skip_bad)
     logits = copy_logits(pl_module, loader, n, k, trainer.precision_plugin.forward_context())[index]
     copy_probs = np.full(logits.shape, np.nan)
     finite = np.isfinite(logits)

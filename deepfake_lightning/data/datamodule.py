@@ -30,6 +30,7 @@ from deepfake_lightning.data.device import ENCODED_KEY, decode_batch, raise_or_s
 from deepfake_lightning.data.index import UNLABELED, DataError
 from deepfake_lightning.data.layouts import check_layout
 from deepfake_lightning.data.manifest import check_manifest
+from deepfake_lightning.data.reshare import ReshareCopies
 from deepfake_lightning.data.sources import Sources, read_sources, sampling_weights
 from deepfake_lightning.data.transforms import (
     TransformMode,
@@ -467,11 +468,14 @@ class DeepfakeDataModule(L.LightningDataModule):
         return [s for s in self.test_splits() if (self.indexes[s]["label"] != UNLABELED).all()]
 
     def dataset(
-        self, split: str, train: bool = False, perturb=None, eval_views: int | str | None = None
+        self, split: str, train: bool = False, perturb=None, eval_views: int | str | None = None, copies: int = 0
     ) -> ImageDataset:
         """The dataset of one split, with the training or the evaluation transform; ``perturb`` (PIL to PIL)
         runs before the evaluation transform, for robustness curves; ``eval_views`` overrides ``data.eval_views``
-        (the localization report scores tiles and the centre crop whatever the run evaluates)."""
+        (the localization report scores tiles and the centre crop whatever the run evaluates); ``copies=k`` gives
+        each image's k re-shared copies of the stability check instead (``data/reshare.py``: ``ReshareCopies``)."""
+        if copies:
+            perturb = _Copies(copies)
         if split == "files":
             return self._files_dataset(perturb, eval_views)
         if split not in self.indexes:
@@ -531,6 +535,8 @@ class DeepfakeDataModule(L.LightningDataModule):
             normalize=False,  # uint8 to the device, where the model normalizes
             augment_on=self.augment_location if train else "cpu",
         )
+        if isinstance(perturb, _Copies):
+            return ReshareCopies(perturb.k, transform)
         return transform if perturb is None else v2.Compose([perturb, transform])
 
     def _files_dataset(self, perturb=None, eval_views: int | str | None = None) -> ImageDataset:
@@ -721,3 +727,10 @@ def _dataset_identity(dataset, rows: pd.DataFrame) -> dict:
         listing = "\n".join(f"{p}\t{y}" for p, y in zip(dataset.index["path"], dataset.index["label"], strict=True))
         out |= {"root": str(dataset.root.resolve()), "listing_sha256": hashlib.sha256(listing.encode()).hexdigest()}
     return out
+
+
+class _Copies:
+    """``dataset(..., copies=k)``: marks the transform to become :class:`ReshareCopies` of the evaluation transform."""
+
+    def __init__(self, k: int):
+        self.k = int(k)

@@ -23,6 +23,7 @@ import zlib
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 from PIL import Image, ImageFilter
 
 OPERATIONS = ("jpeg", "webp", "png", "downscale", "crop", "sharpen")
@@ -50,7 +51,8 @@ def apply_operation(image: Image.Image, name: str, rng: np.random.Generator) -> 
         q = int(rng.integers(60, 96))
         return _encode(image, "WEBP", quality=q), f"webp(q={q})"
     if name == "png":
-        return _encode(image, "PNG"), "png"
+        # lossless: the pixels are the same at every compression level; level 0 spends no time compressing
+        return _encode(image, "PNG", compress_level=0), "png"
     if name == "downscale":
         scale = float(rng.uniform(0.5, 0.9))
         kind = list(FILTERS)[int(rng.integers(len(FILTERS)))]
@@ -84,14 +86,45 @@ class Reshare:
     max_ops: int = 3
     salt_with_image: bool = False
 
-    def chain(self, image: Image.Image | None = None) -> tuple[np.random.Generator, int]:
-        salt = zlib.crc32(image.tobytes()) if self.salt_with_image and image is not None else 0
+    def chain(self, image: Image.Image | None = None, salt: int | None = None) -> tuple[np.random.Generator, int]:
+        """The chain's generator and length; ``salt`` is the image's hash when the caller has it already."""
+        if salt is None:
+            salt = zlib.crc32(image.tobytes()) if self.salt_with_image and image is not None else 0
         rng = np.random.default_rng([self.seed, salt])
         n = self.length or int(rng.integers(1, self.max_ops + 1))
         return rng, n
 
     def __call__(self, image: Image.Image) -> Image.Image:
         return reshare(image, *self.chain(image))[0]
+
+
+class ReshareCopies:
+    """The stability check's k copies of one decoded image (copy j is ``Reshare(j, salt_with_image=True)``'s chain,
+    j = 1..k), each through ``transform``: the file is read, decoded and hashed once instead of once per copy.
+
+    Returns ``{"copies": (k, ...)}`` (the views of each copy stacked), or for a tiled ``transform`` every copy's tiles
+    one after the other, ``{"image", "tile_xy", "copy_tiles": (k,) tiles per copy}`` (``collate_tiles`` batches it).
+    """
+
+    def __init__(self, k: int, transform):
+        self.k, self.transform = int(k), transform
+
+    def __call__(self, image: Image.Image) -> dict:
+        salt = zlib.crc32(image.tobytes())  # what Reshare(j, salt_with_image=True) hashes, once
+        outs = [
+            self.transform(reshare(image, *Reshare(j, salt_with_image=True).chain(salt=salt))[0])
+            for j in range(1, self.k + 1)
+        ]
+        if not isinstance(outs[0], dict):
+            return {"copies": torch.stack(outs)}
+        return {
+            "image": torch.cat([o["image"] for o in outs]),
+            "tile_xy": torch.cat([o["tile_xy"] for o in outs]),
+            "copy_tiles": torch.tensor([len(o["image"]) for o in outs], dtype=torch.long),
+        }
+
+    def __repr__(self) -> str:
+        return f"ReshareCopies(k={self.k}, {self.transform!r})"
 
 
 def reshare(image: Image.Image, rng: np.random.Generator, length: int) -> tuple[Image.Image, list[str]]:
