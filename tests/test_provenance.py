@@ -16,7 +16,8 @@ from deepfake_lightning.cli import cli_main
 from deepfake_lightning.commands.explain import explain_main
 from deepfake_lightning.commands.export import export_main
 from deepfake_lightning.data.demo import DemoSpec
-from deepfake_lightning.provenance import DEMO_WARNING, UNKNOWN, read_card_metadata
+from deepfake_lightning.export.card import read_card_metadata
+from deepfake_lightning.provenance import DEMO_WARNING, UNKNOWN
 from tests.helpers import CONFIGS, best_checkpoint
 
 QUIET = ["--data.num_workers=0", "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
@@ -216,7 +217,8 @@ def test_last_ckpt_is_the_final_state_and_exports_are_readable_by_others(demo_ru
 
 
 def test_the_card_says_which_test_time_augmentation_its_test_figures_used():
-    from deepfake_lightning.provenance import ModelFacts, model_card
+    from deepfake_lightning.export.card import model_card
+    from deepfake_lightning.provenance import ModelFacts
 
     facts = ModelFacts(
         backbone="test_resnet",

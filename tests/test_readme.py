@@ -26,7 +26,7 @@ import torch
 import yaml
 
 from deepfake_lightning.cli import main
-from deepfake_lightning.provenance import read_card_metadata
+from deepfake_lightning.export.card import read_card_metadata
 from tests.helpers.layouts import LAYOUTS, relayout
 
 pytestmark = pytest.mark.slow  # every README command, end to end, as a new user runs them

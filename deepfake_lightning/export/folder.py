@@ -36,9 +36,10 @@ from deepfake_lightning.checkpoints import (
     stored_settings,
 )
 from deepfake_lightning.errors import ExportError
+from deepfake_lightning.export.card import model_card
 from deepfake_lightning.export.onnx import ONNX_FILE, OnnxModel, write_onnx
 from deepfake_lightning.files import atomic_path
-from deepfake_lightning.provenance import export_facts, model_card
+from deepfake_lightning.provenance import export_facts
 from deepfake_lightning.settings import InferenceSettings
 
 WEIGHTS_FILE = "model.safetensors"
@@ -66,7 +67,7 @@ def export_checkpoint(
 ) -> Path:
     """Writes the weights in ``formats`` (``out_dir/model.safetensors`` and/or ``out_dir/model.onnx``),
     ``out_dir/detector.json`` and a model card ``out_dir/README.md`` (Hugging Face format, see
-    ``provenance.model_card``) from a ``deepfake fit`` checkpoint (a pickle: export only checkpoints you trust; the
+    ``export/card.py``) from a ``deepfake fit`` checkpoint (a pickle: export only checkpoints you trust; the
     export is then safe to share). Returns ``out_dir``."""
     from safetensors.torch import save_file
 
