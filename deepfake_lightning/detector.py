@@ -23,9 +23,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 from deepfake_lightning.calibration import CalibrationState, Calibrator
 from deepfake_lightning.checkpoints import export_calibration, is_export, load_checkpoint, stored_settings
+from deepfake_lightning.data.dataset import load_image
 from deepfake_lightning.data.tiles import TileTransform, pool_tile_logits
 from deepfake_lightning.data.transforms import create_transform
 from deepfake_lightning.errors import ConfigError, ExportError
@@ -146,6 +148,15 @@ class Detector:
             s.merged(eval_views="tiles")  # the one error line: tiles need a crop-mode model
         return TileTransform(s.img_size, s.tile_stride, s.max_tiles, s.mean, s.std, normalize=normalize)
 
+    def read(self, source) -> Image.Image:
+        """A file (a path or a binary file object) decoded as every entry point decodes it for this model: RGB, EXIF
+        orientation, and in resize mode JPEG draft decoding (``settings.draft_size``), as the data module does.
+
+        Raises:
+            BadImageError: For a missing, empty, truncated or undecodable file, or a decompression bomb.
+        """
+        return load_image(source, self.settings.draft_size)
+
     # ------------------------------------------------------------------ scoring
     @torch.inference_mode()
     def view_logits(self, images: torch.Tensor) -> np.ndarray:
@@ -195,6 +206,10 @@ class Detector:
         for start in range(0, len(images), batch_size):
             probs.append(self.probs(self.logits([transform(image) for image in images[start : start + batch_size]])))
         return np.concatenate(probs) if probs else np.zeros(0)
+
+    def score_files(self, paths: list, batch_size: int = 8) -> np.ndarray:
+        """The verdict probability of each image file (decoded by :meth:`read`): what ``deepfake predict`` gives."""
+        return self.score_images([self.read(p) for p in paths], batch_size)
 
     def labels(self, probs: np.ndarray) -> np.ndarray:
         """1 (AI-generated) where a calibrated probability reaches the threshold."""

@@ -48,6 +48,8 @@ class InferenceSettings:
         tile_topk: Share of tiles ``topk`` pools, in (0, 1].
         tta_flip: Average each view's logit with its mirror's.
         frontend: The fixed input filter before the backbone (``rgb``, ``npr``, ``highpass``: models/frontends.py).
+        jpeg_draft: ``resize`` mode: JPEGs are decoded at the smallest DCT scale that still covers ``img_size``
+            (the image is squashed to it anyway); every entry point decodes a file this way.
     """
 
     img_size: int = 224
@@ -61,9 +63,10 @@ class InferenceSettings:
     tile_topk: float = 0.25
     tta_flip: bool = False
     frontend: str = "rgb"
+    jpeg_draft: bool = True
 
     # Which section of a run's config each setting belongs to (``--data.img_size``, ``--model.tta_flip``).
-    DATA_KEYS = ("img_size", "mode", "mean", "std", "eval_views", "tile_stride", "max_tiles")
+    DATA_KEYS = ("img_size", "mode", "mean", "std", "eval_views", "tile_stride", "max_tiles", "jpeg_draft")
     MODEL_KEYS = ("tile_pooling", "tile_topk", "tta_flip", "frontend")
     # What a calibration records of the evaluation it was fitted on (calibration/state.py).
     EVALUATION_KEYS = {"data": ("eval_views", "tile_stride", "max_tiles"), "model": ("tile_pooling", "tile_topk")}
@@ -86,6 +89,12 @@ class InferenceSettings:
     def tiled(self) -> bool:
         """Whether the verdict scores the whole image as tiles."""
         return self.eval_views == "tiles"
+
+    @property
+    def draft_size(self) -> int | None:
+        """The ``draft_size`` of ``data.dataset.load_image`` for this model: ``img_size`` in resize mode with
+        ``jpeg_draft``, else None (full decoding)."""
+        return self.img_size if self.jpeg_draft and self.mode == "resize" else None
 
     @property
     def stride(self) -> int:

@@ -104,3 +104,32 @@ def test_every_entry_point_gives_the_same_verdict(views, models, images, demo_ro
     onnx = _served(export, images, "onnx")
     assert [a["prob_ai"] for a in onnx] == pytest.approx(direct, abs=1e-4)  # ONNX Runtime's float arithmetic
     assert np.array([a["label"] for a in onnx]).tolist() == rows["label"].tolist()
+
+
+def test_a_resize_mode_model_decodes_a_large_jpeg_as_predict_does(demo_run, demo_root, images, tmp_path):
+    """A resize-mode model: `deepfake predict` decodes JPEGs at a reduced DCT scale (data.jpeg_draft). The Detector,
+    `deepfake explain` and the served API decode the same way, so the 16-megapixel photo gets one verdict; decoded
+    in full it would score otherwise."""
+    from deepfake_lightning.checkpoints import update_checkpoint
+
+    ckpt = tmp_path / "resize.ckpt"
+    update_checkpoint(
+        demo_run / "checkpoints" / "last.ckpt",
+        lambda c: c["datamodule_hyper_parameters"].update(mode="resize", eval_views=1),
+        ckpt,
+    )
+    detector = load_detector(ckpt)
+    assert detector.settings.mode == "resize" and detector.settings.draft_size == detector.settings.img_size
+    direct = detector.score_files(images)
+    predicted = _predict(ckpt, images, demo_root, tmp_path / "predict")
+    assert predicted[[f.name for f in images]].to_numpy() == pytest.approx(direct, abs=1e-5)
+    full = detector.score_images([Image.open(images[-1]).convert("RGB")])[0]  # no draft: another verdict input
+    assert abs(full - direct[-1]) > 1e-4
+
+    main(["explain", *map(str, images), "--ckpt_path", str(ckpt), "--out", str(tmp_path / "cams")])
+    cams = pd.read_csv(tmp_path / "cams" / "explanations.csv").set_index("file").loc[[str(f) for f in images]]
+    assert cams["prob_ai"].to_numpy() == pytest.approx(direct, abs=1e-5)
+    api = DetectorAPI(str(ckpt), "torch")
+    api.setup("cpu")
+    served = api.predict([api.decode_request({"image": base64.b64encode(f.read_bytes()).decode()}) for f in images])
+    assert [a["prob_ai"] for a in served] == pytest.approx(direct, abs=1e-5)

@@ -223,7 +223,7 @@ class DeepfakeDataModule(L.LightningDataModule):
         persistent_workers: bool = True,
         bad_images: BadImagePolicy = "fail",
         check_images: bool = False,
-        jpeg_draft: bool = True,
+        jpeg_draft: bool = DEFAULTS.jpeg_draft,
         cache_dir: str | None = None,
         augment_on: Literal["auto", "cpu", "device"] = "auto",
         decode: Literal["cpu", "device"] = "cpu",

@@ -78,7 +78,8 @@ def explanation_figure(
         where = f"red: the {settings.img_size} px centre crop it explains"
     else:
         where = f"squashed to {settings.img_size} x {settings.img_size} px for the network"
-    axes[0].set_title(f"whole image, {width} x {height} px\n{where}", fontsize=8)
+    decoded = "whole image" if settings.draft_size is None else "whole image as decoded"
+    axes[0].set_title(f"{decoded}, {width} x {height} px\n{where}", fontsize=8)
     for ax, (name, cam) in zip(axes[1:], maps, strict=True):
         ax.imshow(overlay(view_rgb, cam))
         ax.set_title(f"{method}: {name}\nwhat raised the AI-generated logit", fontsize=8)

@@ -27,7 +27,7 @@ def explain_files(
     import matplotlib.pyplot as plt
     import torch
 
-    from deepfake_lightning.data.dataset import BadImageError, load_image
+    from deepfake_lightning.data.dataset import BadImageError
     from deepfake_lightning.evidence import COLUMNS as EVIDENCE_COLUMNS
     from deepfake_lightning.evidence import caption, read_evidence
 
@@ -41,7 +41,7 @@ def explain_files(
             batch_files, pictures = [], []
             for f in files[start : start + batch_size]:
                 try:
-                    pictures.append(load_image(f))
+                    pictures.append(detector.read(f))
                     batch_files.append(f)
                 except BadImageError as e:
                     error = str(e.__cause__ or e)

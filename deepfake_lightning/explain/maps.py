@@ -31,7 +31,7 @@ def map_files(
     in ``explain_files``. Returns this run's rows."""
     import matplotlib.pyplot as plt
 
-    from deepfake_lightning.data.dataset import BadImageError, load_image
+    from deepfake_lightning.data.dataset import BadImageError
     from deepfake_lightning.evidence import caption, read_evidence
     from deepfake_lightning.files import atomic_path
     from deepfake_lightning.localization import TileScores, plot_score_map
@@ -47,7 +47,7 @@ def map_files(
     rows = []
     for f in files:
         try:
-            image = load_image(f)
+            image = detector.read(f)
         except BadImageError as e:
             rows.append({"file": str(f), "error": str(e.__cause__ or e), "png": "", "tiles_csv": ""})
             continue

@@ -104,7 +104,7 @@ class Engine:
     ) -> Upload:
         """Bytes to the verdict's preprocessed views (and tiles for a score map); an undecodable upload becomes an
         :class:`Upload` with a 400 error, a map asked of a resize-mode model a 422."""
-        from deepfake_lightning.data.dataset import BadImageError, load_image
+        from deepfake_lightning.data.dataset import BadImageError
 
         upload = Upload(filename, explain, score_map)
         if score_map and self.tiler is None:
@@ -117,7 +117,7 @@ class Engine:
         source = io.BytesIO(data)
         source.name = filename
         try:
-            picture = load_image(source)
+            picture = self.detector.read(source)  # decoded as deepfake predict decodes the file
             from deepfake_lightning.evidence import read_evidence
 
             upload.evidence = read_evidence(data, self.trust_anchors).to_json()
