@@ -29,7 +29,7 @@ from deepfake_lightning.calibration import CalibrationState, Calibrator
 from deepfake_lightning.checkpoints import export_calibration, is_export, load_checkpoint, stored_settings
 from deepfake_lightning.data.dataset import load_image
 from deepfake_lightning.data.tiles import TileTransform, pool_tile_logits
-from deepfake_lightning.data.transforms import create_transform
+from deepfake_lightning.data.transforms import create_transform, evaluation_transform
 from deepfake_lightning.errors import ConfigError, ExportError
 from deepfake_lightning.provenance import ModelFacts
 from deepfake_lightning.settings import InferenceSettings
@@ -111,18 +111,7 @@ class Detector:
     def evaluation_transform(self, normalize: bool = False):
         """The verdict's preprocessing: a PIL image to its views as ``deepfake predict`` computes them (one view
         (3, H, W), five (5, 3, H, W), or a dict of tiles), uint8 (the network normalizes) unless ``normalize``."""
-        s = self.settings
-        return create_transform(
-            s.img_size,
-            train=False,
-            mode=s.mode,
-            mean=s.mean,
-            std=s.std,
-            eval_views=s.eval_views,
-            tile_stride=s.tile_stride,
-            max_tiles=s.max_tiles,
-            normalize=normalize,
-        )
+        return evaluation_transform(self.settings, normalize)
 
     @property
     def transform(self):

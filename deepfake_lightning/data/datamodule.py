@@ -32,14 +32,10 @@ from deepfake_lightning.data.layouts import check_layout
 from deepfake_lightning.data.manifest import check_manifest
 from deepfake_lightning.data.reshare import ReshareCopies
 from deepfake_lightning.data.sources import Sources, read_sources, sampling_weights
-from deepfake_lightning.data.transforms import (
-    TransformMode,
-    check_eval_views,
-    create_transform,
-)
+from deepfake_lightning.data.transforms import TransformMode, check_eval_views, create_transform, evaluation_transform
 from deepfake_lightning.files import atomic_path, file_sha256
 from deepfake_lightning.provenance import KAGGLE_DATASET, split_sha256
-from deepfake_lightning.settings import DEFAULTS
+from deepfake_lightning.settings import DEFAULTS, InferenceSettings
 
 SPLIT_FILE = "split.csv"
 TEST_SPLITS = ("test_v1", "test_v2", "test_edited")
@@ -515,26 +511,32 @@ class DeepfakeDataModule(L.LightningDataModule):
         return trainer.strategy.root_device if trainer is not None else torch.device("cpu")
 
     @property
+    def inference_settings(self) -> InferenceSettings:
+        """The data side of the model's inference settings (settings.py): size, mode, normalization, views, tiling
+        and JPEG draft decoding, as the evaluation loaders apply them."""
+        hp = self.hparams
+        return InferenceSettings(**{k: hp[k] for k in InferenceSettings.DATA_KEYS})
+
+    @property
     def _draft_size(self) -> int | None:
-        return self.hparams.img_size if self.hparams.jpeg_draft and self.hparams.mode == "resize" else None
+        return self.inference_settings.draft_size
 
     def _transform(self, train: bool, perturb=None, eval_views: int | str | None = None):
         hp = self.hparams
-        views = hp.eval_views if eval_views is None else eval_views
-        transform = create_transform(
-            hp.img_size,
-            train=train,
-            mode=hp.mode,
-            aug_strength=hp.aug_strength,
-            aug_reshare=hp.aug_reshare,
-            mean=hp.mean,
-            std=hp.std,
-            eval_views=1 if train else views,
-            tile_stride=hp.tile_stride,
-            max_tiles=hp.max_tiles,
-            normalize=False,  # uint8 to the device, where the model normalizes
-            augment_on=self.augment_location if train else "cpu",
-        )
+        if train:
+            transform = create_transform(
+                hp.img_size,
+                train=True,
+                mode=hp.mode,
+                aug_strength=hp.aug_strength,
+                aug_reshare=hp.aug_reshare,
+                mean=hp.mean,
+                std=hp.std,
+                normalize=False,  # uint8 to the device, where the model normalizes
+                augment_on=self.augment_location,
+            )
+        else:  # the one evaluation transform of a model's settings (data/transforms.py), as the Detector's
+            transform = evaluation_transform(self.inference_settings.merged(eval_views=eval_views))
         if isinstance(perturb, _Copies):
             return ReshareCopies(perturb.k, transform)
         return transform if perturb is None else v2.Compose([perturb, transform])

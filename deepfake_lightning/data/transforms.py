@@ -29,7 +29,7 @@ from deepfake_lightning.data.augment import CpuAugment
 from deepfake_lightning.data.reshare import RandomReshare
 from deepfake_lightning.data.tiles import TileTransform
 from deepfake_lightning.errors import ConfigError
-from deepfake_lightning.settings import IMAGENET_MEAN, IMAGENET_STD, check_views
+from deepfake_lightning.settings import IMAGENET_MEAN, IMAGENET_STD, InferenceSettings, check_views
 
 TransformMode = Literal["resize", "crop"]
 
@@ -99,6 +99,24 @@ def create_transform(
     if eval_views > 1:
         ops.append(_StackViews())
     return v2.Compose(ops)
+
+
+def evaluation_transform(settings: InferenceSettings, normalize: bool = False):
+    """A model's evaluation transform, from its inference settings (``settings.py``): its views (one, five or tiles)
+    as uint8 (the model normalizes) unless ``normalize``. The data module's evaluation loaders and the
+    ``Detector`` both build theirs here."""
+    s = settings
+    return create_transform(
+        s.img_size,
+        train=False,
+        mode=s.mode,
+        mean=s.mean,
+        std=s.std,
+        eval_views=s.eval_views,
+        tile_stride=s.tile_stride,
+        max_tiles=s.max_tiles,
+        normalize=normalize,
+    )
 
 
 def _check_settings(aug_strength: float, mode: str, aug_reshare: float, augment_on: str) -> None:
