@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 from PIL import Image
 
@@ -199,6 +200,62 @@ class Detector:
     def score_files(self, paths: list, batch_size: int = 8) -> np.ndarray:
         """The verdict probability of each image file (decoded by :meth:`read`): what ``deepfake predict`` gives."""
         return self.score_images([self.read(p) for p in paths], batch_size)
+
+    def predict_files(
+        self,
+        paths: list,
+        stability: int = 0,
+        tolerance: float | None = None,
+        evidence: bool = True,
+        trust_anchors: str | None = None,
+    ) -> pd.DataFrame:
+        """``deepfake predict``'s ``files.csv`` for image files, in their order: ``id, prob_ai, label``; with
+        ``stability=K`` the stability columns (``prob_min, prob_max, flip_rate, verdict``: K seeded re-shared copies
+        of each image, ``stability.py``); with ``evidence`` what each file's metadata says (``evidence_*``,
+        ``evidence.py``, beside the verdict, never in it); an unreadable file gets its ``error`` and no
+        probability."""
+        from deepfake_lightning.data.dataset import BadImageError
+        from deepfake_lightning.data.reshare import ReshareCopies
+        from deepfake_lightning.evidence import evidence_columns, evidence_of
+        from deepfake_lightning.stability import DEFAULT_TOLERANCE, check_stability, stability_table
+
+        tolerance = DEFAULT_TOLERANCE if tolerance is None else tolerance
+        if stability:
+            check_stability(stability, tolerance)
+        pictures, errors = {}, {}
+        for path in map(str, paths):
+            try:
+                pictures[path] = self.read(path)
+            except BadImageError as e:
+                errors[path] = str(e.__cause__ or e)
+        ids, transform = list(pictures), self.evaluation_transform()
+        inputs = [transform(p) for p in pictures.values()]
+        logits = [self.logits(inputs[i : i + 8]) for i in range(0, len(inputs), 8)]
+        table = pd.DataFrame({"id": ids, "prob_ai": self.probs(np.concatenate(logits)) if logits else []})
+        table["label"] = self.labels(table["prob_ai"])
+        if self.settings.tiled:  # as predict reports a tiled verdict: tiles scored, and of how many
+            table["n_tiles"] = [len(x["image"]) for x in inputs]
+            table["tiles_total"] = [int(x["tiles_total"]) for x in inputs]
+        if stability and ids:
+            copies = ReshareCopies(stability, self.evaluation_transform())
+            logits = np.stack([self.logits_of_copies(copies(p), stability) for p in pictures.values()])
+            copy_probs = self.probs(logits.ravel()).reshape(logits.shape)
+            table = pd.concat([table, stability_table(table["prob_ai"], copy_probs, self.threshold, tolerance)], axis=1)
+        if evidence:
+            table = table.assign(**evidence_columns(evidence_of(ids, trust_anchors)))
+        if errors:
+            table["error"] = ""
+            failed = pd.DataFrame({"id": list(errors), "error": list(errors.values())})
+            table = pd.concat([table, failed], ignore_index=True).astype({"label": "Int64"})
+        order = {str(p): i for i, p in enumerate(paths)}
+        return table.sort_values("id", key=lambda c: c.map(order)).reset_index(drop=True)
+
+    def logits_of_copies(self, copies: dict, k: int) -> np.ndarray:
+        """The k image logits of one image's re-shared copies (``data/reshare.py``: ``ReshareCopies``' output)."""
+        if "copies" in copies:
+            return self.logits(list(copies["copies"]))
+        parts = np.split(self.view_logits(copies["image"]), np.cumsum(copies["copy_tiles"].tolist())[:-1])
+        return np.asarray([self.pool(p) for p in parts], dtype=np.float32)
 
     def labels(self, probs: np.ndarray) -> np.ndarray:
         """1 (AI-generated) where a calibrated probability reaches the threshold."""

@@ -133,3 +133,29 @@ def test_a_resize_mode_model_decodes_a_large_jpeg_as_predict_does(demo_run, demo
     api.setup("cpu")
     served = api.predict([api.decode_request({"image": base64.b64encode(f.read_bytes()).decode()}) for f in images])
     assert [a["prob_ai"] for a in served] == pytest.approx(direct, abs=1e-5)
+
+
+@pytest.mark.parametrize("views", [1, "tiles"])
+def test_detector_predict_files_is_deepfake_predicts_files_csv(views, models, images, demo_root, tmp_path):
+    """Detector.predict_files gives the rows of `deepfake predict --report.stability 3`'s files.csv: the same
+    columns, probabilities, stability (the same seeded copies) and evidence, and the unreadable file's error."""
+    ckpt = models[views]
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    files = [*images, broken]
+    paths = f"--data.predict_paths=[{','.join(map(str, files))}]"
+    main(demo_command("predict", demo_root, paths, "--report.stability=3", ckpt=ckpt, out=tmp_path / "p"))
+    written = pd.read_csv(next((tmp_path / "p").glob("eval/predict_*/predictions/files.csv")), keep_default_na=False)
+    ours = load_detector(ckpt).predict_files(files, stability=3)
+    assert list(ours.columns) == list(written.columns)
+    written = written.set_index("id").loc[[str(f) for f in files]]
+    ours = ours.set_index("id").loc[[str(f) for f in files]]
+    scored = [str(f) for f in images]
+    for column in ("prob_ai", "prob_min", "prob_max", "flip_rate"):
+        assert ours.loc[scored, column].astype(float).to_numpy() == pytest.approx(
+            written.loc[scored, column].astype(float).to_numpy(), abs=1e-5
+        )
+    for column in ("label", "verdict", "evidence_summary"):
+        assert ours.loc[scored, column].astype(str).tolist() == written.loc[scored, column].astype(str).tolist()
+    assert ours.loc[str(broken), "error"] != "" and ours.loc[str(broken), "prob_ai"] == ""  # no verdict
+    assert ours.loc[str(broken), "error"] == written.loc[str(broken), "error"]
