@@ -157,5 +157,5 @@ def test_detector_predict_files_is_deepfake_predicts_files_csv(views, models, im
         )
     for column in ("label", "verdict", "evidence_summary"):
         assert ours.loc[scored, column].astype(str).tolist() == written.loc[scored, column].astype(str).tolist()
-    assert ours.loc[str(broken), "error"] != "" and ours.loc[str(broken), "prob_ai"] == ""  # no verdict
+    assert ours.loc[str(broken), "error"] != "" and pd.isna(ours.loc[str(broken), "prob_ai"])  # no verdict
     assert ours.loc[str(broken), "error"] == written.loc[str(broken), "error"]
