@@ -189,8 +189,9 @@ class Detector:
         return self.calibrator(np.asarray(logits, dtype=np.float32))
 
     def score_images(self, images: list, batch_size: int = 8) -> np.ndarray:
-        """The verdict probability (calibrated) of each PIL image: its views, one pass, pooling and calibration,
-        as ``deepfake predict`` gives it for the same file."""
+        """The verdict probability (calibrated) of each image, a PIL image or an (H, W, 3) uint8 RGB array: its
+        views, one pass, pooling and calibration, as ``deepfake predict`` gives it for the same pixels."""
+        images = [im if isinstance(im, Image.Image) else Image.fromarray(np.asarray(im, np.uint8)) for im in images]
         transform = self.evaluation_transform()
         probs = []
         for start in range(0, len(images), batch_size):

@@ -230,6 +230,7 @@ def test_score_maps_of_a_small_and_a_large_image(tmp_path):
     assert small["map_prob_ai"] == pytest.approx(tiles["prob_ai"].max())  # max pooling: the hottest tile's
     # a one-view model: its verdict is its own centre view, as deepfake predict gives it, and the map says it is not
     assert small["prob_ai"] == pytest.approx(detector.score_images([_photo(96, 80, 1)])[0], abs=1e-6)
+    assert detector.score_images([np.asarray(_photo(96, 80, 1))])[0] == pytest.approx(small["prob_ai"], abs=1e-6)
     assert small["verdict_views"] == "1" and not small["map_is_verdict"]
     for name in ("small_map.png", "large_map.png"):
         with Image.open(tmp_path / "maps" / name) as im:
