@@ -121,7 +121,7 @@ def test_the_copies_of_one_decoding_are_the_copies_of_k_decodings(demo_root, mod
     """The stability check decodes each image once (ReshareCopies): its k copies are exactly what the data module
     gave when each copy re-read and re-decoded the file (Reshare(j, salt_with_image=True) before the transform), for
     one view, five views and tiles; and their logits go through the model batched."""
-    from torch.utils.data import DataLoader
+    from torch.utils.data import DataLoader, Subset
 
     from deepfake_lightning.data.dataset import collate_skip_bad
     from deepfake_lightning.models import DeepfakeClassifier
@@ -144,10 +144,10 @@ def test_the_copies_of_one_decoding_are_the_copies_of_k_decodings(demo_root, mod
             else:
                 assert torch.equal(item["copies"][j - 1], again["image"])
     model = DeepfakeClassifier("test_resnet", pretrained=False, tile_pooling="max").eval()
-    loader = DataLoader(once, batch_size=4, collate_fn=collate_skip_bad)
+    loader = DataLoader(Subset(once, range(8)), batch_size=4, collate_fn=collate_skip_bad)  # 8 images are enough
     n = len(once)
     logits = copy_logits(model, loader, n, k)
-    assert logits.shape == (n, k) and np.isfinite(logits).all()
+    assert logits.shape == (n, k) and np.isfinite(logits[:8]).all() and np.isnan(logits[8:]).all()
     with torch.inference_mode():  # copy 2 of image 5, scored alone as the per-copy loaders scored it
         alone = dm.dataset("test_v1", perturb=Reshare(2, salt_with_image=True))[5]
         x = alone["image"] if views != "tiles" else alone["image"]
