@@ -152,10 +152,10 @@ def augment_table(args) -> None:
                         s, train=True, mode=mode, aug_strength=strength, normalize=False
                     ),
                 }
-                if strength > 0:
-                    transforms_by["now (+ re-share chains, aug_reshare 0.5)"] = create_transform(
-                        s, train=True, mode=mode, aug_strength=strength, aug_reshare=0.5, normalize=False
-                    )
+                # the re-share chains beside each strength (crop mode: on the crop's window)
+                transforms_by["now (+ re-share chains, aug_reshare 0.5)"] = create_transform(
+                    s, train=True, mode=mode, aug_strength=strength, aug_reshare=0.5, normalize=False
+                )
                 for name, transform in transforms_by.items():
                     torch.manual_seed(0)
                     r = rate(lambda p, t=transform, d=draft: t(load_image(p, d)), photos, repeats=3)

@@ -278,7 +278,7 @@ def test_decode_on_the_device_takes_other_files_and_reports_bad_ones(tmp_path, k
     ("args", "message"),
     [
         (dict(decode="device", augment_on="cpu"), "no pixels in the loader workers"),
-        (dict(decode="device", aug_reshare=0.5), "aug_reshare re-shares full-size images"),
+        (dict(decode="device", aug_reshare=0.5), "aug_reshare re-shares decoded images"),
         (dict(augment_on="gpu"), "data.augment_on must be auto, cpu or device"),
         (dict(decode="gpu"), "data.decode must be cpu or device"),
     ],

@@ -10,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 from scipy.stats import norm
+from torchvision.transforms import v2
 
 from deepfake_lightning.calibration import CalibrationState, check_criterion
 from deepfake_lightning.calibration.thresholds import (
@@ -20,7 +21,18 @@ from deepfake_lightning.calibration.thresholds import (
 from deepfake_lightning.callbacks import Calibration, EvaluationReport
 from deepfake_lightning.cli import main
 from deepfake_lightning.data import create_transform
-from deepfake_lightning.data.reshare import OPERATIONS, RandomReshare, Reshare, apply_operation, reshare
+from deepfake_lightning.data.reshare import (
+    OPERATIONS,
+    RandomReshare,
+    RandomReshareCrop,
+    Reshare,
+    apply_operation,
+    draw_step,
+    plan_chain,
+    reshare,
+    reshare_window,
+    run_step,
+)
 from deepfake_lightning.errors import ConfigError
 from deepfake_lightning.stability import risk_coverage, stability_report, stability_table
 from tests.helpers import best_checkpoint
@@ -109,10 +121,105 @@ def test_training_reshare_follows_its_probability_and_torch_seed():
     torch.manual_seed(0)
     changed = sum(RandomReshare(0.3)(image) is not image for _ in range(400))
     assert 90 <= changed <= 150  # 30 % of 400, within about 3 standard deviations
-    transform = create_transform(32, train=True, mode="crop", aug_reshare=0.5)
-    assert "RandomReshare(p=0.5)" in repr(transform)
+    assert "RandomReshare(p=0.5)" in repr(create_transform(32, train=True, mode="resize", aug_reshare=0.5))
+    assert "RandomReshareCrop(p=0.5, size=32)" in repr(create_transform(32, train=True, mode="crop", aug_reshare=0.5))
     with pytest.raises(ConfigError, match=r"data.aug_reshare must be a probability in \[0, 1\]"):
         create_transform(32, train=True, mode="crop", aug_reshare=1.5)
+
+
+# --------------------------------------------------------------------------- chains on the crop's window
+def _camera_photo(w: int, h: int, seed: int) -> Image.Image:
+    """Smooth structure plus sensor-like noise: what makes JPEG and WebP work hard (a flat image would hide errors)."""
+    rng = np.random.default_rng(seed)
+    base = Image.fromarray(rng.integers(0, 256, (h // 30, w // 30, 3), dtype=np.uint8))
+    pixels = np.asarray(base.resize((w, h), Image.Resampling.BICUBIC), dtype=np.int16) + rng.normal(0, 6, (h, w, 3))
+    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+
+
+def _window_against_full_chain(names_from: tuple[str, ...], n: int, crop: int = 96):
+    """For n random chains of operations drawn from ``names_from`` on odd-sized photographs and a random crop of
+    each result: (names, |windowed - full chain then crop|) per chain."""
+    out = []
+    for seed in range(n):
+        rng = np.random.default_rng(seed)
+        image = _camera_photo(int(rng.integers(250, 520)), int(rng.integers(250, 420)), seed)
+        steps, size = [], image.size
+        for name in rng.choice(names_from, size=int(rng.integers(1, 4))):
+            steps.append(draw_step(str(name), rng, size))
+            size = steps[-1].size_out
+        x, y = int(rng.integers(0, size[0] - crop + 1)), int(rng.integers(0, size[1] - crop + 1))
+        full = image
+        for step in steps:
+            full = run_step(full, step)
+        box = (x, y, x + crop, y + crop)
+        window = reshare_window(image, steps, box)
+        assert window.size == (crop, crop)
+        diff = np.abs(np.asarray(window, dtype=np.int16) - np.asarray(full.crop(box), dtype=np.int16))
+        out.append(([s.what for s in steps], diff))
+    return out
+
+
+def test_jpeg_chains_on_the_window_give_exactly_the_full_chains_pixels():
+    """JPEG codes 16x16 units independently (the DC prediction is lossless): a window aligned to the grid of the
+    image each JPEG step encodes, with a margin for the chroma upsampling, gives the same pixels, through crops
+    (which move the grid) and PNG steps, at any position."""
+    results = _window_against_full_chain(("jpeg", "png", "crop"), 60)
+    assert sum(sum(w.startswith("jpeg") for w in names) >= 2 for names, _ in results) >= 5  # JPEG twice
+    assert sum(any(w.startswith("crop(0") for w in names) for names, _ in results) >= 20
+    for names, diff in results:
+        assert diff.max() == 0, names
+
+
+def test_scaling_and_sharpening_on_the_window_are_within_a_grey_level():
+    """Rescaling (area, bicubic, Lanczos) and the unsharp mask read a neighbourhood: with their margins, the window
+    gives the full chain's pixels up to the rounding of PIL's fixed-point filter weights (mean under one grey
+    level per chain; a JPEG step after a one-level change may re-quantize a block, hence no bound on the max)."""
+    results = _window_against_full_chain(("jpeg", "downscale", "crop", "sharpen"), 40)
+    assert sum(any(w.startswith("downscale(0") for w in names) for names, _ in results) >= 15
+    assert sum(any(w.startswith("sharpen") for w in names) for names, _ in results) >= 15
+    means = [diff.mean() for _, diff in results]
+    assert max(means) < 1.0
+    assert np.mean(means) < 0.05  # almost every pixel exactly equal
+
+
+def test_webp_on_the_window_is_within_its_stated_tolerance():
+    """WebP predicts across macroblocks and picks its segment quantizers and loop filter from the whole picture,
+    so a window is a different picture to it: the stated tolerance (docs/stability.md) is a mean absolute
+    difference of at most 4 grey levels per 224-pixel crop and 3 on average, for chains of 1-3 WebP steps on
+    camera-like photographs (measured: 2.6 on average, 3.7 at worst), where one WebP step itself moves them by
+    about 4.7."""
+    webp_only = _window_against_full_chain(("webp",), 30, crop=224)
+    means = [diff.mean() for _, diff in webp_only]
+    assert max(means) <= 4.0 and np.mean(means) <= 3.0
+
+
+def test_random_reshare_crop_is_the_chain_then_the_random_crop():
+    """RandomReshareCrop(p, size) draws what RandomReshare(p) then RandomCrop(size) draw (torch's generator: the
+    chain's seed, then the crop's position) and gives the same pixels (JPEG, PNG and crop chains exactly)."""
+    image, size = _camera_photo(300, 260, 7), 64
+    torch.manual_seed(0)
+    plain = RandomReshareCrop(0.0, size)(image)
+    torch.manual_seed(0)
+    assert np.array_equal(np.asarray(plain), np.asarray(v2.RandomCrop(size)(image)))
+    checked = 0
+    for seed in range(200):
+        torch.manual_seed(seed)
+        got = RandomReshareCrop(1.0, size)(image)
+        torch.manual_seed(seed)
+        torch.rand(())  # the probability draw
+        chain_seed = int(torch.randint(0, 2**31 - 1, ()).item())
+        steps = plan_chain(*Reshare(chain_seed).chain(), image.size)
+        if any(s.name in ("webp", "downscale", "sharpen") for s in steps):
+            continue
+        full, _ = reshare(image, *Reshare(chain_seed).chain())
+        w, h = full.size
+        x, y = int(torch.randint(0, w - size + 1, ())), int(torch.randint(0, h - size + 1, ()))
+        assert np.array_equal(np.asarray(got), np.asarray(full.crop((x, y, x + size, y + size))))
+        checked += 1
+    assert checked >= 10
+    small = _camera_photo(60, 50, 1)  # smaller than the crop: the whole chain, then the zero-padded crop
+    torch.manual_seed(0)
+    assert RandomReshareCrop(1.0, size)(small).size == (size, size)
 
 
 # --------------------------------------------------------------------------- the stability check

@@ -75,7 +75,7 @@ def _check_device_work(augment_on: str, decode: str, aug_reshare: float, cache_d
         )
     if aug_reshare > 0:
         raise DataError(
-            "data.aug_reshare re-shares full-size images in the loader workers, which data.decode=device "
+            "data.aug_reshare re-shares decoded images in the loader workers, which data.decode=device "
             "leaves undecoded: use data.decode=cpu with it"
         )
     if cache_dir is not None:

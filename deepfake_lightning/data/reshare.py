@@ -19,12 +19,14 @@ so the same seed gives the same copy on every machine and in every process.
 from __future__ import annotations
 
 import io
+import math
 import zlib
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from PIL import Image, ImageFilter
+from torchvision.transforms import v2
 
 OPERATIONS = ("jpeg", "webp", "png", "downscale", "crop", "sharpen")
 FILTERS = {"area": Image.Resampling.BOX, "bicubic": Image.Resampling.BICUBIC, "lanczos": Image.Resampling.LANCZOS}
@@ -40,38 +42,71 @@ def _encode(image: Image.Image, fmt: str, **options) -> Image.Image:
     return out.convert("RGB")
 
 
-def apply_operation(image: Image.Image, name: str, rng: np.random.Generator) -> tuple[Image.Image, str]:
-    """One operation with parameters drawn from ``rng``; returns the image and a short description of what was
-    done, e.g. ``jpeg(q=72)``."""
-    w, h = image.size
-    if name == "jpeg":
+@dataclass(frozen=True)
+class Step:
+    """One drawn operation of a chain: its name, its parameters, the image size it takes and gives, and a short
+    description (``jpeg(q=72)``). A step depends on the image's size only, never on its pixels, which is what lets
+    :func:`reshare_window` work out which pixels a crop of the result needs before touching any."""
+
+    name: str
+    size_in: tuple[int, int]
+    size_out: tuple[int, int]
+    what: str
+    quality: int = 0  # jpeg, webp
+    kind: str = ""  # downscale: area, bicubic or lanczos
+    box: tuple[int, int, int, int] = (0, 0, 0, 0)  # crop
+    radius: float = 0.0  # sharpen
+    percent: int = 0  # sharpen
+
+
+def draw_step(name: str, rng: np.random.Generator, size: tuple[int, int]) -> Step:
+    """Draws the parameters of operation ``name`` for an image of ``size`` (w, h) from ``rng``."""
+    w, h = size
+    if name in ("jpeg", "webp"):
         q = int(rng.integers(60, 96))
-        return _encode(image, "JPEG", quality=q, subsampling=2), f"jpeg(q={q})"  # subsampling 2 = 4:2:0
-    if name == "webp":
-        q = int(rng.integers(60, 96))
-        return _encode(image, "WEBP", quality=q), f"webp(q={q})"
+        return Step(name, size, size, f"{name}(q={q})", quality=q)
     if name == "png":
-        # lossless: the pixels are the same at every compression level; level 0 spends no time compressing
-        return _encode(image, "PNG", compress_level=0), "png"
+        return Step(name, size, size, "png")
     if name == "downscale":
         scale = float(rng.uniform(0.5, 0.9))
         kind = list(FILTERS)[int(rng.integers(len(FILTERS)))]
-        size = (max(1, round(w * scale)), max(1, round(h * scale)))
-        if min(size) < MIN_SIDE:
-            return image, "downscale(skipped)"
-        return image.resize(size, FILTERS[kind]), f"downscale({scale:.2f},{kind})"
+        out = (max(1, round(w * scale)), max(1, round(h * scale)))
+        if min(out) < MIN_SIDE:
+            return Step(name, size, size, "downscale(skipped)")
+        return Step(name, size, out, f"downscale({scale:.2f},{kind})", kind=kind)
     if name == "crop":
         keep = float(rng.uniform(0.8, 0.95))
         cw, ch = round(w * keep), round(h * keep)
         if min(cw, ch) < MIN_SIDE:
-            return image, "crop(skipped)"
+            return Step(name, size, size, "crop(skipped)")
         x, y = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
-        return image.crop((x, y, x + cw, y + ch)), f"crop({keep:.2f})"
+        return Step(name, size, (cw, ch), f"crop({keep:.2f})", box=(x, y, x + cw, y + ch))
     if name == "sharpen":
         radius, percent = float(rng.uniform(1, 2)), int(rng.integers(30, 81))
-        sharpened = image.filter(ImageFilter.UnsharpMask(radius=radius, percent=percent, threshold=2))
-        return sharpened, f"sharpen({radius:.1f},{percent}%)"
+        return Step(name, size, size, f"sharpen({radius:.1f},{percent}%)", radius=radius, percent=percent)
     raise ValueError(f"unknown re-share operation {name!r}; choose from {OPERATIONS}")
+
+
+def run_step(image: Image.Image, step: Step) -> Image.Image:
+    """Carries out ``step`` on ``image``."""
+    if step.what.endswith("(skipped)") or step.name == "png":
+        return image  # PNG is lossless: the round trip gives the same pixels, so it is not carried out
+    if step.name == "jpeg":
+        return _encode(image, "JPEG", quality=step.quality, subsampling=2)  # subsampling 2 = 4:2:0
+    if step.name == "webp":
+        return _encode(image, "WEBP", quality=step.quality)
+    if step.name == "downscale":
+        return image.resize(step.size_out, FILTERS[step.kind])
+    if step.name == "crop":
+        return image.crop(step.box)
+    return image.filter(ImageFilter.UnsharpMask(radius=step.radius, percent=step.percent, threshold=2))
+
+
+def apply_operation(image: Image.Image, name: str, rng: np.random.Generator) -> tuple[Image.Image, str]:
+    """One operation with parameters drawn from ``rng``; returns the image and a short description of what was
+    done, e.g. ``jpeg(q=72)``."""
+    step = draw_step(name, rng, image.size)
+    return run_step(image, step), step.what
 
 
 @dataclass(frozen=True)
@@ -127,19 +162,119 @@ class ReshareCopies:
         return f"ReshareCopies(k={self.k}, {self.transform!r})"
 
 
-def reshare(image: Image.Image, rng: np.random.Generator, length: int) -> tuple[Image.Image, list[str]]:
-    """``length`` operations drawn from ``rng`` (without repeating one in a row), applied in order; returns the image
-    (RGB) and what was done."""
-    image = image.convert("RGB")
-    done, last = [], None
+def plan_chain(rng: np.random.Generator, length: int, size: tuple[int, int]) -> list[Step]:
+    """``length`` operations drawn from ``rng`` (without repeating one in a row) for an image of ``size``."""
+    steps, last = [], None
     for _ in range(length):
         name = last
         while name == last:
             name = OPERATIONS[int(rng.integers(len(OPERATIONS)))]
-        image, what = apply_operation(image, name, rng)
-        done.append(what)
-        last = name
-    return image, done
+        steps.append(draw_step(name, rng, size))
+        size, last = steps[-1].size_out, name
+    return steps
+
+
+def reshare(image: Image.Image, rng: np.random.Generator, length: int) -> tuple[Image.Image, list[str]]:
+    """``length`` operations drawn from ``rng`` (without repeating one in a row), applied in order; returns the image
+    (RGB) and what was done."""
+    image = image.convert("RGB")
+    steps = plan_chain(rng, length, image.size)
+    for step in steps:
+        image = run_step(image, step)
+    return image, [step.what for step in steps]
+
+
+# ------------------------------------------------------------------------------ a chain on a window of the image
+# A training crop needs a few hundred pixels of a chain's result, not all of it: reshare_window works out, step by
+# step from the last, which pixels of each step's input the crop depends on, and runs the chain on those alone.
+# JPEG codes independent 8x8 blocks (16x16 with 4:2:0 chroma; the DC prediction is lossless coding), so a window
+# aligned to the 16-pixel grid of the image it encodes gives the same pixels inside it, except the 2 pixels at its
+# edges where the decoder's chroma upsampling reads a neighbour's samples: JPEG_MARGIN covers them. A rescale reads
+# its filter's support around each output pixel (PIL's resize of the window's box gives the full image's sampling
+# grid); the unsharp mask, PIL's three-pass box blur. WebP predicts across its 16x16 macroblocks and filters them,
+# so a window changes its pixels a little: WEBP_MARGIN keeps that small (tests/test_reshare_and_bounds.py measures
+# it, docs/stability.md states it).
+GRID = 16  # JPEG's minimum coded unit with 4:2:0 chroma; WebP's macroblock
+JPEG_MARGIN = 8
+WEBP_MARGIN = 8  # beyond 8 pixels a wider margin changes nothing measurable: the differences are global
+FILTER_SUPPORT = {"area": 0.5, "bicubic": 2.0, "lanczos": 3.0}  # PIL's, in input pixels at scale 1
+
+
+def _needs(step: Step, box: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
+    """The pixels of ``step``'s input that its output pixels in ``box`` (x0, y0, x1, y1) depend on."""
+    x0, y0, x1, y1 = box
+    w, h = step.size_in
+    if step.what.endswith("(skipped)") or step.name == "png":
+        return box
+    if step.name == "crop":
+        cx, cy = step.box[:2]
+        return x0 + cx, y0 + cy, x1 + cx, y1 + cy
+    if step.name == "downscale":
+        sx, sy = w / step.size_out[0], h / step.size_out[1]  # input pixels per output pixel
+        mx, my = FILTER_SUPPORT[step.kind] * sx + 2, FILTER_SUPPORT[step.kind] * sy + 2
+        x0, y0 = math.floor(x0 * sx - mx), math.floor(y0 * sy - my)
+        x1, y1 = math.ceil(x1 * sx + mx), math.ceil(y1 * sy + my)
+    else:
+        m = {"jpeg": JPEG_MARGIN, "webp": WEBP_MARGIN}.get(step.name) or 3 * math.ceil(step.radius) + 4
+        x0, y0, x1, y1 = x0 - m, y0 - m, x1 + m, y1 + m
+        if step.name in ("jpeg", "webp"):  # out to the coding grid of the image this step encodes
+            x0, y0 = x0 // GRID * GRID, y0 // GRID * GRID
+            x1, y1 = -(-x1 // GRID) * GRID, -(-y1 // GRID) * GRID
+    return max(0, x0), max(0, y0), min(w, x1), min(h, y1)
+
+
+def reshare_window(image: Image.Image, steps: list[Step], box: tuple[int, int, int, int]) -> Image.Image:
+    """The pixels ``box`` (x0, y0, x1, y1) of the chain ``steps``'s result, computed from the window of ``image``
+    they depend on: exactly the full chain's for JPEG, PNG and crops, within a grey level for rescaling and
+    sharpening, within WebP's stated tolerance for WebP."""
+    regions = [box]  # regions[i]: the pixels of step i's output that are needed (regions[-1]: of the input)
+    for step in reversed(steps):
+        regions.append(_needs(step, regions[-1]))
+    regions.reverse()  # regions[0]: the input window; regions[i + 1]: step i's output window
+    window = image.crop(regions[0])
+    window = window if window.mode == "RGB" else window.convert("RGB")
+    for step, (ix0, iy0, _, _), (ox0, oy0, ox1, oy1) in zip(steps, regions[:-1], regions[1:], strict=True):
+        if step.name == "downscale" and not step.what.endswith("(skipped)"):
+            sx, sy = step.size_in[0] / step.size_out[0], step.size_in[1] / step.size_out[1]
+            # PIL's resize of the window's box (fractional, in the window's pixels): the full image's sampling grid
+            box = (ox0 * sx - ix0, oy0 * sy - iy0, ox1 * sx - ix0, oy1 * sy - iy0)
+            window = window.resize((ox1 - ox0, oy1 - oy0), FILTERS[step.kind], box=box)
+        elif step.name == "crop":
+            pass  # a crop only moves the origin: the window is the same pixels
+        else:
+            window = run_step(window, step)
+            dx, dy = ox0 - ix0, oy0 - iy0
+            window = window.crop((dx, dy, dx + ox1 - ox0, dy + oy1 - oy0))
+    return window
+
+
+class RandomReshareCrop:
+    """Training in ``crop`` mode: with probability ``p`` a random re-share chain (1-3 operations), then a random
+    ``size`` crop, as ``RandomReshare(p)`` followed by ``RandomCrop(size, pad_if_needed=True)`` but with the chain
+    run on the crop's window (:func:`reshare_window`) instead of the whole photograph. Randomness comes from
+    torch's generator, which Lightning seeds per worker."""
+
+    def __init__(self, p: float, size: int):
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"data.aug_reshare must be a probability in [0, 1], got {p}")
+        self.p, self.size = p, int(size)
+        self._crop = v2.RandomCrop(self.size, pad_if_needed=True)  # zero padding, as CenterCrop pads
+
+    def __call__(self, image: Image.Image) -> Image.Image:
+        if self.p == 0 or torch.rand(()).item() >= self.p:
+            return self._crop(image)
+        seed = int(torch.randint(0, 2**31 - 1, ()).item())
+        steps = plan_chain(*Reshare(seed).chain(), image.size)
+        w, h = steps[-1].size_out
+        if w < self.size or h < self.size:  # smaller than the crop: the whole chain, then the padded crop
+            for step in steps:
+                image = run_step(image.convert("RGB"), step)
+            return self._crop(image)
+        x, y = int(torch.randint(0, w - self.size + 1, ())), int(torch.randint(0, h - self.size + 1, ()))
+        return reshare_window(image, steps, (x, y, x + self.size, y + self.size))
+
+    def __repr__(self) -> str:
+        return f"RandomReshareCrop(p={self.p}, size={self.size})"
 
 
 class RandomReshare:
@@ -152,8 +287,6 @@ class RandomReshare:
         self.p = p
 
     def __call__(self, image: Image.Image) -> Image.Image:
-        import torch
-
         if self.p == 0 or torch.rand(()).item() >= self.p:
             return image
         seed = int(torch.randint(0, 2**31 - 1, ()).item())

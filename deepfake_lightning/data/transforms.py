@@ -26,7 +26,7 @@ import torch
 from torchvision.transforms import v2
 
 from deepfake_lightning.data.augment import CpuAugment
-from deepfake_lightning.data.reshare import RandomReshare
+from deepfake_lightning.data.reshare import RandomReshare, RandomReshareCrop
 from deepfake_lightning.data.tiles import TileTransform
 from deepfake_lightning.errors import ConfigError
 from deepfake_lightning.settings import IMAGENET_MEAN, IMAGENET_STD, InferenceSettings, check_views
@@ -68,11 +68,11 @@ def create_transform(
         tile_stride: With ``tiles``: pixels between tile starts (default ``img_size``).
         max_tiles: With ``tiles``: most tiles scored per image; larger grids thin out evenly.
         aug_reshare: Training only: probability that an image is first re-shared by a random chain of 1-3
-            operations (JPEG, WebP, PNG, down-scaling, cropping, sharpening: ``data/reshare.py``).
+            operations (JPEG, WebP, PNG, down-scaling, cropping, sharpening: ``data/reshare.py``); in ``crop``
+            mode the chain runs on the window of the photograph the random crop needs.
         normalize: Scale to float and normalize with ``mean`` and ``std``; False returns uint8 pixels.
         augment_on: Training only: ``cpu`` augments here (``data/augment.py``'s ``CpuAugment``); ``device`` leaves
-            flip, jitter, blur and JPEG to ``augment_batch`` on the device (the re-share chains, on full-size images,
-            stay here).
+            flip, jitter, blur and JPEG to ``augment_batch`` on the device (the re-share chains stay here).
     """
     _check_settings(aug_strength, mode, aug_reshare, augment_on)
     check_eval_views(eval_views, mode, tile_stride, max_tiles)
@@ -82,9 +82,14 @@ def create_transform(
         eval_views = 1
     # Geometry first, on the PIL image (PIL's resampling is the fastest path on CPU), then the augmentation on the
     # small PIL image (data/augment.py), then a uint8 tensor.
-    ops: list = [RandomReshare(aug_reshare)] if train and aug_reshare > 0 else []  # on the PIL image, first
+    # The re-share chains come first, on the PIL image: before the resize on the whole image; in crop mode, on the
+    # window the random crop needs (RandomReshareCrop: the same pixels, at the cost of a crop, data/reshare.py).
+    reshare = train and aug_reshare > 0
+    ops: list = [RandomReshare(aug_reshare)] if reshare and mode == "resize" else []
     if mode == "resize":
         ops += [v2.Resize((img_size, img_size), antialias=True)]
+    elif train and reshare:
+        ops += [RandomReshareCrop(aug_reshare, img_size)]
     elif train:
         ops += [v2.RandomCrop(img_size, pad_if_needed=True)]  # zero padding, as CenterCrop pads
     elif eval_views == 1:
