@@ -120,6 +120,7 @@ class ModelFacts:
     versions: dict | str = UNKNOWN
     git_commit: str | None = None
     source: str = UNKNOWN
+    adaptations: list = field(default_factory=list)  # `deepfake adapt` runs, oldest first (adapt.provenance_record)
 
     @property
     def trained_on_demo(self) -> bool:
@@ -175,6 +176,7 @@ class ModelFacts:
             versions=provenance.get("versions", UNKNOWN),
             git_commit=provenance.get("git_commit"),
             source=source,
+            adaptations=list(provenance.get("adaptations", [])),
         )
 
 

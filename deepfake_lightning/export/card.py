@@ -103,6 +103,7 @@ def model_card(facts: ModelFacts) -> str:
         "",
         f"{facts.dataset}; train/val split sha256 `{facts.split_sha256}`.",
         "",
+        *_adaptations(facts.adaptations),
         "## Evaluation",
         "",
     ]
@@ -151,6 +152,27 @@ def model_card(facts: ModelFacts) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _adaptations(adaptations: list) -> list[str]:
+    """The card's lines on ``deepfake adapt`` runs: which images, how many, how long, and what they changed."""
+    if not adaptations:
+        return []
+    lines = ["## Adaptations", "", "Adapted after training with `deepfake adapt` (fine-tuning, oldest first):", ""]
+    for i, a in enumerate(adaptations, 1):
+        auroc = a.get("auroc", {})
+        changes = ", ".join(
+            f"{name} {r['before']:.4f} -> {r['after']:.4f}" for name, r in auroc.items() if r.get("before") is not None
+        )
+        trained_on = a.get("ai_train", [])
+        files = ", ".join(Path(f).name for f in trained_on[:5]) + (" ..." if len(trained_on) > 5 else "")
+        lines.append(
+            f"{i}. {a.get('ai_images')} AI and {a.get('human_images')} human image(s) of a new generator "
+            f"({len(trained_on)} adapted on: {files}; {len(a.get('ai_held_out', []))} kept aside), "
+            f"{a.get('steps')} steps at lr {a.get('lr')}, {'with' if a.get('replay') else 'without'} replay of the "
+            f"training data; AUROC {changes}."
+        )
+    return [*lines, ""]
 
 
 def _result(name: str, auroc, f1, acc, source: str) -> dict:
