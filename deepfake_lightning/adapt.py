@@ -59,7 +59,7 @@ class AdaptSettings:
     human_paths: list[str] = field(default_factory=list)
     steps: int = 40
     batch_size: int = 32
-    lr: float = 3e-4
+    lr: float = 1e-4
     holdout: float = 0.3
     replay: bool = True
     replay_share: float = 0.5

@@ -7,7 +7,7 @@ import argparse
 import json
 from pathlib import Path
 
-from deepfake_lightning.commands import data_options_epilog
+from deepfake_lightning.commands import DATA_KEYS, data_options_epilog
 
 ADAPTED_FILE, REPORT_FILE = "adapted.ckpt", "adapt_report.json"
 
@@ -41,7 +41,7 @@ def adapt_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--adapt.steps", dest="steps", type=int, default=40, help="optimizer steps (default 40)")
     parser.add_argument("--adapt.batch_size", dest="batch_size", type=int, default=32, help="images per step")
-    parser.add_argument("--adapt.lr", dest="lr", type=float, default=3e-4, help="AdamW learning rate (default 3e-4)")
+    parser.add_argument("--adapt.lr", dest="lr", type=float, default=1e-4, help="AdamW learning rate (default 1e-4)")
     parser.add_argument(
         "--adapt.holdout", dest="holdout", type=float, default=0.3, help="share of the new images kept aside (0.3)"
     )
@@ -84,6 +84,9 @@ def _data_overrides(config: str | None, rest: list[str]) -> dict:
             value, i = rest[i + 1], i + 1
         overrides[key] = yaml.safe_load(value)
         i += 1
+    unknown = sorted(set(overrides) - set(DATA_KEYS))
+    if unknown:
+        raise ConfigError(f"unknown data option(s) {', '.join('--data.' + k for k in unknown)}")
     return overrides
 
 
@@ -116,7 +119,14 @@ def _load(ckpt_path: str):
 def adapt_main(args: list[str]) -> dict:
     """``deepfake adapt --ckpt_path C --adapt.ai_paths NEW/ --out DIR [--adapt.*] [--config F] [--data.*]``."""
     a, rest = adapt_parser().parse_known_args(args)
-    from deepfake_lightning.adapt import AdaptSettings, adapt, datamodule_from, format_table, provenance_record
+    from deepfake_lightning.adapt import (
+        AdaptSettings,
+        adapt,
+        datamodule_from,
+        format_table,
+        provenance_record,
+        split_new_images,
+    )
     from deepfake_lightning.checkpoints import stored_settings
     from deepfake_lightning.files import atomic_path
 
@@ -133,6 +143,7 @@ def adapt_main(args: list[str]) -> dict:
     )
     settings.check()
     overrides = _data_overrides(a.config, rest)
+    split_new_images(settings)  # unreadable or too few images: refused before anything loads
     model, ckpt = _load(a.ckpt_path)
     stored = stored_settings(ckpt)["data"]
     if not stored.get("root") and "root" not in overrides:
