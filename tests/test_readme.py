@@ -104,6 +104,10 @@ def project(demo_root, tmp_path_factory) -> Path:
     for i, f in enumerate(pd.read_csv(demo_root / "test.csv")["id"][:3]):
         shutil.copy(demo_root / f, d / "photos" / f"p{i}.jpg")
     shutil.copy(demo_root / pd.read_csv(demo_root / "test_v1.csv")["id"][0], d / "photo.jpg")
+    (d / "new_generator").mkdir()  # docs/adapt.md: 20 images of a generator the demo detector never saw
+    test_v2 = pd.read_csv(demo_root / "test.csv")
+    for f in test_v2.loc[test_v2["label"] == 1, "id"][:20]:
+        shutil.copy(demo_root / f, d / "new_generator" / Path(f).name)
     for kind in LAYOUTS:  # "Your own data": the demo's train and test_v1 images as public datasets lay them out
         relayout(demo_root, kind, d / "data" / kind)
     for sweep in (d / "configs").glob("sweep_*demo.yaml"):
@@ -131,7 +135,9 @@ def _argv(command: str, project: Path) -> list[str]:
 
 
 # _outputs knows these
-OUTPUTS_CHECKED = ("fit", "test", "predict", "calibrate", "explain", "export", "sweep", "audit", "data", "compare")
+OUTPUTS_CHECKED = (
+    "fit", "test", "predict", "calibrate", "explain", "export", "sweep", "audit", "data", "compare", "adapt",
+)  # fmt: skip
 
 
 def _outputs(argv: list[str], project: Path) -> list[Path]:
@@ -211,6 +217,7 @@ OUTPUTS = {
     "compare": lambda c: c.out(*(f"matrix_auroc.{ext}" for ext in ("csv", "md", "png"))),
     "export": _export,
     "sweep": _sweep,
+    "adapt": lambda c: c.out("adapted.ckpt", "adapt_report.json"),
 }
 assert set(OUTPUTS) == set(OUTPUTS_CHECKED)
 
