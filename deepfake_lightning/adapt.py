@@ -191,16 +191,24 @@ def _recall(model_calibration, logits: np.ndarray) -> float:
     return float(np.mean(model_calibration.probs(logits) >= model_calibration.threshold))
 
 
-def fine_tune(model, dm: DeepfakeDataModule, new: NewImages, settings: AdaptSettings) -> dict:
-    """Fine-tunes ``model`` in place for ``settings.steps`` steps on the new training images, with replay of the
-    training split unless ``settings.replay`` is False; returns what was done."""
+def fine_tune(
+    model,
+    dm: DeepfakeDataModule,
+    images: list[tuple[str, int]],
+    settings: AdaptSettings,
+    replay: ImageDataset | None = None,
+    own_optimizer: bool = False,
+) -> dict:
+    """Fine-tunes ``model`` in place for ``settings.steps`` steps on ``images`` (path, label), with
+    ``settings.replay_share`` of each batch drawn from ``replay`` (a training-transform dataset) when given; at
+    ``settings.lr`` (constant AdamW), or with ``own_optimizer`` the model's own optimizer and schedule. Returns
+    what was done."""
     from deepfake_lightning.lightning_cli import _install_noise_filter, lightning_warnings, resolve_precision
 
     L.seed_everything(settings.seed, workers=True, verbose=False)
-    parts, weights = [_dataset(dm, new.train, train=True)], [np.full(len(new.train), 1.0 / len(new.train))]
+    parts, weights = [_dataset(dm, images, train=True)], [np.full(len(images), 1.0 / len(images))]
     replay_rows = 0
-    if settings.replay and settings.replay_share > 0:
-        replay = dm.dataset("train", train=True)
+    if replay is not None and settings.replay_share > 0:
         replay_rows = len(replay)
         parts.append(replay)
         weights = [weights[0] * (1 - settings.replay_share), np.full(replay_rows, settings.replay_share / replay_rows)]
@@ -211,8 +219,9 @@ def fine_tune(model, dm: DeepfakeDataModule, new: NewImages, settings: AdaptSett
         generator=torch.Generator().manual_seed(settings.seed),
     )
     loader = _loader(ConcatDataset(parts), settings.batch_size, dm, sampler)
-    model.optimizer_factory = lambda params: torch.optim.AdamW(params, lr=settings.lr)
-    model.scheduler_factory = lambda optimizer: torch.optim.lr_scheduler.ConstantLR(optimizer, 1.0, total_iters=0)
+    if not own_optimizer:
+        model.optimizer_factory = lambda params: torch.optim.AdamW(params, lr=settings.lr)
+        model.scheduler_factory = lambda optimizer: torch.optim.lr_scheduler.ConstantLR(optimizer, 1.0, total_iters=0)
     model.hparams.freeze_backbone_epochs = 0
     _install_noise_filter()
     trainer = L.Trainer(
@@ -244,7 +253,8 @@ def adapt(model, dm: DeepfakeDataModule, settings: AdaptSettings) -> tuple[Calib
     before = measure(model, dm, new.held_out, new.train)
     old = model.calibration
     recall_before = _recall(old, before[NEW]["logits"][before[NEW]["labels"] == 1])
-    done = fine_tune(model, dm, new, settings)
+    replay = dm.dataset("train", train=True) if settings.replay else None
+    done = fine_tune(model, dm, new.train, settings, replay)
     model.to("cpu")
     after = measure(model, dm, new.held_out, new.train)
     method = old.summary()["method"] if old is not None else "temperature"

@@ -21,6 +21,7 @@ COMMANDS = {
     "predict": "calibrated predictions and a Kaggle submission for a split or for image files",
     "calibrate": "fit the calibrator and decision threshold of an existing checkpoint",
     "adapt": "adapt a detector to a new generator from a few of its images (fine-tuning with replay)",
+    "timeline": "the chronological protocol: train on the earliest generators, adapt in release order, Next/Past AUROC",
     "audit": "audit a dataset: file-format shortcuts, and train/test leakage (exact and near duplicates)",
     "data": "deepfake data scan: what a dataset holds (per split, class, generator), bad files, duplicates; a manifest",
     "compare": "assemble several `deepfake test` cross-dataset tables into one models x test sets matrix and heat map",
@@ -67,6 +68,10 @@ ARGPARSE_COMMANDS = {
         "deepfake_lightning.commands.explain:explain_main",
     ),
     "adapt": ("deepfake_lightning.commands.adapt:adapt_parser", "deepfake_lightning.commands.adapt:adapt_main"),
+    "timeline": (
+        "deepfake_lightning.commands.timeline:timeline_parser",
+        "deepfake_lightning.commands.timeline:timeline_main",
+    ),
     "export": ("deepfake_lightning.commands.export:export_parser", "deepfake_lightning.commands.export:export_main"),
     "sweep": ("deepfake_lightning.sweep.spec:sweep_parser", "deepfake_lightning.sweep.run:sweep_main"),
     "serve": ("deepfake_lightning.serving.server:serve_parser", "deepfake_lightning.serving.server:serve_main"),
