@@ -129,14 +129,14 @@ def _argv(command: str, project: Path) -> list[str]:
         argv.append(str(Path(matches[-1]).relative_to(project)) if matches else token)
     if argv[0] == "fit" and "--print_config" not in argv:
         argv += [f"--{k}={v}" for k, v in TINY_FIT.items()]
-    elif argv[0] in ("test", "predict", "validate", "calibrate"):
+    elif argv[0] in ("test", "predict", "validate", "calibrate", "timeline"):
         argv += ["--data.num_workers=0"]
     return argv
 
 
 # _outputs knows these
 OUTPUTS_CHECKED = (
-    "fit", "test", "predict", "calibrate", "explain", "export", "sweep", "audit", "data", "compare", "adapt",
+    "fit", "test", "predict", "calibrate", "explain", "export", "sweep", "audit", "data", "compare", "adapt", "timeline",
 )  # fmt: skip
 
 
@@ -218,6 +218,7 @@ OUTPUTS = {
     "export": _export,
     "sweep": _sweep,
     "adapt": lambda c: c.out("adapted.ckpt", "adapt_report.json"),
+    "timeline": lambda c: c.out("timeline.csv", "timeline.json", "timeline.png"),
 }
 assert set(OUTPUTS) == set(OUTPUTS_CHECKED)
 
