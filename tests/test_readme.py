@@ -136,7 +136,8 @@ def _argv(command: str, project: Path) -> list[str]:
 
 # _outputs knows these
 OUTPUTS_CHECKED = (
-    "fit", "test", "predict", "calibrate", "explain", "export", "sweep", "audit", "data", "compare", "adapt", "timeline",
+    "fit", "test", "predict", "calibrate", "explain", "export", "sweep", "audit", "data", "compare", "adapt",
+    "timeline",
 )  # fmt: skip
 
 
