@@ -115,3 +115,25 @@ def test_bad_inputs_are_one_line_errors(demo_run, demo_root, tmp_path, capsys):
     err = _error(capsys, "--ckpt_path", ckpt, "--adapt.ai_paths", str(few), "--out", "o", "--adapt.holdout", "1.5")
     assert "--adapt.holdout must be in (0, 1)" in err
     assert not (tmp_path / "o").exists()  # nothing written on a refusal
+
+
+@pytest.mark.slow
+def test_adapting_an_export_folder_writes_a_checkpoint_every_command_reads(demo_run, demo_root, tmp_path):
+    """An export folder (safetensors + JSON) adapts like a checkpoint; the adapted checkpoint then evaluates with
+    `deepfake test` and loads as a detector with its new calibration."""
+    from deepfake_lightning import load_detector
+    from deepfake_lightning.checkpoints import load_checkpoint
+    from tests.helpers import demo_command
+
+    main(["export", "--ckpt_path", str(best_checkpoint(demo_run)), "--out", str(tmp_path / "export")])
+    images = _new_generator_images(demo_root, tmp_path / "new", 10)
+    report = _adapt(tmp_path / "export", images, tmp_path / "out", "--adapt.steps", "5", f"--data.root={demo_root}")
+    adapted = tmp_path / "out" / "adapted.ckpt"
+    assert report["source"] == str(tmp_path / "export")
+    assert load_checkpoint(adapted)["provenance"]["adaptations"][0]["from"] == str(tmp_path / "export")
+    assert load_detector(adapted).threshold == pytest.approx(report["calibration"]["threshold"])
+    main(demo_command("test", demo_root, ckpt=adapted, out=tmp_path / "eval"))
+    reports = list((tmp_path / "eval").glob("eval/test_adapted/report.json"))
+    assert reports
+    val = json.loads(reports[0].read_text())["splits"]["val"]
+    assert val["auroc"] == pytest.approx(report["auroc"]["val"]["auroc_after"], abs=1e-4)

@@ -249,3 +249,19 @@ def test_a_kaggle_layout_without_its_test_csv_says_how_to_go_on(small_demo, tmp_
     dm = _dm(root, test_v2_csv=None)
     dm.setup("fit")
     assert dm.test_splits() == ["val"]
+
+
+@pytest.mark.parametrize("kind", ["cnndetection", "genimage", "csv"])
+def test_the_timeline_puts_a_layouts_images_in_their_generators_windows(layouts, kind):
+    """`deepfake timeline` reads the generators a folder layout (or a CSV's column) gives, as the demo's column."""
+    from deepfake_lightning.timeline import assign_windows
+
+    dm = _dm(layouts[kind])
+    dm.setup("test")
+    rows = dm.manifest_rows()[["file", "label", "generator"]]
+    windows = [["tconv"], ["nearest_smooth"], ["bilinear_sharpen"]]
+    out = assign_windows(rows, windows, eval_share=0.3, seed=0)
+    ai = out[out["label"] == 1]
+    assert len(ai) == 16 + 6 and set(ai["generator"]) == {"tconv", "nearest_smooth", "bilinear_sharpen"}
+    assert (ai["window"] == ai["generator"].map({"tconv": 0, "nearest_smooth": 1, "bilinear_sharpen": 2})).all()
+    assert sorted(out.loc[out["label"] == 0, "window"].value_counts().tolist()) == [7, 7, 8]  # 22 shared out
