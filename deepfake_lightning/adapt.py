@@ -15,8 +15,10 @@ the data lay, how it was read and split), so the validation split is the one it 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import inspect
+import logging
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -191,6 +193,28 @@ def _recall(model_calibration, logits: np.ndarray) -> float:
     return float(np.mean(model_calibration.probs(logits) >= model_calibration.threshold))
 
 
+class _TrainerNoise(logging.Filter):
+    """Lightning's lines about the hardware and the end of a fit: a fine-tuning inside a command says nothing new."""
+
+    NOISE = ("GPU available", "TPU available", "HPU available", "`Trainer.fit` stopped", "Seed set to")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.getMessage()).startswith(self.NOISE)
+
+
+@contextlib.contextmanager
+def _quiet_trainer():
+    loggers = [logging.getLogger(name) for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric")]
+    noise = _TrainerNoise()
+    for logger in loggers:
+        logger.addFilter(noise)
+    try:
+        yield
+    finally:
+        for logger in loggers:
+            logger.removeFilter(noise)
+
+
 def fine_tune(
     model,
     dm: DeepfakeDataModule,
@@ -198,11 +222,12 @@ def fine_tune(
     settings: AdaptSettings,
     replay: ImageDataset | None = None,
     own_optimizer: bool = False,
+    progress: bool = True,
 ) -> dict:
     """Fine-tunes ``model`` in place for ``settings.steps`` steps on ``images`` (path, label), with
     ``settings.replay_share`` of each batch drawn from ``replay`` (a training-transform dataset) when given; at
-    ``settings.lr`` (constant AdamW), or with ``own_optimizer`` the model's own optimizer and schedule. Returns
-    what was done."""
+    ``settings.lr`` (constant AdamW), or with ``own_optimizer`` the model's own optimizer and schedule; a progress
+    bar unless ``progress`` is False. Returns what was done."""
     from deepfake_lightning.lightning_cli import _install_noise_filter, lightning_warnings, resolve_precision
 
     L.seed_everything(settings.seed, workers=True, verbose=False)
@@ -224,20 +249,21 @@ def fine_tune(
         model.scheduler_factory = lambda optimizer: torch.optim.lr_scheduler.ConstantLR(optimizer, 1.0, total_iters=0)
     model.hparams.freeze_backbone_epochs = 0
     _install_noise_filter()
-    trainer = L.Trainer(
-        max_steps=settings.steps,
-        max_epochs=1,
-        precision=resolve_precision(None, "auto", torch.cuda.is_available()),
-        logger=False,
-        enable_checkpointing=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        num_sanity_val_steps=0,
-        devices=1,
-    )
-    start = time.perf_counter()
-    with lightning_warnings():
+    with lightning_warnings(), _quiet_trainer():
         warnings.filterwarnings("ignore", message="You defined a `validation_step` but have no `val_dataloader`")
+        trainer = L.Trainer(
+            max_steps=settings.steps,
+            max_epochs=1,
+            precision=resolve_precision(None, "auto", torch.cuda.is_available()),
+            logger=False,
+            enable_checkpointing=False,
+            enable_model_summary=False,
+            enable_progress_bar=progress,
+            limit_val_batches=0,
+            num_sanity_val_steps=0,
+            devices=1,
+        )
+        start = time.perf_counter()
         trainer.fit(model.train(), train_dataloaders=loader)
     model.eval()
     return {"seconds": round(time.perf_counter() - start, 1), "replay_pool": replay_rows}

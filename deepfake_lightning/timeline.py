@@ -138,7 +138,7 @@ def run_timeline(model, dm, rows: pd.DataFrame, windows: list[list[str]], adapt:
         return list(zip(frame["file"], frame["label"].astype(int), strict=True))
 
     first = replace(adapt, steps=initial_steps, batch_size=dm.hparams.batch_size)
-    done = fine_tune(model, dm, images(train[train["window"] == 0]), first, own_optimizer=True)
+    done = fine_tune(model, dm, images(train[train["window"] == 0]), first, own_optimizer=True, progress=False)
     start = copy.deepcopy(model.state_dict())
     results = []
     for protocol in PROTOCOLS:
@@ -148,7 +148,8 @@ def run_timeline(model, dm, rows: pd.DataFrame, windows: list[list[str]], adapt:
             if k > 0:
                 earlier = train[train["window"] < k]
                 replay = _dataset(dm, images(earlier), train=True) if protocol == "replay" else None
-                seconds = fine_tune(model, dm, images(train[train["window"] == k]), adapt, replay)["seconds"]
+                window = images(train[train["window"] == k])
+                seconds = fine_tune(model, dm, window, adapt, replay, progress=False)["seconds"]
                 model.to("cpu")
             results.append(
                 {
@@ -160,6 +161,12 @@ def run_timeline(model, dm, rows: pd.DataFrame, windows: list[list[str]], adapt:
                     "train_images": int((train["window"] == k).sum()),
                     "seconds": seconds,
                 }
+            )
+            r = results[-1]
+            print(
+                f"{protocol} {k + 1}/{len(windows)}: trained on {r['trained_on']} ({seconds:.0f} s); AUROC next "
+                f"{r['next_auroc']:.4f}, current {r['current_auroc']:.4f}, past {r['past_auroc']:.4f}",
+                flush=True,
             )
     return pd.DataFrame(results)
 
