@@ -21,6 +21,17 @@ def _paths(value: str) -> list[str]:
     return [value]
 
 
+def add_fine_tuning_options(parser: argparse.ArgumentParser) -> None:
+    """The ``--adapt.*`` options of a fine-tuning (``deepfake adapt`` and each step of ``deepfake timeline``)."""
+    parser.add_argument("--adapt.steps", dest="steps", type=int, default=40, help="optimizer steps (default 40)")
+    parser.add_argument("--adapt.batch_size", dest="batch_size", type=int, default=32, help="images per step (32)")
+    parser.add_argument("--adapt.lr", dest="lr", type=float, default=1e-4, help="AdamW learning rate (default 1e-4)")
+    parser.add_argument(
+        "--adapt.replay_share", dest="replay_share", type=float, default=0.5, help="share of each batch replayed (0.5)"
+    )
+    parser.add_argument("--adapt.seed", dest="seed", type=int, default=0, help="seed of the split and training")
+
+
 def adapt_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="deepfake adapt",
@@ -39,9 +50,7 @@ def adapt_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--adapt.human_paths", dest="human_paths", nargs="+", default=[], help="optional real images that match them"
     )
-    parser.add_argument("--adapt.steps", dest="steps", type=int, default=40, help="optimizer steps (default 40)")
-    parser.add_argument("--adapt.batch_size", dest="batch_size", type=int, default=32, help="images per step")
-    parser.add_argument("--adapt.lr", dest="lr", type=float, default=1e-4, help="AdamW learning rate (default 1e-4)")
+    add_fine_tuning_options(parser)
     parser.add_argument(
         "--adapt.holdout", dest="holdout", type=float, default=0.3, help="share of the new images kept aside (0.3)"
     )
@@ -52,10 +61,6 @@ def adapt_parser() -> argparse.ArgumentParser:
         default=True,
         help="replay the training split (default true; false: plain fine-tuning, which forgets)",
     )
-    parser.add_argument(
-        "--adapt.replay_share", dest="replay_share", type=float, default=0.5, help="share of each batch replayed"
-    )
-    parser.add_argument("--adapt.seed", dest="seed", type=int, default=0, help="seed of the split and training")
     parser.add_argument("--config", default=None, help="a config whose data section overrides the checkpoint's")
     return parser
 

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 from deepfake_lightning.commands import data_options_epilog
+from deepfake_lightning.commands.adapt import add_fine_tuning_options
 
 
 def timeline_parser() -> argparse.ArgumentParser:
@@ -37,11 +38,7 @@ def timeline_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--timeline.splits", dest="splits", nargs="+", default=None, help="labelled splits to draw images from"
     )
-    parser.add_argument("--adapt.steps", dest="steps", type=int, default=40, help="steps of each adaptation (40)")
-    parser.add_argument("--adapt.batch_size", dest="batch_size", type=int, default=32, help="images per step (32)")
-    parser.add_argument("--adapt.lr", dest="lr", type=float, default=1e-4, help="adaptation learning rate (1e-4)")
-    parser.add_argument("--adapt.replay_share", dest="replay_share", type=float, default=0.5, help="replayed share")
-    parser.add_argument("--adapt.seed", dest="seed", type=int, default=0, help="seed of windows, sampling, training")
+    add_fine_tuning_options(parser)
     return parser
 
 
