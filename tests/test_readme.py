@@ -129,7 +129,9 @@ def _argv(command: str, project: Path) -> list[str]:
         argv.append(str(Path(matches[-1]).relative_to(project)) if matches else token)
     if argv[0] == "fit" and "--print_config" not in argv:
         argv += [f"--{k}={v}" for k, v in TINY_FIT.items()]
-    elif argv[0] in ("test", "predict", "validate", "calibrate", "timeline"):
+    elif argv[0] == "timeline":  # a short first window and short adaptations, as fits get one short epoch
+        argv += ["--data.num_workers=0", "--timeline.initial_steps=20", "--adapt.steps=5"]
+    elif argv[0] in ("test", "predict", "validate", "calibrate"):
         argv += ["--data.num_workers=0"]
     return argv
 
