@@ -1,10 +1,10 @@
 """The README is a test: every `deepfake ...` command in its shell blocks and in the docs/ pages it links is run
 here, in reading order (each page at its first link), from a
 fresh project directory (the configs, the notebooks and a demo data build), as a new user would after the
-quickstart. Commands run with tiny limits added (one short epoch, two-trial sweeps, a short timeline), and each must exit 0 and
-write the files the README says. Commands that need what this machine lacks are listed in CANNOT_RUN with the
-reason, and must fail with one clear `deepfake: error:` line. Both notebooks then run from `notebooks/` with
-no environment variables."""
+quickstart. Commands run with tiny limits added (one short epoch, two-trial sweeps, a short timeline), and each
+must exit 0 and write the files the README says. Commands that need what this machine lacks are listed in
+CANNOT_RUN with the reason, and must fail with one clear `deepfake: error:` line. Both notebooks then run from
+`notebooks/` with no environment variables."""
 
 import contextlib
 import glob
