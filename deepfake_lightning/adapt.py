@@ -163,17 +163,22 @@ def split_files(dm: DeepfakeDataModule, split: str) -> list[str]:
     return [_digest(Path(r) / p) for r, p in zip(roots, index["path"], strict=True)]
 
 
-def measure(model, dm: DeepfakeDataModule, held_out: list[tuple[str, int]], train: list[tuple[str, int]]) -> dict:
-    """Logits and labels of the validation split, each labelled test split and the held-out new images (with the
-    validation human images as their negatives), and the AUROC of each. Images in ``train`` (adapted on) that
-    belong to a split are left out of its figures."""
-    batch = dm.images_per_batch()
+def adapted_on_masks(dm: DeepfakeDataModule, train: list[tuple[str, int]]) -> dict[str, np.ndarray]:
+    """Per labelled split, which of its images are among ``train`` (the images adapted on, copies included)."""
     adapted_on = {_digest(p) for p, _ in train}
+    return {s: np.array([f in adapted_on for f in split_files(dm, s)], bool) for s in dm.labeled_test_splits()}
+
+
+def measure(model, dm: DeepfakeDataModule, held_out: list[tuple[str, int]], adapted_on: dict[str, np.ndarray]) -> dict:
+    """Logits and labels of the validation split, each labelled test split and the held-out new images (with the
+    validation human images as their negatives), and the AUROC of each. The images ``adapted_on`` marks
+    (:func:`adapted_on_masks`) are left out of their split's figures."""
+    batch = dm.images_per_batch()
     out = {}
     for split in dm.labeled_test_splits():
         z, y = collect_logits(model, dm.loader(split, distributed=False))
-        files = split_files(dm, split)
-        keep = np.array([f not in adapted_on for f in files]) if len(files) == len(z) else np.ones(len(z), bool)
+        marked = adapted_on[split]
+        keep = ~marked if len(marked) == len(z) else np.ones(len(z), bool)  # (skipped unreadable files: keep all)
         z, y = z[keep], y[keep]  # an image adapted on measures nothing
         out[split] = {"logits": z, "labels": y, "auroc": auroc(y, z), "left_out": int((~keep).sum())}
     new_z, new_y = collect_logits(model, _loader(_dataset(dm, held_out, train=False), batch, dm))
@@ -276,13 +281,14 @@ def adapt(model, dm: DeepfakeDataModule, settings: AdaptSettings) -> tuple[Calib
     settings.check()
     new = split_new_images(settings)
     dm.setup("test")
-    before = measure(model, dm, new.held_out, new.train)
+    adapted_on = adapted_on_masks(dm, new.train)
+    before = measure(model, dm, new.held_out, adapted_on)
     old = model.calibration
     recall_before = _recall(old, before[NEW]["logits"][before[NEW]["labels"] == 1])
     replay = dm.dataset("train", train=True) if settings.replay else None
     done = fine_tune(model, dm, new.train, settings, replay)
     model.to("cpu")
-    after = measure(model, dm, new.held_out, new.train)
+    after = measure(model, dm, new.held_out, adapted_on)
     method = old.summary()["method"] if old is not None else "temperature"
     criterion = old.criterion if old is not None else "f1"
     val, held = after["val"], after[NEW]
