@@ -163,8 +163,9 @@ def run_timeline(model, dm, rows: pd.DataFrame, windows: list[list[str]], adapt:
                 }
             )
             r = results[-1]
+            how = f"{seconds:.0f} s" if k > 0 or protocol == PROTOCOLS[0] else "the same first training"
             print(
-                f"{protocol} {k + 1}/{len(windows)}: trained on {r['trained_on']} ({seconds:.0f} s); AUROC next "
+                f"{protocol} step {k} of {len(windows) - 1}: trained on {r['trained_on']} ({how}); AUROC next "
                 f"{r['next_auroc']:.4f}, current {r['current_auroc']:.4f}, past {r['past_auroc']:.4f}",
                 flush=True,
             )
@@ -191,7 +192,7 @@ def plot_timeline(table: pd.DataFrame):
     ax.set_ylabel("AUROC (held-out images)")
     ax.set_title("Generators in release order: replay (solid) vs plain fine-tuning (dashed)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2)
+    ax.legend(fontsize=7, ncol=2, handlelength=4)  # long enough to show the dashes
     fig.tight_layout()
     return fig
 

@@ -29,7 +29,7 @@ def add_fine_tuning_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--adapt.replay_share", dest="replay_share", type=float, default=0.5, help="share of each batch replayed (0.5)"
     )
-    parser.add_argument("--adapt.seed", dest="seed", type=int, default=0, help="seed of the split and training")
+    parser.add_argument("--adapt.seed", dest="seed", type=int, default=0, help="seed of the split and training (0)")
 
 
 def adapt_parser() -> argparse.ArgumentParser:

@@ -33,13 +33,28 @@ def timeline_parser() -> argparse.ArgumentParser:
         "--timeline.eval_share", dest="eval_share", type=float, default=0.3, help="held out per window (0.3)"
     )
     parser.add_argument(
-        "--timeline.initial_steps", dest="initial_steps", type=int, default=150, help="steps on the first window"
+        "--timeline.initial_steps", dest="initial_steps", type=int, default=150, help="steps on the first window (150)"
     )
     parser.add_argument(
-        "--timeline.splits", dest="splits", nargs="+", default=None, help="labelled splits to draw images from"
+        "--timeline.splits",
+        dest="splits",
+        nargs="+",
+        default=None,
+        help="labelled splits to draw images from (default: all without edit masks)",
     )
     add_fine_tuning_options(parser)
     return parser
+
+
+def _json_safe(value):
+    """NaN (no next window after the last, no past before the first) as JSON's null; NumPy scalars as numbers."""
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_safe(v) for v in value]
+    if hasattr(value, "item"):
+        value = value.item()
+    return None if isinstance(value, float) and value != value else value
 
 
 def timeline_main(args: list[str]):
@@ -91,7 +106,7 @@ def timeline_main(args: list[str]):
         "images": counts.to_dict(orient="records"),
         "steps": table.to_dict(orient="records"),
     }
-    (out / "timeline.json").write_text(json.dumps(record, indent=2, default=float) + "\n")
+    (out / "timeline.json").write_text(json.dumps(_json_safe(record), indent=2) + "\n")
     figure = plot_timeline(table)
     figure.savefig(out / "timeline.png", dpi=120)
     print(format_table(table))

@@ -25,7 +25,9 @@ def model_card(facts: ModelFacts) -> str:
                 v.get("val/auroc"),
                 v.get("val/f1"),
                 v.get("val/acc"),
-                "training run: F1 and accuracy at 0.5",
+                "deepfake adapt: AUROC after the latest adaptation"
+                if facts.adaptations
+                else "training run: F1 and accuracy at 0.5",
             )
         )
     tta = facts.test_settings or {}
@@ -154,6 +156,9 @@ def model_card(facts: ModelFacts) -> str:
     return "\n".join(lines)
 
 
+NEW_ROW = {"new_generator": "held-out new images vs val human"}  # adapt.NEW's row, as adapt prints it
+
+
 def _adaptations(adaptations: list) -> list[str]:
     """The card's lines on ``deepfake adapt`` runs: which images, how many, how long, and what they changed."""
     if not adaptations:
@@ -162,7 +167,9 @@ def _adaptations(adaptations: list) -> list[str]:
     for i, a in enumerate(adaptations, 1):
         auroc = a.get("auroc", {})
         changes = ", ".join(
-            f"{name} {r['before']:.4f} -> {r['after']:.4f}" for name, r in auroc.items() if r.get("before") is not None
+            f"{NEW_ROW.get(name, name)} {r['before']:.4f} -> {r['after']:.4f}"
+            for name, r in auroc.items()
+            if r.get("before") is not None
         )
         trained_on = a.get("ai_train", [])
         files = ", ".join(Path(f).name for f in trained_on[:5]) + (" ..." if len(trained_on) > 5 else "")
