@@ -87,6 +87,7 @@ def test_the_report_matches_an_independent_computation_and_the_checkpoint_record
     assert changed  # the weights moved
     card = model_card(detector.facts)
     assert "## Adaptations" in card and "12 AI and 0 human image(s)" in card and "10 steps" in card
+    assert "held-out new images vs val human" in card and "deepfake adapt: AUROC after the latest adaptation" in card
 
 
 def _error(capsys, *args) -> str:

@@ -90,7 +90,10 @@ def test_the_timeline_command_writes_its_table_csv_and_plot(demo_root, tmp_path,
     values = table[["next_auroc", "current_auroc", "past_auroc"]].to_numpy()
     assert np.all((values[~np.isnan(values)] >= 0) & (values[~np.isnan(values)] <= 1))
     assert table.loc[table["step"] > 0, "train_images"].gt(0).all()
-    record = json.loads((out / "timeline.json").read_text())
+    text = (out / "timeline.json").read_text()
+    assert "NaN" not in text  # strict JSON: no next window after the last, no past before the first, as null
+    record = json.loads(text)
+    assert record["steps"][0]["past_auroc"] is None and record["steps"][3]["next_auroc"] is None
     assert record["windows"] == [["tconv"], ["nearest_smooth"], ["bilinear_sharpen"], ["subpixel_texture"]]
     assert record["adapt"]["steps"] == 10 and record["timeline"]["initial_steps"] == 30
     # every labelled image of train, val, test_v1 and test_v2 (not the edited split, which has masks) in a window
@@ -98,3 +101,5 @@ def test_the_timeline_command_writes_its_table_csv_and_plot(demo_root, tmp_path,
     assert sum(c["images"] for c in record["images"]) == n
     assert (out / "timeline.png").stat().st_size > 10_000
     assert f"{table['next_auroc'][0]:.4f}" in printed
+    assert "replay step 3 of 3: trained on subpixel_texture" in printed
+    assert "plain step 0 of 3: trained on tconv (the same first training)" in printed
