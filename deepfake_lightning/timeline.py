@@ -179,7 +179,7 @@ def plot_timeline(table: pd.DataFrame):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = plt.subplots(figsize=(7, 4.8))
     colours = {"next_auroc": "tab:blue", "past_auroc": "tab:red", "current_auroc": "tab:grey"}
     names = {"next_auroc": "Next (unseen)", "past_auroc": "Past (forgetting)", "current_auroc": "Current"}
     for protocol, style in zip(PROTOCOLS, ("-", "--"), strict=True):
@@ -192,7 +192,8 @@ def plot_timeline(table: pd.DataFrame):
     ax.set_ylabel("AUROC (held-out images)")
     ax.set_title("Generators in release order: replay (solid) vs plain fine-tuning (dashed)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2, handlelength=4)  # long enough to show the dashes
+    # below the axes, clear of the lines; handles long enough to show the dashes
+    ax.legend(fontsize=7, ncol=3, handlelength=4, loc="upper center", bbox_to_anchor=(0.5, -0.25))
     fig.tight_layout()
     return fig
 
