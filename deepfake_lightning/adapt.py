@@ -274,12 +274,16 @@ def fine_tune(
     return {"seconds": round(time.perf_counter() - start, 1), "replay_pool": replay_rows}
 
 
-def adapt(model, dm: DeepfakeDataModule, settings: AdaptSettings) -> tuple[CalibrationState, dict]:
+def adapt(
+    model, dm: DeepfakeDataModule, settings: AdaptSettings, new: NewImages | None = None
+) -> tuple[CalibrationState, dict]:
     """Measures ``model``, fine-tunes it (:func:`fine_tune`), recalibrates it on the validation split plus the
-    held-out new images, and measures it again. Returns the new calibration state and the report (the
-    ``adapt_report.json`` of ``deepfake adapt``)."""
+    held-out new images, and measures it again (on the GPU when there is one). ``new``: the images as
+    :func:`split_new_images` split them (read and checked here when not given). Returns the new calibration state
+    and the report (the ``adapt_report.json`` of ``deepfake adapt``)."""
     settings.check()
-    new = split_new_images(settings)
+    new = new or split_new_images(settings)
+    model.to("cuda" if torch.cuda.is_available() else "cpu")
     dm.setup("test")
     adapted_on = adapted_on_masks(dm, new.train)
     before = measure(model, dm, new.held_out, adapted_on)
@@ -287,7 +291,6 @@ def adapt(model, dm: DeepfakeDataModule, settings: AdaptSettings) -> tuple[Calib
     recall_before = _recall(old, before[NEW]["logits"][before[NEW]["labels"] == 1])
     replay = dm.dataset("train", train=True) if settings.replay else None
     done = fine_tune(model, dm, new.train, settings, replay)
-    model.to("cpu")
     after = measure(model, dm, new.held_out, adapted_on)
     method = old.summary()["method"] if old is not None else "temperature"
     criterion = old.criterion if old is not None else "f1"

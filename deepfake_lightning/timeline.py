@@ -150,7 +150,6 @@ def run_timeline(model, dm, rows: pd.DataFrame, windows: list[list[str]], adapt:
                 replay = _dataset(dm, images(earlier), train=True) if protocol == "replay" else None
                 window = images(train[train["window"] == k])
                 seconds = fine_tune(model, dm, window, adapt, replay, progress=False)["seconds"]
-                model.to("cpu")
             results.append(
                 {
                     "protocol": protocol,

@@ -148,7 +148,7 @@ def adapt_main(args: list[str]) -> dict:
     )
     settings.check()
     overrides = _data_overrides(a.config, rest)
-    split_new_images(settings)  # unreadable or too few images: refused before anything loads
+    new = split_new_images(settings)  # unreadable or too few images: refused before the model or data is read
     model, ckpt = _load(a.ckpt_path)
     stored = stored_settings(ckpt)["data"]
     if not stored.get("root") and "root" not in overrides:
@@ -159,7 +159,7 @@ def adapt_main(args: list[str]) -> dict:
             "root): give --data.root (and --data.* as it was trained) or --config"
         )
     dm = datamodule_from(stored, overrides)
-    state, report = adapt(model, dm, settings)
+    state, report = adapt(model, dm, settings, new)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     report |= {"source": str(a.ckpt_path), "checkpoint": str(out / ADAPTED_FILE)}
