@@ -10,7 +10,9 @@ reading from the pre-resized cache (``data.cache_dir``; its one-off build runs a
 0, 0.5 and 1 for both modes on 768x512 photographs, as the loader worker runs them (``create_transform(train=True,
 normalize=False)`` after ``load_image``), beside the pipeline this replaced (torchvision's tensor ops for flip,
 jitter, a 19-tap Gaussian blur and JPEG, then float32 normalization in the worker), the device executor
-(``augment_batch``) run on CPU tensors, and the re-share chains (``data.aug_reshare``).
+(``augment_batch``) run on CPU tensors, and the re-share chains (``data.aug_reshare``). The transforms of a mode
+take turns on each image and each image's time is the best of 4, so the costs against aug 0 hold on a machine
+whose speed drifts.
 
 ``--part bytes`` (data_pipeline_bytes.csv): bytes one training batch carries from a worker to the main process and
 to the device: float32 normalized (before), uint8 (now), JPEG bytes (``data.decode device``).
@@ -57,6 +59,28 @@ def make_photos(folder: Path, size: tuple[int, int], n: int) -> list[Path]:
         paths.append(folder / f"{size[0]}x{size[1]}_{i}.jpg")
         Image.fromarray(img).save(paths[-1], "JPEG", quality=95)
     return paths
+
+
+PATHS = (
+    "before, torchvision tensor ops, float32 out",
+    "now, PIL + OpenCV in the worker, uint8 out",
+    "now (+ re-share chains, aug_reshare 0.5)",
+)
+
+
+def interleaved_rates(fns: dict, paths: list[Path], rounds: int) -> dict:
+    """Images per second of each function, the functions taking turns on each image (so a machine whose speed drifts
+    slows them alike) and each image's time the best of ``rounds`` (torch seeded by the image's index before every
+    call, so every call on an image does the same work)."""
+    best = {key: [float("inf")] * len(paths) for key in fns}
+    for _ in range(rounds):
+        for i, p in enumerate(paths):
+            for key, fn in fns.items():
+                torch.manual_seed(i)
+                start = time.perf_counter()
+                fn(p)
+                best[key][i] = min(best[key][i], time.perf_counter() - start)
+    return {key: len(paths) / sum(seconds) for key, seconds in best.items()}
 
 
 def rate(fn, paths: list[Path], repeats: int = 2) -> float:
@@ -144,29 +168,31 @@ def augment_table(args) -> None:
         for mode in ("resize", "crop"):
             draft = s if mode == "resize" else None
             decoded = [load_image(p, draft) for p in photos]  # for the device executor's row
-            base = {}
+            before, now, chains = PATHS
+            transforms_by = {}
             for strength in (0.0, 0.5, 1.0):
-                transforms_by = {
-                    "before, torchvision tensor ops, float32 out": before_transform(s, mode, strength),
-                    "now, PIL + OpenCV in the worker, uint8 out": create_transform(
-                        s, train=True, mode=mode, aug_strength=strength, normalize=False
-                    ),
-                }
-                # the re-share chains beside each strength (crop mode: on the crop's window)
-                transforms_by["now (+ re-share chains, aug_reshare 0.5)"] = create_transform(
+                transforms_by[strength, before] = before_transform(s, mode, strength)
+                transforms_by[strength, now] = create_transform(
+                    s, train=True, mode=mode, aug_strength=strength, normalize=False
+                )
+                # the re-share chains beside each strength (crop mode: on the crop's window), against "now" at aug 0
+                transforms_by[strength, chains] = create_transform(
                     s, train=True, mode=mode, aug_strength=strength, aug_reshare=0.5, normalize=False
                 )
-                for name, transform in transforms_by.items():
-                    torch.manual_seed(0)
-                    r = rate(lambda p, t=transform, d=draft: t(load_image(p, d)), photos, repeats=3)
-                    base.setdefault(name.split(" (")[0].split(",")[0], r)  # re-share rows: against "now" at aug 0
+            # every transform of the mode timed in turn, best of 4 rounds: ratios that hold while the machine drifts
+            rate_of = interleaved_rates(
+                {key: lambda p, t=t, d=draft: t(load_image(p, d)) for key, t in transforms_by.items()}, photos, 4
+            )
+            for strength in (0.0, 0.5, 1.0):
+                for name in PATHS:
+                    r, aug0 = rate_of[strength, name], rate_of[0.0, before if name == before else now]
                     rows.append(
                         {
                             "mode": mode,
                             "aug": strength,
                             "path": name,
                             "img_per_s": round(r, 1),
-                            "cost_vs_aug0": round(base[name.split(" (")[0].split(",")[0]] / r, 2),
+                            "cost_vs_aug0": round(aug0 / r, 2),
                         }
                     )
                 if strength > 0:  # geometry in the worker, then augment_batch on batches of 64 CPU tensors
