@@ -76,6 +76,7 @@ def roots(tmp_path_factory):
     return layout(tmp_path_factory.mktemp("plain")), layout(tmp_path_factory.mktemp("shortcut"), ai_format="PNG")
 
 
+@pytest.mark.slow
 def test_the_audit_flags_a_planted_format_shortcut_and_passes_the_plain_data(roots, tmp_path, capsys):
     plain, shortcut = roots
     clean = audit(plain, tmp_path / "plain")

@@ -19,6 +19,7 @@ ALL_CONFIGS = sorted(
     p.name for p in CONFIGS.glob("*.yaml") if not p.name.startswith("sweep") and p.name != "clip_probe.yaml"
 )
 QUIET = ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
+BIG = {"convnext.yaml", "resnet50.yaml"}  # full-size backbones: 4 s each on 2 cores, so in the full suite only
 
 
 def _args(config, root, out, *extra):
@@ -42,7 +43,7 @@ def _args(config, root, out, *extra):
     return [*args, *extra]
 
 
-@pytest.mark.parametrize("config", ALL_CONFIGS)
+@pytest.mark.parametrize("config", [pytest.param(c, marks=pytest.mark.slow) if c in BIG else c for c in ALL_CONFIGS])
 def test_fast_dev_run_every_config(config, kaggle_root, demo_root, tmp_path):
     root = demo_root if config == "demo.yaml" else kaggle_root
     cli = cli_main(["fit", *_args(config, root, tmp_path, "--trainer.fast_dev_run=1")])

@@ -43,6 +43,7 @@ def test_run(run, demo_root, tmp_path_factory):
     return Path(cli.trainer.log_dir)
 
 
+@pytest.mark.slow
 def test_report_equals_sklearn_on_the_saved_predictions(test_run):
     report = json.loads((test_run / "report.json").read_text())
     assert set(report["splits"]) == {"val", "test_v1", "test_v2", "test_edited"}
@@ -72,6 +73,7 @@ def test_report_equals_sklearn_on_the_saved_predictions(test_run):
         assert (test_run / "plots" / f"{split}.png").stat().st_size > 10_000
 
 
+@pytest.mark.slow
 def test_robustness_identity_levels_reproduce_clean_metrics(test_run):
     table = pd.read_csv(test_run / "robustness.csv")
     kinds = {"jpeg_quality", "blur_sigma", "downscale", "reshare_chain"}
@@ -199,6 +201,7 @@ def test_equal_error_rate_on_a_known_case():
     assert equal_error_rate(p, y) == pytest.approx(0.25)
 
 
+@pytest.mark.slow
 def test_predict_adapts_the_threshold_for_opted_in_splits(run, demo_root, tmp_path):
     from deepfake_lightning.calibration import label_shift_report
 

@@ -154,6 +154,7 @@ def _quadrant_mass(cam):
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["gradcam", "gradcam++"])
 def test_cam_finds_the_artifact_quadrant(quadrant_model, method):
     """Threshold: for at least 75 % of the AI validation images, the top-left (artifact) quadrant holds more
@@ -197,6 +198,7 @@ def _fit(root, out, callbacks):
     return trainer, metrics
 
 
+@pytest.mark.slow
 def test_callback_writes_pngs_and_tensorboard_without_changing_training(kaggle_root, tmp_path):
     _, plain = _fit(kaggle_root, tmp_path / "plain", [])
     trainer, with_cam = _fit(

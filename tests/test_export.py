@@ -34,6 +34,7 @@ def _refuse_unpickling(monkeypatch):
         monkeypatch.setattr(module, name, _Refused)
 
 
+@pytest.mark.slow
 def test_export_loads_without_unpickling_and_predicts_the_same(demo_run, demo_root, tmp_path, monkeypatch):
     ckpt = best_checkpoint(demo_run)
     out = export_main(["--ckpt_path", str(ckpt), "--out", str(tmp_path / "export")])

@@ -22,6 +22,7 @@ def _inside(fig, artist) -> bool:
     return box.x0 >= frame.x0 - 1 and box.x1 <= frame.x1 + 1 and box.y0 >= frame.y0 - 1 and box.y1 <= frame.y1 + 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("n_layers", [1, 2])
 def test_cam_grids_name_method_target_and_layers_and_keep_titles_inside(n_layers):
     torch.manual_seed(0)

@@ -271,6 +271,7 @@ def test_group_by_an_unknown_column_is_one_error(demo_run, demo_root, tmp_path, 
     assert len(err) == 1 and "no column 'camera'" in err[0] and "generator" in err[0]
 
 
+@pytest.mark.slow
 def test_evaluating_a_filtered_run_reuses_its_filter(generator_root, tmp_path):
     """A model trained on a held-out-generator filter is validated on its own validation images: the checkpoint
     carries data.train_query, so `test` rebuilds the same split (and its split file matches)."""

@@ -144,6 +144,7 @@ def counting_backend(gm, example_inputs):
     return gm.forward
 
 
+@pytest.mark.slow
 def test_compile_runs_training_steps_through_the_compiled_backbone(kaggle_root):
     L.seed_everything(0)
     GRAPHS.clear()

@@ -96,6 +96,7 @@ def tested_copy(demo_run, demo_root, tmp_path_factory) -> Path:
     return ckpt
 
 
+@pytest.mark.slow
 def test_deepfake_test_adds_its_results_to_the_checkpoint(tested_copy):
     report = json.loads((tested_copy.parent.parent / "eval" / "test_best" / "report.json").read_text())
     recorded = torch.load(tested_copy, map_location="cpu", weights_only=True)["provenance"]
@@ -106,6 +107,7 @@ def test_deepfake_test_adds_its_results_to_the_checkpoint(tested_copy):
     assert recorded["data"]["kind"] == "demo"  # the training record is kept
 
 
+@pytest.mark.slow
 def test_export_writes_a_model_card_that_matches_the_checkpoint(tested_copy, tmp_path):
     out = export_main(["--ckpt_path", str(tested_copy), "--out", str(tmp_path / "card")])
     ckpt = torch.load(tested_copy, map_location="cpu", weights_only=True)

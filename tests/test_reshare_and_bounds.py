@@ -362,6 +362,7 @@ def test_clopper_pearson_and_the_human_images_needed():
     assert "needs at least 299 human validation images" in str(e.value) and "validation has 200" in str(e.value)
 
 
+@pytest.mark.slow
 def test_the_certified_bound_holds_in_95_percent_of_draws():
     """Over 2,000 seeded draws of 400 human and 400 AI validation scores from known distributions, the true
     false-positive rate at the chosen threshold (from the human distribution, N(0, 1)) exceeds the certified bound in

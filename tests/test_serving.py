@@ -150,6 +150,7 @@ def signed(images, tmp_path_factory) -> tuple[str, bytes, bytes, Path]:
     return f"signed_{name}", (d / f"signed_{name}").read_bytes(), data, d / "root.pem"
 
 
+@pytest.mark.slow
 def test_every_answer_carries_the_evidence_beside_an_unchanged_verdict(http, signed, export):
     name, data, unsigned, root = signed
     with_credentials, plain = _post(http, data).json(), _post(http, unsigned).json()
@@ -235,6 +236,7 @@ def test_broken_or_mismatched_onnx_files_are_clear_errors(export, tmp_path):
         Engine(str(copy), "onnx")
 
 
+@pytest.mark.slow
 def test_onnx_only_export_serves_with_onnx_runtime_and_says_so_elsewhere(
     demo_run, demo_root, tmp_path, monkeypatch, capsys
 ):
@@ -410,6 +412,7 @@ def test_concurrent_requests_form_batches_and_bad_ones_fail_alone(http, images, 
     assert len(sizes) == 18 and max(sizes) > 1  # batches formed, bad uploads in them or not
 
 
+@pytest.mark.slow
 def test_onnx_runtime_without_batching(onnx_http, images, reference):
     http = onnx_http
     assert http.get("/info").json()["server"]["workers_per_device"] == 2

@@ -232,6 +232,7 @@ def test_sweep_without_config_lists_the_sweep_files(monkeypatch, capsys):
     assert "sweep_backbones.yaml" in err[0]
 
 
+@pytest.mark.slow
 def test_a_diverging_trial_fails_and_the_sweep_goes_on(tmp_path, kaggle_root):
     path = _sweep_file(
         tmp_path,

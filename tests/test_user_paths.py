@@ -102,6 +102,7 @@ def plain(demo_run, demo_root, tmp_path_factory):
 
 
 # --------------------------------------------------------------------------- {test, predict} x flags
+@pytest.mark.slow
 @pytest.mark.parametrize("subcommand", [pytest.param("test", marks=pytest.mark.slow), "predict"])
 def test_command_line_beats_the_checkpoint_tta_flip(subcommand, demo_run, demo_root, plain, tmp_path):
     cli, run = _eval(subcommand, demo_run, demo_root, tmp_path, "--model.tta_flip=true")
@@ -176,6 +177,7 @@ def test_export_folder_with_tta_flip_on_the_command_line(demo_run, demo_root, ex
     assert yaml.safe_load((run / "config.yaml").read_text())["model"]["tta_flip"] is True
 
 
+@pytest.mark.slow
 def test_checkpoint_settings_beat_the_config_file(demo_run, demo_root, tmp_path):
     # demo.yaml says 64 px crop; the command line keeps the checkpoint's own preprocessing unless told otherwise
     cli, run = _eval("test", demo_run, demo_root, tmp_path, "--data.img_size=48")
@@ -202,6 +204,7 @@ def test_a_contradicting_backbone_is_one_clear_error(demo_run, demo_root, tmp_pa
 
 
 # --------------------------------------------------------------------------- fit x flags
+@pytest.mark.slow
 def test_fit_with_tta_flip_and_five_views_validates_and_calibrates_as_it_tests(demo_root, tmp_path):
     cli = _run("fit", demo_root, tmp_path, *TINY_FIT, "--model.tta_flip=true", "--data.eval_views=5")
     run = Path(cli.trainer.log_dir)
@@ -219,6 +222,7 @@ def test_fit_without_checkpointing_steps_aside_with_one_line(demo_root, tmp_path
     assert _logged(console).count("enable_checkpointing=false") == 1
 
 
+@pytest.mark.slow
 def test_fit_without_logger_steps_aside_with_one_line(demo_root, tmp_path, console):
     cli = _run("fit", demo_root, tmp_path, *TINY_FIT, "--trainer.logger=false")
     assert cli.trainer.log_dir == str(tmp_path) and not (tmp_path / "lightning_logs").exists()
@@ -229,6 +233,7 @@ def test_fit_without_logger_steps_aside_with_one_line(demo_root, tmp_path, conso
     assert _logged(console).count("logger=false") == 1
 
 
+@pytest.mark.slow
 def test_fit_in_bf16(demo_root, tmp_path):
     cli = _run("fit", demo_root, tmp_path, *TINY_FIT, "--trainer.precision=bf16-mixed")
     run = Path(cli.trainer.log_dir)
@@ -254,6 +259,7 @@ def test_fit_from_an_export_folder_says_how_to_start_from_its_weights(demo_root,
     assert body and all(torch.equal(own[k], exported[k]) for k in body)  # the advice works: the body is loaded
 
 
+@pytest.mark.slow
 def test_max_time_says_where_it_stopped(demo_root, tmp_path, console):
     cli = _run("fit", demo_root, tmp_path, "--trainer.max_epochs=1000", "--trainer.max_time=00:00:00:03")
     assert cli.trainer.current_epoch < 1000
@@ -278,6 +284,7 @@ def test_barebones_conflict_is_one_clear_error(demo_root, tmp_path, capsys):
 
 
 # --------------------------------------------------------------------------- console
+@pytest.mark.slow
 def test_console_has_no_library_noise_and_real_flops(demo_root, tmp_path, console, capsys):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -354,6 +361,7 @@ def test_results_are_printed_after_the_progress_bar_closes(demo_run, demo_root, 
     assert "\nKaggle submission: " in console[result:]
 
 
+@pytest.mark.slow
 def test_result_lines_wait_for_a_live_progress_bar_to_stop(demo_root, tmp_path, console):
     """Lightning's RichProgressBar (its default when `rich` is installed) keeps a live display until its own
     teardown, which Lightning runs after ours, and redraws it over lines printed beneath: the calibration line
