@@ -258,7 +258,8 @@ def reshare_window(
 ) -> Image.Image:
     """The pixels ``box`` (x0, y0, x1, y1) of the chain ``steps``'s result, computed from the window of ``image``
     they depend on: exactly the full chain's for JPEG, PNG and crops, within a grey level for rescaling and
-    sharpening, within WebP's stated tolerance for WebP."""
+    sharpening, within WebP's stated tolerance for WebP; ``training``: each step run the training way (see
+    :func:`run_step`)."""
     regions = [box]  # regions[i]: the pixels of step i's output that are needed (regions[-1]: of the input)
     for step in reversed(steps):
         regions.append(_needs(step, regions[-1]))
