@@ -100,8 +100,9 @@ def draw_step(name: str, rng: np.random.Generator, size: tuple[int, int]) -> Ste
 
 def _unsharp_opencv(image: Image.Image, radius: float, percent: int) -> Image.Image:
     """PIL's ``UnsharpMask(radius, percent, SHARPEN_THRESHOLD)`` with OpenCV's Gaussian instead of PIL's three box
-    passes (15x faster; the blur differs by 0.24 grey levels on average): where a pixel differs from its blur by more
-    than the threshold, it moves away from it by ``percent`` of the difference, truncated, as PIL does."""
+    passes (the blur: 0.3 ms instead of 4.9 at 260 px, and 0.24 grey levels apart on average; the whole step about 3x
+    faster): where a pixel differs from its blur by more than the threshold, it moves away from it by ``percent`` of
+    the difference, truncated, as PIL does."""
     pixels = np.asarray(image, dtype=np.uint8)
     blur = cv2.GaussianBlur(pixels, (0, 0), radius, borderType=cv2.BORDER_REPLICATE)
     diff = cv2.subtract(pixels, blur, dtype=cv2.CV_16S)
