@@ -35,6 +35,7 @@ from deepfake_lightning.data import DeepfakeDataModule
 from deepfake_lightning.data.dataset import ImageDataset, collate_skip_bad, expand_inputs, read_error
 from deepfake_lightning.errors import DataError
 from deepfake_lightning.models.outputs import collect_logits
+from deepfake_lightning.scoring import Scorer
 
 MIN_TRAIN, MIN_HELD_OUT = 3, 2  # the fewest new images to adapt on, and to measure on
 NEW = "new_generator"  # the report's row of the held-out new images
@@ -134,7 +135,7 @@ def datamodule_from(stored_data: dict, overrides: dict) -> DeepfakeDataModule:
 
 def _dataset(dm: DeepfakeDataModule, images: list[tuple[str, int]], train: bool) -> ImageDataset:
     paths, labels = zip(*images, strict=True) if images else ((), ())
-    return ImageDataset("", list(paths), list(labels), dm._transform(train), draft_size=dm._draft_size)
+    return ImageDataset("", list(paths), list(labels), dm.transform(train), draft_size=dm.draft_size)
 
 
 def _loader(dataset, batch_size: int, dm: DeepfakeDataModule, sampler=None) -> DataLoader:
@@ -159,7 +160,7 @@ def _digest(path: str | Path) -> str:
 def split_files(dm: DeepfakeDataModule, split: str) -> list[str]:
     """The content digest of every image of a split, in its order (a copy of an image is the same image)."""
     index = dm.indexes[split]
-    roots = [dm._sources.roots.get(d, dm.root) for d in index["dataset"]]
+    roots = [dm.sources.roots.get(d, dm.root) for d in index["dataset"]]
     return [_digest(Path(r) / p) for r, p in zip(roots, index["path"], strict=True)]
 
 
@@ -193,9 +194,7 @@ def _recall(model_calibration, logits: np.ndarray) -> float:
     """Share of the held-out new AI images called AI at the model's threshold."""
     if len(logits) == 0:
         return float("nan")
-    if model_calibration is None:
-        return float(np.mean(1 / (1 + np.exp(-logits)) >= 0.5))
-    return float(np.mean(model_calibration.probs(logits) >= model_calibration.threshold))
+    return float(np.mean(Scorer(calibration=model_calibration).verdicts(logits)[1]))
 
 
 class _TrainerNoise(logging.Filter):

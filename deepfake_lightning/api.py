@@ -93,20 +93,20 @@ def predict_split(
         if "image" not in batch:
             continue
         logits = detector.model.predict_logits(batch["image"].to(detector.model.device), n_tiles=batch.get("n_tiles"))
-        probs = detector.model.calibrated_probs(logits)
+        probs = detector.probs(logits)
         rows.append(
             pd.DataFrame(
                 {
                     "id": [ids[i] for i in batch["index"].tolist()],
                     "label": batch["label"].long().numpy(),
                     "logit": logits.cpu().numpy(),
-                    "prob_ai": probs.cpu().numpy(),
+                    "prob_ai": probs,
                 }
                 | ({"n_tiles": batch["n_tiles"].numpy(), "tiles_total": batch["tiles_total"].numpy()} if tiled else {})
             )
         )
     table = pd.concat(rows, ignore_index=True)
-    table["pred"] = (table["prob_ai"] >= detector.threshold).astype(int)
+    table["pred"] = detector.labels(table["prob_ai"])
     return table
 
 

@@ -29,10 +29,11 @@ from PIL import Image
 from deepfake_lightning.calibration import CalibrationState, Calibrator
 from deepfake_lightning.checkpoints import export_calibration, is_export, load_checkpoint, stored_settings
 from deepfake_lightning.data.dataset import load_image
-from deepfake_lightning.data.tiles import TileTransform, pool_tile_logits
+from deepfake_lightning.data.tiles import TileTransform
 from deepfake_lightning.data.transforms import create_transform, evaluation_transform
 from deepfake_lightning.errors import ConfigError, ExportError
-from deepfake_lightning.provenance import ModelFacts
+from deepfake_lightning.provenance import ModelFacts, with_recorded_evaluation
+from deepfake_lightning.scoring import Scorer
 from deepfake_lightning.settings import InferenceSettings
 
 RUNTIMES = ("torch", "onnx")
@@ -87,13 +88,18 @@ class Detector:
         return self._model is not None or "safetensors" in self._formats
 
     @property
+    def scorer(self) -> Scorer:
+        """The model's one scorer (scoring.py): pooling, calibration and threshold."""
+        return Scorer(self.settings, self.calibration)
+
+    @property
     def calibrator(self) -> Calibrator:
-        return self.calibration.calibrator if self.calibration else Calibrator()
+        return self.scorer.calibrator
 
     @property
     def threshold(self) -> float:
-        """The decision threshold on calibrated probabilities (0.5 for an uncalibrated model)."""
-        return float(self.calibration.threshold) if self.calibration else 0.5
+        """The decision threshold on calibrated probabilities (``UNCALIBRATED_THRESHOLD`` for an uncalibrated model)."""
+        return self.scorer.threshold
 
     @property
     def guarantee(self) -> dict:
@@ -161,9 +167,7 @@ class Detector:
 
     def pool(self, tile_logits: np.ndarray) -> float:
         """One image's logit from its tile logits, by the model's ``tile_pooling``."""
-        logits = torch.from_numpy(np.asarray(tile_logits, dtype=np.float32))
-        s = self.settings
-        return float(pool_tile_logits(logits, torch.tensor([len(logits)]), s.tile_pooling, s.tile_topk)[0])
+        return self.scorer.combine(True, tile_logits)
 
     def view_logits_of(self, inputs: list) -> list[np.ndarray]:
         """Every view's logit of each preprocessed input (what :meth:`evaluation_transform` or
@@ -177,7 +181,7 @@ class Detector:
 
     def combine(self, x, view_logits: np.ndarray) -> float:
         """One input's image logit from its views' logits: a dict of tiles pooled, several views averaged."""
-        return self.pool(view_logits) if isinstance(x, dict) else float(np.mean(view_logits))
+        return self.scorer.combine(isinstance(x, dict), view_logits)
 
     def logits(self, inputs: list) -> np.ndarray:
         """Image logits of preprocessed inputs (see :meth:`view_logits_of`), in one pass of the network."""
@@ -186,7 +190,7 @@ class Detector:
 
     def probs(self, logits: np.ndarray) -> np.ndarray:
         """Calibrated AI probabilities (float64) of image logits."""
-        return self.calibrator(np.asarray(logits, dtype=np.float32))
+        return self.scorer.probs(logits)
 
     def score_images(self, images: list, batch_size: int = 8) -> np.ndarray:
         """The verdict probability (calibrated) of each image, a PIL image or an (H, W, 3) uint8 RGB array: its
@@ -217,6 +221,7 @@ class Detector:
         probability."""
         from deepfake_lightning.data.dataset import BadImageError
         from deepfake_lightning.data.reshare import ReshareCopies
+        from deepfake_lightning.evaluation import predictions_table
         from deepfake_lightning.evidence import evidence_columns, evidence_of
         from deepfake_lightning.stability import DEFAULT_TOLERANCE, check_stability, stability_table
 
@@ -232,24 +237,20 @@ class Detector:
         ids, transform = list(pictures), self.evaluation_transform()
         inputs = [transform(p) for p in pictures.values()]
         logits = [self.logits(inputs[i : i + 8]) for i in range(0, len(inputs), 8)]
-        table = pd.DataFrame({"id": ids, "prob_ai": self.probs(np.concatenate(logits)) if logits else []})
-        table["label"] = self.labels(table["prob_ai"])
+        probs = self.probs(np.concatenate(logits)) if logits else np.zeros(0)
+        extra: dict = {}
         if self.settings.tiled:  # as predict reports a tiled verdict: tiles scored, and of how many
-            table["n_tiles"] = [len(x["image"]) for x in inputs]
-            table["tiles_total"] = [int(x["tiles_total"]) for x in inputs]
+            extra["n_tiles"] = [len(x["image"]) for x in inputs]
+            extra["tiles_total"] = [int(x["tiles_total"]) for x in inputs]
         if stability and ids:
             copies = ReshareCopies(stability, self.evaluation_transform())
             logits = np.stack([self.logits_of_copies(copies(p), stability) for p in pictures.values()])
             copy_probs = self.probs(logits.ravel()).reshape(logits.shape)
-            table = pd.concat([table, stability_table(table["prob_ai"], copy_probs, self.threshold, tolerance)], axis=1)
+            stable = stability_table(probs, copy_probs, self.threshold, tolerance)
+            extra |= {column: stable[column].to_numpy() for column in stable.columns}
         if evidence:
-            table = table.assign(**evidence_columns(evidence_of(ids, trust_anchors)))
-        if errors:
-            table["error"] = ""
-            failed = pd.DataFrame({"id": list(errors), "error": list(errors.values())})
-            table = pd.concat([table, failed], ignore_index=True).astype({"label": "Int64"})
-        order = {str(p): i for i, p in enumerate(paths)}
-        return table.sort_values("id", key=lambda c: c.map(order)).reset_index(drop=True)
+            extra |= evidence_columns(evidence_of(ids, trust_anchors))
+        return predictions_table(ids, probs, self.threshold, extra, errors, order=list(map(str, paths)))
 
     def logits_of_copies(self, copies: dict, k: int) -> np.ndarray:
         """The k image logits of one image's re-shared copies (``data/reshare.py``: ``ReshareCopies``' output)."""
@@ -260,7 +261,7 @@ class Detector:
 
     def labels(self, probs: np.ndarray) -> np.ndarray:
         """1 (AI-generated) where a calibrated probability reaches the threshold."""
-        return (np.asarray(probs) >= self.threshold).astype(int)
+        return self.scorer.labels(probs)
 
 
 def load_detector(
@@ -288,6 +289,7 @@ def load_detector(
         stored, formats = stored_settings(source), tuple(config.get("formats", ["safetensors"]))
     else:
         ckpt = load_checkpoint(source)  # read once, weights_only: a crafted pickle is refused, never run
+        ckpt["provenance"] = with_recorded_evaluation(ckpt.get("provenance"), source)  # its test results (in memory)
         model, stored, formats = DeepfakeClassifier.from_checkpoint(ckpt, device), stored_settings(ckpt), ()
     settings = InferenceSettings.from_stored(stored, model.data_config)
     facts = model.facts or ModelFacts()

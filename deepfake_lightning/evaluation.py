@@ -17,6 +17,8 @@ from deepfake_lightning.calibration import calibration_metrics, equal_error_rate
 # equal_error_rate and thresholded_metrics are re-exported here for reports; they live in calibration.thresholds.
 from deepfake_lightning.errors import ConfigError
 from deepfake_lightning.files import atomic_path
+from deepfake_lightning.scoring import decide
+from deepfake_lightning.settings import UNCALIBRATED_THRESHOLD
 
 
 # --------------------------------------------------------------------------- reports
@@ -33,7 +35,7 @@ def split_report(probs: np.ndarray, labels: np.ndarray, threshold: float) -> dic
         "ap": float(average_precision_score(y, p)) if both else None,
         "eer": equal_error_rate(p, y) if both else None,
         "ece": calibration_metrics(p, y)["ece"],
-        "at_0.5": thresholded_metrics(p, y, 0.5),
+        "at_0.5": thresholded_metrics(p, y, UNCALIBRATED_THRESHOLD),
         "at_tuned": thresholded_metrics(p, y, threshold),
     }
 
@@ -55,7 +57,7 @@ def group_report(probs: np.ndarray, labels: np.ndarray, groups: np.ndarray, thre
             "n_images": int(member.sum()),
             "n_ai": int(ai.sum()),
             "auroc": auroc,
-            "acc": float(np.mean((p[member] >= threshold) == y[member])),
+            "acc": float(np.mean(decide(p[member], threshold) == y[member])),
         }
     return out
 
@@ -137,7 +139,7 @@ def plot_split(probs: np.ndarray, labels: np.ndarray, threshold: float, title: s
     PrecisionRecallDisplay.from_predictions(y, probs, ax=axes[1], name="detector")
     axes[1].set_title("Precision-recall (AI = positive)")
     ConfusionMatrixDisplay.from_predictions(
-        y, (np.asarray(probs) >= threshold).astype(int), ax=axes[2], display_labels=["human", "AI"], colorbar=False
+        y, decide(probs, threshold), ax=axes[2], display_labels=["human", "AI"], colorbar=False
     )
     axes[2].set_title(f"Confusion matrix at threshold {threshold:.3f}")
     fig.suptitle(title)
@@ -166,6 +168,32 @@ def plot_threshold_tradeoff(probs: np.ndarray, labels: np.ndarray, threshold: fl
 
 
 # --------------------------------------------------------------------------- submissions
+def predictions_table(
+    ids: list[str],
+    probs: np.ndarray,
+    threshold: float,
+    extra: dict[str, np.ndarray] | None = None,
+    failed: dict[str, str] | None = None,
+    order: list[str] | None = None,
+) -> pd.DataFrame:
+    """The predictions of ``deepfake predict`` (``files.csv``, ``predictions/<split>.csv``) and of
+    ``Detector.predict_files``: ``id, prob_ai, label``, then the ``extra`` columns (``n_tiles``, the stability and
+    ``evidence_*`` columns...); ``failed`` (id -> reason: unreadable images) adds a row per image with its
+    ``error`` and no probability; ``order`` (ids) sorts the rows into it."""
+    table = pd.DataFrame({"id": list(ids), "prob_ai": np.asarray(probs, dtype=np.float64)})
+    table["label"] = decide(table["prob_ai"], threshold)
+    for column, values in (extra or {}).items():
+        table[column] = values
+    if failed:  # unreadable images: a row each, with why, and no probability
+        table["error"] = ""
+        rows = pd.DataFrame({"id": list(failed), "error": list(failed.values())})
+        table = pd.concat([table, rows], ignore_index=True).astype({"label": "Int64"})
+    if order is not None:
+        rank = {str(p): i for i, p in enumerate(order)}
+        table = table.sort_values("id", key=lambda c: c.map(rank)).reset_index(drop=True)
+    return table
+
+
 def write_predictions(
     out_dir: str | os.PathLike,
     split: str,
@@ -186,14 +214,7 @@ def write_predictions(
     """
     out_dir = Path(out_dir)
     (out_dir / "predictions").mkdir(parents=True, exist_ok=True)
-    table = pd.DataFrame({"id": ids, "prob_ai": np.asarray(probs, dtype=np.float64)})
-    table["label"] = (table["prob_ai"] >= threshold).astype(int)
-    for column, values in (extra or {}).items():
-        table[column] = values
-    if failed:  # unreadable images: a row each, with why, and no probability
-        table["error"] = ""
-        rows = pd.DataFrame({"id": list(failed), "error": list(failed.values())})
-        table = pd.concat([table, rows], ignore_index=True).astype({"label": "Int64"})
+    table = predictions_table(ids, probs, threshold, extra, failed)
     written: dict = {"predictions": out_dir / "predictions" / f"{split}.csv"}
     with atomic_path(written["predictions"]) as tmp:
         table.to_csv(tmp, index=False)

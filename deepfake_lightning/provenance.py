@@ -10,9 +10,12 @@ A checkpoint's ``provenance`` (written by ``DeepfakeClassifier.on_save_checkpoin
 * ``split_sha256``: a hash of the train/val split (sorted ``path,split`` lines);
 * ``validation``: the ``val/*`` metrics at the time of that checkpoint;
 * ``versions``: deepfake-lightning, torch, lightning, timm; ``git_commit`` when the package runs from a checkout;
-* ``test``: added by ``deepfake test`` on that checkpoint: per split, images, AUROC, AP, ECE and accuracy / macro F1
-  at the tuned threshold; ``test_settings``: its test-time augmentation (``tta_flip``, ``eval_views``, and with tiles
-  ``tile_pooling``).
+* ``test``, ``test_settings``, ``test_report``: only in checkpoints of earlier versions, whose ``deepfake test``
+  wrote its per-split summary into the file it evaluated; they are shown as recorded.
+
+No command writes into a model file it reads. A model's test results are read from its evaluation folders
+(:func:`recorded_evaluation`): the newest ``report.json`` under its run's ``eval/`` whose ``model.sha256`` is the
+file's own, so a figure is only ever shown beside the exact weights and calibration it was measured on.
 
 The calibration and threshold are the checkpoint's own ``calibration`` entry. Anything missing (a checkpoint
 from before provenance existed) reads as ``"unknown"``, never as an error.
@@ -22,13 +25,16 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
+import os
 import subprocess
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from deepfake_lightning.checkpoints import export_calibration, export_settings, stored_settings
-from deepfake_lightning.settings import DEFAULTS
+from deepfake_lightning.checkpoints import export_calibration, export_settings, is_export, stored_settings
+from deepfake_lightning.files import file_sha256
+from deepfake_lightning.settings import DEFAULTS, UNCALIBRATED_THRESHOLD
 
 UNKNOWN = "unknown"
 KAGGLE_DATASET = "alessandrasala79/ai-vs-human-generated-dataset"
@@ -109,7 +115,7 @@ class ModelFacts:
     mode: str = UNKNOWN
     calibration: str = "none"
     temperature: float | None = None
-    threshold: float = 0.5
+    threshold: float = UNCALIBRATED_THRESHOLD
     threshold_criterion: str = UNKNOWN
     fpr_guarantee: dict = field(default_factory=dict)  # fpr_bound thresholds: calibration/state.py CalibrationState
     training_data: dict | str = UNKNOWN
@@ -117,6 +123,7 @@ class ModelFacts:
     validation: dict | str = UNKNOWN
     test: dict = field(default_factory=dict)
     test_settings: dict = field(default_factory=dict)
+    test_report: str | None = None  # the report.json the test figures come from
     versions: dict | str = UNKNOWN
     git_commit: str | None = None
     source: str = UNKNOWN
@@ -165,14 +172,17 @@ class ModelFacts:
             mode=data_hparams.get("mode", UNKNOWN),
             calibration=calibrator.get("method", "none"),
             temperature=calibrator.get("temperature") if calibrator.get("method") == "temperature" else None,
-            threshold=float(cal.get("threshold", 0.5)),
-            threshold_criterion=cal.get("criterion", UNKNOWN) if cal else "none (uncalibrated: 0.5)",
+            threshold=float(cal.get("threshold", UNCALIBRATED_THRESHOLD)),
+            threshold_criterion=cal.get("criterion", UNKNOWN)
+            if cal
+            else f"none (uncalibrated: {UNCALIBRATED_THRESHOLD})",
             fpr_guarantee=dict(cal.get("guarantee") or {}),
             training_data=training,
             split_sha256=provenance.get("split_sha256", UNKNOWN),
             validation=provenance.get("validation", UNKNOWN),
             test=provenance.get("test", {}),
             test_settings=provenance.get("test_settings", {}),
+            test_report=provenance.get("test_report"),
             versions=provenance.get("versions", UNKNOWN),
             git_commit=provenance.get("git_commit"),
             source=source,
@@ -205,8 +215,59 @@ def export_facts(config: dict, source: str) -> ModelFacts:
     )
 
 
+def model_sha256(source: str | os.PathLike) -> str:
+    """What identifies a model file: a checkpoint's SHA-256; for an export folder, the SHA-256 of its files' names
+    and hashes (its model card, written from them, left out)."""
+    path = Path(source)
+    if not path.is_dir():
+        return file_sha256(path)
+    lines = [f"{f.name} {file_sha256(f)}" for f in sorted(path.iterdir()) if f.is_file() and f.name != "README.md"]
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()
+
+
+def evaluated_model(source: str | os.PathLike) -> dict:
+    """The ``model`` entry of a ``report.json``: which model file was evaluated (path and :func:`model_sha256`)."""
+    return {"path": str(Path(source).resolve()), "sha256": model_sha256(source)}
+
+
+def recorded_evaluation(source: str | os.PathLike) -> dict:
+    """The test results of the model file ``source`` as its evaluation folders hold them: ``test`` (per split, see
+    :func:`evaluation_record`), ``test_settings`` and ``test_report`` (the ``report.json`` they come from), from
+    the newest ``deepfake test`` report under its run's ``eval/`` whose ``model.sha256`` is the file's own (a
+    checkpoint since re-calibrated or re-trained no longer matches); empty when there is none, or when ``source``
+    is not in a training run's ``checkpoints/`` folder."""
+    path = Path(source)
+    if is_export(path) or not (path.is_file() and path.parent.name == "checkpoints"):
+        return {}
+    reports = []
+    for file in (path.parent.parent / "eval").glob("*/report.json"):
+        try:
+            report = json.loads(file.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(report.get("model"), dict) and report.get("splits"):
+            reports.append((file.stat().st_mtime, str(file), report))
+    if not reports:
+        return {}
+    digest = model_sha256(path)
+    mine = [r for r in reports if r[2]["model"].get("sha256") == digest]
+    if not mine:
+        return {}
+    _, file, report = max(mine, key=lambda r: r[:2])
+    return {"test": evaluation_record(report), "test_settings": report.get("settings", {}), "test_report": file}
+
+
+def with_recorded_evaluation(provenance: dict | None, source: str | os.PathLike) -> dict:
+    """``provenance`` with the test results of :func:`recorded_evaluation` where it holds none of its own (a
+    checkpoint of an earlier version keeps those it carries, as recorded)."""
+    provenance = dict(provenance or {})
+    if not provenance.get("test"):
+        provenance |= recorded_evaluation(source)
+    return provenance
+
+
 def evaluation_record(report: dict) -> dict:
-    """The per-split summary of a ``report.json`` that ``deepfake test`` adds to the checkpoint's provenance."""
+    """The per-split summary of a ``report.json``: what a model card and ``ModelFacts.test`` show of it."""
     return {
         split: {
             "n_images": r["n_images"],

@@ -30,6 +30,9 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 TILE_POOLINGS = ("max", "topk", "mean")
 
+UNCALIBRATED_THRESHOLD = 0.5
+"""The decision threshold of a model without calibration, on the plain sigmoid of its logit (scoring.py decides)."""
+
 
 @dataclass(frozen=True)
 class InferenceSettings:

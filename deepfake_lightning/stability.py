@@ -21,6 +21,7 @@ import pandas as pd
 import torch
 
 from deepfake_lightning.calibration import thresholded_metrics
+from deepfake_lightning.scoring import decide
 
 DEFAULT_TOLERANCE = 0.25  # more than 2 of 8 copies flipping: chosen on the demo's validation split (README)
 
@@ -61,9 +62,9 @@ def stability_table(probs: np.ndarray, copy_probs: np.ndarray, threshold: float,
     """``prob_min, prob_max, flip_rate, verdict`` per image, from its own calibrated probability and its copies'
     ((n, k); NaN copies are left out)."""
     probs = np.asarray(probs, dtype=np.float64)
-    own = probs >= threshold
+    own = decide(probs, threshold).astype(bool)
     valid = ~np.isnan(copy_probs)
-    flips = ((copy_probs >= threshold) != own[:, None]) & valid
+    flips = (decide(copy_probs, threshold) != own[:, None]) & valid
     flip_rate = flips.sum(1) / np.maximum(1, valid.sum(1))
     every = np.where(valid, copy_probs, np.nan)
     verdict = np.where(flip_rate > tolerance, "uncertain", np.where(own, "ai", "human"))
@@ -98,7 +99,7 @@ def risk_coverage(table: pd.DataFrame, probs: np.ndarray, labels: np.ndarray, th
     """(coverage, risk): keeping images from the most to the least stable (lowest flip rate first, then farthest
     from the threshold), the error rate among those kept."""
     labels = np.asarray(labels).astype(int)
-    wrong = ((np.asarray(probs) >= threshold).astype(int) != labels).astype(float)
+    wrong = (decide(probs, threshold) != labels).astype(float)
     order = np.lexsort((-np.abs(np.asarray(probs) - threshold), table["flip_rate"].to_numpy()))
     kept = np.arange(1, len(order) + 1)
     return kept / len(order), np.cumsum(wrong[order]) / kept

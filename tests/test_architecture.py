@@ -235,3 +235,63 @@ def test_the_data_keys_listed_in_command_help_are_the_data_modules():
             [sys.executable, "-m", "deepfake_lightning.cli", command, "--help"], capture_output=True, text=True
         )
         assert "--data.test_sets" in " ".join(run.stdout.split()) and "--data.decode" in run.stdout
+
+
+def _threshold_comparisons(source: str) -> list[int]:
+    """Lines of ``source`` that compare something with a threshold (``p >= threshold``, ``x < self.threshold``...):
+    a name or attribute whose name holds ``threshold`` on either side of an ordering comparison."""
+
+    def named_threshold(node) -> bool:
+        name = node.id if isinstance(node, ast.Name) else node.attr if isinstance(node, ast.Attribute) else ""
+        return "threshold" in name  # not an image filter's constant (data/reshare.py's SHARPEN_THRESHOLD)
+
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Compare) and any(
+            isinstance(op, ast.Lt | ast.LtE | ast.Gt | ast.GtE) for op in node.ops
+        ):
+            if any(named_threshold(side) for side in [node.left, *node.comparators]):
+                found.append(node.lineno)
+    return found
+
+
+def test_one_module_compares_a_probability_with_the_threshold():
+    """The verdict's threshold comparison lives in scoring.py alone (threshold selection in
+    calibration/thresholds.py excepted): every other module calls ``decide`` or a scorer's ``labels``."""
+    allowed = {PACKAGE / "scoring.py", PACKAGE / "calibration" / "thresholds.py"}
+    elsewhere = {
+        str(f.relative_to(ROOT)): lines
+        for f in sorted(PACKAGE.rglob("*.py"))
+        if f not in allowed and (lines := _threshold_comparisons(f.read_text()))
+    }
+    assert elsewhere == {}
+    assert _threshold_comparisons((PACKAGE / "scoring.py").read_text())  # the one place
+
+
+def test_the_threshold_comparison_check_finds_comparisons():
+    src = "a = p >= threshold\nb = 0.3 < self.threshold\nc = x > y\nd = int(p >= model.decision_threshold)\n"
+    src += "e = diff > SHARPEN_THRESHOLD\n"
+    assert _threshold_comparisons(src) == [1, 2, 4]
+
+
+def test_the_uncalibrated_threshold_is_written_once():
+    """The uncalibrated default 0.5 appears as a literal only where it is defined (settings.py)."""
+    literal = []
+    for f in sorted(PACKAGE.rglob("*.py")):
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, ast.keyword | ast.arg) and "threshold" in (getattr(node, "arg", "") or ""):
+                value = node.value if isinstance(node, ast.keyword) else None
+                if isinstance(value, ast.Constant) and value.value == 0.5:
+                    literal.append(f"{f.relative_to(ROOT)}:{node.value.lineno}")
+            if isinstance(node, ast.FunctionDef):
+                args = node.args.args[len(node.args.args) - len(node.args.defaults) :]
+                for arg, default in zip(args, node.args.defaults, strict=True):
+                    if "threshold" in arg.arg and isinstance(default, ast.Constant) and default.value == 0.5:
+                        literal.append(f"{f.relative_to(ROOT)}:{default.lineno}")
+            if isinstance(node, ast.AnnAssign | ast.Assign):
+                targets = [node.target] if isinstance(node, ast.AnnAssign) else node.targets
+                names = [t.id if isinstance(t, ast.Name) else getattr(t, "attr", "") for t in targets]
+                if any("threshold" in n.lower() for n in names) and isinstance(node.value, ast.Constant):
+                    if node.value.value == 0.5 and f.name != "settings.py":
+                        literal.append(f"{f.relative_to(ROOT)}:{node.lineno}")
+    assert literal == []

@@ -17,7 +17,8 @@ from deepfake_lightning.commands.explain import explain_main
 from deepfake_lightning.commands.export import export_main
 from deepfake_lightning.data.demo import DemoSpec
 from deepfake_lightning.export.card import read_card_metadata
-from deepfake_lightning.provenance import DEMO_WARNING, UNKNOWN
+from deepfake_lightning.files import file_sha256
+from deepfake_lightning.provenance import DEMO_WARNING, UNKNOWN, recorded_evaluation, with_recorded_evaluation
 from tests.helpers import CONFIGS, best_checkpoint
 
 QUIET = ["--data.num_workers=0", "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
@@ -97,14 +98,42 @@ def tested_copy(demo_run, demo_root, tmp_path_factory) -> Path:
 
 
 @pytest.mark.slow
-def test_deepfake_test_adds_its_results_to_the_checkpoint(tested_copy):
-    report = json.loads((tested_copy.parent.parent / "eval" / "test_best" / "report.json").read_text())
-    recorded = torch.load(tested_copy, map_location="cpu", weights_only=True)["provenance"]
-    assert set(recorded["test"]) == {"val", "test_v1", "test_v2", "test_edited"}
-    for split, r in recorded["test"].items():
+def test_deepfake_test_leaves_the_checkpoint_as_it_was_and_its_facts_read_the_report(tested_copy, demo_run):
+    report_file = tested_copy.parent.parent / "eval" / "test_best" / "report.json"
+    report = json.loads(report_file.read_text())
+    # the report names the exact file it evaluated, and that file was not rewritten (its hash is the original's)
+    assert report["model"] == {"path": str(tested_copy.resolve()), "sha256": file_sha256(tested_copy)}
+    assert file_sha256(tested_copy) == file_sha256(best_checkpoint(demo_run))
+    stored = torch.load(tested_copy, map_location="cpu", weights_only=True)["provenance"]
+    assert "test" not in stored and stored["data"]["kind"] == "demo"
+    facts = load_detector(tested_copy).facts  # gathered from the run's evaluation folders
+    assert set(facts.test) == {"val", "test_v1", "test_v2", "test_edited"}
+    assert facts.test_report == str(report_file) and facts.test_settings == report["settings"]
+    for split, r in facts.test.items():
         assert r["auroc"] == report["splits"][split]["auroc"] and r["n_images"] == report["splits"][split]["n_images"]
         assert r["f1_macro"] == report["splits"][split]["at_tuned"]["f1_macro"]
-    assert recorded["data"]["kind"] == "demo"  # the training record is kept
+
+
+def test_results_of_a_model_file_that_changed_since_are_not_its_facts(tmp_path):
+    """A report whose model hash is not the file's (re-calibrated since) is not gathered; the newest match is."""
+    run = tmp_path / "version_0"
+    (run / "checkpoints").mkdir(parents=True)
+    ckpt = run / "checkpoints" / "best.ckpt"
+    ckpt.write_bytes(b"weights")
+    split = {"n_images": 4, "auroc": 0.9, "ap": 0.8, "ece": 0.1, "at_tuned": {"acc": 0.75, "f1_macro": 0.7}}
+    for name, digest in (("test_best", "0" * 64), ("test_best_v1", file_sha256(ckpt))):
+        report = {"model": {"path": str(ckpt), "sha256": digest}, "splits": {"test_v1": split}, "settings": {}}
+        (run / "eval" / name).mkdir(parents=True)
+        (run / "eval" / name / "report.json").write_text(json.dumps(report))
+    found = recorded_evaluation(ckpt)
+    assert found["test_report"] == str(run / "eval" / "test_best_v1" / "report.json")
+    assert found["test"] == {
+        "test_v1": {"n_images": 4, "auroc": 0.9, "ap": 0.8, "ece": 0.1, "acc": 0.75, "f1_macro": 0.7}
+    }
+    ckpt.write_bytes(b"other weights")  # changed since: no figure of either report describes it
+    assert recorded_evaluation(ckpt) == {}
+    old = {"test": {"val": {"auroc": 0.5}}, "data": {"kind": "demo"}}  # an earlier version's record is kept as is
+    assert with_recorded_evaluation(old, ckpt) == old
 
 
 @pytest.mark.slow
@@ -120,7 +149,9 @@ def test_export_writes_a_model_card_that_matches_the_checkpoint(tested_copy, tmp
     }
     val = ckpt["provenance"]["validation"]
     assert results["validation"]["roc_auc"] == round(val["val/auroc"], 4)
-    for split, r in ckpt["provenance"]["test"].items():
+    tested = load_detector(tested_copy).facts.test
+    assert set(tested) == {"val", "test_v1", "test_v2", "test_edited"}
+    for split, r in tested.items():
         assert results[split] == {
             "roc_auc": round(r["auroc"], 4),
             "f1": round(r["f1_macro"], 4),

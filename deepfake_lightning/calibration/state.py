@@ -178,10 +178,16 @@ class CalibrationState:
         ]
 
     def write_into(self, ckpt_path: str | os.PathLike, out_path: str | os.PathLike | None = None) -> Path:
-        """Stores this state in a checkpoint file (in place, or as a copy at ``out_path``), atomically."""
+        """Stores this state in a checkpoint file (in place, or as a copy at ``out_path``), atomically. Test results
+        that an earlier version recorded in the file are dropped: they were measured with another calibration."""
         from deepfake_lightning.checkpoints import update_checkpoint
 
-        return update_checkpoint(ckpt_path, lambda ckpt: ckpt.update(calibration=self.to_checkpoint()), out_path)
+        def calibrate(ckpt: dict) -> None:
+            ckpt["calibration"] = self.to_checkpoint()
+            for key in ("test", "test_settings", "test_report"):
+                ckpt.get("provenance", {}).pop(key, None)
+
+        return update_checkpoint(ckpt_path, calibrate, out_path)
 
 
 EVALUATION_KEYS = InferenceSettings.EVALUATION_KEYS

@@ -13,6 +13,7 @@ from lightning.pytorch.callbacks import Callback
 from deepfake_lightning.callbacks._figures import publish_figure
 from deepfake_lightning.data.dataset import BadImageError
 from deepfake_lightning.explain.cam import CamExplainer, cam_grid, centre_view, denormalize
+from deepfake_lightning.scoring import decide
 
 
 class GradCamExport(Callback):
@@ -96,7 +97,9 @@ class GradCamExport(Callback):
             fixed += sorted(rng.choice(pool, k, replace=False).tolist()) if k else []
         if (labels_arr < 0).all():  # unlabeled split: just a seeded sample
             fixed = sorted(rng.choice(len(labels), min(len(labels), self.num_samples), replace=False).tolist())
-        wrong = [(abs(p - 0.5), i) for i, p, y in self._seen.get(split, []) if y in (0, 1) and (p >= threshold) != y]
+        wrong = [
+            (abs(p - 0.5), i) for i, p, y in self._seen.get(split, []) if y in (0, 1) and decide(p, threshold) != y
+        ]
         mistakes = [i for _, i in sorted(wrong, reverse=True) if i not in fixed][: self.num_mistakes]
         return fixed, mistakes
 

@@ -2,87 +2,36 @@
 
 from __future__ import annotations
 
-import hashlib
-import math
 import os
 from pathlib import Path
 from typing import Any, Literal
 
 import lightning as L
 import pandas as pd
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
-from sklearn.model_selection import StratifiedGroupKFold, train_test_split
-from torch.utils.data import DataLoader, WeightedRandomSampler
-from torchvision.transforms import v2
+from lightning.pytorch.utilities import rank_zero_info
 
-from deepfake_lightning.data.augment import augment_batch, sample_plan
 from deepfake_lightning.data.cache import ResizedCache, ensure_cache
-from deepfake_lightning.data.dataset import (
-    BadImageError,
-    BadImagePolicy,
-    ImageDataset,
-    collate_skip_bad,
-    expand_inputs,
-    load_image,
-)
+from deepfake_lightning.data.checks import check_data_root, check_device_work, check_images
+from deepfake_lightning.data.dataset import BadImagePolicy
 from deepfake_lightning.data.demo import DemoSpec, build_demo_dataset, demo_is_built
-from deepfake_lightning.data.device import ENCODED_KEY, decode_batch, raise_or_skip
+from deepfake_lightning.data.device import DeviceBatches
+from deepfake_lightning.data.identity import data_identity
 from deepfake_lightning.data.index import UNLABELED, DataError
 from deepfake_lightning.data.layouts import check_layout
+from deepfake_lightning.data.loaders import Loaders
 from deepfake_lightning.data.manifest import check_manifest
-from deepfake_lightning.data.reshare import ReshareCopies
-from deepfake_lightning.data.sources import Sources, read_sources, sampling_weights
-from deepfake_lightning.data.transforms import TransformMode, check_eval_views, create_transform, evaluation_transform
-from deepfake_lightning.files import atomic_path, file_sha256
-from deepfake_lightning.provenance import KAGGLE_DATASET, split_sha256
-from deepfake_lightning.settings import DEFAULTS, InferenceSettings
+from deepfake_lightning.data.sources import Sources, read_sources
+from deepfake_lightning.data.splits import SPLIT_FILE, save_split, split_train_val
+from deepfake_lightning.data.transforms import TransformMode, check_eval_views
+from deepfake_lightning.settings import DEFAULTS
 
-SPLIT_FILE = "split.csv"
+__all__ = ["SPLIT_FILE", "DeepfakeDataModule", "check_data_root"]
+
 TEST_SPLITS = ("test_v1", "test_v2", "test_edited")
 MASK_COLUMN = "mask"  # a test CSV column naming each image's mask PNG of edited pixels (empty: unedited)
 
 
-def check_data_root(root: str | os.PathLike, train_csv: str = "train.csv", layout: str = "auto") -> None:
-    """Raises a FileNotFoundError that says how to get the Kaggle data, or how to run the demo instead, when the data
-    root is not there (or, in the Kaggle layout, has no training CSV)."""
-    check_layout(layout)
-    root = Path(root)
-    if layout in ("folders", "csv") and root.exists():
-        return
-    if layout == "auto" and (root.is_file() or (root.is_dir() and not (root / train_csv).is_file())):
-        return  # a CSV file, or a folders layout: read (and checked) by data/layouts.py
-    if root.is_dir() and (root / train_csv).is_file():
-        return
-    what = "does not exist" if not root.exists() else f"has no {train_csv}"
-    raise FileNotFoundError(
-        f"data root '{root}' {what}: get the Kaggle data with `kaggle datasets download -d {KAGGLE_DATASET}` and "
-        f"unzip it into {root}, pass --data.root PATH to your own data (a folder of class folders, a CSV: see "
-        f"docs/datasets.md), or try everything offline with --config configs/demo.yaml"
-    )
-
-
-def _check_device_work(augment_on: str, decode: str, aug_reshare: float, cache_dir: str | None) -> None:
-    if augment_on not in ("auto", "cpu", "device"):
-        raise DataError(f"data.augment_on must be auto, cpu or device, got {augment_on!r}")
-    if decode not in ("cpu", "device"):
-        raise DataError(f"data.decode must be cpu or device, got {decode!r}")
-    if decode == "cpu":
-        return
-    if augment_on == "cpu":
-        raise DataError(
-            "data.decode=device leaves no pixels in the loader workers to augment: data.augment_on=cpu "
-            "cannot work with it (use auto or device)"
-        )
-    if aug_reshare > 0:
-        raise DataError(
-            "data.aug_reshare re-shares decoded images in the loader workers, which data.decode=device "
-            "leaves undecoded: use data.decode=cpu with it"
-        )
-    if cache_dir is not None:
-        raise DataError("data.cache_dir holds decoded pixels already: data.decode=device has nothing to decode")
-
-
-class DeepfakeDataModule(L.LightningDataModule):
+class DeepfakeDataModule(Loaders, DeviceBatches, L.LightningDataModule):
     """Train / val / test_v1 / test_v2 / predict loaders over a Kaggle-layout data root.
 
     ``ROOT/train.csv`` (unnamed index column, ``file_name``, ``label``) is split into train and val,
@@ -235,7 +184,7 @@ class DeepfakeDataModule(L.LightningDataModule):
         check_eval_views(eval_views, mode, tile_stride, max_tiles)
         if cache_dir is not None and mode != "resize":
             raise DataError("data.cache_dir needs data.mode=resize: crop mode trains on native pixels")
-        _check_device_work(augment_on, decode, aug_reshare, cache_dir)
+        check_device_work(augment_on, decode, aug_reshare, cache_dir)
         self.save_hyperparameters()
         self.root = Path(root)
         self.indexes: dict[str, pd.DataFrame] = {}
@@ -277,6 +226,11 @@ class DeepfakeDataModule(L.LightningDataModule):
                     rank_zero_info(f"Data: {line}")
         return self._sources
 
+    @property
+    def sources(self) -> Sources:
+        """Every dataset of the run, their roots, weights and test splits (``data/sources.py``)."""
+        return self._read_sources()
+
     def _read_train_index(self) -> pd.DataFrame:
         """Train and val rows of every training dataset (``data.root`` and ``data.train_sets``)."""
         return self._read_sources().pool
@@ -299,7 +253,7 @@ class DeepfakeDataModule(L.LightningDataModule):
             return  # predicting files needs no training data
         hp = self.hparams
         sources = self._read_sources()
-        self.indexes.update(self._split_train_val(sources.pool))
+        self.indexes.update(split_train_val(sources.pool, sources.datasets, hp, self.root))
         if hp.cache_dir is not None and self.cache is None:
             self.cache = self._ensure_cache()
         self.indexes.update(sources.tests)
@@ -312,99 +266,16 @@ class DeepfakeDataModule(L.LightningDataModule):
             checked = check_manifest(hp.manifest, self.manifest_rows())
             rank_zero_info(f"Data: all {checked} files match the manifest {hp.manifest} (size and SHA-256)")
         if hp.check_images:
-            self._check_images()
+            self.indexes = check_images(self.indexes, self.root, hp.bad_images)
         self._save_split()
-
-    def _split_train_val(self, pool: pd.DataFrame) -> dict[str, pd.DataFrame]:
-        """Train and val: a ``split_file``'s, else per training dataset its own val split (a ``val`` folder or
-        split column) or a seeded, stratified one."""
-        hp = self.hparams
-        if hp.split_file is not None:
-            return self._load_split(pool, Path(hp.split_file))
-        parts: dict[str, list[pd.DataFrame]] = {"train": [], "val": []}
-        for name, rows in pool.groupby("dataset", sort=False):
-            given = rows["split"] == "val"
-            if given.any():
-                split = {"train": rows[~given], "val": rows[given]}
-            else:
-                split = self._seeded_split(rows.reset_index(drop=True), self._sources.datasets[name])
-            for key in parts:
-                parts[key].append(split[key])
-        return {k: pd.concat(v, ignore_index=True) for k, v in parts.items()}
-
-    def _seeded_split(self, df: pd.DataFrame, dataset) -> dict[str, pd.DataFrame]:
-        hp = self.hparams
-        where = dataset.source or dataset.root
-        counts = df["label"].value_counts()
-        if len(counts) < 2 or counts.min() < 2:
-            raise DataError(
-                f"{where}: need at least 2 images of each class for a stratified split, got {counts.to_dict()}"
-            )
-        n_val = int(math.ceil(len(df) * hp.val_fraction))
-        if n_val < 2 or len(df) - n_val < 2:
-            raise DataError(
-                f"{where}: {len(df)} rows cannot be split into train and val with "
-                f"data.val_fraction={hp.val_fraction} (each side needs at least 2 images)"
-            )
-        idx = range(len(df))
-        if hp.group_column is None:
-            train_idx, val_idx = train_test_split(
-                list(idx), test_size=hp.val_fraction, stratify=df["label"], random_state=hp.split_seed
-            )
-        else:
-            n_folds = max(2, round(1 / hp.val_fraction))
-            folds = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=hp.split_seed)
-            train_idx, val_idx = next(folds.split(list(idx), df["label"], groups=df["group"]))
-        return {
-            "train": df.iloc[sorted(train_idx)].reset_index(drop=True),
-            "val": df.iloc[sorted(val_idx)].reset_index(drop=True),
-        }
-
-    def _load_split(self, df: pd.DataFrame, split_file: Path) -> dict[str, pd.DataFrame]:
-        saved = pd.read_csv(split_file, dtype={"path": str})
-        if not {"path", "split"} <= set(saved.columns):
-            raise DataError(f"{split_file}: a split file needs columns 'path' and 'split', found {list(saved.columns)}")
-        where = dict(zip(saved["path"], saved["split"], strict=False))
-        missing = df.loc[~df["path"].isin(where.keys()), "path"]
-        if len(missing):
-            raise DataError(
-                f"{split_file} does not match the training data under {self.root}: {len(missing)} training "
-                f"image(s) have no split, e.g. {missing.iloc[0]!r}"
-                + ("" if self.hparams.train_query else " (if that run used --data.train_query, pass the same query)")
-            )
-        split = df["path"].map(where)
-        return {s: df[split == s].reset_index(drop=True) for s in ("train", "val")}
 
     def _save_split(self) -> None:
         trainer = self.trainer
         if trainer is None or not (getattr(trainer, "loggers", [None]) or trainer.checkpoint_callback is not None):
             return  # neither logs nor checkpoints, so no run directory: do not litter the working directory
         log_dir = trainer.log_dir  # a broadcast under DDP: every rank asks
-        if log_dir is None or not trainer.is_global_zero:
-            return
-        columns = ["path", "label", *(["group"] if "group" in self.indexes["train"] else []), "generator", "dataset"]
-        parts = [self.indexes[s][columns].assign(split=s) for s in ("train", "val")]
-        with atomic_path(Path(log_dir) / SPLIT_FILE) as tmp:
-            pd.concat(parts, ignore_index=True).to_csv(tmp, index=False)
-
-    def _check_images(self) -> None:
-        bad: list[tuple[str, str, str]] = []  # (split, path, reason)
-        for split, df in self.indexes.items():
-            for p in df["path"]:
-                try:
-                    load_image(self.root / p)
-                except BadImageError as e:
-                    bad.append((split, p, str(e.__cause__ or e)))
-        if not bad:
-            return
-        listing = "\n  ".join(f"{split}: {p}: {reason}" for split, p, reason in bad)
-        if self.hparams.bad_images == "fail":
-            raise DataError(f"{len(bad)} unreadable image(s) under {self.root}:\n  {listing}")
-        rank_zero_warn(f"Skipping {len(bad)} unreadable image(s) under {self.root}:\n  {listing}")
-        for split in {b[0] for b in bad}:
-            drop = {p for s, p, _ in bad if s == split}
-            df = self.indexes[split]
-            self.indexes[split] = df[~df["path"].isin(drop)].reset_index(drop=True)
+        if log_dir is not None and trainer.is_global_zero:
+            save_split(self.indexes, log_dir)
 
     # ---------------------------------------------------------------- checkpoint state
     def state_dict(self) -> dict:
@@ -423,27 +294,7 @@ class DeepfakeDataModule(L.LightningDataModule):
         if "train" not in self.indexes:
             return {}
         if self._identity is None:
-            hp = self.hparams
-            parts = [(p, s) for s in ("train", "val") for p in self.indexes[s]["path"]]
-            pool = pd.concat([self.indexes["train"], self.indexes["val"]], ignore_index=True)
-            if hp.demo:
-                data = {"kind": "demo", "spec": self.demo_spec.to_json(), "root": str(self.root.resolve())}
-            else:
-                primary = self._sources.primary
-                data = _dataset_identity(primary, pool[pool["dataset"] == primary.name])
-                del data["name"]  # the data root's: as before data.train_sets
-                data["kaggle"] = primary.layout == "kaggle" and self.root.name == KAGGLE_DATASET.split("/")[1]
-            if len(self._sources.datasets) > 1:
-                data["train_sets"] = [
-                    _dataset_identity(d, pool[pool["dataset"] == name]) | {"weight": self._sources.weights[name]}
-                    for name, d in list(self._sources.datasets.items())[1:]
-                ]
-                data["balance"] = hp.balance
-            if hp.train_query:
-                data["train_query"] = hp.train_query
-            if hp.manifest is not None:
-                data["manifest"] = {"path": str(Path(hp.manifest).resolve()), "sha256": file_sha256(hp.manifest)}
-            self._identity = {"data": data, "split_sha256": split_sha256(parts)}
+            self._identity = data_identity(self.hparams, self.indexes, self._sources, self.root, self.demo_spec)
         return self._identity
 
     def manifest_rows(self) -> pd.DataFrame:
@@ -453,7 +304,7 @@ class DeepfakeDataModule(L.LightningDataModule):
         rows = pd.concat(frames, ignore_index=True).drop_duplicates("path")
         return rows.assign(file=[str(self.root / p) for p in rows["path"]])
 
-    # ---------------------------------------------------------------- loaders
+    # ---------------------------------------------------------------- splits
     def test_splits(self) -> list[str]:
         """The splits ``deepfake test`` evaluates, in order: validation first, then every configured test split
         (unlabeled ones are used for share estimation only)."""
@@ -462,98 +313,6 @@ class DeepfakeDataModule(L.LightningDataModule):
     def labeled_test_splits(self) -> list[str]:
         """Test splits that are configured and carry labels, in order."""
         return [s for s in self.test_splits() if (self.indexes[s]["label"] != UNLABELED).all()]
-
-    def dataset(
-        self, split: str, train: bool = False, perturb=None, eval_views: int | str | None = None, copies: int = 0
-    ) -> ImageDataset:
-        """The dataset of one split, with the training or the evaluation transform; ``perturb`` (PIL to PIL)
-        runs before the evaluation transform, for robustness curves; ``eval_views`` overrides ``data.eval_views``
-        (the localization report scores tiles and the centre crop whatever the run evaluates); ``copies=k`` gives
-        each image's k re-shared copies of the stability check instead (``data/reshare.py``: ``ReshareCopies``)."""
-        if copies:
-            perturb = _Copies(copies)
-        if split == "files":
-            return self._files_dataset(perturb, eval_views)
-        if split not in self.indexes:
-            configured = ", ".join(self.indexes) or "none (call setup() first)"
-            raise KeyError(f"split {split!r} is not configured; configured splits: {configured}")
-        hp = self.hparams
-        df = self.indexes[split]
-        cache = self.cache if split in ("train", "val") else None
-        return ImageDataset(
-            self.root,
-            df["path"],
-            df["label"],
-            self._transform(train, perturb, eval_views),
-            bad_images=hp.bad_images,
-            draft_size=self._draft_size,
-            cache=cache,
-            encoded=self._decodes_on_device(train, perturb) and cache is None,
-        )
-
-    def _decodes_on_device(self, train: bool, perturb=None) -> bool:
-        # Training batches only: that is where a GPU waits for data. Evaluation loaders are also read outside the
-        # trainer's loops (calibration, reports, notebooks), which must see pixels.
-        return self.hparams.decode == "device" and train and perturb is None
-
-    @property
-    def augment_location(self) -> str:
-        """Where training images are augmented: ``cpu`` (loader workers) or ``device``; see ``augment_on``."""
-        hp = self.hparams
-        if hp.augment_on != "auto":
-            return hp.augment_on
-        return "device" if hp.decode == "device" or self._device().type == "cuda" else "cpu"
-
-    def _device(self):
-        import torch
-
-        trainer = self.trainer
-        return trainer.strategy.root_device if trainer is not None else torch.device("cpu")
-
-    @property
-    def inference_settings(self) -> InferenceSettings:
-        """The data side of the model's inference settings (settings.py): size, mode, normalization, views, tiling
-        and JPEG draft decoding, as the evaluation loaders apply them."""
-        hp = self.hparams
-        return InferenceSettings(**{k: hp[k] for k in InferenceSettings.DATA_KEYS})
-
-    @property
-    def _draft_size(self) -> int | None:
-        return self.inference_settings.draft_size
-
-    def _transform(self, train: bool, perturb=None, eval_views: int | str | None = None):
-        hp = self.hparams
-        if train:
-            transform = create_transform(
-                hp.img_size,
-                train=True,
-                mode=hp.mode,
-                aug_strength=hp.aug_strength,
-                aug_reshare=hp.aug_reshare,
-                mean=hp.mean,
-                std=hp.std,
-                normalize=False,  # uint8 to the device, where the model normalizes
-                augment_on=self.augment_location,
-            )
-        else:  # the one evaluation transform of a model's settings (data/transforms.py), as the Detector's
-            transform = evaluation_transform(self.inference_settings.merged(eval_views=eval_views))
-        if isinstance(perturb, _Copies):
-            return ReshareCopies(perturb.k, transform)
-        return transform if perturb is None else v2.Compose([perturb, transform])
-
-    def _files_dataset(self, perturb=None, eval_views: int | str | None = None) -> ImageDataset:
-
-        paths = [str(p) for p in expand_inputs(self.hparams.predict_paths or [], keep_missing=True)]
-        if not paths:
-            raise DataError(f"data.predict_paths {self.hparams.predict_paths} holds no files")
-        return ImageDataset(
-            "",
-            paths,
-            [UNLABELED] * len(paths),
-            self._transform(False, perturb, eval_views),
-            bad_images="skip",
-            draft_size=self._draft_size,
-        )
 
     @property
     def predict_name(self) -> str:
@@ -586,12 +345,6 @@ class DeepfakeDataModule(L.LightningDataModule):
         """Whether evaluation scores tiles (``data.eval_views: tiles``)."""
         return self.hparams.eval_views == "tiles"
 
-    def images_per_batch(self, train: bool = False, eval_views: int | str | None = None) -> int:
-        """``batch_size``, or with tiles ``batch_size // max_tiles`` images (at least one): bounded memory."""
-        hp = self.hparams
-        views = hp.eval_views if eval_views is None else eval_views
-        return hp.batch_size if train or views != "tiles" else max(1, hp.batch_size // hp.max_tiles)
-
     def has_masks(self, split: str) -> bool:
         """Whether a test split's data names edit masks (a ``mask`` column): it is then scored for localization."""
         return split not in ("train", "val") and split in self.indexes and MASK_COLUMN in self.indexes[split]
@@ -606,133 +359,3 @@ class DeepfakeDataModule(L.LightningDataModule):
             raise DataError(f"{where}: mask paths must be relative to the data root, e.g. {outside[0]!r}")
         roots = [self._sources.roots.get(d, self.root) for d in index["dataset"]]
         return [None if m is None else Path(r) / m for m, r in zip(masks, roots, strict=True)]
-
-    def loader(
-        self, split: str, train: bool = False, perturb=None, eval_views: int | str | None = None, distributed=True
-    ) -> DataLoader:
-        """The loader of one split (see :meth:`dataset`); ``distributed=False`` gives the whole split to this
-        process even under DDP (rank-zero-only extra evaluations)."""
-        import torch
-
-        hp = self.hparams
-        workers = self.num_workers
-        pin = torch.cuda.is_available() if hp.pin_memory is None else hp.pin_memory
-        dataset = self.dataset(split, train=train, perturb=perturb, eval_views=eval_views)
-        batch_size = self.images_per_batch(train, eval_views)
-        sampler = None
-        weights = sampling_weights(self.indexes["train"], self._sources.weights, hp.balance) if train else None
-        if weights is not None:  # several training datasets, weighted or balanced (data.train_sets, data.balance)
-            sampler = WeightedRandomSampler(
-                weights.tolist(), len(dataset), replacement=True
-            )  # seeded by seed_everything
-        if distributed and not train and torch.distributed.is_available() and torch.distributed.is_initialized():
-            # Evaluation under DDP: each image on exactly one rank. Lightning's default DistributedSampler pads
-            # the shards with repeated images, which would enter the gathered metrics (AUROC...) twice.
-            from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
-
-            sampler = UnrepeatedDistributedSampler(dataset, shuffle=False)
-        return DataLoader(
-            dataset,
-            batch_size=batch_size,
-            shuffle=train and sampler is None,
-            sampler=sampler,
-            drop_last=train and len(dataset) > batch_size,
-            num_workers=workers,
-            pin_memory=pin,
-            persistent_workers=hp.persistent_workers and workers > 0,
-            collate_fn=collate_skip_bad,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        hp = self.hparams
-        work = (["decoding JPEGs (data.decode=device)"] if hp.decode == "device" else []) + (
-            [f"augmenting (data.augment_on={hp.augment_on})"]
-            if hp.aug_strength > 0 and self.augment_location == "device"
-            else []
-        )
-        if work:  # the batched device path, whatever the device (on a CPU it runs in the main process)
-            rank_zero_info(f"Training batches: {' and '.join(work)} on {self._device()}, in the main process's batches")
-        return self.loader("train", train=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self.loader("val")
-
-    def test_dataloader(self) -> list[DataLoader]:
-        splits = self.test_splits()
-        if not splits:
-            raise DataError("no test split configured: set data.test_v1_csv and/or data.test_v2_csv")
-        return [self.loader(s) for s in splits]
-
-    def predict_dataloader(self) -> DataLoader:
-        return self.loader(self.predict_name)
-
-    def on_before_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
-        # Runs in the main process, so the count of skipped images is exact even with workers.
-        if not isinstance(batch, dict):  # the model summary's example input
-            return batch
-        skipped = batch.pop("skipped", [])
-        if ENCODED_KEY in batch:  # data.decode=device: decoded here, straight onto the training device
-            skipped = skipped + self._decode(batch)
-        if skipped:
-            self.skipped_paths = getattr(self, "skipped_paths", []) + list(skipped)
-            self.skipped_images = len(self.skipped_paths)
-            if self.trainer is not None and self.trainer.predicting:
-                return batch  # PredictionWriter lists them after the progress bar, as `deepfake: warning:` lines
-            rank_zero_warn(
-                f"Skipped {len(skipped)} unreadable image(s) ({self.skipped_images} so far): {skipped} "
-                "(data.bad_images=skip)"
-            )
-        return batch
-
-    def _decode(self, batch: dict) -> list[str]:
-        """Decodes ``batch["encoded"]`` into ``batch["image"]`` on the training device; returns skipped paths."""
-        hp = self.hparams
-        train = self.trainer is not None and self.trainer.training
-        encoded, paths = batch.pop(ENCODED_KEY), batch.pop("path")
-        images, keep, bad = decode_batch(encoded, paths, hp.img_size, hp.mode, train, self._device())
-        skipped = raise_or_skip(bad, hp.bad_images)
-        if len(keep) < len(encoded):
-            for key in ("label", "index"):
-                batch[key] = batch[key][keep]
-        if keep:
-            batch["image"] = images
-        return skipped
-
-    def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
-        # Training batches, augmented on the device (data.augment_on): the distribution of data/augment.py.
-        hp = self.hparams
-        trainer = self.trainer
-        if (
-            isinstance(batch, dict)
-            and "image" in batch
-            and hp.aug_strength > 0
-            and trainer is not None
-            and trainer.training
-            and self.augment_location == "device"
-        ):
-            batch["image"] = augment_batch(batch["image"], sample_plan(len(batch["image"]), hp.aug_strength))
-        return batch
-
-
-def _dataset_identity(dataset, rows: pd.DataFrame) -> dict:
-    """A training dataset's identity: layout, path, row count, AI share and the content hash of its CSV, or of the
-    folder listing (paths and labels) for a folders layout."""
-    out = {
-        "kind": "csv" if dataset.layout == "kaggle" else dataset.layout,
-        "name": dataset.name,
-        "rows": int(len(rows)),
-        "ai_share": float(rows["label"].mean()),
-    }
-    if dataset.source is not None:
-        out |= {"train_csv": str(dataset.source.resolve()), "sha256": file_sha256(dataset.source)}
-    else:
-        listing = "\n".join(f"{p}\t{y}" for p, y in zip(dataset.index["path"], dataset.index["label"], strict=True))
-        out |= {"root": str(dataset.root.resolve()), "listing_sha256": hashlib.sha256(listing.encode()).hexdigest()}
-    return out
-
-
-class _Copies:
-    """``dataset(..., copies=k)``: marks the transform to become :class:`ReshareCopies` of the evaluation transform."""
-
-    def __init__(self, k: int):
-        self.k = int(k)

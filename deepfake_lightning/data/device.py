@@ -17,10 +17,12 @@ from __future__ import annotations
 import os
 
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from PIL import Image
 from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms import v2
 
+from deepfake_lightning.data.augment import augment_batch, sample_plan
 from deepfake_lightning.errors import BadImageError
 
 ENCODED_KEY = "encoded"  # an item's JPEG bytes (1-D uint8) or, for a file decoded by the worker, its pixels
@@ -110,3 +112,70 @@ def raise_or_skip(bad: list[tuple[str, str]], policy: str) -> list[str]:
         path, reason = bad[0]
         raise BadImageError(f"cannot read image {path!r}: {reason} (decoded on the device, data.decode=device)")
     return [path for path, _ in bad]
+
+
+class DeviceBatches:
+    """The data module's batch hooks (a mixin of ``DeepfakeDataModule``, which holds the ``hparams``): skipped images
+    counted in the main process, ``data.decode: device`` decoding and ``data.augment_on: device`` augmentation of
+    training batches on the training device."""
+
+    def decodes_on_device(self, train: bool, perturb=None) -> bool:
+        """Whether a loader's workers ship JPEG bytes for the device to decode: training batches only, since that
+        is where a GPU waits for data; evaluation loaders are also read outside the trainer's loops (calibration,
+        reports, notebooks), which must see pixels."""
+        return self.hparams.decode == "device" and train and perturb is None
+
+    @property
+    def augment_location(self) -> str:
+        """Where training images are augmented: ``cpu`` (loader workers) or ``device``; see ``augment_on``."""
+        hp = self.hparams
+        if hp.augment_on != "auto":
+            return hp.augment_on
+        return "device" if hp.decode == "device" or self.training_device.type == "cuda" else "cpu"
+
+    @property
+    def training_device(self) -> torch.device:
+        """The training device (the CPU without a trainer)."""
+        trainer = self.trainer
+        return trainer.strategy.root_device if trainer is not None else torch.device("cpu")
+
+    def on_before_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
+        # Runs in the main process, so the count of skipped images is exact even with workers.
+        if not isinstance(batch, dict):  # the model summary's example input
+            return batch
+        skipped = batch.pop("skipped", [])
+        if ENCODED_KEY in batch:  # data.decode=device: decoded here, straight onto the training device
+            skipped = skipped + self._decode(batch)
+        if skipped:
+            self.skipped_paths = getattr(self, "skipped_paths", []) + list(skipped)
+            self.skipped_images = len(self.skipped_paths)
+            if self.trainer is not None and self.trainer.predicting:
+                return batch  # PredictionWriter lists them after the progress bar, as `deepfake: warning:` lines
+            rank_zero_warn(
+                f"Skipped {len(skipped)} unreadable image(s) ({self.skipped_images} so far): {skipped} "
+                "(data.bad_images=skip)"
+            )
+        return batch
+
+    def _decode(self, batch: dict) -> list[str]:
+        """Decodes ``batch["encoded"]`` into ``batch["image"]`` on the training device; returns skipped paths."""
+        hp = self.hparams
+        train = self.trainer is not None and self.trainer.training
+        encoded, paths = batch.pop(ENCODED_KEY), batch.pop("path")
+        images, keep, bad = decode_batch(encoded, paths, hp.img_size, hp.mode, train, self.training_device)
+        skipped = raise_or_skip(bad, hp.bad_images)
+        if len(keep) < len(encoded):
+            for key in ("label", "index"):
+                batch[key] = batch[key][keep]
+        if keep:
+            batch["image"] = images
+        return skipped
+
+    def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
+        # Training batches, augmented on the device (data.augment_on): the distribution of data/augment.py.
+        hp, trainer = self.hparams, self.trainer
+        training = trainer is not None and trainer.training
+        if isinstance(batch, dict) and "image" in batch and hp.aug_strength > 0 and training:
+            if self.augment_location == "device":
+                batch["image"] = augment_batch(batch["image"], sample_plan(len(batch["image"]), hp.aug_strength))
+        return batch

@@ -30,6 +30,7 @@ from pytorch_grad_cam.utils.model_targets import BinaryClassifierOutputTarget
 from torch import nn
 
 from deepfake_lightning.errors import ConfigError
+from deepfake_lightning.scoring import UNCALIBRATED_THRESHOLD, decide
 from deepfake_lightning.settings import DEFAULTS
 
 CAM_METHODS = {
@@ -247,7 +248,12 @@ def overlay(rgb: np.ndarray, cam: np.ndarray) -> np.ndarray:
 
 
 def cam_grid(
-    rgb: np.ndarray, result: CamResult, labels=None, threshold: float = 0.5, columns: int = 4, per_layer: bool = False
+    rgb: np.ndarray,
+    result: CamResult,
+    labels=None,
+    threshold: float = UNCALIBRATED_THRESHOLD,
+    columns: int = 4,
+    per_layer: bool = False,
 ):
     """A matplotlib Figure: per image, the picture and its overlay (and each layer's map with ``per_layer``),
     titled with the true label (if known), the AI probability and the prediction at ``threshold``; the figure's
@@ -272,7 +278,7 @@ def cam_grid(
     for i in range(n):
         r, c = divmod(i, columns)
         prob = float(result.probs[i])
-        pred = "AI" if prob >= threshold else "human"
+        pred = "AI" if decide(prob, threshold) else "human"
         title = f"p(AI)={prob:.2f} -> {pred}"
         if labels is not None and int(labels[i]) in (0, 1):
             truth = "AI" if int(labels[i]) == 1 else "human"

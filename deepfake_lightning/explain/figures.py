@@ -14,6 +14,7 @@ import numpy as np
 from PIL import Image
 
 from deepfake_lightning.explain.cam import CamExplainer, denormalize, overlay
+from deepfake_lightning.scoring import decide
 from deepfake_lightning.settings import InferenceSettings
 
 THUMBNAIL = 768  # longest side of the whole image in the figure, in pixels
@@ -39,7 +40,7 @@ def views_name(views: int | str) -> str:
 
 
 def verdict_title(name: str, prob: float, threshold: float, views: int | str) -> str:
-    verdict = "AI-generated" if prob >= threshold else "human"
+    verdict = "AI-generated" if decide(prob, threshold) else "human"
     return (
         f"{short_name(name, 40)}: {verdict}, P(AI) {prob:.3f} on the model's {views_name(views)} "
         f"(threshold {threshold:.3f})"

@@ -67,7 +67,7 @@ def explain_files(
                 name = unique_name(f.stem, used_names)
                 fig.savefig(out_dir / f"{name}.png", dpi=100)
                 plt.close(fig)
-                label = int(prob >= detector.threshold)
+                label = int(detector.labels(prob))
                 row = {"file": str(f), "prob_ai": prob, "label": label, "verdict_views": str(settings.eval_views)}
                 rows.append(row | {"error": "", "png": f"{name}.png"} | evidence.columns())
     return write_explanations(out_dir, earlier, rows, columns)

@@ -58,7 +58,7 @@ def map_files(
         probs = detector.probs(scores.logits)
         map_prob = float(detector.probs([scores.logit])[0])
         prob = map_prob if map_is_verdict else float(detector.probs([detector.combine(inputs[1], parts[1])])[0])
-        label = int(prob >= threshold)
+        label = int(detector.labels(prob))
         name = unique_name(f"{f.stem}_map", used)
         evidence = read_evidence(f, trust_anchors)
         title = verdict_title(f.name, prob, threshold, settings.eval_views) + "\n"

@@ -44,7 +44,8 @@ def model_card(facts: ModelFacts) -> str:
                 r.get("f1_macro"),
                 r.get("acc"),
                 "deepfake test: macro F1 and accuracy at the tuned threshold"
-                + (f"; test-time augmentation: {how}" if how else ""),
+                + (f"; test-time augmentation: {how}" if how else "")
+                + (f"; {_report_name(facts.test_report)}" if facts.test_report else ""),
             )
         )
     metadata = {
@@ -194,6 +195,12 @@ def _result(name: str, auroc, f1, acc, source: str) -> dict:
         "metrics": metrics,
         "source": source,
     }
+
+
+def _report_name(report: str) -> str:
+    """``eval/test_best/report.json``: the report a figure comes from, by its place in the run."""
+    parts = Path(report).parts
+    return "/".join(parts[-3:]) if len(parts) >= 3 else report
 
 
 def _versions(v) -> str:

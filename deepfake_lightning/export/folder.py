@@ -39,7 +39,8 @@ from deepfake_lightning.errors import ExportError
 from deepfake_lightning.export.card import model_card
 from deepfake_lightning.export.onnx import ONNX_FILE, OnnxModel, write_onnx
 from deepfake_lightning.files import atomic_path
-from deepfake_lightning.provenance import export_facts
+from deepfake_lightning.provenance import export_facts, with_recorded_evaluation
+from deepfake_lightning.scoring import Scorer
 from deepfake_lightning.settings import InferenceSettings
 
 WEIGHTS_FILE = "model.safetensors"
@@ -102,11 +103,12 @@ def export_checkpoint(
             else None
         ),
         # The one decision threshold (PyTorch and ONNX Runtime both read it); "calibration" holds the rest.
-        "threshold": calibration.threshold if calibration else 0.5,
+        "threshold": Scorer(calibration=calibration).threshold,
         "calibration": calibration.to_json(threshold=False) if calibration else None,
         "data": _plain(dict(data)),  # the data module's settings, for re-creating its splits (datamodule_for)
         "source": {"checkpoint": ckpt_path.name, "epoch": ckpt.get("epoch"), "global_step": ckpt.get("global_step")},
-        "provenance": _plain(ckpt.get("provenance")),  # training data, split, metrics, versions (provenance.py)
+        # training data, split, metrics, versions, and the test results of the run's evaluation folders (provenance.py)
+        "provenance": _plain(with_recorded_evaluation(ckpt.get("provenance"), ckpt_path)),
         "formats": formats,
         "onnx": None,
     }

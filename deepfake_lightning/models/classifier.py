@@ -18,7 +18,6 @@ from torchvision.transforms import v2
 
 from deepfake_lightning.calibration import CalibrationState, Calibrator, evaluation_of
 from deepfake_lightning.checkpoints import stored_settings
-from deepfake_lightning.data.tiles import pool_tile_logits
 from deepfake_lightning.errors import ConfigError
 from deepfake_lightning.models.backbones import create_backbone
 from deepfake_lightning.models.frontends import PIXEL_LEVEL, Frontend, create_frontend
@@ -26,7 +25,8 @@ from deepfake_lightning.models.metrics import flatten_metrics, make_metrics
 from deepfake_lightning.models.outputs import TestOutputs
 from deepfake_lightning.models.training import FreezeBackbone, warmup_cosine
 from deepfake_lightning.provenance import ModelFacts, checkpoint_facts, training_record
-from deepfake_lightning.settings import DEFAULTS
+from deepfake_lightning.scoring import UNCALIBRATED_THRESHOLD, Scorer
+from deepfake_lightning.settings import DEFAULTS, InferenceSettings
 
 EVAL_CHUNK = 128  # most images (tiles, views) per forward pass in inference; see tile_logits
 
@@ -142,19 +142,30 @@ class DeepfakeClassifier(L.LightningModule):
         self.facts = checkpoint_facts(checkpoint, source="checkpoint")
 
     @property
+    def settings(self) -> InferenceSettings:
+        """This model's inference settings (settings.py): the defaults with its ``model.*`` ones."""
+        return DEFAULTS.merged(**{k: self.hparams.get(k) for k in InferenceSettings.MODEL_KEYS})
+
+    @property
+    def scorer(self) -> Scorer:
+        """The one scorer (scoring.py): tile pooling, calibration and threshold of this model."""
+        return Scorer(self.settings, self.calibration)
+
+    @property
     def calibrator(self) -> Calibrator:
         """Maps logits to calibrated AI probabilities (plain sigmoid when the model is not calibrated)."""
-        return self.calibration.calibrator if self.calibration else Calibrator()
+        return self.scorer.calibrator
 
     @property
     def threshold(self) -> float:
-        """Decision threshold on calibrated probabilities, chosen on validation data (0.5 if uncalibrated)."""
-        return self.calibration.threshold if self.calibration else 0.5
+        """Decision threshold on calibrated probabilities, chosen on validation data (``UNCALIBRATED_THRESHOLD`` if
+        uncalibrated)."""
+        return self.scorer.threshold
 
     def calibrated_probs(self, logits: torch.Tensor) -> torch.Tensor:
         """Calibrated AI probabilities, in float64 (float32 on MPS) so that comparisons with the tuned threshold,
         itself one of the validation probabilities, agree exactly with the reports."""
-        probs = torch.from_numpy(self.calibrator(logits.detach().float().cpu().numpy()))
+        probs = torch.from_numpy(self.scorer.probs(logits))
         return probs.to(logits.device, torch.float32 if logits.device.type == "mps" else torch.float64)
 
     @property
@@ -236,10 +247,7 @@ class DeepfakeClassifier(L.LightningModule):
 
     def pool_tiles(self, tile_logits: torch.Tensor, n_tiles: torch.Tensor) -> torch.Tensor:
         """Image logits from consecutive tile logits, ``n_tiles`` per image, by ``model.tile_pooling``."""
-        hp = self.hparams
-        return pool_tile_logits(
-            tile_logits, n_tiles, hp.get("tile_pooling", DEFAULTS.tile_pooling), hp.get("tile_topk", DEFAULTS.tile_topk)
-        )
+        return self.scorer.pool(tile_logits, n_tiles)
 
     def model_step(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         logits = self._logits(batch["image"], self.__dict__.get("_compiled_net", self.net))
@@ -294,7 +302,7 @@ class DeepfakeClassifier(L.LightningModule):
         dm = self.trainer.datamodule
         self.test_splits = dm.test_splits() if hasattr(dm, "test_splits") else ["test"]
         labeled = dm.labeled_test_splits() if hasattr(dm, "labeled_test_splits") else self.test_splits
-        metrics = {s: make_metrics(0.5) for s in labeled} | {
+        metrics = {s: make_metrics(UNCALIBRATED_THRESHOLD) for s in labeled} | {
             f"{s}/tuned": make_metrics(self.threshold) for s in labeled
         }
         self.test_metrics = nn.ModuleDict(metrics).to(self.device)

@@ -18,8 +18,10 @@ from torchmetrics.classification import (
     BinarySpecificity,
 )
 
+from deepfake_lightning.settings import UNCALIBRATED_THRESHOLD
 
-def make_metrics(threshold: float = 0.5) -> MetricCollection:
+
+def make_metrics(threshold: float = UNCALIBRATED_THRESHOLD) -> MetricCollection:
     """Per-stage metrics; thresholded ones predict AI when the probability is >= ``threshold`` (scikit-learn's
     convention, which tuned thresholds follow; torchmetrics compares with >, hence the one-ulp nudge).
     ``acc_human`` is the accuracy on human images (specificity), ``acc_ai`` the accuracy on AI images

@@ -264,7 +264,7 @@ class DetectorAPI(ls.LitAPI):
         """One upload's JSON: the verdict, and its stability, map and Grad-CAM figure where asked."""
         engine = self.engine
         prob = float(engine.detector.probs([score["logit"]])[0])
-        label = int(prob >= engine.threshold)
+        label = int(engine.detector.labels(prob))
         out = {
             "prob_ai": prob,
             "label": label,
