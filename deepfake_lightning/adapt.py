@@ -232,7 +232,7 @@ def fine_tune(
     ``settings.replay_share`` of each batch drawn from ``replay`` (a training-transform dataset) when given; at
     ``settings.lr`` (constant AdamW), or with ``own_optimizer`` the model's own optimizer and schedule; a progress
     bar unless ``progress`` is False. Returns what was done."""
-    from deepfake_lightning.lightning_cli import _install_noise_filter, lightning_warnings, resolve_precision
+    from deepfake_lightning.runs import install_noise_filter, lightning_warnings, resolve_precision
 
     L.seed_everything(settings.seed, workers=True, verbose=False)
     parts, weights = [_dataset(dm, images, train=True)], [np.full(len(images), 1.0 / len(images))]
@@ -252,7 +252,7 @@ def fine_tune(
         model.optimizer_factory = lambda params: torch.optim.AdamW(params, lr=settings.lr)
         model.scheduler_factory = lambda optimizer: torch.optim.lr_scheduler.ConstantLR(optimizer, 1.0, total_iters=0)
     model.hparams.freeze_backbone_epochs = 0
-    _install_noise_filter()
+    install_noise_filter()
     with lightning_warnings(), _quiet_trainer():
         warnings.filterwarnings("ignore", message="You defined a `validation_step` but have no `val_dataloader`")
         trainer = L.Trainer(

@@ -30,6 +30,7 @@ from deepfake_lightning.checkpoints import load_checkpoint
 from deepfake_lightning.errors import ConfigError
 from deepfake_lightning.files import write_json
 from deepfake_lightning.models.outputs import collect_logits
+from deepfake_lightning.settings import UNCALIBRATED_THRESHOLD
 
 
 class Calibration(PrintsResults):
@@ -170,13 +171,14 @@ class Calibration(PrintsResults):
         state = pl_module.calibration
         if state is None:
             rank_zero_warn(
-                "This checkpoint has no calibration: probabilities are uncalibrated and the threshold is 0.5. "
+                "This checkpoint has no calibration: probabilities are uncalibrated and the threshold is "
+                f"{UNCALIBRATED_THRESHOLD}. "
                 "Run `deepfake calibrate --config C --ckpt_path P` to add one."
             )
-        calibrator = pl_module.calibrator
+        scorer = pl_module.scorer
         for split, out in outputs.items():
             z, y = out.logits, out.labels
-            probs = calibrator(z)
+            probs = scorer.probs(z)
             logs = {}
             if out.labeled:
                 before, after = (

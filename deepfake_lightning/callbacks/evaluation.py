@@ -178,7 +178,7 @@ class EvaluationReport(PrintsResults):
         """One labelled split: its predictions file, plot, and report entry (with its groups, stability and evidence
         collected into ``sections``)."""
         dm, threshold = trainer.datamodule, pl_module.threshold
-        y, probs = out.labels, pl_module.calibrator(out.logits)
+        y, probs = out.labels, pl_module.scorer.probs(out.logits)
         table = pd.DataFrame({"id": np.asarray(dm.split_ids(split))[out.index], "label": y, "prob_ai": probs})
         if self.group_by:
             table[self.group_by] = dm.split_column(split, self.group_by).astype(str).to_numpy()[out.index]

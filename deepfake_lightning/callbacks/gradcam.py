@@ -150,5 +150,5 @@ def _top_tiles(pl_module, items: list[dict]) -> tuple[torch.Tensor, torch.Tensor
     for it in items:
         logits = pl_module.tile_logits(it["image"].to(pl_module.device)).float().cpu()
         tiles.append(it["image"][int(logits.argmax())])
-        pooled.append(pl_module.pool_tiles(logits, torch.tensor([len(logits)])))
+        pooled.append(pl_module.scorer.pool(logits, torch.tensor([len(logits)])))
     return torch.stack(tiles), torch.cat(pooled)

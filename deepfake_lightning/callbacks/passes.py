@@ -57,7 +57,7 @@ def reencode_pass(trainer: L.Trainer, pl_module, before: dict) -> dict:
     for split in dm.labeled_test_splits():
         loader = dm.loader(split, perturb=reencode, distributed=False)
         logits, labels = collect_logits(pl_module, loader, trainer)
-        after = split_report(pl_module.calibrator(logits), labels, pl_module.threshold)
+        after = split_report(pl_module.scorer.probs(logits), labels, pl_module.threshold)
         results[split] = reencode_report(before[split], after)
     return results
 
@@ -93,7 +93,7 @@ def copies_table(
     logits = copy_logits(pl_module, loader, n, k, trainer.precision_plugin.forward_context())[index]
     copy_probs = np.full(logits.shape, np.nan)
     finite = np.isfinite(logits)
-    copy_probs[finite] = pl_module.calibrator(logits[finite])
+    copy_probs[finite] = pl_module.scorer.probs(logits[finite])
     return stability_table(probs, copy_probs, threshold, tolerance)
 
 

@@ -3,7 +3,7 @@
 A crop-mode model judges one ``img_size`` crop; for a large photograph that is a sliver of it. Here the image is
 covered by a grid of tiles (``stride`` apart, the last row and column shifted inward so the edges are covered);
 above ``max_tiles`` the grid thins out evenly over the image. The model scores every tile and pools the tile logits
-into the image's (``DeepfakeClassifier.pool_tiles``). Tiling stays outside the network, so an ONNX export needs no
+into the image's (``scoring.Scorer.pool``). Tiling stays outside the network, so an ONNX export needs no
 change: the same :class:`TileTransform` feeds it.
 
 One image gives a dict: ``image`` (N, 3, size, size) normalized tiles, ``tile_xy`` (N, 2) the tiles' top-left

@@ -16,22 +16,23 @@ from torchmetrics import MetricCollection
 from torchmetrics.classification import BinaryAccuracy
 from torchvision.transforms import v2
 
-from deepfake_lightning.calibration import CalibrationState, Calibrator, evaluation_of
+from deepfake_lightning.calibration import CalibrationState, evaluation_of
 from deepfake_lightning.checkpoints import stored_settings
 from deepfake_lightning.errors import ConfigError
 from deepfake_lightning.models.backbones import create_backbone
 from deepfake_lightning.models.frontends import PIXEL_LEVEL, Frontend, create_frontend
 from deepfake_lightning.models.metrics import flatten_metrics, make_metrics
 from deepfake_lightning.models.outputs import TestOutputs
-from deepfake_lightning.models.training import FreezeBackbone, warmup_cosine
+from deepfake_lightning.models.steps import EvaluationSteps
+from deepfake_lightning.models.training import FreezeBackbone, configure_optimizers
 from deepfake_lightning.provenance import ModelFacts, checkpoint_facts, training_record
-from deepfake_lightning.scoring import UNCALIBRATED_THRESHOLD, Scorer
+from deepfake_lightning.scoring import Scorer
 from deepfake_lightning.settings import DEFAULTS, InferenceSettings
 
 EVAL_CHUNK = 128  # most images (tiles, views) per forward pass in inference; see tile_logits
 
 
-class DeepfakeClassifier(L.LightningModule):
+class DeepfakeClassifier(EvaluationSteps, L.LightningModule):
     """Binary AI-generated-image detector on any timm backbone.
 
     Args:
@@ -152,11 +153,6 @@ class DeepfakeClassifier(L.LightningModule):
         return Scorer(self.settings, self.calibration)
 
     @property
-    def calibrator(self) -> Calibrator:
-        """Maps logits to calibrated AI probabilities (plain sigmoid when the model is not calibrated)."""
-        return self.scorer.calibrator
-
-    @property
     def threshold(self) -> float:
         """Decision threshold on calibrated probabilities, chosen on validation data (``UNCALIBRATED_THRESHOLD`` if
         uncalibrated)."""
@@ -201,7 +197,7 @@ class DeepfakeClassifier(L.LightningModule):
 
     def setup(self, stage: str) -> None:
         dm = getattr(self.trainer, "datamodule", None)
-        frontend = self.hparams.get("frontend", DEFAULTS.frontend)
+        frontend = self.settings.frontend
         if frontend in PIXEL_LEVEL and getattr(dm, "hparams", {}).get("mode") == "resize":
             rank_zero_warn(
                 f"model.frontend={frontend} looks at pixel-level traces that data.mode=resize interpolates "
@@ -223,9 +219,9 @@ class DeepfakeClassifier(L.LightningModule):
         hold several views per image, (B, V, 3, H, W) (e.g. ``data.eval_views: 5``); their logits are averaged,
         and with ``tta_flip`` those of the mirrored views too. With ``n_tiles`` (a tiled batch, ``data/tiles.py``),
         ``images`` holds every image's tiles one after the other, (sum of n_tiles, 3, H, W), and each image's tile
-        logits are pooled by :meth:`pool_tiles`. ``net`` defaults to the eager backbone."""
+        logits are pooled by the scorer (``scoring.Scorer.pool``). ``net`` defaults to the eager backbone."""
         if n_tiles is not None:
-            return self.pool_tiles(self.tile_logits(images, net), n_tiles)
+            return self.scorer.pool(self.tile_logits(images, net), n_tiles)
         views = images.unsqueeze(1) if images.ndim == 4 else images
         b, v = views.shape[:2]
         # one pass, no chunking: a branch on the batch size would fix the ONNX export's dynamic batch axis
@@ -241,13 +237,9 @@ class DeepfakeClassifier(L.LightningModule):
         if chunk is not None and len(images) > chunk and not torch.is_grad_enabled():
             return torch.cat([self.tile_logits(part, net, None) for part in images.split(chunk)])
         logits = self._logits(images, net).float()
-        if self.hparams.get("tta_flip", DEFAULTS.tta_flip):
+        if self.settings.tta_flip:
             logits = (logits + self._logits(images.flip(-1), net).float()) / 2
         return logits
-
-    def pool_tiles(self, tile_logits: torch.Tensor, n_tiles: torch.Tensor) -> torch.Tensor:
-        """Image logits from consecutive tile logits, ``n_tiles`` per image, by ``model.tile_pooling``."""
-        return self.scorer.pool(tile_logits, n_tiles)
 
     def model_step(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         logits = self._logits(batch["image"], self.__dict__.get("_compiled_net", self.net))
@@ -297,60 +289,9 @@ class DeepfakeClassifier(L.LightningModule):
         self.log_dict(values, sync_dist=True)
         self.val_metrics.reset()
 
-    # ------------------------------------------------------------------ test
-    def on_test_start(self) -> None:
-        dm = self.trainer.datamodule
-        self.test_splits = dm.test_splits() if hasattr(dm, "test_splits") else ["test"]
-        labeled = dm.labeled_test_splits() if hasattr(dm, "labeled_test_splits") else self.test_splits
-        metrics = {s: make_metrics(UNCALIBRATED_THRESHOLD) for s in labeled} | {
-            f"{s}/tuned": make_metrics(self.threshold) for s in labeled
-        }
-        self.test_metrics = nn.ModuleDict(metrics).to(self.device)
-        self.test_outputs.reset(self.test_splits)
-
-    def test_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> dict | None:
-        if "image" not in batch:
-            return None
-        split = self.test_splits[dataloader_idx]
-        logits = self.predict_logits(batch["image"], n_tiles=batch.get("n_tiles"))
-        self.test_outputs.add(split, logits, batch["label"], batch["index"])
-        if split not in self.test_metrics:  # unlabeled split: logits only (for share estimation)
-            return {"logits": logits}
-        labels = batch["label"].long()
-        probs = self.calibrated_probs(logits)
-        self.test_metrics[split].update(probs, labels)
-        self.test_metrics[f"{split}/tuned"].update(probs, labels)
-        loss = F.binary_cross_entropy_with_logits(logits, labels.float())
-        self.log(
-            f"test/{split}/loss", loss, on_epoch=True, batch_size=len(labels), add_dataloader_idx=False, sync_dist=True
-        )
-        return {"logits": logits}
-
-    def on_test_epoch_end(self) -> None:
-        for name, metrics in self.test_metrics.items():
-            self.log_dict(flatten_metrics(metrics.compute(), f"test/{name}"), add_dataloader_idx=False, sync_dist=True)
-            metrics.reset()
-
-    # ------------------------------------------------------------------ predict
-    def predict_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> dict:
-        if "image" not in batch:
-            return {"index": torch.empty(0, dtype=torch.long), "logit": torch.empty(0), "prob_ai": torch.empty(0)}
-        logits = self.predict_logits(batch["image"], n_tiles=batch.get("n_tiles"))
-        out = {"index": batch["index"], "logit": logits, "prob_ai": self.calibrated_probs(logits)}
-        if "n_tiles" in batch:  # how many tiles were scored, of how many the full grid has
-            out |= {"n_tiles": batch["n_tiles"], "tiles_total": batch["tiles_total"]}
-        return out
-
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self):
-        # All parameters, frozen ones included: they have no gradient while frozen, so the optimizer skips them.
-        optimizer = self.optimizer_factory(self.parameters())
-        if self.scheduler_factory is not None:
-            return {"optimizer": optimizer, "lr_scheduler": self.scheduler_factory(optimizer)}
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        epochs = self.trainer.max_epochs if self.trainer.max_epochs and self.trainer.max_epochs > 0 else 1
-        scheduler = warmup_cosine(optimizer, min(total - 1, round(self.hparams.warmup_epochs * total / epochs)), total)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return configure_optimizers(self)
 
     def configure_callbacks(self) -> list:
         if self.hparams.freeze_backbone_epochs > 0:

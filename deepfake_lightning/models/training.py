@@ -45,3 +45,17 @@ class FreezeBackbone(BaseFinetuning):
     def finetune_function(self, pl_module, epoch: int, optimizer) -> None:
         if epoch == self.epochs:
             self.make_trainable(self._body(pl_module))
+
+
+def configure_optimizers(module) -> dict:
+    """A ``DeepfakeClassifier``'s optimizer (``model.optimizer``) over all its parameters, frozen ones included
+    (they have no gradient while frozen, so the optimizer skips them), with ``model.scheduler`` stepped each epoch,
+    or by default :func:`warmup_cosine` over the run's optimizer steps, stepped each step."""
+    optimizer = module.optimizer_factory(module.parameters())
+    if module.scheduler_factory is not None:
+        return {"optimizer": optimizer, "lr_scheduler": module.scheduler_factory(optimizer)}
+    trainer = module.trainer
+    total = max(1, int(trainer.estimated_stepping_batches))
+    epochs = trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else 1
+    scheduler = warmup_cosine(optimizer, min(total - 1, round(module.hparams.warmup_epochs * total / epochs)), total)
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
