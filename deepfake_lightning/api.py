@@ -10,10 +10,10 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 
-from deepfake_lightning.checkpoints import is_export, load_checkpoint, stored_settings
 from deepfake_lightning.data import DeepfakeDataModule
 from deepfake_lightning.data.dataset import collate_skip_bad
 from deepfake_lightning.detector import Detector, load_detector
+from deepfake_lightning.model_file import read_model_file
 
 __all__ = [
     "Detector", "load_detector", "training_runs", "newest_checkpoint", "datamodule_for", "predict_split", "load_runs",
@@ -55,13 +55,9 @@ def datamodule_for(ckpt_path: str | os.PathLike, **overrides) -> DeepfakeDataMod
     root is found again from any working directory (a notebook in ``notebooks/``): the checkpoint records where it
     was. For an export directory, the image size, mode and normalization come from its ``detector.json`` (pass
     ``root``)."""
-    resolved = None
-    if is_export(ckpt_path):
-        stored = stored_settings(ckpt_path)["data"]
-    else:
-        ckpt = load_checkpoint(ckpt_path, metadata_only=True)
-        stored = stored_settings(ckpt)["data"]
-        resolved = ckpt.get("DeepfakeDataModule", {}).get("root_resolved")
+    model_file = read_model_file(ckpt_path, metadata_only=True)
+    stored = model_file.stored["data"]
+    resolved = (model_file.checkpoint or {}).get("DeepfakeDataModule", {}).get("root_resolved")
     hparams = {**stored, **overrides}
     root = hparams.get("root")
     if "root" not in overrides and root and not Path(root).exists() and resolved and Path(resolved).is_dir():

@@ -18,7 +18,7 @@ Grad-CAM needs gradients and so the PyTorch weights: on ONNX Runtime they are re
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -27,12 +27,13 @@ import torch
 from PIL import Image
 
 from deepfake_lightning.calibration import CalibrationState, Calibrator
-from deepfake_lightning.checkpoints import export_calibration, is_export, load_checkpoint, stored_settings
+from deepfake_lightning.checkpoints import is_export
 from deepfake_lightning.data.dataset import load_image
 from deepfake_lightning.data.tiles import TileTransform
 from deepfake_lightning.data.transforms import create_transform, evaluation_transform
 from deepfake_lightning.errors import ConfigError, ExportError
-from deepfake_lightning.provenance import ModelFacts, with_recorded_evaluation
+from deepfake_lightning.model_file import read_model_file
+from deepfake_lightning.provenance import ModelFacts
 from deepfake_lightning.scoring import Scorer
 from deepfake_lightning.settings import InferenceSettings
 
@@ -77,9 +78,7 @@ class Detector:
         """The PyTorch ``DeepfakeClassifier`` (eval mode, calibrated); on the ONNX runtime read from the export's
         ``model.safetensors`` on first use (Grad-CAM)."""
         if self._model is None:
-            from deepfake_lightning.export.folder import load_export
-
-            self._model, _ = load_export(self.source, self.device)
+            self._model = read_model_file(self.source).build(self.device)
         return self._model
 
     @property
@@ -275,53 +274,34 @@ def load_detector(
 
     ``runtime="onnx"`` runs an export's ``model.onnx`` with ONNX Runtime (CUDA when ``map_location`` is one).
     """
-    from deepfake_lightning.models import DeepfakeClassifier
-
     if runtime not in RUNTIMES:
         raise ConfigError(f"--runtime {runtime!r}: choose torch or onnx")
     device = str(map_location)
     if runtime == "onnx":
         return _onnx_detector(source, device)
-    if is_export(source):
-        from deepfake_lightning.export.folder import load_export
-
-        model, config = load_export(source, device)
-        stored, formats = stored_settings(source), tuple(config.get("formats", ["safetensors"]))
-    else:
-        ckpt = load_checkpoint(source)  # read once, weights_only: a crafted pickle is refused, never run
-        ckpt["provenance"] = with_recorded_evaluation(ckpt.get("provenance"), source)  # its test results (in memory)
-        model, stored, formats = DeepfakeClassifier.from_checkpoint(ckpt, device), stored_settings(ckpt), ()
-    settings = InferenceSettings.from_stored(stored, model.data_config)
-    facts = model.facts or ModelFacts()
-    facts.source = str(source)
+    model_file = read_model_file(source)  # read once; weights_only: a crafted pickle is refused, never run
+    model = model_file.build(device)
+    facts = replace(model_file.facts, source=str(source))
     return Detector(
-        settings, model.calibration, facts, model.hparams.backbone, str(source), "torch", device, model, None, formats
-    )
+        model_file.settings(model.data_config), model_file.calibration, facts, model_file.backbone, str(source),
+        "torch", device, model, None, model_file.formats,
+    )  # fmt: skip
 
 
 def _onnx_detector(source: str | os.PathLike, device: str) -> Detector:
-    from deepfake_lightning.export.folder import load_onnx
-    from deepfake_lightning.provenance import export_facts
+    from deepfake_lightning.export.onnx import OnnxModel
 
     if not is_export(source):
         raise ExportError(
             f"--runtime onnx runs an export folder with a model.onnx, not {str(source)!r}: "
             f"deepfake export --ckpt_path {source} --out DIR --format safetensors onnx"
         )
-    onnx = load_onnx(source, ["CUDAExecutionProvider"] if device.startswith("cuda") else None)
-    config = onnx.config
+    model_file = read_model_file(source)
+    onnx = OnnxModel(source, model_file.config, ["CUDAExecutionProvider"] if device.startswith("cuda") else None)
     return Detector(
-        InferenceSettings.from_stored(stored_settings(source)),
-        CalibrationState.from_json(export_calibration(config)),
-        export_facts(config, source=str(source)),
-        config["backbone"],
-        str(source),
-        "onnx",
-        device,
-        None,
-        onnx,
-        tuple(config.get("formats", ["safetensors"])),
-    )
+        model_file.settings(), model_file.calibration, model_file.facts, model_file.backbone, str(source), "onnx",
+        device, None, onnx, model_file.formats,
+    )  # fmt: skip
 
 
 def source_name(detector: Detector) -> str:

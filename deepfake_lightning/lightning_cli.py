@@ -26,13 +26,13 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from deepfake_lightning.callbacks import Calibration, EvaluationReport, MetricsJson, PredictionWriter, RunCheckpoint
 from deepfake_lightning.callbacks.run_summary import FitSummary
-from deepfake_lightning.checkpoints import is_export, load_checkpoint, stored_settings
+from deepfake_lightning.checkpoints import is_export
 from deepfake_lightning.cli_parser import DeepfakeArgumentParser, check_duplicate_keys, command_line_keys
 from deepfake_lightning.data import DeepfakeDataModule
 from deepfake_lightning.data.datamodule import check_data_root
 from deepfake_lightning.data.dataset import expand_inputs
 from deepfake_lightning.errors import ConfigError, DataError
-from deepfake_lightning.export.folder import load_weights
+from deepfake_lightning.model_file import read_model_file
 from deepfake_lightning.models import DeepfakeClassifier
 from deepfake_lightning.runs import (
     evaluation_dir,
@@ -72,6 +72,7 @@ class DeepfakeCLI(LightningCLI):
     _export_dir: str | None = None  # set when --ckpt_path names a `deepfake export` directory
     _given: dict  # config keys set on the command line -> their parsed values
     _configured_backbone: str | None = None  # model.backbone before a --ckpt_path's hyperparameters replaced it
+    _model_file = None  # --ckpt_path, read once (model_file.py)
 
     def init_parser(self, **kwargs) -> LightningArgumentParser:
         kwargs.setdefault("dump_header", ["deepfake-lightning run configuration"])
@@ -138,7 +139,7 @@ class DeepfakeCLI(LightningCLI):
         subcommand = self.config.get("subcommand")
         ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
         if ckpt_path and Path(ckpt_path).is_file():
-            load_checkpoint(ckpt_path, metadata_only=True)
+            self._model_file = read_model_file(ckpt_path, metadata_only=True)
         # What the config files said, before Lightning puts the checkpoint's hyperparameters in its place.
         self._configured_backbone = self.config[subcommand].model.backbone if subcommand else None
         super()._parse_ckpt_path()
@@ -154,7 +155,8 @@ class DeepfakeCLI(LightningCLI):
                     f"--model.weights {Path(ckpt_path) / 'model.safetensors'} instead"
                 )
             # Read with weights_only (checkpoints.py): a crafted checkpoint is refused here, before anything runs.
-            self._apply_stored_settings(cfg, stored_settings(ckpt_path))
+            model_file = self._model_file or read_model_file(ckpt_path, metadata_only=True)
+            self._apply_stored_settings(cfg, model_file.stored)
         files_only = self.subcommand == "predict" and cfg.data.predict_paths  # needs no training data
         if files_only:
             _check_predict_paths(cfg.data.predict_paths)
@@ -212,7 +214,7 @@ class DeepfakeCLI(LightningCLI):
     def instantiate_classes(self) -> None:
         super().instantiate_classes()
         if self._export_dir is not None:
-            load_weights(self.model, self._export_dir)
+            read_model_file(self._export_dir).load_into(self.model)
 
     def instantiate_trainer(self, **kwargs):
         """LightningCLI's, with the framework's callbacks stepping aside (one line each) when the user turned off

@@ -57,7 +57,7 @@ def score_tiles(model, batch: dict) -> list[TileScores]:
     """The :class:`TileScores` of each image of a tiled batch (``data/tiles.py``), with ``model``'s pooling."""
     images = batch["image"].to(model.device)
     logits = model.tile_logits(images).float()
-    pooled = model.pool_tiles(logits, batch["n_tiles"]).cpu().numpy()
+    pooled = model.scorer.pool(logits, batch["n_tiles"]).cpu().numpy()
     size = images.shape[-1]
     parts = torch.split(logits.cpu(), [int(n) for n in batch["n_tiles"]])
     xys = torch.split(batch["tile_xy"], [int(n) for n in batch["n_tiles"]])

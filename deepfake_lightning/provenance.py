@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from deepfake_lightning.checkpoints import export_calibration, export_settings, is_export, stored_settings
+from deepfake_lightning.checkpoints import is_export, stored_settings
 from deepfake_lightning.files import file_sha256
 from deepfake_lightning.settings import DEFAULTS, UNCALIBRATED_THRESHOLD
 
@@ -205,13 +205,6 @@ def checkpoint_facts(ckpt: dict, source: str) -> ModelFacts:
     settings = stored_settings(ckpt)
     return ModelFacts.from_parts(
         settings["model"], settings["data"], ckpt.get("calibration"), ckpt.get("provenance"), source
-    )
-
-
-def export_facts(config: dict, source: str) -> ModelFacts:
-    settings = export_settings(config)
-    return ModelFacts.from_parts(
-        settings["model"], settings["data"], export_calibration(config), config.get("provenance"), source
     )
 
 

@@ -141,7 +141,7 @@ def test_resume_last_picks_the_newest_training_not_the_newest_tested_checkpoint(
     import os
     from types import SimpleNamespace
 
-    from deepfake_lightning.lightning_cli import DeepfakeCLI
+    from deepfake_lightning.runs import resume_last
 
     logs = tmp_path / "lightning_logs"
     for i, (events_at, ckpt_at) in enumerate(((100, 300), (200, 250))):  # version_0 trained first, tested last
@@ -160,6 +160,6 @@ def test_resume_last_picks_the_newest_training_not_the_newest_tested_checkpoint(
         data=SimpleNamespace(split_file=None),
         ckpt_path="last",
     )
-    DeepfakeCLI._resume_last(cfg)
+    resume_last(cfg)
     assert cfg.ckpt_path == str(logs / "version_1" / "checkpoints" / "last.ckpt")
     assert logger["init_args"]["version"] == "version_1"

@@ -190,7 +190,7 @@ def test_onnx_export_matches_pytorch_on_the_demo_test_split(export, demo_root):
     onnx = load_onnx(export)
     loader = torch.utils.data.DataLoader(dm.dataset("test_v1"), batch_size=7)  # another batch size: dynamic axis
     logits = np.concatenate([onnx.logits(batch["image"]) for batch in loader])
-    probs = detector.model.calibrator(logits)
+    probs = detector.probs(logits)
     assert len(probs) == len(torch_table) == len(pd.read_csv(demo_root / "test_v1.csv")) > 100
     assert np.abs(probs - torch_table["prob_ai"].to_numpy()).max() < 1e-4
     assert np.abs(logits - torch_table["logit"].to_numpy()).max() < 1e-3

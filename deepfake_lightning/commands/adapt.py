@@ -99,21 +99,17 @@ def _load(ckpt_path: str):
     """The model and its checkpoint dict (for an export folder, one built from its weights and settings)."""
     import lightning as L
 
-    from deepfake_lightning.checkpoints import is_export, load_checkpoint, stored_settings
-    from deepfake_lightning.models import DeepfakeClassifier
+    from deepfake_lightning.model_file import read_model_file
 
-    if not is_export(ckpt_path):
-        ckpt = load_checkpoint(ckpt_path)
-        return DeepfakeClassifier.from_checkpoint(ckpt), ckpt
-    from deepfake_lightning.export.folder import load_export
-
-    model, config = load_export(ckpt_path)
-    stored = stored_settings(ckpt_path)
+    model_file = read_model_file(ckpt_path)
+    model = model_file.build()
+    if model_file.checkpoint is not None:
+        return model, model_file.checkpoint
     ckpt = {
         "state_dict": model.state_dict(),
         "hyper_parameters": dict(model.hparams),
-        "datamodule_hyper_parameters": stored["data"],
-        "provenance": dict(config.get("provenance") or {}),
+        "datamodule_hyper_parameters": model_file.stored["data"],
+        "provenance": dict(model_file.provenance),
         "pytorch-lightning_version": L.__version__,
         "epoch": 0,
         "global_step": 0,

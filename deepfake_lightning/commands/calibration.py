@@ -34,10 +34,10 @@ def calibrate_main(args: list[str]) -> CalibrationState:
     known, rest = calibrate_parser().parse_known_args(args)
     from deepfake_lightning.calibration import CalibrationState, evaluation_of
     from deepfake_lightning.calibration.state import EVALUATION_KEYS, guarantee_line
-    from deepfake_lightning.checkpoints import is_export, load_checkpoint
+    from deepfake_lightning.checkpoints import is_export
     from deepfake_lightning.errors import ConfigError
     from deepfake_lightning.lightning_cli import run_lightning_cli
-    from deepfake_lightning.models import DeepfakeClassifier
+    from deepfake_lightning.model_file import read_model_file
     from deepfake_lightning.models.outputs import collect_logits
 
     if is_export(known.ckpt_path):
@@ -45,7 +45,7 @@ def calibrate_main(args: list[str]) -> CalibrationState:
             f"--ckpt_path {known.ckpt_path} is an export folder, a published model that is not "
             "changed: calibrate the checkpoint it was exported from, then export it again"
         )
-    model = DeepfakeClassifier.from_checkpoint(load_checkpoint(known.ckpt_path))  # refused before anything else runs
+    model = read_model_file(known.ckpt_path).build()  # refused before anything else runs
     cli = run_lightning_cli([*rest, "--model.pretrained=false"], run=False)
     settings = cli.config["calibration"]  # --calibration.method / --calibration.threshold, as `fit` reads them
     for key in EVALUATION_KEYS["model"]:  # --model.tile_pooling on the command line: calibrate another pooling

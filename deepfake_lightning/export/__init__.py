@@ -1,4 +1,4 @@
-"""Model folders that load without unpickling anything: writing and reading them (``folder.py``) and the
+"""Model folders that load without unpickling anything: writing them (``folder.py``; model_file.py reads them) and the
 ``deepfake export`` command (``commands/export.py``). ONNX files are ``onnx.py``'s.
 
 The names are imported from here on first use (PEP 562), so that ``deepfake export --help`` does not pay for torch.
@@ -6,11 +6,14 @@ The names are imported from here on first use (PEP 562), so that ``deepfake expo
 
 from importlib import import_module
 
-_FOLDER = ("CARD_FILE", "FORMATS", "WEIGHTS_FILE", "export_checkpoint", "load_export", "load_onnx", "load_weights")
-__all__ = list(_FOLDER)
+_FOLDER = ("CARD_FILE", "FORMATS", "export_checkpoint")
+_READER = ("WEIGHTS_FILE", "load_export", "load_onnx")  # reading is model_file.py's, the one reader
+__all__ = [*_FOLDER, *_READER]
 
 
 def __getattr__(name: str):
     if name in _FOLDER:
         return getattr(import_module("deepfake_lightning.export.folder"), name)
+    if name in _READER:
+        return getattr(import_module("deepfake_lightning.model_file"), name)
     raise AttributeError(f"module 'deepfake_lightning.export' has no attribute {name!r}")

@@ -18,32 +18,27 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from deepfake_lightning.calibration import CalibrationState
 from deepfake_lightning.checkpoints import (
     CONFIG_FILE,
     FORMAT,
     FORMAT_VERSION,
-    export_calibration,
-    export_settings,
-    load_checkpoint,
-    read_export_config,
-    stored_settings,
+    is_export,
 )
 from deepfake_lightning.errors import ExportError
 from deepfake_lightning.export.card import model_card
-from deepfake_lightning.export.onnx import ONNX_FILE, OnnxModel, write_onnx
+from deepfake_lightning.export.onnx import ONNX_FILE, write_onnx
 from deepfake_lightning.files import atomic_path
-from deepfake_lightning.provenance import export_facts, with_recorded_evaluation
+from deepfake_lightning.model_file import WEIGHTS_FILE, read_model_file
 from deepfake_lightning.scoring import Scorer
 from deepfake_lightning.settings import InferenceSettings
 
-WEIGHTS_FILE = "model.safetensors"
 CARD_FILE = "README.md"
 
 
@@ -79,13 +74,14 @@ def export_checkpoint(
     if unknown or not formats:
         raise ExportError(f"--format {' '.join(unknown or formats)!s}: choose one or more of {', '.join(FORMATS)}")
     ckpt_path, out = Path(ckpt_path), Path(out_dir)
-    ckpt = load_checkpoint(ckpt_path)  # weights_only: a crafted pickle is refused, never run
-    settings = stored_settings(ckpt)
+    if is_export(ckpt_path):
+        raise ExportError(f"--ckpt_path {ckpt_path} is an export folder already: export the checkpoint it came from")
+    model_file = read_model_file(ckpt_path)  # weights_only: a crafted pickle is refused, never run
+    ckpt, settings, calibration = model_file.checkpoint, model_file.stored, model_file.calibration
     hp, data = settings["model"], settings["data"]
     if "backbone" not in hp:
         raise ExportError(f"{ckpt_path}: not a deepfake-lightning checkpoint (no backbone in its hyper_parameters)")
     weights = {k.removeprefix("net."): v.contiguous() for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
-    calibration = CalibrationState.from_checkpoint(ckpt.get("calibration"))
     config = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -108,7 +104,7 @@ def export_checkpoint(
         "data": _plain(dict(data)),  # the data module's settings, for re-creating its splits (datamodule_for)
         "source": {"checkpoint": ckpt_path.name, "epoch": ckpt.get("epoch"), "global_step": ckpt.get("global_step")},
         # training data, split, metrics, versions, and the test results of the run's evaluation folders (provenance.py)
-        "provenance": _plain(with_recorded_evaluation(ckpt.get("provenance"), ckpt_path)),
+        "provenance": _plain(model_file.provenance),
         "formats": formats,
         "onnx": None,
     }
@@ -117,68 +113,9 @@ def export_checkpoint(
         with atomic_path(out / WEIGHTS_FILE) as tmp:
             save_file(weights, str(tmp), metadata={"format": FORMAT, "backbone": hp["backbone"]})
     if "onnx" in formats:
-        config["onnx"] = write_onnx(_network(config, weights), out / ONNX_FILE, config["img_size"])
+        config["onnx"] = write_onnx(model_file.build(), out / ONNX_FILE, config["img_size"])
     with atomic_path(out / CONFIG_FILE) as tmp:
         tmp.write_text(json.dumps(config, indent=2))
     with atomic_path(out / CARD_FILE) as tmp:  # the Hugging Face model card
-        tmp.write_text(model_card(export_facts(config, source=str(out))))
+        tmp.write_text(model_card(replace(model_file.facts, source=str(out))))
     return out
-
-
-def _network(config: dict, weights: dict | None = None):
-    """The eval-mode ``DeepfakeClassifier`` an export's ``config`` describes, with ``weights`` (timm names) if given."""
-    from deepfake_lightning.models import DeepfakeClassifier
-
-    settings = InferenceSettings.from_stored(export_settings(config))
-    model = DeepfakeClassifier(
-        config["backbone"],
-        pretrained=False,
-        channels_last=config.get("channels_last", True),
-        **settings.section("model"),
-    )
-    if weights is not None:
-        model.net.load_state_dict(weights)
-    return model.eval()
-
-
-def load_export(export_dir: str | os.PathLike, map_location: str | torch.device = "cpu"):
-    """The ``DeepfakeClassifier`` (eval mode, calibrated) and ``detector.json`` of an export directory, read with
-    safetensors and json only: nothing is unpickled."""
-    config = read_export_config(export_dir)
-    model = _network(config)
-    load_weights(model, export_dir, config)
-    return model.to(map_location).eval(), config
-
-
-def load_weights(model, export_dir: str | os.PathLike, config: dict | None = None) -> None:
-    """Loads an export's weights and calibration into an existing ``DeepfakeClassifier`` of the same backbone."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    config = config or read_export_config(export_dir)
-    path = Path(export_dir) / WEIGHTS_FILE
-    if "safetensors" not in config.get("formats", ["safetensors"]):
-        raise ExportError(
-            f"{Path(export_dir) / CONFIG_FILE}: this export holds only {', '.join(config['formats'])} "
-            f"weights, not PyTorch ones ({WEIGHTS_FILE}): serve it with `deepfake serve --runtime onnx`, "
-            "or export again with --format safetensors onnx"
-        )
-    try:
-        weights = load_file(str(path))
-    except (OSError, SafetensorError) as e:
-        raise ExportError(f"{path}: cannot be read as safetensors ({e})") from e
-    try:
-        model.net.load_state_dict(weights)
-    except RuntimeError as e:
-        raise ExportError(f"{path} does not fit backbone {config['backbone']!r}: {e}") from e
-    try:
-        model.calibration = CalibrationState.from_json(export_calibration(config))
-    except (ValueError, TypeError, KeyError) as e:
-        raise ExportError(f'{Path(export_dir) / CONFIG_FILE}: "calibration" cannot be read ({e})') from e
-    model.facts = export_facts(config, source=str(export_dir))
-
-
-def load_onnx(export_dir: str | os.PathLike, providers: list[str] | None = None) -> OnnxModel:
-    """An export's ``model.onnx`` in an ONNX Runtime session, checked against its ``detector.json`` (see
-    ``export.onnx.OnnxModel``)."""
-    return OnnxModel(export_dir, read_export_config(export_dir), providers)
