@@ -159,11 +159,3 @@ def load_export(export_dir: str | os.PathLike, map_location: Any = "cpu"):
     if model_file.kind != "export":
         raise ExportError(f"{export_dir}: not a folder written by `deepfake export` (no {CONFIG_FILE})")
     return model_file.build(map_location), model_file.config
-
-
-def load_onnx(export_dir: str | os.PathLike, providers: list[str] | None = None):
-    """An export's ``model.onnx`` in an ONNX Runtime session, checked against its ``detector.json`` (see
-    ``export.onnx.OnnxModel``)."""
-    from deepfake_lightning.export.onnx import OnnxModel
-
-    return OnnxModel(export_dir, read_export_config(export_dir), providers)

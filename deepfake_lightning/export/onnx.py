@@ -85,7 +85,7 @@ def write_onnx(model: nn.Module, path: str | os.PathLike, img_size: int) -> dict
 
 
 class OnnxModel:
-    """An export's ``model.onnx`` (use ``export.load_onnx(DIR)``) in an ONNX Runtime session (CPU unless
+    """An export's ``model.onnx`` (use ``load_onnx(DIR)``) in an ONNX Runtime session (CPU unless
     ``providers`` say otherwise), checked against ``detector.json``: the file's SHA-256 and its input and output
     shapes. ``logits(images)`` takes normalized (B, 3, H, W) images (a tensor or an array), or uint8 pixels as the
     data module's loaders deliver them (normalized here with detector.json's ``mean`` and ``std``), and returns
@@ -99,7 +99,7 @@ class OnnxModel:
         threads: int | None = None,
     ):
         self.export_dir = Path(export_dir)
-        self.config = config  # its detector.json, read by export.read_export_config (export.load_onnx does both)
+        self.config = config  # its detector.json, read by checkpoints.read_export_config (load_onnx does both)
         entry = self.config.get("onnx")
         detector_json = self.export_dir / "detector.json"
         if not entry:
@@ -158,3 +158,10 @@ class OnnxModel:
             array = (array.astype(np.float32) / 255 - mean) / std
         (out,) = self.session.run([self.output_name], {self.input_name: np.ascontiguousarray(array, np.float32)})
         return out.reshape(-1).astype(np.float32)
+
+
+def load_onnx(export_dir: str | os.PathLike, providers: list[str] | None = None) -> OnnxModel:
+    """An export's ``model.onnx`` in an ONNX Runtime session, checked against its ``detector.json``."""
+    from deepfake_lightning.checkpoints import read_export_config
+
+    return OnnxModel(export_dir, read_export_config(export_dir), providers)
