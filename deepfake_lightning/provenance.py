@@ -110,7 +110,7 @@ class ModelFacts:
     export does not say."""
 
     backbone: str = UNKNOWN
-    frontend: str = "rgb"
+    frontend: str = DEFAULTS.frontend
     img_size: int | str = UNKNOWN
     mode: str = UNKNOWN
     calibration: str = "none"

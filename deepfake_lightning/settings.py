@@ -147,7 +147,9 @@ class InferenceSettings:
         return views + (", mirrored" if self.tta_flip else "")
 
 
-def check_views(eval_views, mode: str, tile_stride: int | None = None, max_tiles: int = 64) -> None:
+def check_views(
+    eval_views, mode: str, tile_stride: int | None = None, max_tiles: int = InferenceSettings.max_tiles
+) -> None:
     """One error line for an evaluation-view setting that cannot work (the keys named as on the command line)."""
     if mode not in ("resize", "crop"):
         raise ConfigError(f"mode must be 'resize' or 'crop', got {mode!r}")

@@ -56,8 +56,11 @@ def test_explanation_figure_shows_where_the_view_lies_in_the_whole_image(mode):
     settings = InferenceSettings(img_size=64, mode=mode)
     picture = Image.new("RGB", (2048, 1365), (200, 120, 90))
     assert view_box(settings, 2048, 1365) == ((992, 650, 64, 64) if mode == "crop" else (0, 0, 2048, 1365))
-    title = verdict_title("photo.jpg", 0.7, 0.5, 5)
+    five = InferenceSettings(mode="crop", eval_views=5)
+    title = verdict_title("photo.jpg", 0.7, 0.5, five)
     assert title == "photo.jpg: AI-generated, P(AI) 0.700 on the model's 5 views (threshold 0.500)"
+    one = verdict_title("photo.jpg", 0.2, 0.5, InferenceSettings(tta_flip=True))
+    assert one == "photo.jpg: human, P(AI) 0.200 on the model's one view, mirrored (threshold 0.500)"
     cam = np.linspace(0, 1, 64 * 64, dtype=np.float32).reshape(64, 64)
     fig = explanation_figure(picture, np.full((64, 64, 3), 0.5, np.float32), [("layer4", cam)], settings, title)
     whole, view, bar = fig.axes

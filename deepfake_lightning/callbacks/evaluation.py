@@ -130,7 +130,7 @@ class EvaluationReport(PrintsResults):
     @staticmethod
     def _mask_splits(dm) -> list[str]:
         """Labelled test splits whose CSV names edit masks: scored for localization."""
-        if not hasattr(dm, "has_masks") or dm.hparams.get("mode", "crop") != "crop":
+        if not hasattr(dm, "has_masks") or dm.inference_settings.mode != "crop":
             return []
         return [s for s in dm.labeled_test_splits() if dm.has_masks(s)]
 
@@ -163,12 +163,10 @@ class EvaluationReport(PrintsResults):
         # its evaluation folders by this hash (provenance.recorded_evaluation); the model file is never rewritten.
         if trainer.ckpt_path and Path(trainer.ckpt_path).exists():
             report["model"] = evaluated_model(trainer.ckpt_path)
-        report["settings"] = {
-            "tta_flip": bool(pl_module.hparams.get("tta_flip", DEFAULTS.tta_flip)),
-            "eval_views": getattr(dm, "hparams", {}).get("eval_views", DEFAULTS.eval_views),
-        }
-        if report["settings"]["eval_views"] == "tiles":
-            report["settings"]["tile_pooling"] = pl_module.hparams.get("tile_pooling", DEFAULTS.tile_pooling)
+        views, model = getattr(dm, "inference_settings", DEFAULTS), pl_module.settings
+        report["settings"] = {"tta_flip": model.tta_flip, "eval_views": views.eval_views}
+        if views.tiled:
+            report["settings"]["tile_pooling"] = model.tile_pooling
         write_json(run / "report.json", report)
         self.report = report
         if report["splits"]:
@@ -231,8 +229,8 @@ class EvaluationReport(PrintsResults):
         groups, stability = sections["groups"], sections["stability"]
         by_group = f"\n\nBy {self.group_by}:\n{format_groups(groups)}" if groups else ""
         where = (
-            f"\n\nLocalization of edited regions (tiles of {dm.hparams.img_size} px, stride "
-            f"{dm.hparams.tile_stride or dm.hparams.img_size}, {pl_module.hparams.tile_pooling} pooling):\n"
+            f"\n\nLocalization of edited regions (tiles of {dm.inference_settings.img_size} px, stride "
+            f"{dm.inference_settings.stride}, {pl_module.settings.tile_pooling} pooling):\n"
             f"{format_localization(localization)}"
             if localization
             else ""

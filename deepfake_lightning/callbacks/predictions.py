@@ -101,7 +101,7 @@ class PredictionWriter(BasePredictionWriter, PrintsResults):
         if tiles:
             thinned = int((tiles["n_tiles"] < tiles["tiles_total"]).sum())
             lines.append(
-                f"Whole-image verdicts from {int(tiles['n_tiles'].sum())} tiles ({pl_module.hparams.tile_pooling} "
+                f"Whole-image verdicts from {int(tiles['n_tiles'].sum())} tiles ({pl_module.settings.tile_pooling} "
                 f"pooling)"
                 + (f"; {thinned} image(s) had more tiles than data.max_tiles: see tiles_total" if thinned else "")
             )

@@ -66,7 +66,7 @@ def calibrate_main(args: list[str]) -> CalibrationState:
         + (f"; temperature {info['temperature']:.4f}" if "temperature" in info else "")
         + guarantee_line(state)
         + (
-            f"; on tiles ({model.hparams['tile_pooling']} pooling): the model's verdicts score tiles from now on"
+            f"; on tiles ({model.settings.tile_pooling} pooling): the model's verdicts score tiles from now on"
             if evaluation["data"]["eval_views"] == "tiles"
             else ""
         )

@@ -119,7 +119,6 @@ def _none_read(table, bad) -> None:
 
 def _maps(a: argparse.Namespace, detector):
     from deepfake_lightning.data.dataset import expand_inputs
-    from deepfake_lightning.explain.figures import views_name
     from deepfake_lightning.explain.maps import map_files
     from deepfake_lightning.provenance import DEMO_WARNING, outside_demo_data
 
@@ -138,7 +137,7 @@ def _maps(a: argparse.Namespace, detector):
         views = (
             ""
             if row["map_is_verdict"]
-            else f" on its {views_name(detector.settings.eval_views)} (map: P(AI) {row['map_prob_ai']:.3f})"
+            else f" on its {detector.settings.describe()} (map: P(AI) {row['map_prob_ai']:.3f})"
         )
         print(f"{row['file']}: {verdict}, P(AI) {row['prob_ai']:.3f}{views}, {row['n_tiles']}{thinned} tiles scored")
     print(

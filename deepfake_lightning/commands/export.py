@@ -31,17 +31,16 @@ def export_main(args: list[str]) -> Path:
     """``deepfake export --ckpt_path CKPT --out DIR [--format safetensors onnx]``: see
     ``deepfake_lightning/export/folder.py``."""
     a = export_parser().parse_args(args)
-    from deepfake_lightning.checkpoints import CONFIG_FILE, read_export_config
+    from deepfake_lightning.checkpoints import CONFIG_FILE, export_settings, read_export_config
     from deepfake_lightning.export.folder import WEIGHTS_FILE, export_checkpoint
     from deepfake_lightning.export.onnx import ONNX_FILE
+    from deepfake_lightning.settings import InferenceSettings
 
     out = export_checkpoint(a.ckpt_path, a.out, a.format)
     config = read_export_config(out)
     temperature = f", temperature {config['temperature']:.4f}" if config["temperature"] is not None else ""
-    tiles = ""
-    if config.get("eval_views") == "tiles":
-        stride = config["tile_stride"] or config["img_size"]
-        tiles = f", whole-image verdict from tiles (stride {stride}, {config['tile_pooling']} pooling)"
+    settings = InferenceSettings.from_stored(export_settings(config))
+    tiles = f", whole-image verdict from {settings.describe()}" if settings.tiled else ""
     files = [out / name for fmt, name in (("safetensors", WEIGHTS_FILE), ("onnx", ONNX_FILE)) if fmt in a.format]
     written = ", ".join(f"{f} ({f.stat().st_size / 1e6:.1f} MB)" for f in files)
     print(

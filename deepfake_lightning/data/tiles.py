@@ -23,6 +23,8 @@ from PIL import Image
 from torch.utils.data import default_collate
 from torchvision.transforms.v2 import functional as TF
 
+from deepfake_lightning.settings import DEFAULTS
+
 
 def tile_origins(length: int, size: int, stride: int) -> list[int]:
     """Tile starts along one side: every ``stride`` pixels, plus one flush with the far edge; one centred (negative)
@@ -44,7 +46,7 @@ def _spread(starts: list[int], k: int) -> list[int]:
     return [int(round(v)) for v in np.linspace(starts[0], starts[-1], k)]
 
 
-def tile_grid(width: int, height: int, size: int, stride: int | None = None, max_tiles: int = 64):
+def tile_grid(width: int, height: int, size: int, stride: int | None = None, max_tiles: int = DEFAULTS.max_tiles):
     """``(origins, total)``: the (x, y) top-left corners of the tiles to score, row by row, and how many tiles
     the full grid has. Above ``max_tiles`` the grid keeps its aspect and thins out evenly to at most that many."""
     stride = stride or size
@@ -67,9 +69,9 @@ class TileTransform:
         self,
         size: int,
         stride: int | None = None,
-        max_tiles: int = 64,
-        mean: Sequence[float] = (0.485, 0.456, 0.406),
-        std: Sequence[float] = (0.229, 0.224, 0.225),
+        max_tiles: int = DEFAULTS.max_tiles,
+        mean: Sequence[float] = DEFAULTS.mean,
+        std: Sequence[float] = DEFAULTS.std,
         normalize: bool = True,
     ):
         self.size, self.stride, self.max_tiles = int(size), int(stride or size), int(max_tiles)
@@ -106,7 +108,9 @@ def collate_tiles(items: list[dict]) -> dict:
     return batch
 
 
-def pool_tile_logits(logits: torch.Tensor, n_tiles: torch.Tensor, pooling: str = "max", topk: float = 0.25):
+def pool_tile_logits(
+    logits: torch.Tensor, n_tiles: torch.Tensor, pooling: str = DEFAULTS.tile_pooling, topk: float = DEFAULTS.tile_topk
+):
     """Per-image logits from the logits of their tiles (``n_tiles`` per image, in order): ``mean``, ``max``, or
     ``topk``, the mean of the ``ceil(topk * n)`` highest."""
     parts = torch.split(logits, [int(n) for n in n_tiles])

@@ -29,7 +29,7 @@ from deepfake_lightning.data.augment import CpuAugment
 from deepfake_lightning.data.reshare import RandomReshare, RandomReshareCrop
 from deepfake_lightning.data.tiles import TileTransform
 from deepfake_lightning.errors import ConfigError
-from deepfake_lightning.settings import IMAGENET_MEAN, IMAGENET_STD, InferenceSettings, check_views
+from deepfake_lightning.settings import DEFAULTS, InferenceSettings, check_views
 
 TransformMode = Literal["resize", "crop"]
 
@@ -40,13 +40,13 @@ check_eval_views = check_views
 def create_transform(
     img_size: int,
     train: bool,
-    mode: TransformMode = "resize",
+    mode: TransformMode = DEFAULTS.mode,
     aug_strength: float = 0.0,
-    mean: Sequence[float] = IMAGENET_MEAN,
-    std: Sequence[float] = IMAGENET_STD,
-    eval_views: int | str = 1,
-    tile_stride: int | None = None,
-    max_tiles: int = 64,
+    mean: Sequence[float] = DEFAULTS.mean,
+    std: Sequence[float] = DEFAULTS.std,
+    eval_views: int | str = DEFAULTS.eval_views,
+    tile_stride: int | None = DEFAULTS.tile_stride,
+    max_tiles: int = DEFAULTS.max_tiles,
     aug_reshare: float = 0.0,
     normalize: bool = True,
     augment_on: Literal["cpu", "device"] = "cpu",

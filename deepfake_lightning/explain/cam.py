@@ -185,7 +185,7 @@ class CamExplainer:
                 per_layer = self._cam.compute_cam_per_layer(x, targets, False)
                 logits = self._cam.outputs.detach().float().reshape(-1)
             predict_logits = getattr(model, "predict_logits", None)
-            if predict_logits is not None and (views.ndim == 5 or model.hparams.get("tta_flip", DEFAULTS.tta_flip)):
+            if predict_logits is not None and (views.ndim == 5 or getattr(model, "settings", DEFAULTS).tta_flip):
                 with torch.no_grad():
                     logits = predict_logits(views.to(device)).float()
         finally:

@@ -34,15 +34,12 @@ def view_box(settings: InferenceSettings, width: int, height: int) -> tuple[int,
     return int(round((width - size) / 2.0)), int(round((height - size) / 2.0)), size, size
 
 
-def views_name(views: int | str) -> str:
-    """How a verdict's views read in a caption: ``tiles``, ``single view``, ``5 views``."""
-    return "tiles" if views == "tiles" else "single view" if views == 1 else f"{views} views"
-
-
-def verdict_title(name: str, prob: float, threshold: float, views: int | str) -> str:
+def verdict_title(name: str, prob: float, threshold: float, settings: InferenceSettings) -> str:
+    """``photo.jpg: AI-generated, P(AI) 0.700 on the model's 5 views (threshold 0.500)``: the views as
+    :meth:`InferenceSettings.describe` names them."""
     verdict = "AI-generated" if decide(prob, threshold) else "human"
     return (
-        f"{short_name(name, 40)}: {verdict}, P(AI) {prob:.3f} on the model's {views_name(views)} "
+        f"{short_name(name, 40)}: {verdict}, P(AI) {prob:.3f} on the model's {settings.describe()} "
         f"(threshold {threshold:.3f})"
     )
 
@@ -101,7 +98,7 @@ def explanation_png(detector, picture: Image.Image, name: str, prob: float, meth
         result = explainer(view)
     layers = list(result.per_layer)
     main = layers[0] if len(layers) == 1 else f"{len(layers)} layers"
-    title = verdict_title(name, prob, detector.threshold, detector.settings.eval_views)
+    title = verdict_title(name, prob, detector.threshold, detector.settings)
     rgb = denormalize(view, detector.settings.mean, detector.settings.std)[0]
     fig = explanation_figure(picture, rgb, [(main, result.cam[0])], detector.settings, title, method)
     buffer = io.BytesIO()

@@ -58,7 +58,7 @@ def explain_files(
                 prob = float(probs[i])
                 maps = [(main, result.cam[i])]
                 maps += [(k, v[i]) for k, v in result.per_layer.items()] if len(layers) > 1 else []
-                title = verdict_title(f.name, prob, detector.threshold, settings.eval_views)
+                title = verdict_title(f.name, prob, detector.threshold, settings)
                 fig = explanation_figure(picture, rgb[i], maps, settings, title, result.method)
                 evidence = read_evidence(f, trust_anchors)
                 # a figure-level label: constrained layout gives it the room its lines need, below the panels

@@ -61,7 +61,7 @@ def map_files(
         label = int(detector.labels(prob))
         name = unique_name(f"{f.stem}_map", used)
         evidence = read_evidence(f, trust_anchors)
-        title = verdict_title(f.name, prob, threshold, settings.eval_views) + "\n"
+        title = verdict_title(f.name, prob, threshold, settings) + "\n"
         if not map_is_verdict:  # the map scores other views than the verdict: say so, with the map's own figure
             title += (
                 f"map: {scores.n_tiles} tiles, {settings.tile_pooling} pooling, P(AI) {map_prob:.3f} "

@@ -32,7 +32,11 @@ def model_card(facts: ModelFacts) -> str:
         )
     tta = facts.test_settings or {}
     how = ", ".join(
-        ([f"tiles ({tta.get('tile_pooling', 'max')} pooling)"] if tta.get("eval_views") == "tiles" else [])
+        (
+            [f"tiles ({tta.get('tile_pooling', DEFAULTS.tile_pooling)} pooling)"]
+            if tta.get("eval_views") == "tiles"
+            else []
+        )
         + ([f"{tta['eval_views']} views"] if tta.get("eval_views", DEFAULTS.eval_views) not in (1, "tiles") else [])
         + (["mirrored (tta_flip)"] if tta.get("tta_flip") else [])
     )
