@@ -226,15 +226,29 @@ def test_only_checkpoints_py_calls_torch_load_and_always_weights_only():
 def test_the_data_keys_listed_in_command_help_are_the_data_modules():
     import inspect
 
-    from deepfake_lightning.commands import DATA_KEYS
+    from deepfake_lightning.commands import data_options
     from deepfake_lightning.data import DeepfakeDataModule
 
-    assert list(DATA_KEYS) == list(inspect.signature(DeepfakeDataModule).parameters)
-    for command in ("audit", "calibrate", "data"):  # their --help lists every key (without loading torch)
+    keys = list(inspect.signature(DeepfakeDataModule).parameters)
+    assert [k for k, _ in data_options()] == keys  # read from the data module's source, not listed again
+    described = dict(data_options())
+    assert described["root"] == "Data root holding the CSVs and image folders"
+    assert described["bad_images"].startswith("`fail` on the first unreadable image")
+    assert all(described[k] for k in keys), [k for k in keys if not described[k]]  # every key is documented
+    for command in ("audit", "calibrate", "data", "adapt", "timeline"):  # every key, with what it does
         run = subprocess.run(
             [sys.executable, "-m", "deepfake_lightning.cli", command, "--help"], capture_output=True, text=True
         )
-        assert "--data.test_sets" in " ".join(run.stdout.split()) and "--data.decode" in run.stdout
+        table = run.stdout.split("\ndata options (")[1].splitlines()
+        lines = {line.split()[0]: line for line in table if line.startswith("  --data.")}
+        assert list(lines) == [f"--data.{k}" for k in keys], command
+        assert "Data root holding the CSVs and image folders" in lines["--data.root"], command
+        probe = (
+            f"from deepfake_lightning.cli import main\ntry: main(['{command}', '--help'])\nexcept SystemExit: pass\n"
+        )
+        probe += "import sys; print('torch' in sys.modules)"
+        loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True).stdout.split()
+        assert loaded[-1] == "False", f"deepfake {command} --help loaded torch"
 
 
 def _threshold_comparisons(source: str) -> list[int]:

@@ -3,23 +3,69 @@
 Nothing here imports torch at the top, so that ``deepfake COMMAND --help`` answers at once.
 """
 
-# Every ``--data.*`` key the commands that read data through LightningCLI (audit, calibrate, data) accept: the
-# DeepfakeDataModule's signature, listed here so that their --help can show it without importing torch
-# (tests/test_architecture.py checks the two agree).
-DATA_KEYS = (
-    "root", "demo", "demo_seed", "demo_shortcut", "train_csv", "train_query", "test_v1_csv", "test_v2_csv",
-    "test_edited_csv", "layout", "label_dirs", "path_column", "label_column", "generator_column", "split_column",
-    "test_sets", "train_sets", "balance", "manifest", "group_column", "val_fraction", "split_seed", "split_file",
-    "predict_split", "predict_paths", "img_size", "mode", "aug_strength", "aug_reshare", "eval_views", "tile_stride",
-    "max_tiles", "mean", "std", "batch_size", "num_workers", "pin_memory", "persistent_workers", "bad_images",
-    "check_images", "jpeg_draft", "cache_dir", "augment_on", "decode",
-)  # fmt: skip
+from __future__ import annotations
+
+import argparse
+import ast
+import functools
+import re
+import textwrap
+from pathlib import Path
+
+# The data module's source: its signature and docstring are the ``--data.*`` options of every command that reads
+# data. Read with ``ast``, not imported, so that a command's --help does not load torch; no key is listed twice.
+DATAMODULE_SOURCE = Path(__file__).resolve().parents[1] / "data" / "datamodule.py"
+
+
+@functools.cache
+def data_options() -> tuple[tuple[str, str], ...]:
+    """``(key, first sentence of its description)`` of every ``DeepfakeDataModule.__init__`` argument, in order."""
+    tree = ast.parse(DATAMODULE_SOURCE.read_text())
+    cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "DeepfakeDataModule")
+    init = next(n for n in cls.body if isinstance(n, ast.FunctionDef) and n.name == "__init__")
+    described: dict[str, str] = {}
+    key = None
+    for line in (ast.get_docstring(cls) or "").split("Args:", 1)[-1].splitlines():
+        found = re.match(r"    (\w+): (.*)", line)
+        if found:
+            key, described[found.group(1)] = found.group(1), found.group(2)
+        elif key and line.startswith("        "):
+            described[key] += " " + line.strip()
+        elif line.strip():
+            key = None
+
+    def first(text: str) -> str:  # its first sentence, in plain back-quotes
+        return re.split(r"(?<!e\.g)(?<!i\.e)(?<=[a-z)`'])\. ", text, maxsplit=1)[0].rstrip(".").replace("``", "`")
+
+    return tuple((a.arg, first(described.get(a.arg, ""))) for a in [*init.args.args[1:], *init.args.kwonlyargs])
+
+
+def data_keys() -> list[str]:
+    """Every ``--data.*`` key (the data module's signature)."""
+    return [key for key, _ in data_options()]
+
+
+class DataOptionsHelp(argparse.HelpFormatter):
+    """argparse's help, with the data options' epilog kept as the table it is written as."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        if text.startswith(EPILOG_HEADING):
+            return "".join(indent + line for line in text.splitlines(keepends=True))
+        return super()._fill_text(text, width, indent)
+
+
+EPILOG_HEADING = "data options"
 
 
 def data_options_epilog() -> str:
-    """The ``--help`` epilog of a command that reads data: every ``--data.*`` key, and where they are described."""
-    keys = " ".join(f"--data.{k}" for k in DATA_KEYS)
+    """The ``--help`` epilog of a command that reads data: every ``--data.*`` option with what it does."""
+    width = max(len(k) for k, _ in data_options()) + len("--data.") + 2
+    rows = [
+        textwrap.fill(text, 118, initial_indent=f"  {'--data.' + k:<{width}}", subsequent_indent=" " * (width + 2))
+        for k, text in data_options()
+    ]
     return (
-        f"Data options (as in `deepfake fit`; `deepfake fit --help` describes each): --config FILE, {keys}. "
-        "A Kaggle-layout folder without a test.csv needs --data.test_v2_csv null."
+        f"{EPILOG_HEADING} (with --config FILE, read as `deepfake fit` reads them; `deepfake fit --help` gives each "
+        "one's type\nand default; a Kaggle-layout folder without a test.csv needs --data.test_v2_csv null):\n"
+        + "\n".join(rows)
     )

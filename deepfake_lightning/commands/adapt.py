@@ -7,7 +7,7 @@ import argparse
 import json
 from pathlib import Path
 
-from deepfake_lightning.commands import DATA_KEYS, data_options_epilog
+from deepfake_lightning.commands import DataOptionsHelp, data_keys, data_options_epilog
 
 ADAPTED_FILE, REPORT_FILE = "adapted.ckpt", "adapt_report.json"
 
@@ -41,6 +41,7 @@ def adapt_parser() -> argparse.ArgumentParser:
         f"and OUT/{REPORT_FILE}, and prints AUROC before and after on every labelled split (forgetting) and on the "
         "held-out new images against the validation human images.",
         epilog=data_options_epilog(),
+        formatter_class=DataOptionsHelp,
     )
     parser.add_argument("--ckpt_path", required=True, help="the detector: a .ckpt or a `deepfake export` folder")
     parser.add_argument("--out", required=True, help="folder for the adapted checkpoint and the report")
@@ -89,7 +90,7 @@ def _data_overrides(config: str | None, rest: list[str]) -> dict:
             value, i = rest[i + 1], i + 1
         overrides[key] = yaml.safe_load(value)
         i += 1
-    unknown = sorted(set(overrides) - set(DATA_KEYS))
+    unknown = sorted(set(overrides) - set(data_keys()))
     if unknown:
         raise ConfigError(f"unknown data option(s) {', '.join('--data.' + k for k in unknown)}")
     return overrides

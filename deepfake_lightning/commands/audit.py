@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from deepfake_lightning.commands import data_options_epilog
+from deepfake_lightning.commands import DataOptionsHelp, data_options_epilog
 
 
 def audit_parser() -> argparse.ArgumentParser:
@@ -18,6 +18,7 @@ def audit_parser() -> argparse.ArgumentParser:
         "duplicates (perceptual hash) of training images in val and every test set (audit.json, audit.md). Any "
         "--config and --data.* options are read as in `deepfake fit`.",
         epilog=data_options_epilog(),
+        formatter_class=DataOptionsHelp,
     )
     parser.add_argument("--out", required=True, help="folder for audit.json and audit.md")
     parser.add_argument(

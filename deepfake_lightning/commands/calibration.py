@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from deepfake_lightning.calibration.state import CalibrationState
 
-from deepfake_lightning.commands import data_options_epilog
+from deepfake_lightning.commands import DataOptionsHelp, data_options_epilog
 
 
 def calibrate_parser() -> argparse.ArgumentParser:
@@ -21,6 +21,7 @@ def calibrate_parser() -> argparse.ArgumentParser:
         "--data.split_file RUN/split.csv) are read as in `deepfake fit`. --data.eval_views tiles (with "
         "--model.tile_pooling) calibrates the whole-image tiled verdict, which the model then gives by default.",
         epilog=data_options_epilog(),
+        formatter_class=DataOptionsHelp,
     )
     parser.add_argument("--ckpt_path", required=True, help="checkpoint to calibrate")
     parser.add_argument("--out", default=None, help="write a calibrated copy here instead of updating the checkpoint")

@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from deepfake_lightning.commands import data_options_epilog
+from deepfake_lightning.commands import DataOptionsHelp, data_options_epilog
 
 
 def data_parser() -> argparse.ArgumentParser:
@@ -19,6 +19,7 @@ def data_parser() -> argparse.ArgumentParser:
         "by content, and writes a manifest (path, bytes, sha256, label, generator, split, dataset) to check the data "
         "against later with --data.manifest.",
         epilog=data_options_epilog(),
+        formatter_class=DataOptionsHelp,
     )
     parser.add_argument("action", choices=["scan"], help="scan: index, check and write the manifest")
     parser.add_argument("root", nargs="?", help="the data root (the same as --data.root)")

@@ -7,7 +7,7 @@ import argparse
 import json
 from pathlib import Path
 
-from deepfake_lightning.commands import data_options_epilog
+from deepfake_lightning.commands import DataOptionsHelp, data_options_epilog
 from deepfake_lightning.commands.adapt import add_fine_tuning_options
 
 
@@ -21,6 +21,7 @@ def timeline_parser() -> argparse.ArgumentParser:
         "OUT/timeline.csv, OUT/timeline.json and OUT/timeline.png. Other --section.key options (--config, --data.*, "
         "--model.*) are read as in `deepfake fit`.",
         epilog=data_options_epilog(),
+        formatter_class=DataOptionsHelp,
     )
     parser.add_argument("--out", required=True, help="folder for timeline.csv, timeline.json and timeline.png")
     parser.add_argument(
