@@ -309,3 +309,10 @@ def test_the_uncalibrated_threshold_is_written_once():
                     if node.value.value == 0.5 and f.name != "settings.py":
                         literal.append(f"{f.relative_to(ROOT)}:{node.lineno}")
     assert literal == []
+
+
+def test_each_module_holds_one_concern_within_its_size():
+    """Rooms of one concern each: no package module over 400 lines, the LightningModule at most 300."""
+    sizes = {str(f.relative_to(PACKAGE)): len(f.read_text().splitlines()) for f in PACKAGE.rglob("*.py")}
+    assert {f: n for f, n in sizes.items() if n > 400} == {}
+    assert sizes["models/classifier.py"] <= 300 and sizes["data/datamodule.py"] <= 400
