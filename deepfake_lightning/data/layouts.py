@@ -5,7 +5,7 @@
   CIFAKE ``REAL``/``FAKE``, GenImage ``nature``/``ai``, ``real``/``fake``, ``human``/``ai``; case-insensitive) or by
   ``data.label_dirs``. Folders named ``train``/``val``/``test`` (and their common spellings) above a class folder give
   the split; the first other folder above it gives the ``generator`` (GenImage's ``imagenet_ai_0419_sdv4/train/ai`` is
-  ``imagenet_ai_0419_sdv4``, ForenSynths' ``progan/car/1_fake`` is ``progan``). Symbolic links under the root are followed.
+  ``imagenet_ai_0419_sdv4``, ForenSynths' ``progan/car/1_fake`` is ``progan``). Links under the root are followed.
 * ``csv``: any CSV with a path and a label column (0/1, or names from the same vocabulary), and optional generator,
   group and split columns; paths are relative to the CSV's folder and may not leave it (``..``, absolute paths).
 * ``auto``: ``kaggle`` when the root holds the training CSV, ``csv`` when the root is a CSV file, else ``folders``.
