@@ -391,8 +391,7 @@ def test_notebooks_run_from_their_folder_after_the_quickstart(readme, project, m
 
     for key in ("DEEPFAKE_CKPT", "DEEPFAKE_LOGS", "DEEPFAKE_DATA_ROOT", "DEEPFAKE_STUDY"):
         monkeypatch.delenv(key, raising=False)
-    shutil.rmtree(project / "sweeps", ignore_errors=True)  # notebook 02 must work with runs only
-    texts = {}
+    texts, images = {}, {}
     for name in ("01_explore_checkpoint.ipynb", "02_compare_runs.ipynb"):
         nb = nbformat.read(project / "notebooks" / name, as_version=4)
         nbclient.NotebookClient(
@@ -400,8 +399,15 @@ def test_notebooks_run_from_their_folder_after_the_quickstart(readme, project, m
         ).execute()
         outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
         texts[name] = "".join(str(o.get("data", {}).get("text/plain", "")) + o.get("text", "") for o in outputs)
-    assert "data/demo" in texts["01_explore_checkpoint.ipynb"] and "ai_share_em" in texts["01_explore_checkpoint.ipynb"]
-    assert "No sweep study" in texts["02_compare_runs.ipynb"] and "val/auroc" in texts["02_compare_runs.ipynb"]
+        images[name] = sum("image/png" in o.get("data", {}) for o in outputs)
+    explore, compare = texts["01_explore_checkpoint.ipynb"], texts["02_compare_runs.ipynb"]
+    # 01: the newest run's calibrated checkpoint, its data found again from notebooks/; ROC/PR/confusion per labelled
+    # split (val, test_v1, test_v2, test_edited), threshold trade-off, reliability per split, Grad-CAM gallery
+    assert "data/demo" in explore and "ai_share_em" in explore and "test_v2" in explore
+    assert images["01_explore_checkpoint.ipynb"] == 10
+    # 02: the runs, and the README's demo sweep (sweeps/demo): learning curves, objective against each parameter
+    assert "val/auroc" in compare and "param:data.aug_strength" in compare
+    assert images["02_compare_runs.ipynb"] == 2
 
 
 def test_the_readme_python_runs_and_agrees_with_predict(readme, project, monkeypatch):
