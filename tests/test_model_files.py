@@ -28,6 +28,11 @@ def test_no_command_rewrites_the_model_file_it_reads(demo_run, demo_root, tmp_pa
     ckpt.chmod(0o444)  # a read-only model file is evaluated as any other
     before = _hashes(ckpt)
     files = [demo_root / i for i in pd.read_csv(demo_root / "test_v1.csv")["id"][:3]]
+    new = tmp_path / "new"  # a new generator's images for `deepfake adapt`: test_v2's held-out one
+    new.mkdir()
+    test_v2 = pd.read_csv(demo_root / "test.csv")
+    for name in test_v2.loc[test_v2["label"] == 1, "id"][:10]:
+        shutil.copy(demo_root / name, new / Path(name).name)
     paths = "[" + ",".join(map(str, files)) + "]"
     quick = ["--trainer.limit_test_batches=1", "--trainer.limit_val_batches=1"]
     export = tmp_path / "export"
@@ -39,6 +44,19 @@ def test_no_command_rewrites_the_model_file_it_reads(demo_run, demo_root, tmp_pa
         ),
         "explain": ["explain", str(files[0]), "--ckpt_path", str(ckpt), "--out", str(tmp_path / "cams")],
         "export": ["export", "--ckpt_path", str(ckpt), "--out", str(export), "--format", "safetensors", "onnx"],
+        "adapt": [
+            "adapt",
+            "--ckpt_path",
+            str(ckpt),
+            "--adapt.ai_paths",
+            str(new),
+            "--adapt.steps",
+            "2",
+            "--data.num_workers",
+            "0",
+            "--out",
+            str(tmp_path / "adapted"),
+        ],  # fmt: skip
         "calibrate --out": [
             *demo_command("calibrate", demo_root, ckpt=ckpt, run=demo_run),
             "--out",
