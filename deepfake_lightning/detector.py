@@ -11,6 +11,8 @@ here; ``deepfake test|predict`` score them through the LightningModule, which co
 3. the views' logits made one: five crops averaged, tiles pooled (``tile_pooling``);
 4. the calibration (temperature...) to a probability, and the threshold chosen on validation data to a label.
 
+Steps 3 and 4 are the model's :class:`~deepfake_lightning.scoring.Scorer`, the one the LightningModule uses too.
+
 Grad-CAM needs gradients and so the PyTorch weights: on ONNX Runtime they are read from the export's
 ``model.safetensors`` when it is asked for (:attr:`Detector.model`).
 """
