@@ -59,6 +59,31 @@ def demo_run(demo_root, tmp_path_factory) -> Path:
     return out / "lightning_logs" / "version_0"
 
 
+@pytest.fixture(scope="session")
+def quick_run(demo_root, tmp_path_factory) -> Path:
+    """A calibrated demo checkpoint in seconds: `deepfake fit --config configs/demo.yaml` for one short epoch (3
+    training batches), its calibration fitted as every fit's is. For the tests that check formats, errors, options
+    and parity between commands rather than what a model learned (those use ``demo_run``). Returns the run
+    directory (``.../lightning_logs/version_0``)."""
+    from deepfake_lightning.cli import cli_main
+
+    out = tmp_path_factory.mktemp("quick_run")
+    cli_main(
+        [
+            "fit",
+            "--config",
+            str(CONFIGS / "demo.yaml"),
+            f"--data.root={demo_root}",
+            f"--trainer.default_root_dir={out}",
+            *QUIET,
+            "--trainer.enable_model_summary=false",
+            "--trainer.max_epochs=1",
+            "--trainer.limit_train_batches=3",
+        ]
+    )
+    return out / "lightning_logs" / "version_0"
+
+
 @pytest.fixture
 def console():
     """What the console shows of Lightning's info lines and ours (both go through the `lightning.pytorch` logger,

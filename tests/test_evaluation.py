@@ -26,6 +26,13 @@ from tests.helpers import CONFIGS, best_checkpoint, copy_run, demo_command
 
 
 @pytest.fixture(scope="module")
+def demo_run(quick_run):
+    """The session's quick run (conftest's ``quick_run``): this module checks formats, errors, options and parity
+    between commands, not what a model learned."""
+    return quick_run
+
+
+@pytest.fixture(scope="module")
 def run(demo_run, tmp_path_factory):
     """A copy of the session's trained run: evaluations write into their run (``RUN/eval/``) and record their
     results in its checkpoint, which the session's other tests read."""

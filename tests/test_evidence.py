@@ -24,10 +24,11 @@ from tests.helpers import CONFIGS, best_checkpoint, copy_run
 
 
 @pytest.fixture(scope="module")
-def demo_run(demo_run, tmp_path_factory):
-    """A copy of the session's trained run (conftest's ``demo_run``): this module's evaluations write into it
-    (``RUN/eval/``, results recorded in its checkpoint), not into the run the session's other tests read."""
-    return copy_run(demo_run, tmp_path_factory.mktemp("run_copy") / "version_0")
+def demo_run(quick_run, tmp_path_factory):
+    """A copy of the session's quick run (conftest's ``quick_run``: this module checks formats, errors, options and
+    parity, not what a model learned): its evaluations write into the copy (``RUN/eval/``), not into the run the
+    session's other tests read."""
+    return copy_run(quick_run, tmp_path_factory.mktemp("run_copy") / "version_0")
 
 
 IPTC = "http://cv.iptc.org/newscodes/digitalsourcetype/"

@@ -21,6 +21,13 @@ from deepfake_lightning.explain import CAM_METHODS, CamExplainer, default_target
 from tests.helpers import best_checkpoint
 
 
+@pytest.fixture(scope="module")
+def demo_run(quick_run):
+    """The session's quick run (conftest's ``quick_run``): this module checks formats, errors, options and parity
+    between commands, not what a model learned."""
+    return quick_run
+
+
 @pytest.mark.parametrize(
     ("name", "layer"),
     [

@@ -22,6 +22,13 @@ from deepfake_lightning.export import load_export
 from tests.helpers import CONFIGS, best_checkpoint
 
 
+@pytest.fixture(scope="module")
+def demo_run(quick_run):
+    """The session's quick run (conftest's ``quick_run``): this module checks formats, errors, options and parity
+    between commands, not what a model learned."""
+    return quick_run
+
+
 class _Refused:
     """Stands in for torch.load, pickle.load(s) and pickle.Unpickler: any call fails the test."""
 

@@ -21,6 +21,14 @@ from deepfake_lightning.files import file_sha256
 from deepfake_lightning.provenance import DEMO_WARNING, UNKNOWN, recorded_evaluation, with_recorded_evaluation
 from tests.helpers import CONFIGS, best_checkpoint
 
+
+@pytest.fixture(scope="module")
+def demo_run(quick_run):
+    """The session's quick run (conftest's ``quick_run``): this module checks formats, errors, options and parity
+    between commands, not what a model learned."""
+    return quick_run
+
+
 QUIET = ["--data.num_workers=0", "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
 
 
@@ -195,6 +203,36 @@ def test_older_checkpoints_without_provenance_read_as_unknown(demo_run, tmp_path
     body = (out / "README.md").read_text()
     assert "## Training data\n\nunknown" in body and "carries no metrics" in body
     assert read_card_metadata(out / "README.md")["library_name"] == "deepfake-lightning"
+
+
+def test_a_checkpoint_that_recorded_its_test_results_shows_them_as_recorded(demo_run, tmp_path):
+    """Earlier versions' `deepfake test` wrote its summary into the checkpoint: such a file loads, and its facts and
+    card show those results as recorded (with the report they name), since no evaluation folder matches it."""
+    raw = torch.load(demo_run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    recorded = {
+        "test_v1": {"n_images": 400, "auroc": 0.9123, "ap": 0.9, "ece": 0.05, "acc": 0.8456, "f1_macro": 0.8321}
+    }
+    raw["provenance"] |= {
+        "test": recorded,
+        "test_settings": {"tta_flip": True, "eval_views": 1},
+        "test_report": "/old/run/eval/test_last/report.json",
+    }
+    old = tmp_path / "version_0" / "checkpoints" / "old.ckpt"
+    old.parent.mkdir(parents=True)
+    torch.save(raw, old)
+    before = file_sha256(old)
+    facts = load_detector(old).facts
+    assert facts.test == recorded and facts.test_report == "/old/run/eval/test_last/report.json"
+    out = export_main(["--ckpt_path", str(old), "--out", str(tmp_path / "old_export")])
+    results = {r["dataset"]["name"]: r for r in read_card_metadata(out / "README.md")["model-index"][0]["results"]}
+    assert {m["type"]: m["value"] for m in results["test_v1"]["metrics"]} == {
+        "roc_auc": 0.9123,
+        "f1": 0.8321,
+        "accuracy": 0.8456,
+    }
+    body = (out / "README.md").read_text()
+    assert "test-time augmentation: mirrored (tta_flip); eval/test_last/report.json" in body
+    assert file_sha256(old) == before
 
 
 def _photo(path: Path) -> Path:

@@ -33,6 +33,14 @@ from tests.helpers import best_checkpoint
 from tests.test_evidence import _certificates, _sign
 from tests.test_export import _refuse_unpickling
 
+
+@pytest.fixture(scope="module")
+def demo_run(quick_run):
+    """The session's quick run (conftest's ``quick_run``): this module checks formats, errors, options and parity
+    between commands, not what a model learned."""
+    return quick_run
+
+
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = Path(os.environ.get("DEEPFAKE_TEST_ARTIFACTS", ROOT / "test-artifacts"))
 # The PyTorch server runs on the GPU when there is one (--accelerator auto) and `reference` on the CPU: CUDA's
