@@ -130,6 +130,23 @@ def torch_mismatch() -> str:
     )
 
 
+def error_line(error: BaseException) -> str:
+    """An error's message on one line. One raised in a DataLoader worker process, which torch re-raises with the
+    worker's whole traceback as its message ("Caught BadImageError in DataLoader worker process 0. Original
+    Traceback..."), is the worker's own message; an unreadable image says what to do about it."""
+    from deepfake_lightning.errors import BadImageError
+
+    text = str(error)
+    if text.startswith("Caught ") and "Original Traceback" in text:
+        text = text.rstrip().splitlines()[-1].split(": ", 1)[-1]
+    if isinstance(error, BadImageError):
+        text += (
+            "; pass --data.bad_images skip to leave unreadable images out (each is listed), or list them all first "
+            "with `deepfake data scan ROOT`"
+        )
+    return text
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point. Input errors (missing data, bad CSVs or images, unavailable weights, bad settings) print
     one ``deepfake: error:`` line and exit with status 2; set DEEPFAKE_TRACEBACK=1 to see the traceback instead."""
@@ -138,7 +155,7 @@ def main(argv: list[str] | None = None) -> None:
     except (DeepfakeError, FileNotFoundError, FileExistsError) as e:
         if os.environ.get("DEEPFAKE_TRACEBACK"):
             raise
-        print(f"deepfake: error: {e}", file=sys.stderr)
+        print(f"deepfake: error: {error_line(e)}", file=sys.stderr)
         sys.exit(2)
     except RuntimeError as e:
         if "torchvision::" not in str(e) or os.environ.get("DEEPFAKE_TRACEBACK"):

@@ -188,3 +188,26 @@ def test_fuzz_mutated_images_load_or_fail_cleanly(tmp_path):
                 assert batch["image"].shape[1:] == (3, 32, 32) and torch.isfinite(batch["image"]).all()
                 seen += [ds.paths[i] for i in batch["index"].tolist()]
     assert set(seen) == readable and set(skipped) == set(names) - readable and len(seen) + len(skipped) == 300
+
+
+@pytest.mark.slow  # a fit's start with a loader process (about 10 s)
+def test_an_unreadable_image_met_in_a_loader_worker_is_one_line_naming_it(tmp_path, capsys):
+    """torch re-raises a worker's exception with the worker's traceback as its message: the command still prints
+    one `deepfake: error:` line, naming the file and what to do, and exits 2."""
+    from deepfake_lightning.cli import main
+    from tests.helpers import CONFIGS
+
+    root = make_kaggle_root(tmp_path / "data", n_test=4)
+    bad = root / pd.read_csv(root / "train.csv")["file_name"][3]
+    bad.write_bytes(bad.read_bytes()[:200])  # a truncated JPEG
+    args = ["fit", "--config", str(CONFIGS / "demo.yaml"), f"--data.root={root}", "--data.demo=false"]
+    args += ["--data.num_workers=1", "--data.img_size=32", "--data.batch_size=4", "--trainer.max_epochs=1"]
+    args += [f"--trainer.default_root_dir={tmp_path / 'runs'}", "--trainer.enable_progress_bar=false"]
+    with pytest.raises(SystemExit) as exit_:
+        main(args)
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("deepfake: error:")]
+    assert exit_.value.code == 2 and len(lines) == 1, err[-3000:]
+    assert "Traceback" not in err and "DataLoader worker" not in err
+    assert f"cannot read image {str(bad)!r}" in lines[0]
+    assert "--data.bad_images skip" in lines[0] and "deepfake data scan" in lines[0]
