@@ -214,8 +214,10 @@ class DeepfakeDataModule(Loaders, DeviceBatches, L.LightningDataModule):
             check_data_root(self.root, self.hparams.train_csv)
             self._ensure_cache()  # built here; opened in setup (Lightning: prepare_data assigns no state)
 
-    def _read_sources(self) -> Sources:
-        """Every dataset of the run (``data/sources.py``), read once; one line per dataset says what was read."""
+    @property
+    def sources(self) -> Sources:
+        """Every dataset of the run, their roots, weights and test splits (``data/sources.py``), read once; one line
+        per dataset says what was read."""
         if self._sources is None:
             hp = self.hparams
             check_data_root(self.root, hp.train_csv, hp.layout)
@@ -226,22 +228,13 @@ class DeepfakeDataModule(Loaders, DeviceBatches, L.LightningDataModule):
                     rank_zero_info(f"Data: {line}")
         return self._sources
 
-    @property
-    def sources(self) -> Sources:
-        """Every dataset of the run, their roots, weights and test splits (``data/sources.py``)."""
-        return self._read_sources()
-
-    def _read_train_index(self) -> pd.DataFrame:
-        """Train and val rows of every training dataset (``data.root`` and ``data.train_sets``)."""
-        return self._read_sources().pool
-
     def _ensure_cache(self) -> ResizedCache:
         # Built by prepare_data (once per node, before setup); setup, in every process, finds it current and opens it.
         hp = self.hparams
         return ensure_cache(
             hp.cache_dir,
             self.root,
-            self._read_train_index()["path"],
+            self.sources.pool["path"],
             hp.img_size,
             hp.jpeg_draft,
             self.num_workers,
@@ -252,7 +245,7 @@ class DeepfakeDataModule(Loaders, DeviceBatches, L.LightningDataModule):
         if self.indexes or (stage == "predict" and self.hparams.predict_paths):
             return  # predicting files needs no training data
         hp = self.hparams
-        sources = self._read_sources()
+        sources = self.sources
         self.indexes.update(split_train_val(sources.pool, sources.datasets, hp, self.root))
         if hp.cache_dir is not None and self.cache is None:
             self.cache = self._ensure_cache()
