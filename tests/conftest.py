@@ -39,7 +39,14 @@ def demo_root(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def demo_run(demo_root, tmp_path_factory) -> Path:
+def demo_run(trained_run) -> Path:
+    """The trained demo run (``trained_run``); modules that check formats, errors and parity rather than what a
+    model learned override this name with ``quick_run``."""
+    return trained_run
+
+
+@pytest.fixture(scope="session")
+def trained_run(demo_root, tmp_path_factory) -> Path:
     """One full `deepfake fit --config configs/demo.yaml` (about 30 s), shared by the tests that need a trained,
     calibrated checkpoint. Returns the run directory (``.../lightning_logs/version_0``)."""
     from deepfake_lightning.cli import cli_main

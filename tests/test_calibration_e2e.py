@@ -21,6 +21,7 @@ def demo_run(demo_run, tmp_path_factory):
     return copy_run(demo_run, tmp_path_factory.mktemp("run_copy") / "version_0")
 
 
+@pytest.mark.slow  # what the whole demo fit calibrated (a nearly separable validation set)
 def test_fit_stores_temperature_and_threshold_in_the_checkpoints(demo_run):
     for path in (best_checkpoint(demo_run), demo_run / "checkpoints" / "last.ckpt"):
         state = torch.load(path, map_location="cpu", weights_only=True)["calibration"]
@@ -39,8 +40,8 @@ def test_fit_stores_temperature_and_threshold_in_the_checkpoints(demo_run):
     assert (demo_run / "calibration" / "reliability_val.png").stat().st_size > 10_000
 
 
-def test_loaded_model_predicts_calibrated_probabilities(demo_run):
-    model = DeepfakeClassifier.load_from_checkpoint(best_checkpoint(demo_run), map_location="cpu")
+def test_loaded_model_predicts_calibrated_probabilities(quick_run):
+    model = DeepfakeClassifier.load_from_checkpoint(best_checkpoint(quick_run), map_location="cpu")
     t = model.calibration.calibrator.temperature
     logits = torch.tensor([-3.0, 0.0, 0.4, 2.0])
     expected = torch.sigmoid(logits / t)
@@ -83,8 +84,8 @@ def test_deepfake_test_reports_calibration_and_thresholds(demo_run, demo_root, t
     assert logit(adapted) == pytest.approx(expected, abs=1e-6)
 
 
-def test_calibrate_command_writes_a_calibrated_copy(demo_run, demo_root, tmp_path, capsys):
-    src = demo_run / "checkpoints" / "last.ckpt"
+def test_calibrate_command_writes_a_calibrated_copy(quick_run, demo_root, tmp_path, capsys):
+    src = quick_run / "checkpoints" / "last.ckpt"
     before = src.read_bytes()
     out = tmp_path / "platt.ckpt"
     state = calibrate_main(
@@ -93,7 +94,7 @@ def test_calibrate_command_writes_a_calibrated_copy(demo_run, demo_root, tmp_pat
             str(CONFIGS / "demo.yaml"),
             f"--data.root={demo_root}",
             "--data.num_workers=0",
-            f"--data.split_file={demo_run / 'split.csv'}",
+            f"--data.split_file={quick_run / 'split.csv'}",
             f"--ckpt_path={src}",
             f"--out={out}",
             "--calibration.method=platt",

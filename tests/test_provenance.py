@@ -272,15 +272,16 @@ def test_demo_models_warn_on_images_that_are_not_demo_images(demo_run, demo_root
         assert (DEMO_WARNING in shown) is warned, shown[-1500:]
 
 
-def test_last_ckpt_is_the_final_state_and_exports_are_readable_by_others(demo_run, tmp_path):
+@pytest.mark.slow  # the whole demo fit (conftest's trained run, which this module's quick one stands in for)
+def test_last_ckpt_is_the_final_state_and_exports_are_readable_by_others(trained_run, tmp_path):
     """Lightning 2.6 stops refreshing last.ckpt after the best epoch; ours is the state at the end of training.
     Exported files get the usual permissions (safetensors creates owner-only files)."""
     import os
     import stat
 
-    last = torch.load(demo_run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    last = torch.load(trained_run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert last["epoch"] == 7 and last["global_step"] == 8 * 22  # demo.yaml: 8 epochs of 22 batches
-    out = export_main(["--ckpt_path", str(demo_run / "checkpoints" / "last.ckpt"), "--out", str(tmp_path / "e")])
+    out = export_main(["--ckpt_path", str(trained_run / "checkpoints" / "last.ckpt"), "--out", str(tmp_path / "e")])
     mask = os.umask(0)
     os.umask(mask)
     for name in ("model.safetensors", "detector.json", "README.md"):
