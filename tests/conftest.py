@@ -45,50 +45,31 @@ def demo_run(trained_run) -> Path:
     return trained_run
 
 
+def _demo_fit(root: Path, out: Path, *extra: str) -> Path:
+    """`deepfake fit --config configs/demo.yaml` on the demo data at ``root`` into ``out``, quiet; its run folder."""
+    from deepfake_lightning.cli import cli_main
+
+    args = ["fit", "--config", str(CONFIGS / "demo.yaml"), f"--data.root={root}", f"--trainer.default_root_dir={out}"]
+    cli_main([*args, *QUIET, "--trainer.enable_model_summary=false", *extra])
+    return out / "lightning_logs" / "version_0"
+
+
 @pytest.fixture(scope="session")
 def trained_run(demo_root, tmp_path_factory) -> Path:
     """One full `deepfake fit --config configs/demo.yaml` (about 30 s), shared by the tests that need a trained,
     calibrated checkpoint. Returns the run directory (``.../lightning_logs/version_0``)."""
-    from deepfake_lightning.cli import cli_main
-
-    out = tmp_path_factory.mktemp("demo_run")
-    cli_main(
-        [
-            "fit",
-            "--config",
-            str(CONFIGS / "demo.yaml"),
-            f"--data.root={demo_root}",
-            f"--trainer.default_root_dir={out}",
-            *QUIET,
-            "--trainer.enable_model_summary=false",
-        ]
-    )
-    return out / "lightning_logs" / "version_0"
+    return _demo_fit(demo_root, tmp_path_factory.mktemp("demo_run"))
 
 
 @pytest.fixture(scope="session")
 def quick_run(demo_root, tmp_path_factory) -> Path:
     """A calibrated demo checkpoint in seconds: `deepfake fit --config configs/demo.yaml` for one short epoch (3
     training batches), its calibration fitted as every fit's is. For the tests that check formats, errors, options
-    and parity between commands rather than what a model learned (those use ``demo_run``). Returns the run
+    and parity between commands rather than what a model learned (those use ``trained_run``). Returns the run
     directory (``.../lightning_logs/version_0``)."""
-    from deepfake_lightning.cli import cli_main
-
-    out = tmp_path_factory.mktemp("quick_run")
-    cli_main(
-        [
-            "fit",
-            "--config",
-            str(CONFIGS / "demo.yaml"),
-            f"--data.root={demo_root}",
-            f"--trainer.default_root_dir={out}",
-            *QUIET,
-            "--trainer.enable_model_summary=false",
-            "--trainer.max_epochs=1",
-            "--trainer.limit_train_batches=3",
-        ]
+    return _demo_fit(
+        demo_root, tmp_path_factory.mktemp("quick_run"), "--trainer.max_epochs=1", "--trainer.limit_train_batches=3"
     )
-    return out / "lightning_logs" / "version_0"
 
 
 @pytest.fixture
