@@ -11,6 +11,7 @@ import pytest
 from deepfake_lightning.api import load_detector
 from deepfake_lightning.cli import main
 from deepfake_lightning.files import file_sha256
+from deepfake_lightning.provenance import model_sha256
 from tests.helpers import best_checkpoint, demo_command
 
 
@@ -74,6 +75,8 @@ def test_no_command_rewrites_the_model_file_it_reads(demo_run, demo_root, tmp_pa
     }.items():
         main(args)
         assert _hashes(export) == exported, f"deepfake {name} changed the export folder {export}"
+    tested = json.loads(next((tmp_path / "root" / "eval").glob("test_export*/report.json")).read_text())
+    assert tested["model"] == {"path": str(export.resolve()), "sha256": model_sha256(export)}  # the folder, by hash
     for runtime in ("torch", "onnx"):  # what `deepfake serve` loads
         load_detector(export, runtime=runtime)
     assert _hashes(export) == exported and _hashes(ckpt) == before

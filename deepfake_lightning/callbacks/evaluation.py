@@ -161,8 +161,10 @@ class EvaluationReport(PrintsResults):
             }
         # Which model file was evaluated, and how: the model card and `deepfake export` gather a run's results from
         # its evaluation folders by this hash (provenance.recorded_evaluation); the model file is never rewritten.
-        if trainer.ckpt_path and Path(trainer.ckpt_path).exists():
-            report["model"] = evaluated_model(trainer.ckpt_path)
+        # (an export folder's weights are loaded by the CLI, not by Lightning: its facts name the folder)
+        evaluated = trainer.ckpt_path or getattr(pl_module.facts, "source", None)
+        if evaluated and Path(evaluated).exists():
+            report["model"] = evaluated_model(evaluated)
         views, model = getattr(dm, "inference_settings", DEFAULTS), pl_module.settings
         report["settings"] = {"tta_flip": model.tta_flip, "eval_views": views.eval_views}
         if views.tiled:

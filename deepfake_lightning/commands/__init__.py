@@ -35,7 +35,7 @@ def data_options() -> tuple[tuple[str, str], ...]:
             key = None
 
     def first(text: str) -> str:  # its first sentence, in plain back-quotes
-        return re.split(r"(?<!e\.g)(?<!i\.e)(?<=[a-z)`'])\. ", text, maxsplit=1)[0].rstrip(".").replace("``", "`")
+        return re.split(r"(?<!e\.g)(?<!i\.e)(?<=[a-zA-Z)`'])\. ", text, maxsplit=1)[0].rstrip(".").replace("``", "`")
 
     return tuple((a.arg, first(described.get(a.arg, ""))) for a in [*init.args.args[1:], *init.args.kwonlyargs])
 
@@ -49,8 +49,11 @@ class DataOptionsHelp(argparse.HelpFormatter):
     """argparse's help, with the data options' epilog kept as the table it is written as."""
 
     def _fill_text(self, text: str, width: int, indent: str) -> str:
-        if text.startswith(EPILOG_HEADING):
-            return "".join(indent + line for line in text.splitlines(keepends=True))
+        if text.startswith(EPILOG_HEADING):  # the table, wrapped to the terminal's width (argparse's COLUMNS)
+            return "\n".join(
+                textwrap.fill(text, width, initial_indent=indent) if not text.startswith("  ") else text
+                for text in _table(width).splitlines()
+            )
         return super()._fill_text(text, width, indent)
 
 
@@ -58,14 +61,21 @@ EPILOG_HEADING = "data options"
 
 
 def data_options_epilog() -> str:
-    """The ``--help`` epilog of a command that reads data: every ``--data.*`` option with what it does."""
-    width = max(len(k) for k, _ in data_options()) + len("--data.") + 2
+    """The ``--help`` epilog of a command that reads data (``DataOptionsHelp`` lays out the table)."""
+    return EPILOG_HEADING
+
+
+def _table(width: int) -> str:
+    """Every ``--data.*`` option with what it does, wrapped to ``width`` columns."""
+    key_width = max(len(k) for k, _ in data_options()) + len("--data.") + 2
     rows = [
-        textwrap.fill(text, 118, initial_indent=f"  {'--data.' + k:<{width}}", subsequent_indent=" " * (width + 2))
+        textwrap.fill(
+            text, max(width, key_width + 30), initial_indent=f"  {'--data.' + k:<{key_width}}",
+            subsequent_indent=" " * (key_width + 2),
+        )
         for k, text in data_options()
-    ]
+    ]  # fmt: skip
     return (
-        f"{EPILOG_HEADING} (with --config FILE, read as `deepfake fit` reads them; `deepfake fit --help` gives each "
-        "one's type\nand default; a Kaggle-layout folder without a test.csv needs --data.test_v2_csv null):\n"
-        + "\n".join(rows)
+        f"{EPILOG_HEADING} (with --config FILE, read as `deepfake fit` reads them; `deepfake fit --help` describes "
+        "them too; a Kaggle-layout folder without a test.csv needs --data.test_v2_csv null):\n" + "\n".join(rows)
     )
